@@ -1,0 +1,34 @@
+"""The router protocol, free of I/O: commands, events, the line codec and mailbox records."""
+
+from codeswarm.protocol.codec import decode_line, decode_object, encode_event, error_event
+from codeswarm.protocol.commands import (
+    Command,
+    Inject,
+    Interrupt,
+    Launch,
+    ListSwarms,
+    Ping,
+    Shutdown,
+    Status,
+    Terminate,
+)
+from codeswarm.protocol.events import EVENT_SCHEMAS, event_errors, make_event
+
+__all__ = [
+    "EVENT_SCHEMAS",
+    "Command",
+    "Inject",
+    "Interrupt",
+    "Launch",
+    "ListSwarms",
+    "Ping",
+    "Shutdown",
+    "Status",
+    "Terminate",
+    "decode_line",
+    "decode_object",
+    "encode_event",
+    "error_event",
+    "event_errors",
+    "make_event",
+]

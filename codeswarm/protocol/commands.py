@@ -1,0 +1,199 @@
+"""Commands a client sends the router, as marshmallow schemas and the frozen values they load.
+
+Both spellings of the seed's inject are one command: ``action`` or ``command`` names the verb,
+``job_id`` or ``swarm_id`` names the target, ``node_id`` or ``nodes`` names the nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from codeswarm.protocol.fields import Content, NodeSelector, RequestId, SafeId
+
+Nodes = tuple[int, ...] | Literal["all"]
+
+
+@dataclass(frozen=True, slots=True)
+class Inject:
+    """Send ``content`` to each selected node of a swarm (or job) as one injection per node."""
+
+    content: str
+    nodes: Nodes
+    swarm_id: str | None = None
+    job_id: str | None = None
+    injection_id: str | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Stop the running turn on each selected node; queued prompts stay queued."""
+
+    nodes: Nodes
+    swarm_id: str | None = None
+    job_id: str | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Start a swarm of ``nodes`` agents, optionally sending each the first ``prompt``."""
+
+    nodes: int
+    prompt: str | None = None
+    time: str | None = None
+    partition: str | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListSwarms:
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    swarm_id: str
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    swarm_id: str
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    request_id: str | int | None = None
+
+
+Command = Inject | Interrupt | Launch | ListSwarms | Status | Terminate | Ping | Shutdown
+
+
+class CommandSchema(Schema):
+    """Fields every command may carry; the verb itself is checked by the codec."""
+
+    class Meta:
+        unknown = RAISE
+
+    command = fields.String(metadata={"description": "the verb; `action` is accepted too"})
+    action = fields.String(metadata={"description": "the verb; `command` is accepted too"})
+    request_id = RequestId(metadata={"description": "echoed on every event the command causes"})
+
+
+class _TargetedSchema(CommandSchema):
+    """Commands aimed at nodes: a swarm or job, and one node, a list, or all of them."""
+
+    swarm_id = SafeId()
+    job_id = SafeId()
+    node_id = NodeSelector(metadata={"description": "one node index (seed spelling)"})
+    nodes = NodeSelector(metadata={"description": 'a node index, a list of them, or "all"'})
+
+    @validates_schema
+    def _one_target(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("swarm_id" in data) == ("job_id" in data):
+            raise ValidationError("give exactly one of swarm_id or job_id", "swarm_id")
+        if ("node_id" in data) == ("nodes" in data):
+            raise ValidationError("give exactly one of nodes or node_id", "nodes")
+
+    @staticmethod
+    def _target(data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "swarm_id": data.get("swarm_id"),
+            "job_id": data.get("job_id"),
+            "nodes": data["nodes"] if "nodes" in data else data["node_id"],
+            "request_id": data.get("request_id"),
+        }
+
+
+class InjectSchema(_TargetedSchema):
+    content = Content(required=True)
+    injection_id = SafeId(metadata={"description": "client-chosen; makes a retry idempotent"})
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Inject:
+        return Inject(
+            content=data["content"], injection_id=data.get("injection_id"), **self._target(data)
+        )
+
+
+class InterruptSchema(_TargetedSchema):
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Interrupt:
+        return Interrupt(**self._target(data))
+
+
+class LaunchSchema(CommandSchema):
+    nodes = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=4096))
+    prompt = Content()
+    time = fields.String(validate=validate.Regexp(r"^[0-9][0-9:-]{0,15}$"))
+    partition = SafeId()
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Launch:
+        data.pop("command", None)
+        data.pop("action", None)
+        return Launch(**data)
+
+
+class _SwarmSchema(CommandSchema):
+    swarm_id = SafeId(required=True)
+
+
+class StatusSchema(_SwarmSchema):
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Status:
+        return Status(swarm_id=data["swarm_id"], request_id=data.get("request_id"))
+
+
+class TerminateSchema(_SwarmSchema):
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Terminate:
+        return Terminate(swarm_id=data["swarm_id"], request_id=data.get("request_id"))
+
+
+class ListSchema(CommandSchema):
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> ListSwarms:
+        return ListSwarms(request_id=data.get("request_id"))
+
+
+class PingSchema(CommandSchema):
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Ping:
+        return Ping(request_id=data.get("request_id"))
+
+
+class ShutdownSchema(CommandSchema):
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Shutdown:
+        return Shutdown(request_id=data.get("request_id"))
+
+
+COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
+    "inject": InjectSchema,
+    "interrupt": InterruptSchema,
+    "launch": LaunchSchema,
+    "list": ListSchema,
+    "status": StatusSchema,
+    "terminate": TerminateSchema,
+    "ping": PingSchema,
+    "shutdown": ShutdownSchema,
+}

@@ -1,0 +1,34 @@
+"""The stable codes clients can match on: input errors and injection failures.
+
+Codes a worker writes come from ``codeswarm.hpc.records``, the one definition both sides share.
+"""
+
+from codeswarm.hpc import records
+
+# A line the router could not use, or a problem it reports outside any injection.
+INVALID_JSON = "invalid_json"
+INVALID_ENCODING = "invalid_encoding"
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_COMMAND = "unknown_command"
+MISSING_FIELD = "missing_field"
+INVALID_FIELD = "invalid_field"
+LINE_TOO_LONG = "line_too_long"
+UNKNOWN_SWARM = "unknown_swarm"
+BACKEND = "backend"
+INPUT_ERROR_CODES = (
+    INVALID_JSON,
+    INVALID_ENCODING,
+    NOT_AN_OBJECT,
+    UNKNOWN_COMMAND,
+    MISSING_FIELD,
+    INVALID_FIELD,
+    LINE_TOO_LONG,
+)
+ERROR_CODES = (*INPUT_ERROR_CODES, UNKNOWN_SWARM, BACKEND, *records.WORKER_ERROR_CODES)
+
+# Why an injection failed (``inject_failed.error``).
+TIMEOUT = "timeout"
+SSH = "ssh"
+NODE_GONE = "node_gone"
+UNKNOWN_TARGET = "unknown_target"
+FAILURE_CODES = (TIMEOUT, SSH, NODE_GONE, UNKNOWN_TARGET, *records.WORKER_FAILURE_CODES)

@@ -1,0 +1,184 @@
+"""Events the router emits, one schema per ``type``.
+
+Events travel as plain dicts: most are worker outbox records passed through with the router's
+fields added, and re-serialising each through marshmallow would cost more than the rest of the
+hot path. The schemas here are the contract: tests validate every event the system emits against
+them, and ``codeswarm.protocol.jsonschema`` publishes them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, fields, validate
+
+from codeswarm.hpc import records
+from codeswarm.protocol.errors import ERROR_CODES, FAILURE_CODES
+from codeswarm.protocol.fields import NodeId, RequestId, SafeId
+
+SWARM_STATES = ("pending", "running", "exited", "terminated", "failed")
+
+
+class EventSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    type = fields.String(required=True)
+    ts = fields.Float(required=True, metadata={"description": "seconds since the epoch"})
+    request_id = RequestId(metadata={"description": "the request_id of the causing command"})
+
+
+class NodeEventSchema(EventSchema):
+    swarm_id = SafeId(allow_none=True)
+    job_id = SafeId(required=True)
+    node_id = NodeId(required=True)
+    seq = fields.Integer(
+        validate=validate.Range(min=0), metadata={"description": "per-node, from the worker"}
+    )
+
+
+class InjectionEventSchema(NodeEventSchema):
+    injection_id = SafeId(required=True)
+
+
+class ReadySchema(EventSchema):
+    version = fields.String(required=True)
+    backend = fields.String(required=True, validate=validate.OneOf(("local", "slurm")))
+    pid = fields.Integer(required=True)
+
+
+class ErrorSchema(EventSchema):
+    error = fields.String(required=True, validate=validate.OneOf(ERROR_CODES))
+    message = fields.String(required=True)
+    line = fields.String(metadata={"description": "an excerpt of the offending input"})
+    field = fields.String(metadata={"description": "the offending field, dotted"})
+    job_id = SafeId()
+    node_id = NodeId()
+    seq = fields.Integer()
+
+
+class InjectAckSchema(InjectionEventSchema):
+    held = fields.Boolean(
+        required=True, metadata={"description": "true while the node is not yet running"}
+    )
+
+
+class TurnStartedSchema(InjectionEventSchema):
+    turn_id = fields.String(required=True)
+
+
+class AssistantDeltaSchema(InjectionEventSchema):
+    delta = fields.String(required=True)
+
+
+class AssistantSchema(InjectionEventSchema):
+    content = fields.String(required=True)
+
+
+class TurnCompleteSchema(InjectionEventSchema):
+    status = fields.String(required=True, validate=validate.OneOf(records.TURN_STATUSES))
+    error = fields.String(allow_none=True)
+
+
+class UsageSchema(InjectionEventSchema):
+    input_tokens = fields.Integer(required=True)
+    cached_input_tokens = fields.Integer(required=True)
+    output_tokens = fields.Integer(required=True)
+    reasoning_output_tokens = fields.Integer(required=True)
+    total_tokens = fields.Integer(required=True)
+
+
+class InjectFailedSchema(InjectionEventSchema):
+    error = fields.String(required=True, validate=validate.OneOf(FAILURE_CODES))
+    message = fields.String(required=True)
+    stderr = fields.String(metadata={"description": "the tail of the failing process's stderr"})
+
+
+class NodeStartedSchema(NodeEventSchema):
+    host = fields.String(required=True)
+    pid = fields.Integer(required=True)
+
+
+class NodeExitedSchema(NodeEventSchema):
+    reason = fields.String(required=True)
+
+
+class InterruptAckSchema(NodeEventSchema):
+    pass
+
+
+class NodeStateSchema(Schema):
+    node_id = NodeId(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(SWARM_STATES))
+
+
+class SwarmSchema(Schema):
+    swarm_id = SafeId(required=True)
+    job_id = SafeId(required=True)
+    backend = fields.String(required=True)
+    nodes = fields.List(fields.Nested(NodeStateSchema), required=True)
+    state = fields.String(required=True, validate=validate.OneOf(SWARM_STATES))
+    created = fields.Float(required=True)
+
+
+class SwarmLaunchedSchema(EventSchema):
+    swarm = fields.Nested(SwarmSchema, required=True)
+
+
+class SwarmStatusSchema(EventSchema):
+    swarm = fields.Nested(SwarmSchema, required=True)
+
+
+class SwarmListSchema(EventSchema):
+    swarms = fields.List(fields.Nested(SwarmSchema), required=True)
+
+
+class SwarmTerminatedSchema(EventSchema):
+    swarm_id = SafeId(required=True)
+
+
+class PongSchema(EventSchema):
+    pass
+
+
+class ShuttingDownSchema(EventSchema):
+    pass
+
+
+EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
+    "ready": ReadySchema,
+    "error": ErrorSchema,
+    "pong": PongSchema,
+    "shutting_down": ShuttingDownSchema,
+    "inject_ack": InjectAckSchema,
+    "inject_delivered": InjectionEventSchema,
+    "turn_started": TurnStartedSchema,
+    "assistant_delta": AssistantDeltaSchema,
+    "assistant": AssistantSchema,
+    "turn_complete": TurnCompleteSchema,
+    "usage": UsageSchema,
+    "inject_failed": InjectFailedSchema,
+    "interrupt_ack": InterruptAckSchema,
+    "node_started": NodeStartedSchema,
+    "node_exited": NodeExitedSchema,
+    "swarm_launched": SwarmLaunchedSchema,
+    "swarm_status": SwarmStatusSchema,
+    "swarm_list": SwarmListSchema,
+    "swarm_terminated": SwarmTerminatedSchema,
+}
+
+
+def make_event(kind: str, **fields_: Any) -> dict[str, Any]:
+    """An event of ``kind`` stamped with the current time; None-valued fields are left out."""
+    event = {"type": kind, "ts": round(time.time(), 6)}
+    event.update((key, value) for key, value in fields_.items() if value is not None)
+    return event
+
+
+def event_errors(event: dict[str, Any]) -> dict[str, Any]:
+    """Validation errors of ``event`` against its schema; empty when it follows the contract."""
+    schema = EVENT_SCHEMAS.get(event.get("type", ""))
+    if schema is None:
+        return {"type": [f"unknown event type {event.get('type')!r}"]}
+    return schema().validate(event)

@@ -1,0 +1,119 @@
+"""Marshmallow fields for the values that reach file names, command lines and fan-out."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from marshmallow import ValidationError, fields
+
+from codeswarm.hpc import records
+
+MAX_CONTENT_CHARS = 4 * 1024 * 1024
+MAX_REQUEST_ID_CHARS = 128
+MAX_NODES = 4096
+
+
+class SafeId(fields.String):
+    """A job, swarm or injection id: safe in a file name and on a shell command line."""
+
+    json_schema: ClassVar[dict[str, Any]] = {
+        "type": "string",
+        "pattern": f"^{records.ID_PATTERN}$",
+        "maxLength": records.ID_MAX_LENGTH,
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        problem = records.id_problem(value)
+        if problem:
+            raise ValidationError(problem)
+        return value
+
+
+class NodeId(fields.Integer):
+    """A node index within a job (Slurm's SLURM_NODEID): an int, never a bool."""
+
+    json_schema: ClassVar[dict[str, Any]] = {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": records.NODE_ID_MAX,
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        problem = records.node_id_problem(value)
+        if problem:
+            raise ValidationError(problem)
+        return value
+
+
+def _node_list(value: Any) -> tuple[int, ...]:
+    if not value:
+        raise ValidationError("must name at least one node")
+    if len(value) > MAX_NODES:
+        raise ValidationError(f"must name at most {MAX_NODES} nodes")
+    for item in value:
+        problem = records.node_id_problem(item)
+        if problem:
+            raise ValidationError(f"node {item!r} {problem}")
+    if len(set(value)) != len(value):
+        raise ValidationError("must not name a node twice")
+    return tuple(value)
+
+
+class NodeSelector(fields.Field):
+    """Which nodes a command targets: one index, a list of indexes, or ``"all"``."""
+
+    json_schema: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            NodeId.json_schema,
+            {"type": "array", "items": NodeId.json_schema, "minItems": 1, "maxItems": MAX_NODES},
+            {"const": "all"},
+        ]
+    }
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[int, ...] | str:
+        if value == "all":
+            return "all"
+        if isinstance(value, list):
+            return _node_list(value)
+        problem = records.node_id_problem(value)
+        if problem:
+            raise ValidationError(f'must be a node index, a list of them, or "all"; {problem}')
+        return (value,)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value if value == "all" else list(value)
+
+
+class Content(fields.String):
+    """A prompt: any text, bounded so one line cannot exhaust a node's memory."""
+
+    json_schema: ClassVar[dict[str, Any]] = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_CONTENT_CHARS,
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not text:
+            raise ValidationError("must not be empty")
+        if len(text) > MAX_CONTENT_CHARS:
+            raise ValidationError(f"must be at most {MAX_CONTENT_CHARS} characters")
+        return text
+
+
+class RequestId(fields.Field):
+    """A client's correlation token, echoed on every event its command causes."""
+
+    json_schema: ClassVar[dict[str, Any]] = {
+        "oneOf": [{"type": "string", "maxLength": MAX_REQUEST_ID_CHARS}, {"type": "integer"}]
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | int:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValidationError("must be a string or an integer")
+        if isinstance(value, str) and len(value) > MAX_REQUEST_ID_CHARS:
+            raise ValidationError(f"must be at most {MAX_REQUEST_ID_CHARS} characters")
+        return value

@@ -1,0 +1,252 @@
+"""Mailbox record formats: the one definition both the router and the cluster side use.
+
+The cluster side cannot import marshmallow (compute nodes may have a bare Python >= 3.8), so
+the facts about ids, file names and records live here, in the standard library only. The
+router's marshmallow schemas (``codeswarm.protocol.mailbox``) are built from these constants,
+and a test checks that both accept and reject the same records.
+"""
+
+import json
+import re
+import time
+
+# Ids reach file names (job, node) and command lines (job): a conservative alphabet keeps
+# them safe in both, and a bound keeps file names legal on every filesystem.
+ID_MAX_LENGTH = 128
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_ID_RE = re.compile(ID_PATTERN)
+NODE_ID_MAX = 99999
+
+INBOX_DIR = "inbox"
+OUTBOX_DIR = "outbox"
+ARCHIVE_DIR = "archive"
+STATE_DIR = "state"
+LOG_DIR = "logs"
+MAILBOX_DIRS = (INBOX_DIR, OUTBOX_DIR, ARCHIVE_DIR, STATE_DIR, LOG_DIR)
+RECORD_SUFFIX = ".jsonl"
+STATE_SUFFIX = ".json"
+
+# What the router writes to a node's inbox.
+INBOX_USER = "user"
+INBOX_INTERRUPT = "interrupt"
+INBOX_SHUTDOWN = "shutdown"
+INBOX_TYPES = (INBOX_USER, INBOX_INTERRUPT, INBOX_SHUTDOWN)
+
+# What a worker writes to its outbox: the event type and the fields it must carry beyond
+# the envelope (type, job_id, node_id, seq, ts).
+OUTBOX_EVENT_FIELDS = {
+    "node_started": ("pid", "host"),
+    "inject_delivered": ("injection_id",),
+    "turn_started": ("injection_id", "turn_id"),
+    "assistant_delta": ("injection_id", "delta"),
+    "assistant": ("injection_id", "content"),
+    "turn_complete": ("injection_id", "status"),
+    "usage": (
+        "injection_id",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "reasoning_output_tokens",
+        "total_tokens",
+    ),
+    "inject_failed": ("injection_id", "error", "message"),
+    "error": ("error", "message"),
+    "node_exited": ("reason",),
+}
+OUTBOX_ENVELOPE = ("type", "job_id", "node_id", "seq", "ts")
+TURN_STATUSES = ("completed", "interrupted", "failed")
+
+# Codes a worker writes: ``inject_failed.error`` and ``error.error``.
+FAILED_AGENT_CRASHED = "agent_crashed"
+FAILED_NODE_EXITING = "node_exiting"
+FAILED_WORKER_RESTARTED = "worker_restarted"
+FAILED_INVALID = "invalid"
+WORKER_FAILURE_CODES = (
+    FAILED_AGENT_CRASHED,
+    FAILED_NODE_EXITING,
+    FAILED_WORKER_RESTARTED,
+    FAILED_INVALID,
+)
+ERROR_INVALID_INBOX_LINE = "invalid_inbox_line"
+ERROR_AGENT = "agent_error"
+ERROR_WORKER = "worker_error"
+WORKER_ERROR_CODES = (ERROR_INVALID_INBOX_LINE, ERROR_AGENT, ERROR_WORKER)
+
+STATE_VERSION = 1
+STATE_FIELDS = ("version", "inbox_offset", "thread_id", "handled", "in_flight", "next_seq")
+
+
+class RecordError(ValueError):
+    """A record or id that does not follow the mailbox format."""
+
+
+def id_problem(value):
+    """Say what is wrong with an id that will reach a file name or command line, or None."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value:
+        return "must not be empty"
+    if len(value) > ID_MAX_LENGTH:
+        return "must be at most %d characters" % ID_MAX_LENGTH
+    if ".." in value:
+        return "must not contain '..'"
+    if not _ID_RE.fullmatch(value):
+        return "may use only letters, digits, '.', '_' and '-', starting with a letter or digit"
+    return None
+
+
+def node_id_problem(value):
+    """Say what is wrong with a node id (a small non-negative integer), or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be an integer"
+    if not 0 <= value <= NODE_ID_MAX:
+        return "must be between 0 and %d" % NODE_ID_MAX
+    return None
+
+
+def check_id(value, what="id"):
+    """Return ``value`` if it is a safe id, else raise RecordError naming ``what``."""
+    problem = id_problem(value)
+    if problem:
+        raise RecordError("%s %s" % (what, problem))
+    return value
+
+
+def check_node_id(value):
+    problem = node_id_problem(value)
+    if problem:
+        raise RecordError("node_id %s" % problem)
+    return value
+
+
+def node_key(job_id, node_id):
+    """The ``<JOB>_<NODE>`` stem shared by a node's inbox, outbox, archive and state files."""
+    return "%s_%d" % (check_id(job_id, "job_id"), check_node_id(node_id))
+
+
+def parse_node_key(stem):
+    """Split a ``<JOB>_<NODE>`` stem back into (job_id, node_id); RecordError if it is not one."""
+    job_id, sep, node = stem.rpartition("_")
+    if not sep or not node.isdigit() or (len(node) > 1 and node.startswith("0")):
+        raise RecordError("not a <JOB>_<NODE> name: %r" % stem)
+    check_id(job_id, "job_id")
+    return job_id, check_node_id(int(node))
+
+
+def record_name(job_id, node_id):
+    return node_key(job_id, node_id) + RECORD_SUFFIX
+
+
+def state_name(job_id, node_id):
+    return node_key(job_id, node_id) + STATE_SUFFIX
+
+
+def encode_line(record):
+    """One record as one line: compact JSON, non-ASCII kept, newline-terminated."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def inbox_user(injection_id, content):
+    check_id(injection_id, "injection_id")
+    if not isinstance(content, str):
+        raise RecordError("content must be a string")
+    return {"type": INBOX_USER, "injection_id": injection_id, "content": content}
+
+
+def inbox_interrupt():
+    return {"type": INBOX_INTERRUPT}
+
+
+def inbox_shutdown():
+    return {"type": INBOX_SHUTDOWN}
+
+
+def parse_inbox_line(line):
+    """Decode one inbox line into a record dict; RecordError says what is wrong with it."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise RecordError("not valid JSON: %s" % exc) from None
+    if not isinstance(record, dict):
+        raise RecordError("not a JSON object")
+    kind = record.get("type")
+    if kind not in INBOX_TYPES:
+        raise RecordError("unknown inbox record type %r" % (kind,))
+    if kind == INBOX_USER:
+        check_id(record.get("injection_id"), "injection_id")
+        if not isinstance(record.get("content"), str):
+            raise RecordError("content must be a string")
+    return record
+
+
+def outbox_event(kind, job_id, node_id, seq, **fields):
+    """Build one outbox event with its envelope; RecordError if a required field is missing."""
+    required = OUTBOX_EVENT_FIELDS.get(kind)
+    if required is None:
+        raise RecordError("unknown outbox event type %r" % (kind,))
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise RecordError("%s event lacks %s" % (kind, ", ".join(missing)))
+    event = {
+        "type": kind,
+        "job_id": check_id(job_id, "job_id"),
+        "node_id": check_node_id(node_id),
+        "seq": seq,
+        "ts": round(time.time(), 6),
+    }
+    event.update(fields)
+    return event
+
+
+def outbox_event_problem(event):
+    """Say what is wrong with a decoded outbox event, or None: the follower's sanity check."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    required = OUTBOX_EVENT_FIELDS.get(event.get("type"))
+    if required is None:
+        return "unknown outbox event type %r" % (event.get("type"),)
+    missing = [name for name in OUTBOX_ENVELOPE + tuple(required) if name not in event]
+    if missing:
+        return "lacks %s" % ", ".join(missing)
+    problem = id_problem(event["job_id"])
+    if problem:
+        return "job_id " + problem
+    problem = node_id_problem(event["node_id"])
+    if problem:
+        return "node_id " + problem
+    if isinstance(event["seq"], bool) or not isinstance(event["seq"], int) or event["seq"] < 0:
+        return "seq must be a non-negative integer"
+    return None
+
+
+def new_state():
+    return {
+        "version": STATE_VERSION,
+        "inbox_offset": 0,
+        "thread_id": None,
+        "handled": [],
+        "in_flight": None,
+        "next_seq": 0,
+    }
+
+
+def state_problem(state):
+    """Say what is wrong with a worker state record, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    missing = [name for name in STATE_FIELDS if name not in state]
+    if missing:
+        return "lacks %s" % ", ".join(missing)
+    if state["version"] != STATE_VERSION:
+        return "unsupported state version %r" % (state["version"],)
+    for name in ("inbox_offset", "next_seq"):
+        value = state[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return "%s must be a non-negative integer" % name
+    if state["thread_id"] is not None and not isinstance(state["thread_id"], str):
+        return "thread_id must be a string or null"
+    if not isinstance(state["handled"], list) or any(id_problem(i) for i in state["handled"]):
+        return "handled must be a list of injection ids"
+    if state["in_flight"] is not None and id_problem(state["in_flight"]):
+        return "in_flight must be an injection id or null"
+    return None

@@ -1,0 +1,213 @@
+"""Mailbox records: ids, file names, and agreement between hpc/ and the marshmallow schemas."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from codeswarm.hpc import records
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codeswarm.protocol.mailbox import (
+    WorkerStateSchema,
+    inbox_record_errors,
+    outbox_event_errors,
+)
+
+HPC_DIR = Path(records.__file__).parent
+
+HOSTILE_IDS = [
+    "",
+    ".",
+    "..",
+    "../etc",
+    "a/../b",
+    "a/b",
+    "a\\b",
+    "/abs",
+    ".hidden",
+    "-rf",
+    "a b",
+    "a;b",
+    "a|b",
+    "a&b",
+    "$(id)",
+    "`id`",
+    "a'b",
+    'a"b',
+    "a*",
+    "a?",
+    "a>b",
+    "a\nb",
+    "a\x00b",
+    "é",
+    "x" * (records.ID_MAX_LENGTH + 1),
+    5,
+    None,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_IDS)
+def test_hostile_ids_are_rejected(value):
+    assert records.id_problem(value) is not None
+    with pytest.raises(records.RecordError):
+        records.check_id(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["272900", "local-3", "sw.7f3a_b", "A", "x" * records.ID_MAX_LENGTH]
+)
+def test_ordinary_ids_pass(value):
+    assert records.id_problem(value) is None
+
+
+@pytest.mark.parametrize("value", [-1, records.NODE_ID_MAX + 1, True, "0", 1.0, None])
+def test_bad_node_ids(value):
+    assert records.node_id_problem(value) is not None
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=st.characters(), max_size=40), st.integers(0, records.NODE_ID_MAX))
+def test_node_key_round_trips_or_rejects(job_id, node_id):
+    if records.id_problem(job_id):
+        with pytest.raises(records.RecordError):
+            records.node_key(job_id, node_id)
+        return
+    stem = records.node_key(job_id, node_id)
+    assert "/" not in stem and ".." not in stem
+    assert records.parse_node_key(stem) == (job_id, node_id)
+    assert records.record_name(job_id, node_id) == stem + ".jsonl"
+
+
+@pytest.mark.parametrize("stem", ["272900", "272900_", "_0", "272900_x", "272900_01", "../x_0"])
+def test_parse_node_key_rejects(stem):
+    with pytest.raises(records.RecordError):
+        records.parse_node_key(stem)
+
+
+INBOX_CASES = [
+    {"type": "user", "injection_id": "i-1", "content": "hello"},
+    {"type": "user", "injection_id": "i-1", "content": ""},
+    {"type": "user", "injection_id": "../i", "content": "x"},
+    {"type": "user", "injection_id": "i-1"},
+    {"type": "user", "content": "x"},
+    {"type": "user", "injection_id": "i-1", "content": 5},
+    {"type": "shutdown"},
+    {"type": "interrupt"},
+    {"type": "reboot"},
+    {},
+    [],
+    "user",
+]
+
+
+@pytest.mark.parametrize("record", INBOX_CASES)
+def test_inbox_parsers_agree(record):
+    line = json.dumps(record)
+    try:
+        records.parse_inbox_line(line)
+        worker_accepts = True
+    except records.RecordError:
+        worker_accepts = False
+    assert worker_accepts == (inbox_record_errors(record) == {})
+
+
+def test_inbox_builders_produce_records_both_sides_accept():
+    for record in (
+        records.inbox_user("inj-1", "say hi"),
+        records.inbox_interrupt(),
+        records.inbox_shutdown(),
+    ):
+        line = records.encode_line(record)
+        assert line.endswith("\n") and line.count("\n") == 1
+        assert records.parse_inbox_line(line) == record
+        assert inbox_record_errors(record) == {}
+
+
+def _sample_fields(kind):
+    values = {
+        "pid": 123,
+        "host": "n1",
+        "injection_id": "inj-1",
+        "turn_id": "t-1",
+        "delta": "Hi",
+        "content": "Hi there",
+        "status": "completed",
+        "input_tokens": 10,
+        "cached_input_tokens": 0,
+        "output_tokens": 3,
+        "reasoning_output_tokens": 0,
+        "total_tokens": 13,
+        "error": "agent_crashed" if kind == "inject_failed" else "invalid_inbox_line",
+        "message": "codex exited",
+        "reason": "sigterm",
+    }
+    return {name: values[name] for name in records.OUTBOX_EVENT_FIELDS[kind]}
+
+
+@pytest.mark.parametrize("kind", sorted(records.OUTBOX_EVENT_FIELDS))
+def test_outbox_events_built_by_the_worker_pass_the_router_schemas(kind):
+    event = records.outbox_event(kind, "272900", 3, 17, **_sample_fields(kind))
+    assert records.outbox_event_problem(event) is None
+    assert outbox_event_errors(event) == {}
+    assert json.loads(records.encode_line(event)) == event
+
+
+@pytest.mark.parametrize("kind", sorted(records.OUTBOX_EVENT_FIELDS))
+@pytest.mark.parametrize("drop", ["job_id", "node_id", "seq", "field"])
+def test_outbox_events_missing_a_field_fail_both_sides(kind, drop):
+    event = records.outbox_event(kind, "272900", 3, 17, **_sample_fields(kind))
+    required = records.OUTBOX_EVENT_FIELDS[kind]
+    if drop == "field":
+        if not required:
+            pytest.skip("no fields beyond the envelope")
+        drop = required[0]
+    del event[drop]
+    assert records.outbox_event_problem(event) is not None
+    assert outbox_event_errors(event) != {}
+
+
+def test_outbox_event_refuses_unknown_types_and_missing_fields():
+    with pytest.raises(records.RecordError):
+        records.outbox_event("surprise", "1", 0, 0)
+    with pytest.raises(records.RecordError):
+        records.outbox_event("assistant_delta", "1", 0, 0, injection_id="i")
+
+
+STATE_CASES = [
+    (records.new_state(), True),
+    ({**records.new_state(), "inbox_offset": 12, "thread_id": "t", "handled": ["a"]}, True),
+    ({**records.new_state(), "in_flight": "inj-1", "next_seq": 4}, True),
+    ({**records.new_state(), "inbox_offset": -1}, False),
+    ({**records.new_state(), "inbox_offset": True}, False),
+    ({**records.new_state(), "version": 2}, False),
+    ({**records.new_state(), "handled": ["../x"]}, False),
+    ({**records.new_state(), "in_flight": "a b"}, False),
+    ({**records.new_state(), "thread_id": 5}, False),
+    ({k: v for k, v in records.new_state().items() if k != "next_seq"}, False),
+]
+
+
+@pytest.mark.parametrize(("state", "valid"), STATE_CASES)
+def test_state_checks_agree(state, valid):
+    assert (records.state_problem(state) is None) == valid
+    assert (WorkerStateSchema().validate(state) == {}) == valid
+
+
+def test_hpc_is_standard_library_python_38():
+    import sys
+
+    local = {p.stem for p in HPC_DIR.glob("*.py")}
+    for path in HPC_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text(), feature_version=(3, 8))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in local, f"{path.name} imports {name}"
