@@ -1,0 +1,601 @@
+"""The compute-node worker: feeds inbox prompts to one ``codex app-server``, writes events.
+
+Run as ``python3 -m hpc.codex_worker --mailbox DIR`` (one per node, job and node ids from
+Slurm's environment). Everything happens on one main thread, which consumes a queue fed by the
+app-server's reader thread and polls the inbox between messages, so no lock guards the state.
+Signal handlers only set a flag.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import time
+
+from . import records
+from .app_server import AppServer
+from .codex_home import codex_environment, prepare_codex_home
+from .mailbox_io import (
+    InboxReader,
+    OutboxWriter,
+    StateStore,
+    archive_outbox,
+    ensure_mailbox,
+    last_seq,
+)
+
+log = logging.getLogger("codeswarm.worker")
+
+AGENT_DEFAULTS = {
+    "codex_path": "codex",
+    "model": None,
+    "approval_policy": "never",
+    "sandbox": "workspace-write",
+    "approval_decision": "decline",
+    "config": {},
+    "env": {},
+}
+WORKER_DEFAULTS = {
+    "poll_active_seconds": 0.005,
+    "poll_idle_seconds": 0.5,
+    "active_window_seconds": 2.0,
+    "codex_restart_backoff_seconds": 1.0,
+    "codex_restart_max": 5,
+}
+HANDLED_KEPT = 1000
+EXIT_INTERRUPT_GRACE = 3.0
+USAGE_KEYS = (
+    ("input_tokens", "inputTokens"),
+    ("cached_input_tokens", "cachedInputTokens"),
+    ("output_tokens", "outputTokens"),
+    ("reasoning_output_tokens", "reasoningOutputTokens"),
+    ("total_tokens", "totalTokens"),
+)
+METHOD_NOT_FOUND = -32601
+
+
+class Turn:
+    """The injection codex is working on: at most one at a time (a second turn/start steers)."""
+
+    def __init__(self, injection_id, usage_base):
+        self.injection_id = injection_id
+        self.usage_base = usage_base
+        self.turn_id = None
+        self.interrupt_wanted = False
+
+
+class Worker:
+    def __init__(self, mailbox, job_id, node_id, workspace, codex_home, agent, settings):
+        self.mailbox = mailbox
+        self.job_id = records.check_id(job_id, "job_id")
+        self.node_id = records.check_node_id(node_id)
+        self.workspace = workspace
+        self.codex_home = codex_home
+        self.agent = agent
+        self.settings = settings
+        key = records.node_key(job_id, node_id)
+        ensure_mailbox(mailbox)
+        os.makedirs(workspace, mode=0o700, exist_ok=True)
+        self.store = StateStore(os.path.join(mailbox, records.STATE_DIR, key + ".json"))
+        self.state = self.store.load()
+        self.inbox = InboxReader(
+            os.path.join(mailbox, records.INBOX_DIR, key + records.RECORD_SUFFIX),
+            self.state["inbox_offset"],
+        )
+        self.outbox_path = os.path.join(mailbox, records.OUTBOX_DIR, key + records.RECORD_SUFFIX)
+        self.codex_log = os.path.join(mailbox, records.LOG_DIR, key + ".codex.log")
+        self.events = queue.SimpleQueue()
+        self.queue = collections.deque()  # (line start offset, injection_id, content)
+        self.turn = None
+        self.codex = None
+        self.generation = 0
+        self.ready = False
+        self.pending = {}
+        self.usage_total = None
+        self.failures = 0
+        self.restart_at = None
+        self.stop_reason = None
+        self.exit_deadline = None
+        self.last_activity = time.monotonic()
+        self.last_inbox_poll = 0.0
+        self.poll_delay = settings["poll_active_seconds"]
+        archives = glob.glob(
+            os.path.join(mailbox, records.ARCHIVE_DIR, key + "*" + records.RECORD_SUFFIX)
+        )
+        next_seq = max(self.state["next_seq"], last_seq([self.outbox_path, *archives]) + 1)
+        self.outbox = OutboxWriter(self.outbox_path, self.job_id, self.node_id, next_seq)
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def request_stop(self, reason):
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def run(self):
+        host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        self.emit("node_started", pid=os.getpid(), host=host)
+        if self.state["in_flight"]:
+            self.fail(
+                self.state["in_flight"],
+                records.FAILED_WORKER_RESTARTED,
+                "the worker restarted while this prompt's turn was running",
+            )
+            self.state["in_flight"] = None
+            self.save_state()
+        self.start_codex()
+        while not self.finished():
+            self.step()
+        self.finish()
+        return 0
+
+    def finished(self):
+        if self.stop_reason is None:
+            return False
+        if self.exit_deadline is None:
+            self.begin_exit()
+        if self.turn is not None and time.monotonic() < self.exit_deadline:
+            return False
+        if self.turn is not None:
+            self.fail(
+                self.turn.injection_id,
+                records.FAILED_NODE_EXITING,
+                "the node stopped before the turn ended",
+            )
+            self.turn = None
+        return True
+
+    def begin_exit(self):
+        log.info("stopping: %s", self.stop_reason)
+        self.exit_deadline = time.monotonic() + EXIT_INTERRUPT_GRACE
+        while self.queue:
+            _, injection_id, _ = self.queue.popleft()
+            self.fail(
+                injection_id,
+                records.FAILED_NODE_EXITING,
+                "the node is exiting (%s)" % self.stop_reason,
+            )
+            self.mark_handled(injection_id)
+        self.state["inbox_offset"] = self.inbox.offset
+        self.save_state()
+        if self.turn is not None:
+            if self.ready:
+                self.interrupt()
+            else:
+                self.exit_deadline = time.monotonic()
+
+    def finish(self):
+        self.state["in_flight"] = None
+        self.save_state()
+        if self.codex is not None:
+            self.generation += 1
+            self.codex.stop()
+            self.codex = None
+        self.emit("node_exited", reason=self.stop_reason)
+        self.outbox.close()
+        target = archive_outbox(self.mailbox, self.job_id, self.node_id)
+        log.info("outbox archived to %s", target)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def step(self):
+        try:
+            item = self.events.get(timeout=self.next_delay())
+        except queue.Empty:
+            item = None
+        while item is not None:
+            self.last_activity = time.monotonic()
+            self.handle(item)
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                item = None
+        now = time.monotonic()
+        if self.stop_reason is None and now - self.last_inbox_poll >= self.poll_delay:
+            self.last_inbox_poll = now
+            self.read_inbox()
+        if self.restart_at is not None and now >= self.restart_at and self.stop_reason is None:
+            self.restart_at = None
+            self.start_codex()
+        self.start_next_turn()
+
+    def next_delay(self):
+        active = self.settings["poll_active_seconds"]
+        busy = self.turn is not None or self.queue or self.stop_reason is not None
+        if busy or time.monotonic() - self.last_activity < self.settings["active_window_seconds"]:
+            self.poll_delay = active
+        else:
+            self.poll_delay = min(self.poll_delay * 2, self.settings["poll_idle_seconds"])
+        delay = self.poll_delay
+        if self.restart_at is not None:
+            delay = min(delay, max(0.0, self.restart_at - time.monotonic()))
+        return delay
+
+    def handle(self, item):
+        kind, generation, payload = item
+        if generation != self.generation:
+            return
+        if kind == "exit":
+            self.codex_exited(payload)
+        elif "method" in payload and "id" in payload:
+            self.answer_request(payload)
+        elif "method" in payload:
+            self.notification(payload["method"], payload.get("params") or {})
+        else:
+            callback = self.pending.pop(payload.get("id"), None)
+            if callback is not None:
+                callback(payload.get("result"), payload.get("error"))
+
+    # ---- inbox ------------------------------------------------------------------------------
+
+    def read_inbox(self):
+        lines = self.inbox.poll()
+        if not lines:
+            return
+        self.last_activity = time.monotonic()
+        for start, raw in lines:
+            self.inbox_line(start, raw)
+            if self.stop_reason is not None:
+                break
+        self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
+        self.save_state()
+
+    def inbox_line(self, start, raw):
+        try:
+            record = records.parse_inbox_line(raw.decode("utf-8"))
+        except (UnicodeDecodeError, records.RecordError) as exc:
+            excerpt = raw[:200].decode("utf-8", "replace").rstrip("\n")
+            self.emit(
+                "error",
+                error=records.ERROR_INVALID_INBOX_LINE,
+                message="inbox line at byte %d ignored: %s" % (start, exc),
+                line=excerpt,
+            )
+            return
+        kind = record["type"]
+        if kind == records.INBOX_SHUTDOWN:
+            self.request_stop("shutdown")
+        elif kind == records.INBOX_INTERRUPT:
+            self.interrupt()
+        else:
+            injection_id = record["injection_id"]
+            queued = any(entry[1] == injection_id for entry in self.queue)
+            running = self.turn is not None and self.turn.injection_id == injection_id
+            if queued or running or injection_id in self.state["handled"]:
+                self.emit(
+                    "error",
+                    error=records.ERROR_INVALID_INBOX_LINE,
+                    message="duplicate injection_id %s ignored" % injection_id,
+                )
+                return
+            self.queue.append((start, injection_id, record["content"]))
+            self.emit("inject_delivered", injection_id=injection_id)
+
+    # ---- codex ------------------------------------------------------------------------------
+
+    def start_codex(self):
+        self.generation += 1
+        generation = self.generation
+        self.ready = False
+        self.pending = {}
+        self.usage_total = None
+        argv = [self.agent["codex_path"], "app-server"]
+        try:
+            prepare_codex_home(self.codex_home, self.agent)
+            env = codex_environment(self.agent, os.environ)
+            env["CODEX_HOME"] = self.codex_home
+            self.codex = AppServer(
+                argv,
+                env,
+                self.workspace,
+                self.codex_log,
+                on_message=lambda m: self.events.put(("message", generation, m)),
+                on_exit=lambda code: self.events.put(("exit", generation, code)),
+            )
+        except OSError as exc:
+            self.codex = None
+            self.emit(
+                "error",
+                error=records.ERROR_AGENT,
+                message="cannot start %s: %s" % (" ".join(argv), exc),
+            )
+            self.events.put(("exit", generation, None))
+            return
+        log.info("codex app-server started, pid %d", self.codex.pid)
+        self.call(
+            "initialize",
+            {
+                "clientInfo": {"name": "codeswarm_worker", "title": None, "version": "0.1"},
+                "capabilities": {
+                    "experimentalApi": False,
+                    "optOutNotificationMethods": [
+                        "account/rateLimits/updated",
+                        "thread/status/changed",
+                        "remoteControl/status/changed",
+                    ],
+                },
+            },
+            self.initialized,
+        )
+
+    def call(self, method, params, callback):
+        self.pending[self.codex.request(method, params)] = callback
+
+    def thread_params(self):
+        return {
+            "cwd": os.path.abspath(self.workspace),
+            "approvalPolicy": self.agent["approval_policy"],
+            "sandbox": self.agent["sandbox"],
+        }
+
+    def initialized(self, result, error):
+        if error:
+            self.agent_error("initialize failed: %s" % error.get("message"))
+            return
+        self.codex.notify("initialized")
+        thread_id = self.state["thread_id"]
+        if thread_id:
+            params = dict(self.thread_params(), threadId=thread_id)
+            self.call("thread/resume", params, self.thread_opened)
+        else:
+            self.call("thread/start", self.thread_params(), self.thread_opened)
+
+    def thread_opened(self, result, error):
+        if error:
+            if self.state["thread_id"]:
+                self.emit(
+                    "error",
+                    error=records.ERROR_AGENT,
+                    message="could not resume thread %s (%s); starting a new one"
+                    % (self.state["thread_id"], error.get("message")),
+                )
+                self.state["thread_id"] = None
+                self.call("thread/start", self.thread_params(), self.thread_opened)
+            else:
+                self.agent_error("thread/start failed: %s" % error.get("message"))
+            return
+        self.state["thread_id"] = result["thread"]["id"]
+        self.save_state()
+        self.ready = True
+        log.info("thread %s ready", self.state["thread_id"])
+
+    def agent_error(self, message):
+        self.emit("error", error=records.ERROR_AGENT, message=message)
+        if self.codex is not None:
+            self.codex.kill()
+
+    def codex_exited(self, code):
+        tail = self.codex.stderr_tail() if self.codex is not None else ""
+        if self.codex is not None:
+            self.codex.stop(timeout=1.0)
+        self.codex = None
+        self.ready = False
+        self.pending = {}
+        if self.turn is not None:
+            self.fail(
+                self.turn.injection_id,
+                records.FAILED_AGENT_CRASHED,
+                "codex exited (code %s) during the turn" % code,
+                stderr=tail,
+            )
+            self.turn = None
+            self.state["in_flight"] = None
+            self.save_state()
+        if self.stop_reason is not None:
+            return
+        self.failures += 1
+        if self.failures > self.settings["codex_restart_max"]:
+            self.emit(
+                "error",
+                error=records.ERROR_AGENT,
+                message="codex failed %d times in a row; giving up" % self.failures,
+            )
+            self.request_stop("agent_unavailable")
+            return
+        delay = self.settings["codex_restart_backoff_seconds"] * 2 ** (self.failures - 1)
+        log.warning("codex exited (code %s); restarting in %.1fs", code, delay)
+        self.restart_at = time.monotonic() + delay
+
+    def answer_request(self, message):
+        method = message["method"]
+        accept = self.agent["approval_decision"] == "accept"
+        if method in ("item/commandExecution/requestApproval", "item/fileChange/requestApproval"):
+            result = {"decision": "accept" if accept else "decline"}
+        elif method in ("execCommandApproval", "applyPatchApproval"):
+            result = {"decision": "approved" if accept else "denied"}
+        elif method == "item/permissions/requestApproval":
+            result = {"permissions": {}, "scope": "turn"}
+        elif method == "item/tool/requestUserInput":
+            result = {"answers": {}}
+        elif method == "mcpServer/elicitation/request":
+            result = {"action": "accept" if accept else "decline"}
+        else:
+            self.codex.respond_error(
+                message["id"], METHOD_NOT_FOUND, "codeswarm worker does not handle %s" % method
+            )
+            return
+        log.info("answered %s with %s", method, result)
+        self.codex.respond(message["id"], result)
+
+    # ---- turns ------------------------------------------------------------------------------
+
+    def start_next_turn(self):
+        if not self.ready or self.turn is not None or not self.queue or self.stop_reason:
+            return
+        _, injection_id, content = self.queue.popleft()
+        self.turn = Turn(injection_id, self.usage_total)
+        self.state["in_flight"] = injection_id
+        self.mark_handled(injection_id)
+        self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
+        self.save_state()
+        params = {"threadId": self.state["thread_id"], "input": [{"type": "text", "text": content}]}
+        self.call("turn/start", params, self.turn_accepted)
+
+    def turn_accepted(self, result, error):
+        if self.turn is None:
+            return
+        if error:
+            self.fail(
+                self.turn.injection_id,
+                records.FAILED_INVALID,
+                "codex refused the turn: %s" % error.get("message"),
+            )
+            self.end_turn()
+            return
+        if self.turn.turn_id is None:
+            self.turn.turn_id = result["turn"]["id"]
+        if self.turn.interrupt_wanted:
+            self.interrupt()
+
+    def interrupt(self):
+        if self.turn is None:
+            return
+        if self.turn.turn_id is None or not self.ready:
+            self.turn.interrupt_wanted = True
+            return
+        self.turn.interrupt_wanted = False
+        params = {"threadId": self.state["thread_id"], "turnId": self.turn.turn_id}
+        self.call("turn/interrupt", params, lambda result, error: None)
+
+    def notification(self, method, params):
+        if method == "thread/tokenUsage/updated":
+            self.usage_total = params.get("tokenUsage", {}).get("total")
+            return
+        if method == "error":
+            error = params.get("error") or {}
+            self.emit(
+                "error",
+                error=records.ERROR_AGENT,
+                message=error.get("message", ""),
+                will_retry=bool(params.get("willRetry")),
+            )
+            return
+        turn = self.turn
+        if turn is None:
+            return
+        if method == "turn/started":
+            turn.turn_id = params["turn"]["id"]
+            self.emit("turn_started", injection_id=turn.injection_id, turn_id=turn.turn_id)
+            if turn.interrupt_wanted:
+                self.interrupt()
+        elif method == "item/agentMessage/delta":
+            self.emit("assistant_delta", injection_id=turn.injection_id, delta=params["delta"])
+        elif method == "item/completed" and params.get("item", {}).get("type") == "agentMessage":
+            self.emit("assistant", injection_id=turn.injection_id, content=params["item"]["text"])
+        elif method == "turn/completed":
+            done = params.get("turn") or {}
+            error = (done.get("error") or {}).get("message")
+            self.emit(
+                "turn_complete",
+                injection_id=turn.injection_id,
+                status=done.get("status", "completed"),
+                error=error,
+            )
+            self.emit("usage", injection_id=turn.injection_id, **self.turn_usage(turn))
+            self.failures = 0
+            self.end_turn()
+
+    def turn_usage(self, turn):
+        now = self.usage_total or {}
+        base = turn.usage_base or {}
+        return {
+            ours: max(0, now.get(theirs, 0) - base.get(theirs, 0)) for ours, theirs in USAGE_KEYS
+        }
+
+    def end_turn(self):
+        self.turn = None
+        self.state["in_flight"] = None
+        self.save_state()
+
+    # ---- records ----------------------------------------------------------------------------
+
+    def emit(self, kind, **fields):
+        return self.outbox.write(kind, **fields)
+
+    def fail(self, injection_id, code, message, stderr=None):
+        fields = {"injection_id": injection_id, "error": code, "message": message}
+        if stderr:
+            fields["stderr"] = stderr
+        self.emit("inject_failed", **fields)
+
+    def mark_handled(self, injection_id):
+        handled = self.state["handled"]
+        handled.append(injection_id)
+        del handled[:-HANDLED_KEPT]
+
+    def save_state(self):
+        self.state["next_seq"] = self.outbox.next_seq
+        self.store.save(self.state)
+
+
+def load_settings(path):
+    """Agent and worker settings from the JSON file the router writes at launch."""
+    agent = dict(AGENT_DEFAULTS)
+    worker = dict(WORKER_DEFAULTS)
+    if path:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        agent.update(data.get("agent") or {})
+        worker.update(data.get("worker") or {})
+    return agent, worker
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python3 -m hpc.codex_worker",
+        description="Run one node's Codex agent: read its inbox, write its outbox.",
+    )
+    parser.add_argument("--mailbox", required=True, help="the mailbox directory")
+    parser.add_argument(
+        "--job-id", default=os.environ.get("SLURM_JOB_ID"), help="default: $SLURM_JOB_ID"
+    )
+    parser.add_argument(
+        "--node-id", type=int, default=os.environ.get("SLURM_NODEID"), help="default: $SLURM_NODEID"
+    )
+    parser.add_argument(
+        "--workspace",
+        help="the agent's working directory (default: <mailbox>/../workspaces/<JOB>_<NODE>)",
+    )
+    parser.add_argument(
+        "--codex-home",
+        help="this node's CODEX_HOME (default: <mailbox>/../codex-home/<JOB>_<NODE>)",
+    )
+    parser.add_argument("--settings", help="JSON file with 'agent' and 'worker' settings")
+    parser.add_argument("--codex-path", help="the codex binary (overrides the settings file)")
+    args = parser.parse_args(argv)
+    if args.job_id is None or args.node_id is None:
+        parser.error("give --job-id and --node-id, or run under Slurm (SLURM_JOB_ID, SLURM_NODEID)")
+    return args
+
+
+def main(argv=None):
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s codex_worker[%(process)d] %(levelname)s %(message)s",
+    )
+    args = parse_args(argv)
+    agent, settings = load_settings(args.settings)
+    if args.codex_path:
+        agent["codex_path"] = args.codex_path
+    try:
+        key = records.node_key(args.job_id, args.node_id)
+    except records.RecordError as exc:
+        log.error("%s", exc)
+        return 2
+    base = os.path.dirname(os.path.abspath(args.mailbox))
+    workspace = args.workspace or os.path.join(base, "workspaces", key)
+    codex_home = args.codex_home or os.path.join(base, "codex-home", key)
+    worker = Worker(args.mailbox, args.job_id, args.node_id, workspace, codex_home, agent, settings)
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.request_stop("sigterm"))
+    signal.signal(signal.SIGINT, lambda signum, frame: worker.request_stop("sigint"))
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Reading and writing a node's mailbox files the way shared filesystems need.
+
+NFS gives close-to-open consistency: a reader sees another host's appends only after it opens
+the file again. So the inbox reader stats and reopens on every poll, keeps a byte offset, and
+takes only complete lines. Writers append whole lines with one ``write`` call each.
+"""
+
+import errno
+import json
+import os
+
+from . import records
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def ensure_mailbox(root):
+    """Create the mailbox directories, private to their owner (other users must not inject)."""
+    for name in records.MAILBOX_DIRS:
+        path = os.path.join(root, name)
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+
+
+class InboxReader:
+    """Complete new lines of one inbox file, from a byte offset kept by the caller's state."""
+
+    def __init__(self, path, offset=0):
+        self.path = path
+        self.offset = offset
+
+    def poll(self):
+        """Return a list of (start_offset, line_bytes) for every complete line past the offset."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return []
+            raise
+        if size <= self.offset:
+            return []
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(size - self.offset)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return []
+            raise
+        lines = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break
+            lines.append((self.offset + start, data[start : end + 1]))
+            start = end + 1
+        self.offset += start
+        return lines
+
+
+class OutboxWriter:
+    """Appends events to a node's outbox, numbering them with a per-node ``seq``."""
+
+    def __init__(self, path, job_id, node_id, next_seq):
+        self.path = path
+        self.job_id = job_id
+        self.node_id = node_id
+        self.next_seq = next_seq
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+
+    def write(self, kind, **fields):
+        event = records.outbox_event(kind, self.job_id, self.node_id, self.next_seq, **fields)
+        self.next_seq += 1
+        os.write(self._fd, records.encode_line(event).encode("utf-8"))
+        return event
+
+    def close(self):
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def last_seq(paths):
+    """The highest ``seq`` in the last complete line of any of ``paths``, or -1."""
+    best = -1
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 65536))
+                tail = f.read()
+        except OSError:
+            continue
+        for line in reversed(tail.split(b"\n")):
+            try:
+                seq = json.loads(line).get("seq")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(seq, int):
+                best = max(best, seq)
+                break
+    return best
+
+
+class StateStore:
+    """A worker's durable state, replaced atomically so a crash never leaves half a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def load(self):
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                state = json.load(f)
+        except FileNotFoundError:
+            return records.new_state()
+        problem = records.state_problem(state)
+        if problem:
+            raise records.RecordError("%s: %s" % (self.path, problem))
+        return state
+
+    def save(self, state):
+        tmp = "%s.tmp.%d" % (self.path, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(state, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def archive_outbox(root, job_id, node_id):
+    """Move a node's outbox into ``archive/``, never over an earlier run's archive."""
+    name = records.record_name(job_id, node_id)
+    source = os.path.join(root, records.OUTBOX_DIR, name)
+    target = os.path.join(root, records.ARCHIVE_DIR, name)
+    run = 1
+    while os.path.exists(target):
+        target = os.path.join(
+            root,
+            records.ARCHIVE_DIR,
+            "%s.r%d%s" % (records.node_key(job_id, node_id), run, records.RECORD_SUFFIX),
+        )
+        run += 1
+    os.replace(source, target)
+    return target
