@@ -67,11 +67,13 @@ def merge(base, override):
 
 
 def prepare_codex_home(path, agent):
-    """Create ``path`` (0700) and write config.toml for the agent settings dict ``agent``."""
+    """Create ``path`` (0700) and write config.toml for the agent settings dict ``agent``.
+
+    Approval policy and sandbox travel in ``thread/start`` instead: config.toml spells them
+    differently and rejects values (``untrusted``) that the protocol accepts.
+    """
     os.makedirs(path, mode=0o700, exist_ok=True)
     settings = dict(QUIET_DEFAULTS)
-    settings["approval_policy"] = agent.get("approval_policy", "never")
-    settings["sandbox_mode"] = agent.get("sandbox", "workspace-write")
     if agent.get("model"):
         settings["model"] = agent["model"]
     settings = merge(settings, agent.get("config") or {})

@@ -394,11 +394,18 @@ class Worker:
                 "error",
                 error=records.ERROR_AGENT,
                 message="codex failed %d times in a row; giving up" % self.failures,
+                stderr=tail,
             )
             self.request_stop("agent_unavailable")
             return
         delay = self.settings["codex_restart_backoff_seconds"] * 2 ** (self.failures - 1)
         log.warning("codex exited (code %s); restarting in %.1fs", code, delay)
+        self.emit(
+            "error",
+            error=records.ERROR_AGENT,
+            message="codex exited (code %s); restarting in %.1fs" % (code, delay),
+            stderr=tail,
+        )
         self.restart_at = time.monotonic() + delay
 
     def answer_request(self, message):

@@ -53,6 +53,7 @@ class ErrorSchema(EventSchema):
     message = fields.String(required=True)
     line = fields.String(metadata={"description": "an excerpt of the offending input"})
     field = fields.String(metadata={"description": "the offending field, dotted"})
+    stderr = fields.String(metadata={"description": "the tail of the failing process's stderr"})
     job_id = SafeId()
     node_id = NodeId()
     seq = fields.Integer()
