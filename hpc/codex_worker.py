@@ -101,6 +101,7 @@ class Worker:
         self.failures = 0
         self.restart_at = None
         self.stop_reason = None
+        self.draining = False
         self.exit_deadline = None
         self.last_activity = time.monotonic()
         self.last_inbox_poll = 0.0
@@ -196,7 +197,10 @@ class Worker:
             except queue.Empty:
                 item = None
         now = time.monotonic()
-        if self.stop_reason is None and now - self.last_inbox_poll >= self.poll_delay:
+        if self.draining and self.turn is None and not self.queue:
+            self.request_stop("shutdown")
+        idle = self.stop_reason is None and not self.draining
+        if idle and now - self.last_inbox_poll >= self.poll_delay:
             self.last_inbox_poll = now
             self.read_inbox()
         if self.restart_at is not None and now >= self.restart_at and self.stop_reason is None:
@@ -240,7 +244,8 @@ class Worker:
         self.last_activity = time.monotonic()
         for start, raw in lines:
             self.inbox_line(start, raw)
-            if self.stop_reason is not None:
+            if self.draining:
+                self.inbox.offset = start + len(raw)
                 break
         self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
         self.save_state()
@@ -259,7 +264,8 @@ class Worker:
             return
         kind = record["type"]
         if kind == records.INBOX_SHUTDOWN:
-            self.request_stop("shutdown")
+            log.info("shutdown requested: finishing %d queued prompts first", len(self.queue))
+            self.draining = True
         elif kind == records.INBOX_INTERRUPT:
             self.interrupt()
         else:

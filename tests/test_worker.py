@@ -239,12 +239,17 @@ def test_model_failure_completes_the_turn_as_failed(worker, model_server):
     assert lifecycle_ok(turn_events(events, "good"))
 
 
-def test_shutdown_message_ends_the_worker(worker):
+def test_shutdown_message_finishes_earlier_prompts_then_exits(worker, model_server):
     run = worker().start()
+    run.inject("before", "answer me first")
     run.write({"type": "shutdown"})
-    assert run.process.wait(15) == 0
+    run.inject("after", "written after the shutdown")
+    assert run.process.wait(30) == 0
     events = [json.loads(line) for line in run.archive.read_text().splitlines()]
+    assert lifecycle_ok(turn_events(events, "before"))
+    assert turn_events(events, "after") == []
     assert events[-1] == {**events[-1], "type": "node_exited", "reason": "shutdown"}
+    assert [last_user_text(b) for b in model_server.requests] == ["answer me first"]
 
 
 def _python38() -> str | None:
