@@ -102,6 +102,7 @@ class Worker:
         self.restart_at = None
         self.stop_reason = None
         self.draining = False
+        self.state_dirty = False
         self.exit_deadline = None
         self.last_activity = time.monotonic()
         self.last_inbox_poll = 0.0
@@ -207,6 +208,8 @@ class Worker:
             self.restart_at = None
             self.start_codex()
         self.start_next_turn()
+        if self.state_dirty:
+            self.save_state()
 
     def next_delay(self):
         active = self.settings["poll_active_seconds"]
@@ -248,7 +251,7 @@ class Worker:
                 self.inbox.offset = start + len(raw)
                 break
         self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
-        self.save_state()
+        self.state_dirty = True
 
     def inbox_line(self, start, raw):
         try:
@@ -544,6 +547,7 @@ class Worker:
     def save_state(self):
         self.state["next_seq"] = self.outbox.next_seq
         self.store.save(self.state)
+        self.state_dirty = False
 
 
 def load_settings(path):

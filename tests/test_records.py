@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from codeswarm.hpc import records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from codeswarm.hpc import records
 from codeswarm.protocol.mailbox import (
     WorkerStateSchema,
     inbox_record_errors,
