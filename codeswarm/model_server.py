@@ -116,16 +116,10 @@ def default_usage(body: JSON, deltas: int) -> Usage:
 
 def split_text(text: str, parts: int) -> list[str]:
     """Split text into min(parts, len(text)) non-empty chunks (exactly `parts` when possible)."""
-    count = max(0, min(parts, len(text)))
-    if count == 0:
-        return []
-    size, extra = divmod(len(text), count)
-    chunks, start = [], 0
-    for index in range(count):
-        end = start + size + (1 if index < extra else 0)
-        chunks.append(text[start:end])
-        start = end
-    return chunks
+    count = min(max(parts, 0), len(text))
+    size, extra = divmod(len(text), count or 1)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [text[start:end] for start, end in itertools.pairwise(bounds)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -136,13 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
-        self._route("GET")
-
-    def do_POST(self) -> None:
-        self._route("POST")
-
-    def _route(self, method: str) -> None:
-        owner, path = self.server.owner, self.path.split("?", 1)[0].rstrip("/")
+        owner, method, path = self.server.owner, self.command, self.path.split("?")[0].rstrip("/")
         try:
             if method == "GET" and path.endswith("/models"):
                 item = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "local"}
@@ -168,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
             log.info("client went away during %s %s", method, path)
         except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, bad rule fields
             self._send_json(400, {"error": {"message": f"bad request: {exc}"}})
+
+    do_POST = do_GET
 
     def _read_json(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -328,7 +318,7 @@ class ModelServer:
         """Block until at least `count` requests arrived; TimeoutError otherwise."""
         with self._lock:
             if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout):
-                raise TimeoutError(f"{len(self._requests)} of {count} requests after {timeout}s")
+                raise TimeoutError(f"{len(self._requests)} of {count} requests in {timeout}s")
             return list(self._requests)
 
     def _record_and_match(self, body: JSON) -> Reply:

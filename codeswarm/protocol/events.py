@@ -63,6 +63,9 @@ class InjectAckSchema(InjectionEventSchema):
     held = fields.Boolean(
         required=True, metadata={"description": "true while the node is not yet running"}
     )
+    duplicate = fields.Boolean(
+        metadata={"description": "true when this injection_id was already accepted"}
+    )
 
 
 class TurnStartedSchema(InjectionEventSchema):

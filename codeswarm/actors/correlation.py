@@ -1,0 +1,200 @@
+"""One node's injection bookkeeping, as a plain object the NodeActor drives.
+
+It decides, it does not act: each method returns the events to emit and, where the node must be
+written to, the injections to write. The actor owns the I/O and the timers. That keeps every
+rule here testable without threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from typing import Any
+
+from codeswarm.actors.messages import Injection
+from codeswarm.hpc import records
+from codeswarm.protocol import errors, make_event
+
+log = logging.getLogger(__name__)
+
+# Where each event puts an injection in its lifecycle; deltas and messages may repeat.
+STAGES = {
+    "inject_ack": 0,
+    "inject_delivered": 1,
+    "turn_started": 2,
+    "assistant_delta": 3,
+    "assistant": 3,
+    "turn_complete": 4,
+    "usage": 5,
+}
+FINAL = ("usage", "inject_failed")
+RECENT_KEPT = 1000
+
+
+class Open:
+    """An injection written to the inbox and not yet finished."""
+
+    __slots__ = ("injection", "stage")
+
+    def __init__(self, injection: Injection) -> None:
+        self.injection = injection
+        self.stage = 0
+
+
+class NodeCorrelation:
+    """Injection queue and event correlation for one (job_id, node_id)."""
+
+    def __init__(self, swarm_id: str | None, job_id: str, node_id: int, state: str) -> None:
+        self.swarm_id = swarm_id
+        self.job_id = job_id
+        self.node_id = node_id
+        self.state = state
+        self.held: list[Injection] = []
+        self.open: dict[str, Open] = {}
+        self.recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.last_seq = -1
+
+    def event(self, kind: str, request_id: Any = None, **fields: Any) -> dict[str, Any]:
+        return make_event(
+            kind,
+            swarm_id=self.swarm_id,
+            job_id=self.job_id,
+            node_id=self.node_id,
+            request_id=request_id,
+            **fields,
+        )
+
+    def failed(self, injection: Injection, code: str, message: str, **extra: Any) -> dict:
+        self._finish(injection.injection_id, injection.request_id)
+        return self.event(
+            "inject_failed",
+            injection.request_id,
+            injection_id=injection.injection_id,
+            error=code,
+            message=message,
+            **extra,
+        )
+
+    def _finish(self, injection_id: str, request_id: Any) -> None:
+        self.open.pop(injection_id, None)
+        self.recent[injection_id] = request_id
+        while len(self.recent) > RECENT_KEPT:
+            self.recent.popitem(last=False)
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    def inject(self, injection: Injection) -> tuple[list[dict], list[Injection]]:
+        """Accept an injection: emit now, hold it, or hand it back to be written."""
+        injection_id = injection.injection_id
+        known = injection_id in self.open or injection_id in self.recent
+        if known or any(h.injection_id == injection_id for h in self.held):
+            ack = self.event(
+                "inject_ack",
+                injection.request_id,
+                injection_id=injection_id,
+                held=False,
+                duplicate=True,
+            )
+            return [ack], []
+        if self.state == "exited":
+            return [self.failed(injection, errors.NODE_GONE, "the node has exited")], []
+        if self.state == "pending":
+            self.held.append(injection)
+            ack = self.event(
+                "inject_ack", injection.request_id, injection_id=injection_id, held=True
+            )
+            return [ack], []
+        return [], [injection]
+
+    def written(self, injection: Injection) -> list[dict]:
+        """The injection is durably in the inbox."""
+        self.open[injection.injection_id] = Open(injection)
+        return [
+            self.event(
+                "inject_ack", injection.request_id, injection_id=injection.injection_id, held=False
+            )
+        ]
+
+    def write_failed(self, injection: Injection, code: str, message: str, stderr: str) -> dict:
+        extra = {"stderr": stderr} if stderr else {}
+        return self.failed(injection, code, message, **extra)
+
+    def started(self) -> list[Injection]:
+        """The node runs: hand back the held injections, in order, to be written."""
+        self.state = "running"
+        held, self.held = self.held, []
+        return held
+
+    def timed_out(self, injection_id: str, seconds: float) -> list[dict]:
+        entry = self.open.get(injection_id)
+        if entry is None or entry.stage >= STAGES["inject_delivered"]:
+            return []
+        message = f"the worker did not read the prompt within {seconds:g} s"
+        return [self.failed(entry.injection, errors.TIMEOUT, message)]
+
+    def gone(self, reason: str) -> list[dict]:
+        """The node exited: every injection it still owed fails with ``node_gone``."""
+        self.state = "exited"
+        lost = [entry.injection for entry in self.open.values()] + self.held
+        self.held = []
+        message = f"the node exited ({reason}) before answering"
+        return [self.failed(injection, errors.NODE_GONE, message) for injection in lost]
+
+    # ---- worker events ----------------------------------------------------------------------
+
+    def worker_line(self, raw: bytes) -> list[dict]:
+        """One outbox line as the events to emit (none for a duplicate)."""
+        try:
+            event = json.loads(raw)
+        except ValueError as exc:
+            return [self._bad_line(raw, f"outbox line is not JSON: {exc}")]
+        problem = records.outbox_event_problem(event)
+        if problem:
+            return [self._bad_line(raw, f"outbox event {problem}")]
+        if event["seq"] <= self.last_seq:
+            return []
+        self.last_seq = event["seq"]
+        event["swarm_id"] = self.swarm_id
+        kind = event["type"]
+        if kind == "node_started":
+            return [event]
+        if kind == "node_exited":
+            return [event, *self.gone(event["reason"])]
+        injection_id = event.get("injection_id")
+        if injection_id is None:
+            return [event]
+        entry = self.open.get(injection_id)
+        if entry is None:
+            request_id = self.recent.get(injection_id)
+        else:
+            request_id = entry.injection.request_id
+            self._check_order(entry, kind)
+        if request_id is not None:
+            event["request_id"] = request_id
+        if kind in FINAL:
+            self._finish(injection_id, request_id)
+        return [event]
+
+    def _check_order(self, entry: Open, kind: str) -> None:
+        stage = STAGES.get(kind)
+        if stage is None:
+            return
+        if stage < entry.stage:
+            log.warning(
+                "%s_%s: %s for %s after stage %d",
+                self.job_id,
+                self.node_id,
+                kind,
+                entry.injection.injection_id,
+                entry.stage,
+            )
+        entry.stage = max(entry.stage, stage)
+
+    def _bad_line(self, raw: bytes, message: str) -> dict:
+        return self.event(
+            "error",
+            error=records.ERROR_WORKER,
+            message=message,
+            line=raw[:200].decode("utf-8", "replace"),
+        )

@@ -1,0 +1,90 @@
+"""FollowerActor: owns one outbox follower process and the thread that reads its stream."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import pykka
+
+from codeswarm.actors.messages import FollowerDied, FollowerLines
+from codeswarm.backends import BackendError, FollowerStream, Transport
+
+log = logging.getLogger(__name__)
+READ_SIZE = 1 << 16
+
+
+def parse_records(data: bytes) -> tuple[list[tuple[str, str, int, bytes]], list[bytes]]:
+    """Follower output (complete lines) as line records, plus its other records (H, E)."""
+    lines = []
+    other = []
+    for raw in data.split(b"\n"):
+        if raw.startswith(b"L\t"):
+            parts = raw.split(b"\t", 4)
+            if len(parts) == 5 and parts[3].isdigit():
+                lines.append((parts[1].decode(), parts[2].decode(), int(parts[3]), parts[4]))
+                continue
+        if raw:
+            other.append(raw)
+    return lines, other
+
+
+class FollowerActor(pykka.ThreadingActor):
+    """Starts the follower with the router's cursor and forwards its lines in batches."""
+
+    def __init__(self, transport: Transport, supervisor: Any, generation: int, start: dict) -> None:
+        super().__init__()
+        self.transport = transport
+        self.supervisor = supervisor
+        self.generation = generation
+        self.start_with = start
+        self.stream: FollowerStream | None = None
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        try:
+            self.stream = self.transport.start_follower(self.start_with)
+        except BackendError as exc:
+            self.supervisor.tell(FollowerDied(self.generation, f"cannot start: {exc}"))
+            return
+        self.thread = threading.Thread(
+            target=self.read, name=f"follower-reader-{self.generation}", daemon=True
+        )
+        self.thread.start()
+
+    def on_stop(self) -> None:
+        self.stopping.set()
+        if self.stream is not None:
+            self.stream.close()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    def read(self) -> None:
+        assert self.stream is not None
+        fd = self.stream.stdout.fileno()
+        pending = b""
+        reason = "the follower's stream ended"
+        try:
+            while True:
+                chunk = os.read(fd, READ_SIZE)
+                if not chunk:
+                    break
+                data = pending + chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    pending = data
+                    continue
+                pending = data[cut + 1 :]
+                lines, other = parse_records(data[:cut])
+                if lines:
+                    self.supervisor.tell(FollowerLines(self.generation, lines))
+                for record in other:
+                    if record.startswith(b"E\t"):
+                        log.warning("follower: %s", record[2:].decode("utf-8", "replace"))
+        except OSError as exc:
+            reason = f"reading the follower failed: {exc}"
+        if not self.stopping.is_set():
+            self.supervisor.tell(FollowerDied(self.generation, reason))

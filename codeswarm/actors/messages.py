@@ -1,0 +1,75 @@
+"""Messages the router's actors tell each other. Frozen, small, and never waited on."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from codeswarm.protocol import Command
+
+
+class CommandReceived(NamedTuple):
+    command: Command
+
+
+class Attach(NamedTuple):
+    """Where the ProtocolActor sends commands; it starts reading its input only then."""
+
+    supervisor: Any
+
+
+class InputClosed(NamedTuple):
+    """The protocol input reached EOF: the daemon's cue to stop."""
+
+
+class Emit(NamedTuple):
+    """Events for the client, in order."""
+
+    events: list[dict[str, Any]]
+
+
+class FollowerLines(NamedTuple):
+    generation: int
+    lines: list[tuple[str, str, int, bytes]]  # node key, file identity, offset after, raw line
+
+
+class FollowerDied(NamedTuple):
+    generation: int
+    reason: str
+
+
+class StartFollower(NamedTuple):
+    pass
+
+
+class Injection(NamedTuple):
+    injection_id: str
+    content: str
+    request_id: Any = None
+
+
+class Inject(NamedTuple):
+    injection: Injection
+
+
+class InterruptNode(NamedTuple):
+    request_id: Any = None
+
+
+class WorkerLines(NamedTuple):
+    lines: list[bytes]
+
+
+class NodeGone(NamedTuple):
+    reason: str
+
+
+class InjectTimeout(NamedTuple):
+    injection_id: str
+
+
+class PollJobs(NamedTuple):
+    pass
+
+
+class SaveCursor(NamedTuple):
+    pass

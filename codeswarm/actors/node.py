@@ -1,0 +1,131 @@
+"""NodeActor: one per (job_id, node_id), owning that node's injection queue and correlation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+
+from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.messages import (
+    Emit,
+    Inject,
+    Injection,
+    InjectTimeout,
+    InterruptNode,
+    NodeGone,
+    WorkerLines,
+)
+from codeswarm.backends import BackendError, Transport
+from codeswarm.hpc import records
+from codeswarm.protocol import errors
+from codeswarm.timer import Timer, TimerHandle
+
+log = logging.getLogger(__name__)
+
+
+class NodeActor(pykka.ThreadingActor):
+    """Writes this node's inbox, correlates its outbox events, and times out silent workers."""
+
+    def __init__(
+        self,
+        correlation: NodeCorrelation,
+        transport: Transport,
+        sink: Any,
+        timer: Timer,
+        inject_timeout: float,
+    ) -> None:
+        super().__init__()
+        self.node = correlation
+        self.transport = transport
+        self.sink = sink
+        self.timer = timer
+        self.inject_timeout = inject_timeout
+        self.timers: dict[str, TimerHandle] = {}
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, WorkerLines):
+            self.worker_lines(message.lines)
+        elif isinstance(message, Inject):
+            events, to_write = self.node.inject(message.injection)
+            self.emit(events)
+            self.write(to_write)
+        elif isinstance(message, InjectTimeout):
+            self.timers.pop(message.injection_id, None)
+            self.emit(self.node.timed_out(message.injection_id, self.inject_timeout))
+        elif isinstance(message, NodeGone):
+            if self.node.state != "exited":
+                self.emit(self.node.gone(message.reason))
+        elif isinstance(message, InterruptNode):
+            self.interrupt(message.request_id)
+
+    def on_stop(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+
+    def emit(self, events: list[dict]) -> None:
+        if events:
+            self.sink.tell(Emit(events))
+
+    def worker_lines(self, lines: list[bytes]) -> None:
+        events: list[dict] = []
+        for raw in lines:
+            for event in self.node.worker_line(raw):
+                events.append(event)
+                kind = event["type"]
+                if kind == "node_started" and self.node.state == "pending":
+                    self.emit(events)
+                    events = []
+                    self.write(self.node.started())
+                elif kind in ("inject_delivered", "inject_failed"):
+                    handle = self.timers.pop(event["injection_id"], None)
+                    if handle is not None:
+                        handle.cancel()
+        self.emit(events)
+
+    def write(self, injections: list[Injection]) -> None:
+        """Append injections to the inbox in one write; ack or fail each, start their clocks."""
+        if not injections:
+            return
+        lines = [
+            records.encode_line(records.inbox_user(i.injection_id, i.content)).encode()
+            for i in injections
+        ]
+        try:
+            self.transport.append_inbox(self.node.job_id, self.node.node_id, lines)
+        except BackendError as exc:
+            self.emit(
+                [self.node.write_failed(i, exc.code, str(exc), exc.stderr) for i in injections]
+            )
+            return
+        events = []
+        for injection in injections:
+            events += self.node.written(injection)
+            self.timers[injection.injection_id] = self.timer.call_later(
+                self.inject_timeout, self.actor_ref, InjectTimeout(injection.injection_id)
+            )
+        self.emit(events)
+
+    def interrupt(self, request_id: Any) -> None:
+        if self.node.state != "running":
+            self.emit(
+                [
+                    self.node.event(
+                        "error",
+                        request_id,
+                        error=errors.INVALID_FIELD,
+                        message=f"node {self.node.node_id} is {self.node.state}",
+                    )
+                ]
+            )
+            return
+        line = records.encode_line(records.inbox_interrupt()).encode()
+        try:
+            self.transport.append_inbox(self.node.job_id, self.node.node_id, [line])
+        except BackendError as exc:
+            self.emit(
+                [self.node.event("error", request_id, error=errors.BACKEND, message=str(exc))]
+            )
+            return
+        self.emit([self.node.event("interrupt_ack", request_id)])

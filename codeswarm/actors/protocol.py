@@ -1,0 +1,106 @@
+"""ProtocolActor: JSON lines in from a stream it is given, events out, one flushed line each."""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import threading
+from typing import Any, BinaryIO
+
+import pykka
+
+from codeswarm.actors.messages import Attach, CommandReceived, Emit, InputClosed
+from codeswarm.protocol import decode_line, encode_event, error_event, errors
+from codeswarm.protocol.codec import MAX_LINE_BYTES
+
+log = logging.getLogger(__name__)
+READ_SIZE = 1 << 16
+
+
+class LineReader:
+    """Complete lines from a file descriptor, with a bound on line length and a stop flag."""
+
+    def __init__(self, fd: int, stop: threading.Event) -> None:
+        self.fd = fd
+        self.stop = stop
+        self.buffer = b""
+        self.discarding = False
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(fd, selectors.EVENT_READ)
+
+    def lines(self):
+        """Yield each line (bytes, no newline); an over-long line is yielded as ``None``."""
+        while not self.stop.is_set():
+            if not self.selector.select(timeout=0.2):
+                continue
+            chunk = os.read(self.fd, READ_SIZE)
+            if not chunk:
+                if self.buffer and not self.discarding:
+                    yield self.buffer
+                return
+            self.buffer += chunk
+            while True:
+                cut = self.buffer.find(b"\n")
+                if cut < 0:
+                    break
+                line, self.buffer = self.buffer[:cut], self.buffer[cut + 1 :]
+                if self.discarding:
+                    self.discarding = False
+                    continue
+                yield line
+            if len(self.buffer) > MAX_LINE_BYTES:
+                yield None
+                self.buffer = b""
+                self.discarding = True
+
+
+class ProtocolActor(pykka.ThreadingActor):
+    """Bridges the client's streams and the supervisor; writes are serialised here."""
+
+    def __init__(self, input_stream: BinaryIO, output_stream: BinaryIO) -> None:
+        super().__init__()
+        self.input = input_stream
+        self.output = output_stream
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Emit):
+            self.write(message.events)
+        elif isinstance(message, Attach):
+            self.thread = threading.Thread(
+                target=self.read, args=(message.supervisor,), name="protocol-reader", daemon=True
+            )
+            self.thread.start()
+
+    def write(self, events: list[dict]) -> None:
+        try:
+            self.output.write("".join(encode_event(e) for e in events).encode("utf-8"))
+            self.output.flush()
+        except (BrokenPipeError, ValueError, OSError) as exc:
+            log.error("cannot write events to the client: %s", exc)
+
+    def on_stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout=5)
+
+    def read(self, supervisor: Any) -> None:
+        reader = LineReader(self.input.fileno(), self.stopping)
+        for line in reader.lines():
+            if line is None:
+                event = error_event(
+                    errors.LINE_TOO_LONG, f"line is longer than {MAX_LINE_BYTES} bytes"
+                )
+                self.actor_ref.tell(Emit([event]))
+                continue
+            if not line.strip():
+                continue
+            result = decode_line(line)
+            if isinstance(result, dict):
+                self.actor_ref.tell(Emit([result]))
+            else:
+                supervisor.tell(CommandReceived(result))
+        if not self.stopping.is_set():
+            supervisor.tell(InputClosed())

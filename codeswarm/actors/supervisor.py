@@ -1,0 +1,359 @@
+"""SupervisorActor: owns the backend and the follower, spawns NodeActors, answers commands."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import pykka
+
+from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.follower import FollowerActor
+from codeswarm.actors.messages import (
+    CommandReceived,
+    Emit,
+    FollowerDied,
+    FollowerLines,
+    Inject,
+    Injection,
+    InputClosed,
+    InterruptNode,
+    NodeGone,
+    PollJobs,
+    SaveCursor,
+    StartFollower,
+    WorkerLines,
+)
+from codeswarm.actors.node import NodeActor
+from codeswarm.backends import BackendError, Scheduler, Transport
+from codeswarm.cursor import CursorStore
+from codeswarm.hpc import records
+from codeswarm.protocol import commands, errors, make_event
+from codeswarm.registry import SwarmRecord, SwarmRegistry
+from codeswarm.timer import Timer
+
+log = logging.getLogger(__name__)
+
+FOLLOWER_RESTART_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+CURSOR_SAVE_SECONDS = 0.5
+LIVE_STATES = ("pending", "running")
+# Scheduler polls that must see a node gone before its injections fail: the follower may
+# still be delivering the worker's own node_exited.
+GONE_AFTER_POLLS = 2
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        scheduler: Scheduler,
+        registry: SwarmRegistry,
+        cursor: CursorStore,
+        sink: Any,
+        timer: Timer,
+        worker_settings: dict[str, Any],
+        inject_timeout: float,
+        poll_seconds: float,
+        stop_requested: threading.Event,
+    ) -> None:
+        super().__init__()
+        self.transport = transport
+        self.scheduler = scheduler
+        self.registry = registry
+        self.cursor = cursor
+        self.sink = sink
+        self.timer = timer
+        self.worker_settings = worker_settings
+        self.inject_timeout = inject_timeout
+        self.poll_seconds = poll_seconds
+        self.stop_requested = stop_requested
+        self.nodes: dict[str, Any] = {}
+        self.swarm_of_job: dict[str, str] = {}
+        self.gone_polls: dict[str, int] = {}
+        self.follower: Any = None
+        self.generation = 0
+        self.follower_failures = 0
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.transport.prepare()
+        for swarm in self.registry.all():
+            if not swarm.all_exited():
+                self.track(swarm)
+        self.start_follower()
+        self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
+        self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
+
+    def on_stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        for ref in self.nodes.values():
+            ref.stop()
+        self.cursor.save()
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, FollowerLines):
+            self.route(message)
+        elif isinstance(message, CommandReceived):
+            self.command(message.command)
+        elif isinstance(message, PollJobs):
+            self.poll_jobs()
+            self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
+        elif isinstance(message, SaveCursor):
+            self.cursor.save()
+            self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
+        elif isinstance(message, FollowerDied):
+            self.follower_died(message)
+        elif isinstance(message, StartFollower):
+            self.start_follower()
+        elif isinstance(message, InputClosed):
+            self.stop_requested.set()
+
+    def emit(self, *events: dict) -> None:
+        self.sink.tell(Emit(list(events)))
+
+    # ---- follower ---------------------------------------------------------------------------
+
+    def start_follower(self) -> None:
+        self.generation += 1
+        jobs = list(self.swarm_of_job)
+        start = {"cursor": dict(self.cursor.offsets), "jobs": jobs}
+        self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, start)
+
+    def follower_died(self, message: FollowerDied) -> None:
+        if message.generation != self.generation:
+            return
+        self.follower.stop(block=False)
+        self.follower = None
+        delay = FOLLOWER_RESTART_SECONDS[
+            min(self.follower_failures, len(FOLLOWER_RESTART_SECONDS) - 1)
+        ]
+        self.follower_failures += 1
+        log.warning("outbox follower died (%s); restarting in %.1fs", message.reason, delay)
+        self.timer.call_later(delay, self.actor_ref, StartFollower())
+
+    def route(self, message: FollowerLines) -> None:
+        if message.generation != self.generation:
+            return
+        self.follower_failures = 0
+        batches: dict[str, list[bytes]] = {}
+        for key, identity, offset, raw in message.lines:
+            self.cursor.advance(identity, offset)
+            batches.setdefault(key, []).append(raw)
+        for key, lines in batches.items():
+            ref = self.nodes.get(key)
+            if ref is not None:
+                ref.tell(WorkerLines(lines))
+
+    # ---- swarms and nodes -------------------------------------------------------------------
+
+    def track(self, swarm: SwarmRecord) -> None:
+        """Spawn a NodeActor for each node of a swarm (on launch, or on router restart)."""
+        self.swarm_of_job[swarm.job_id] = swarm.swarm_id
+        for node_id in range(swarm.nodes):
+            key = records.node_key(swarm.job_id, node_id)
+            if key in self.nodes:
+                continue
+            state = swarm.node_state(node_id)
+            correlation = NodeCorrelation(swarm.swarm_id, swarm.job_id, node_id, state)
+            self.nodes[key] = NodeActor.start(
+                correlation, self.transport, self.sink, self.timer, self.inject_timeout
+            )
+
+    def poll_jobs(self) -> None:
+        live = [s for s in self.registry.all() if not s.all_exited()]
+        if not live:
+            return
+        try:
+            states = self.scheduler.poll(live)
+        except BackendError as exc:
+            log.warning("cannot poll the scheduler: %s", exc)
+            return
+        for swarm in live:
+            nodes = states.get(swarm.job_id, {})
+            node_states = {str(n): s for n, s in nodes.items()}
+            for node_id, state in nodes.items():
+                key = records.node_key(swarm.job_id, node_id)
+                if state != "exited":
+                    self.gone_polls.pop(key, None)
+                    continue
+                self.gone_polls[key] = self.gone_polls.get(key, 0) + 1
+                if self.gone_polls[key] == GONE_AFTER_POLLS and key in self.nodes:
+                    self.nodes[key].tell(NodeGone("the worker process ended"))
+            swarm_state = swarm.state
+            if swarm.state in LIVE_STATES:
+                if nodes and all(s == "exited" for s in nodes.values()):
+                    swarm_state = "exited"
+                elif any(s == "running" for s in nodes.values()):
+                    swarm_state = "running"
+            if node_states != swarm.node_states or swarm_state != swarm.state:
+                self.registry.update(swarm.swarm_id, node_states=node_states, state=swarm_state)
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    def command(self, command: commands.Command) -> None:
+        handler = {
+            commands.Inject: self.inject,
+            commands.Interrupt: self.interrupt,
+            commands.Launch: self.launch,
+            commands.ListSwarms: self.list_swarms,
+            commands.Status: self.status,
+            commands.Terminate: self.terminate,
+            commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
+            commands.Shutdown: self.shutdown,
+        }[type(command)]
+        handler(command)
+
+    def error(self, code: str, message: str, request_id: Any, **fields: Any) -> None:
+        self.emit(make_event("error", error=code, message=message, request_id=request_id, **fields))
+
+    def resolve(self, command: commands.Inject | commands.Interrupt) -> tuple[Any, list[int]]:
+        """The swarm and node list a targeted command names, or (None, nodes) if unknown."""
+        if command.swarm_id is not None:
+            swarm = self.registry.get(command.swarm_id)
+        else:
+            swarm = self.registry.by_job(command.job_id)
+        if swarm is None:
+            return None, [] if command.nodes == "all" else list(command.nodes)
+        nodes = list(range(swarm.nodes)) if command.nodes == "all" else list(command.nodes)
+        return swarm, nodes
+
+    def inject(self, command: commands.Inject) -> None:
+        swarm, nodes = self.resolve(command)
+        if swarm is None and command.swarm_id is not None:
+            self.error(
+                errors.UNKNOWN_SWARM,
+                f"no swarm {command.swarm_id}",
+                command.request_id,
+                field="swarm_id",
+            )
+            return
+        base = command.injection_id or f"inj-{uuid.uuid4().hex[:12]}"
+        for node_id in nodes:
+            injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
+            key = records.node_key(swarm.job_id if swarm else command.job_id, node_id)
+            ref = self.nodes.get(key) if swarm is not None else None
+            if ref is None:
+                self.emit(
+                    make_event(
+                        "inject_failed",
+                        request_id=command.request_id,
+                        swarm_id=swarm.swarm_id if swarm else None,
+                        job_id=swarm.job_id if swarm else command.job_id,
+                        node_id=node_id,
+                        injection_id=injection_id,
+                        error=errors.UNKNOWN_TARGET,
+                        message=f"no node {key} in any swarm this router knows",
+                    )
+                )
+                continue
+            ref.tell(Inject(Injection(injection_id, command.content, command.request_id)))
+
+    def interrupt(self, command: commands.Interrupt) -> None:
+        swarm, nodes = self.resolve(command)
+        if swarm is None:
+            target = command.swarm_id or command.job_id
+            self.error(errors.UNKNOWN_SWARM, f"no swarm or job {target}", command.request_id)
+            return
+        for node_id in nodes:
+            ref = self.nodes.get(records.node_key(swarm.job_id, node_id))
+            if ref is None:
+                self.error(
+                    errors.INVALID_FIELD,
+                    f"no node {node_id} in {swarm.swarm_id}",
+                    command.request_id,
+                    field="nodes",
+                )
+            else:
+                ref.tell(InterruptNode(command.request_id))
+
+    def launch(self, command: commands.Launch) -> None:
+        swarm_id = f"sw-{uuid.uuid4().hex[:10]}"
+        options = {"time": command.time, "partition": command.partition}
+        try:
+            submitted = self.scheduler.submit(
+                swarm_id, command.nodes, self.worker_settings, **options
+            )
+        except BackendError as exc:
+            self.error(
+                errors.BACKEND,
+                f"launch failed: {exc}",
+                command.request_id,
+                stderr=exc.stderr or None,
+            )
+            return
+        swarm = SwarmRecord(
+            swarm_id=swarm_id,
+            job_id=submitted.job_id,
+            backend=self.scheduler.name,
+            mailbox=self.registry.mailbox,
+            nodes=command.nodes,
+            created=round(time.time(), 3),
+            state="pending",
+            pids=submitted.pids,
+        )
+        self.registry.put(swarm)
+        self.track(swarm)
+        self.emit(
+            make_event("swarm_launched", request_id=command.request_id, swarm=swarm.to_event())
+        )
+        if command.prompt:
+            self.inject(
+                commands.Inject(
+                    content=command.prompt,
+                    nodes="all",
+                    swarm_id=swarm_id,
+                    request_id=command.request_id,
+                )
+            )
+
+    def list_swarms(self, command: commands.ListSwarms) -> None:
+        swarms = [swarm.to_event() for swarm in self.registry.all()]
+        self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
+
+    def status(self, command: commands.Status) -> None:
+        self.poll_jobs()
+        swarm = self.registry.get(command.swarm_id)
+        if swarm is None:
+            self.error(
+                errors.UNKNOWN_SWARM,
+                f"no swarm {command.swarm_id}",
+                command.request_id,
+                field="swarm_id",
+            )
+            return
+        self.emit(make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event()))
+
+    def terminate(self, command: commands.Terminate) -> None:
+        swarm = self.registry.get(command.swarm_id)
+        if swarm is None:
+            self.error(
+                errors.UNKNOWN_SWARM,
+                f"no swarm {command.swarm_id}",
+                command.request_id,
+                field="swarm_id",
+            )
+            return
+        try:
+            self.scheduler.cancel(swarm)
+        except BackendError as exc:
+            self.error(
+                errors.BACKEND,
+                f"terminate failed: {exc}",
+                command.request_id,
+                stderr=exc.stderr or None,
+            )
+            return
+        self.registry.update(swarm.swarm_id, state="terminated")
+        self.emit(
+            make_event("swarm_terminated", request_id=command.request_id, swarm_id=swarm.swarm_id)
+        )
+
+    def shutdown(self, command: commands.Shutdown) -> None:
+        self.emit(make_event("shutting_down", request_id=command.request_id))
+        self.stop_requested.set()

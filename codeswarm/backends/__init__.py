@@ -1,0 +1,64 @@
+"""How the router reaches workers: a transport (files, processes) and a scheduler (jobs).
+
+Two pairs exist by design: SSH + Slurm for clusters, local + local processes for one machine.
+The router depends only on these interfaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from codeswarm.protocol import errors
+from codeswarm.registry import SwarmRecord
+
+
+class BackendError(Exception):
+    """A transport or scheduler operation failed; the message says what to fix."""
+
+    def __init__(self, message: str, stderr: str = "", code: str = errors.BACKEND) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+        self.code = code
+
+
+class FollowerStream(Protocol):
+    """A running outbox follower: records on ``stdout``, ended by ``close()``."""
+
+    stdout: IO[bytes]
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    mailbox: str
+
+    def prepare(self) -> None:
+        """Install the hpc/ scripts and create the mailbox, before any launch."""
+
+    def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
+        """Append whole lines to a node's inbox, atomically with respect to other writers."""
+
+    def start_follower(self, start: dict[str, Any]) -> FollowerStream:
+        """Start ``hpc.outbox_follower`` and send it ``start`` (cursor and jobs) first."""
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    pids: list[int]
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def submit(
+        self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
+    ) -> Submitted:
+        """Start a job of ``nodes`` workers with the given worker settings."""
+
+    def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
+        """Each job's node states (``pending``, ``running``, ``exited``), in one batched call."""
+
+    def cancel(self, swarm: SwarmRecord) -> None:
+        """Ask every worker of the job to stop (SIGTERM, as ``scancel`` does)."""

@@ -1,0 +1,187 @@
+"""The local backend: workers and the follower as processes on this machine, no SSH, no Slurm.
+
+It runs the very scripts a cluster runs, from a copy of ``hpc/`` beside the mailbox, so that
+everything but the network and the batch system is exercised by a local swarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from codeswarm.backends import BackendError, Submitted
+from codeswarm.hpc import mailbox_io, records
+from codeswarm.registry import SwarmRecord
+
+
+def install_hpc(cluster_dir: Path) -> None:
+    """Copy the packaged hpc/ scripts to ``<cluster_dir>/hpc`` (as a launch does on a cluster)."""
+    target = cluster_dir / "hpc"
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for entry in resources.files("codeswarm.hpc").iterdir():
+        if entry.name.endswith(".py"):
+            data = entry.read_bytes()
+            path = target / entry.name
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+
+
+class LocalProcess:
+    """A child process whose stdin we hold open: closing it ends the follower."""
+
+    def __init__(self, argv: list[str], cwd: Path, stderr: Path) -> None:
+        with open(stderr, "ab") as err:
+            self.process = subprocess.Popen(
+                argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+            )
+        self.stdout = self.process.stdout
+
+    def send(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+class LocalTransport:
+    def __init__(self, cluster_dir: str, poll_seconds: float, idle_poll_seconds: float) -> None:
+        self.cluster_dir = Path(cluster_dir)
+        self.mailbox = str(self.cluster_dir / "mailbox")
+        self.poll_seconds = poll_seconds
+        self.idle_poll_seconds = idle_poll_seconds
+
+    def prepare(self) -> None:
+        self.cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mailbox_io.ensure_mailbox(self.mailbox)
+        (self.cluster_dir / "logs").mkdir(exist_ok=True, mode=0o700)
+        install_hpc(self.cluster_dir)
+
+    def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
+        path = os.path.join(self.mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mailbox_io.FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, b"".join(lines))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise BackendError(f"cannot write inbox {path}: {exc}") from exc
+
+    def start_follower(self, start: dict[str, Any]) -> LocalProcess:
+        argv = [
+            sys.executable,
+            "-m",
+            "hpc.outbox_follower",
+            "--mailbox",
+            self.mailbox,
+            "--poll-seconds",
+            str(self.poll_seconds),
+            "--idle-poll-seconds",
+            str(self.idle_poll_seconds),
+        ]
+        follower = LocalProcess(argv, self.cluster_dir, self.cluster_dir / "logs" / "follower.log")
+        follower.send(json.dumps(start).encode() + b"\n")
+        return follower
+
+
+def _pid_state(pid: int, job_id: str) -> str:
+    """``running`` or ``exited``, read from /proc: a zombie, or a reused pid, counts as exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "exited"
+    if job_id.encode() not in cmdline.split(b"\0"):
+        return "exited"
+    return "exited" if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X") else "running"
+
+
+class LocalScheduler:
+    """Runs a job's workers as local processes and tracks them like a batch system would."""
+
+    name = "local"
+
+    def __init__(self, cluster_dir: str, python: str = sys.executable) -> None:
+        self.cluster_dir = Path(cluster_dir)
+        self.python = python
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def submit(
+        self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
+    ) -> Submitted:
+        job_id = f"local-{uuid.uuid4().hex[:10]}"
+        swarm_dir = self.cluster_dir / "swarms" / swarm_id
+        swarm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings_path = swarm_dir / "worker.json"
+        settings_path.write_text(json.dumps(settings))
+        os.chmod(settings_path, 0o600)
+        pids = []
+        for node_id in range(nodes):
+            log = self.cluster_dir / "logs" / f"{records.node_key(job_id, node_id)}.worker.log"
+            argv = [
+                self.python,
+                "-m",
+                "hpc.codex_worker",
+                "--mailbox",
+                str(self.cluster_dir / "mailbox"),
+                "--job-id",
+                job_id,
+                "--node-id",
+                str(node_id),
+                "--settings",
+                str(settings_path),
+            ]
+            try:
+                with open(log, "ab") as out:
+                    child = subprocess.Popen(
+                        argv,
+                        cwd=self.cluster_dir,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=out,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                raise BackendError(f"cannot start a local worker: {exc}") from exc
+            self._children[child.pid] = child
+            pids.append(child.pid)
+        return Submitted(job_id, pids)
+
+    def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
+        for child in list(self._children.values()):
+            if child.poll() is not None:
+                del self._children[child.pid]
+        return {
+            swarm.job_id: {
+                node: _pid_state(pid, swarm.job_id) for node, pid in enumerate(swarm.pids)
+            }
+            for swarm in swarms
+        }
+
+    def cancel(self, swarm: SwarmRecord) -> None:
+        for pid in swarm.pids:
+            if _pid_state(pid, swarm.job_id) == "running":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)

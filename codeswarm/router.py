@@ -1,0 +1,113 @@
+"""The router: the actor system the daemon runs and other Python services embed.
+
+Start-up is ordered (sink, supervisor, then input), and so is shutdown (input, supervisor with
+its follower and nodes, sink, timer); anything left alive afterwards is logged as a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, BinaryIO
+
+import pykka
+
+from codeswarm import __version__
+from codeswarm.actors.messages import Attach, Emit
+from codeswarm.actors.protocol import ProtocolActor
+from codeswarm.actors.supervisor import SupervisorActor
+from codeswarm.backends.local import LocalScheduler, LocalTransport
+from codeswarm.codex_binary import find_codex
+from codeswarm.config import Config
+from codeswarm.cursor import CursorStore
+from codeswarm.protocol import make_event
+from codeswarm.registry import SwarmRegistry
+from codeswarm.timer import Timer
+
+log = logging.getLogger(__name__)
+LOCAL_POLL_SECONDS = 1.0
+
+
+def worker_settings(config: Config) -> dict[str, Any]:
+    """What every worker of a swarm reads from its ``--settings`` file."""
+    data = config.to_dict()
+    agent = dict(data["agent"])
+    if config.backend == "local" and agent["codex_path"] == "codex":
+        agent["codex_path"] = find_codex()
+    return {"agent": agent, "worker": data["worker"]}
+
+
+def build_backend(config: Config) -> tuple[Any, Any, float]:
+    """Transport, scheduler and scheduler poll interval for the configured backend."""
+    if config.backend != "local":
+        raise NotImplementedError(
+            'the slurm backend is not built yet: use a config with "backend": "local"'
+        )
+    cluster_dir = config.cluster.cluster_dir
+    transport = LocalTransport(
+        cluster_dir, config.router.follower_poll_seconds, config.router.follower_idle_poll_seconds
+    )
+    return transport, LocalScheduler(cluster_dir), LOCAL_POLL_SECONDS
+
+
+class Router:
+    """The running actor system for one config. ``sink`` receives ``Emit`` messages."""
+
+    def __init__(
+        self, config: Config, sink: Any, stop_requested: threading.Event | None = None
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.stop_requested = stop_requested or threading.Event()
+        self.timer = Timer()
+        transport, scheduler, poll_seconds = build_backend(config)
+        registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
+        self.supervisor = SupervisorActor.start(
+            transport=transport,
+            scheduler=scheduler,
+            registry=registry,
+            cursor=CursorStore(config.router.state_dir, transport.mailbox),
+            sink=sink,
+            timer=self.timer,
+            worker_settings=worker_settings(config),
+            inject_timeout=config.router.inject_timeout_seconds,
+            poll_seconds=poll_seconds,
+            stop_requested=self.stop_requested,
+        )
+
+    def tell(self, message: Any) -> None:
+        self.supervisor.tell(message)
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+        self.timer.stop()
+        leftovers = [ref for ref in pykka.ActorRegistry.get_all() if ref is not self.sink]
+        for ref in leftovers:
+            log.error("actor still alive after shutdown: %s", ref)
+
+
+def run_daemon(
+    config: Config,
+    input_stream: BinaryIO,
+    output_stream: BinaryIO,
+    stop_requested: threading.Event,
+) -> int:
+    """Serve the JSON-lines protocol until EOF on input, ``shutdown``, or ``stop_requested``."""
+    protocol = ProtocolActor.start(input_stream, output_stream)
+    router = None
+    try:
+        router = Router(config, protocol, stop_requested)
+        protocol.tell(
+            Emit(
+                [make_event("ready", version=__version__, backend=config.backend, pid=os.getpid())]
+            )
+        )
+        protocol.tell(Attach(router.supervisor))
+        while not router.stop_requested.wait(0.5):
+            pass
+        return 0
+    finally:
+        if router is not None:
+            router.stop()
+        protocol.stop()
