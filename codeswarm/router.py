@@ -52,16 +52,25 @@ def build_backend(config: Config) -> tuple[Any, Any, float]:
 
 
 class Router:
-    """The running actor system for one config. ``sink`` receives ``Emit`` messages."""
+    """The running actor system for one config. ``sink`` receives ``Emit`` messages.
+
+    ``scheduler`` replaces the backend's own, for running other workers on the same mailbox
+    (the benchmarks' simulated workers).
+    """
 
     def __init__(
-        self, config: Config, sink: Any, stop_requested: threading.Event | None = None
+        self,
+        config: Config,
+        sink: Any,
+        stop_requested: threading.Event | None = None,
+        scheduler: Any = None,
     ) -> None:
         self.config = config
         self.sink = sink
         self.stop_requested = stop_requested or threading.Event()
         self.timer = Timer()
-        transport, scheduler, poll_seconds = build_backend(config)
+        transport, default_scheduler, poll_seconds = build_backend(config)
+        scheduler = scheduler or default_scheduler
         registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         self.supervisor = SupervisorActor.start(
             transport=transport,

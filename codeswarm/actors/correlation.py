@@ -107,9 +107,11 @@ class NodeCorrelation:
             return [ack], []
         return [], [injection]
 
-    def written(self, injection: Injection) -> list[dict]:
-        """The injection is durably in the inbox."""
+    def written(self, injection: Injection, was_held: bool = False) -> list[dict]:
+        """The injection is durably in the inbox; a held one was acked already."""
         self.open[injection.injection_id] = Open(injection)
+        if was_held:
+            return []
         return [
             self.event(
                 "inject_ack", injection.request_id, injection_id=injection.injection_id, held=False

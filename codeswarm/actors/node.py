@@ -77,14 +77,14 @@ class NodeActor(pykka.ThreadingActor):
                 if kind == "node_started" and self.node.state == "pending":
                     self.emit(events)
                     events = []
-                    self.write(self.node.started())
+                    self.write(self.node.started(), was_held=True)
                 elif kind in ("inject_delivered", "inject_failed"):
                     handle = self.timers.pop(event["injection_id"], None)
                     if handle is not None:
                         handle.cancel()
         self.emit(events)
 
-    def write(self, injections: list[Injection]) -> None:
+    def write(self, injections: list[Injection], was_held: bool = False) -> None:
         """Append injections to the inbox in one write; ack or fail each, start their clocks."""
         if not injections:
             return
@@ -101,7 +101,7 @@ class NodeActor(pykka.ThreadingActor):
             return
         events = []
         for injection in injections:
-            events += self.node.written(injection)
+            events += self.node.written(injection, was_held)
             self.timers[injection.injection_id] = self.timer.call_later(
                 self.inject_timeout, self.actor_ref, InjectTimeout(injection.injection_id)
             )

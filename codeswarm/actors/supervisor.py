@@ -175,16 +175,18 @@ class SupervisorActor(pykka.ThreadingActor):
             log.warning("cannot poll the scheduler: %s", exc)
             return
         for swarm in live:
-            nodes = states.get(swarm.job_id, {})
-            node_states = {str(n): s for n, s in nodes.items()}
+            nodes = dict(states.get(swarm.job_id, {}))
             for node_id, state in nodes.items():
                 key = records.node_key(swarm.job_id, node_id)
                 if state != "exited":
                     self.gone_polls.pop(key, None)
                     continue
                 self.gone_polls[key] = self.gone_polls.get(key, 0) + 1
-                if self.gone_polls[key] == GONE_AFTER_POLLS and key in self.nodes:
+                if self.gone_polls[key] < GONE_AFTER_POLLS:
+                    nodes[node_id] = swarm.node_state(node_id)
+                elif self.gone_polls[key] == GONE_AFTER_POLLS and key in self.nodes:
                     self.nodes[key].tell(NodeGone("the worker process ended"))
+            node_states = {str(n): s for n, s in nodes.items()}
             swarm_state = swarm.state
             if swarm.state in LIVE_STATES:
                 if nodes and all(s == "exited" for s in nodes.values()):

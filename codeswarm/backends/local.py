@@ -106,7 +106,7 @@ class LocalTransport:
         return follower
 
 
-def _pid_state(pid: int, job_id: str) -> str:
+def pid_state(pid: int, job_id: str) -> str:
     """``running`` or ``exited``, read from /proc: a zombie, or a reused pid, counts as exited."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -175,13 +175,13 @@ class LocalScheduler:
                 del self._children[child.pid]
         return {
             swarm.job_id: {
-                node: _pid_state(pid, swarm.job_id) for node, pid in enumerate(swarm.pids)
+                node: pid_state(pid, swarm.job_id) for node, pid in enumerate(swarm.pids)
             }
             for swarm in swarms
         }
 
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in swarm.pids:
-            if _pid_state(pid, swarm.job_id) == "running":
+            if pid_state(pid, swarm.job_id) == "running":
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,137 @@
+"""Embedding codeswarm in a Python service: the router in-process, no JSON lines.
+
+Example::
+
+    from codeswarm.embed import Codeswarm
+
+    with Codeswarm() as swarms:                  # the built-in local config
+        swarm = swarms.launch(nodes=2)
+        swarms.inject(swarm["swarm_id"], "Optimize GEMM tiling.", nodes="all")
+        for event in swarms.events(timeout=60):
+            if event["type"] == "usage":
+                ...
+
+Events are the protocol's events as dicts (see docs/protocol.schema.json).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from codeswarm.actors.messages import CommandReceived, Emit
+from codeswarm.config import Config, default_local_config
+from codeswarm.protocol import commands
+from codeswarm.router import Router
+
+
+class CodeswarmError(Exception):
+    """The router answered a call with an ``error`` event."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__(f"{event['error']}: {event['message']}")
+        self.event = event
+
+
+class EventQueue:
+    """A sink for the router's events: one queue for the caller, plus per-request waiters."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._waiters: dict[Any, queue.Queue[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def tell(self, message: Emit) -> None:
+        for event in message.events:
+            with self._lock:
+                waiter = self._waiters.get(event.get("request_id"))
+            if waiter is not None:
+                waiter.put(event)
+            self.events.put(event)
+
+    def expect(self, request_id: Any) -> queue.Queue[dict[str, Any]]:
+        with self._lock:
+            return self._waiters.setdefault(request_id, queue.Queue())
+
+    def done(self, request_id: Any) -> None:
+        with self._lock:
+            self._waiters.pop(request_id, None)
+
+
+class Codeswarm:
+    """The router as a Python object: ``launch``, ``inject``, ``events``, ``close``."""
+
+    def __init__(self, config: Config | None = None, **backend: Any) -> None:
+        self.sink = EventQueue()
+        self.router = Router(config or default_local_config(), self.sink, **backend)
+
+    def call(self, command: commands.Command, answer: str, timeout: float = 60.0) -> dict:
+        """Send a command and wait for its ``answer`` event (or raise on its ``error``)."""
+        waiter = self.sink.expect(command.request_id)
+        try:
+            self.router.tell(CommandReceived(command))
+            while True:
+                event = waiter.get(timeout=timeout)
+                if event["type"] == "error":
+                    raise CodeswarmError(event)
+                if event["type"] == answer:
+                    return event
+        finally:
+            self.sink.done(command.request_id)
+
+    def launch(self, nodes: int, prompt: str | None = None, timeout: float = 60.0) -> dict:
+        """Start a swarm; returns its ``swarm`` description (``swarm_id``, ``job_id``, ...)."""
+        command = commands.Launch(nodes=nodes, prompt=prompt, request_id=_request_id())
+        return self.call(command, "swarm_launched", timeout)["swarm"]
+
+    def inject(
+        self,
+        swarm_id: str,
+        content: str,
+        nodes: int | list[int] | str = "all",
+        injection_id: str | None = None,
+    ) -> str:
+        """Send a prompt; returns the request_id that every resulting event carries."""
+        selected = nodes if nodes == "all" else tuple([nodes] if isinstance(nodes, int) else nodes)
+        request_id = _request_id()
+        command = commands.Inject(
+            content=content,
+            nodes=selected,
+            swarm_id=swarm_id,
+            injection_id=injection_id,
+            request_id=request_id,
+        )
+        self.router.tell(CommandReceived(command))
+        return request_id
+
+    def status(self, swarm_id: str, timeout: float = 30.0) -> dict:
+        command = commands.Status(swarm_id=swarm_id, request_id=_request_id())
+        return self.call(command, "swarm_status", timeout)["swarm"]
+
+    def terminate(self, swarm_id: str, timeout: float = 30.0) -> None:
+        command = commands.Terminate(swarm_id=swarm_id, request_id=_request_id())
+        self.call(command, "swarm_terminated", timeout)
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every event, in order; ends when ``timeout`` seconds pass without one."""
+        while True:
+            try:
+                yield self.sink.events.get(timeout=timeout)
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        self.router.stop()
+
+    def __enter__(self) -> Codeswarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _request_id() -> str:
+    return f"py-{uuid.uuid4().hex[:12]}"

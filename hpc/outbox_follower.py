@@ -1,0 +1,407 @@
+"""The login-node follower: streams new complete outbox lines to the router, exactly once.
+
+Run as ``python3 -m hpc.outbox_follower --mailbox DIR`` (over SSH, or locally).
+
+Input. The first line on stdin is a JSON object, both keys optional::
+
+    {"cursor": {"<JOB>_<NODE>:<inode>": <offset>, ...}, "jobs": ["<job id>", ...]}
+
+Later input is read only to notice EOF: on EOF (the SSH channel closed), SIGTERM, SIGINT, SIGHUP
+or a broken stdout pipe the follower exits 0 within one poll interval. A header that is not such
+an object, or a mailbox that does not exist, gives an ``E`` line and exit status 2.
+
+Files. Every ``outbox/<JOB>_<NODE>.jsonl``; and ``archive/<JOB>_<NODE>.jsonl`` or
+``archive/<JOB>_<NODE>.r<N>.jsonl`` when its identity is in the cursor, its job is in ``jobs``,
+or this follower followed it in outbox/ before it was moved. A file's identity is
+``<JOB>_<NODE>:<inode>``: a rename keeps the inode, so a file archived while no follower ran
+continues from its cursor offset, and a requeued run's new outbox (a new inode) starts at 0.
+A file not in the cursor starts at 0. A file created and archived between two polls is found
+only through ``jobs``, so the router lists every job it follows.
+
+Output on stdout, one record a line, written as bytes and flushed once per poll::
+
+    L<TAB><JOB>_<NODE><TAB><identity><TAB><offset after the line><TAB><raw line, no newline>
+    H<TAB><unix time>          heartbeat: at start, then after --heartbeat-seconds of silence
+    E<TAB><message>            a follower-level problem (bad file name, unreadable directory)
+
+The raw line is passed through unparsed, byte for byte; it is the last field, so it may hold
+tabs. The router's cursor for an identity is the offset of the last ``L`` line it handled.
+
+Shared filesystems: each poll lists both directories and, for every file, opens it, fstats it
+(opening revalidates NFS attributes, close-to-open, where a bare stat may serve a stale size),
+reads past the offset and closes it. Only complete lines are emitted; a partial last line waits
+for the next poll. A file that vanishes (ENOENT, ESTALE) is skipped until the next poll. An
+archived file read to its end is never opened again: archives do not grow. A cursor offset
+that is past the end of the file, or not just after a newline (the inode was reused), is
+reported and the file is read from 0; the router drops duplicates by ``seq``.
+"""
+
+import argparse
+import errno
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+from . import records
+
+DEFAULTS = {"poll_seconds": 0.02, "idle_poll_seconds": 1.0, "heartbeat_seconds": 5.0}
+ACTIVE_WINDOW_SECONDS = 2.0
+READ_CHUNK = 1 << 20  # per file per poll; a file with more left makes the next poll immediate
+WRITE_BATCH = 4 << 20  # write out mid-poll past this many bytes, to bound memory
+GONE = (errno.ENOENT, errno.ESTALE)
+_RUN_SUFFIX = re.compile(r"\.r[1-9][0-9]*$")
+
+
+class HeaderError(ValueError):
+    """The first stdin line is not a valid follower header."""
+
+
+def parse_header(line):
+    """Return (cursor, jobs) from the first stdin line; HeaderError says what is wrong."""
+    text = line.strip()
+    if not text:
+        return {}, set()
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except ValueError as exc:
+        raise HeaderError("header is not valid JSON: %s" % exc) from None
+    if not isinstance(header, dict):
+        raise HeaderError("header must be a JSON object")
+    cursor = header.get("cursor") or {}
+    jobs = header.get("jobs") or []
+    if not isinstance(cursor, dict):
+        raise HeaderError("cursor must be an object")
+    for ident, offset in cursor.items():
+        key, sep, inode = ident.rpartition(":")
+        if not sep or not inode.isdigit():
+            raise HeaderError("cursor key %r is not <JOB>_<NODE>:<inode>" % ident)
+        try:
+            records.parse_node_key(key)
+        except records.RecordError as exc:
+            raise HeaderError("cursor key %r: %s" % (ident, exc)) from None
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise HeaderError("cursor offset for %r must be a non-negative integer" % ident)
+    if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
+        raise HeaderError("jobs must be a list of job id strings")
+    return dict(cursor), set(jobs)
+
+
+def parse_name(name, archived):
+    """The ``<JOB>_<NODE>`` key of a followed file name, or None if the name is not one."""
+    if not name.endswith(records.RECORD_SUFFIX):
+        return None
+    stem = name[: -len(records.RECORD_SUFFIX)]
+    if archived:
+        stem = _RUN_SUFFIX.sub("", stem, count=1)
+    try:
+        records.parse_node_key(stem)
+    except records.RecordError:
+        return None
+    return stem
+
+
+def _pread(fd, size, offset):
+    """Read ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while size > 0:
+        data = os.pread(fd, size, offset)
+        if not data:
+            break
+        parts.append(data)
+        size -= len(data)
+        offset += len(data)
+    return b"".join(parts)
+
+
+class Follower:
+    """The follower's state: an offset per file identity, and what each poll found."""
+
+    def __init__(self, mailbox, cursor, jobs, write):
+        self.outbox = os.path.join(mailbox, records.OUTBOX_DIR)
+        self.archive = os.path.join(mailbox, records.ARCHIVE_DIR)
+        self.offsets = dict(cursor)
+        self.unverified = {ident for ident, offset in cursor.items() if offset > 0}
+        self.jobs = set(jobs)
+        self.write = write
+        self.skip = set()  # (name, d_ino) in archive/: read to the end, or not ours
+        self.reported = set()
+        self.dir_errors = {}
+        self.pending = []
+        self.pending_bytes = 0
+
+    def problem(self, message, once=None):
+        if once is not None:
+            if once in self.reported:
+                return
+            self.reported.add(once)
+        self.pending.append(b"E\t" + message.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+
+    def flush(self):
+        """Write out everything pending in one call; False if there was nothing."""
+        if not self.pending:
+            return False
+        data = b"".join(self.pending)
+        self.pending = []
+        self.pending_bytes = 0
+        self.write(data)
+        return True
+
+    def poll(self):
+        """Read every followed file once; return (lines found, whether more is waiting)."""
+        lines = 0
+        more = False
+        for directory, archived in ((self.archive, True), (self.outbox, False)):
+            for entry in self._scan(directory):
+                name = entry.name
+                if archived and (name, entry.inode()) in self.skip:
+                    continue
+                key = parse_name(name, archived)
+                if key is None:
+                    if not name.startswith("."):  # .nfsXXXX silly renames, editors' files
+                        self.problem("ignoring %s" % entry.path, once=entry.path)
+                    continue
+                if archived and not self._wanted(entry, key):
+                    self.skip.add((name, entry.inode()))
+                    continue
+                found, left, done = self._read(entry.path, key)
+                lines += found
+                more = more or left
+                if archived and done:
+                    self.skip.add((name, entry.inode()))
+                if self.pending_bytes > WRITE_BATCH:
+                    self.flush()
+        return lines, more
+
+    def _scan(self, directory):
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda entry: entry.name)
+        except OSError as exc:
+            message = "cannot list %s: %s" % (directory, exc.strerror or exc)
+            if self.dir_errors.get(directory) != message:
+                self.dir_errors[directory] = message
+                self.problem(message)
+            return []
+        self.dir_errors.pop(directory, None)
+        return entries
+
+    def _wanted(self, entry, key):
+        if key.rpartition("_")[0] in self.jobs:
+            return True
+        try:
+            inode = entry.stat().st_ino
+        except OSError:
+            return False
+        return "%s:%d" % (key, inode) in self.offsets
+
+    def _read(self, path, key):
+        """Emit the new complete lines of one file: (lines, more waiting, read to its end)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            if exc.errno not in GONE:
+                self.problem("cannot open %s: %s" % (path, exc.strerror), once=path)
+            return 0, False, False
+        try:
+            return self._read_fd(fd, path, key)
+        except OSError as exc:
+            if exc.errno not in GONE:
+                self.problem("cannot read %s: %s" % (path, exc.strerror), once=path)
+            return 0, False, False
+        finally:
+            os.close(fd)
+
+    def _read_fd(self, fd, path, key):
+        st = os.fstat(fd)
+        size = st.st_size
+        ident = "%s:%d" % (key, st.st_ino)
+        offset = self.offsets.get(ident, 0)
+        if offset > size:
+            self.problem(
+                "%s (%s) is shorter than its offset %d; reading it from 0" % (path, ident, offset)
+            )
+            offset = 0
+            self.unverified.discard(ident)
+        if size == offset:
+            self.offsets[ident] = offset
+            return 0, False, True
+        if ident in self.unverified:
+            self.unverified.discard(ident)
+            if _pread(fd, 1, offset - 1) != b"\n":
+                self.problem(
+                    "%s (%s): offset %d is not at a line start; reading it from 0"
+                    % (path, ident, offset)
+                )
+                offset = 0
+        data = _pread(fd, min(size - offset, READ_CHUNK), offset)
+        end = data.rfind(b"\n") + 1
+        while end == 0 and offset + len(data) < size:  # a line longer than READ_CHUNK
+            more = _pread(fd, min(size - offset - len(data), READ_CHUNK), offset + len(data))
+            if not more:
+                break
+            data += more
+            end = data.rfind(b"\n") + 1
+        lines = self._emit(key, ident, offset, data, end) if end else 0
+        self.offsets[ident] = offset + end
+        if offset + len(data) < size:
+            return lines, True, False
+        if end < len(data) and path.startswith(self.archive + os.sep):
+            # An archive never grows, so its partial last line never ends: say so, once.
+            self.problem(
+                "%s (%s) ends with %d bytes of an incomplete line" % (path, ident, len(data) - end),
+                once=(ident, "tail"),
+            )
+        return lines, False, True
+
+    def _emit(self, key, ident, offset, data, end):
+        prefix = ("L\t%s\t%s\t" % (key, ident)).encode("ascii")
+        out = self.pending
+        find = data.find
+        start = lines = 0
+        while start < end:
+            stop = find(b"\n", start, end) + 1
+            out.append(b"%s%d\t%s" % (prefix, offset + stop, data[start:stop]))
+            start = stop
+            lines += 1
+        self.pending_bytes += end + lines * (len(prefix) + 21)
+        return lines
+
+
+class StdinWatcher:
+    """Reads the header line, then reads on only to notice EOF, on a daemon thread.
+
+    Raw reads on the fd: a daemon thread blocked in ``sys.stdin.buffer`` would hold its lock
+    at interpreter exit. ``ready`` is set once the header is in (or there will be none);
+    ``stop`` on EOF or a signal.
+    """
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.header = None
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def start(self):
+        threading.Thread(target=self._run, name="stdin", daemon=True).start()
+        return self
+
+    def request_stop(self):
+        self.stop.set()
+        self.ready.set()
+
+    def _run(self):
+        data = b""
+        try:
+            while b"\n" not in data:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                data += chunk
+            if b"\n" in data:
+                self.header = data.split(b"\n", 1)[0]
+                self.ready.set()
+                while os.read(self.fd, 65536):
+                    pass
+        except OSError:
+            pass
+        finally:
+            self.request_stop()
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python3 -m hpc.outbox_follower",
+        description="Stream new complete outbox lines of a mailbox to stdout, from a cursor.",
+    )
+    parser.add_argument("--mailbox", required=True, help="the mailbox directory")
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=DEFAULTS["poll_seconds"],
+        help="poll interval while lines arrive (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-poll-seconds",
+        type=float,
+        default=DEFAULTS["idle_poll_seconds"],
+        help="longest poll interval when idle (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        default=DEFAULTS["heartbeat_seconds"],
+        help="write an H line after this long without output (default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+def run(follower, write, stop, args):
+    """Poll until ``stop`` is set: fast while lines arrive, backing off when idle."""
+    poll = max(args.poll_seconds, 0.0)
+    idle = max(args.idle_poll_seconds, poll)
+    interval = poll
+    last_active = last_write = time.monotonic()
+    write(b"H\t%.3f\n" % time.time())
+    while not stop.is_set():
+        lines, more = follower.poll()
+        now = time.monotonic()
+        if lines:
+            last_active = now
+        if follower.flush():
+            last_write = now
+        elif now - last_write >= args.heartbeat_seconds:
+            write(b"H\t%.3f\n" % time.time())
+            last_write = now
+        if more:
+            continue
+        if now - last_active < ACTIVE_WINDOW_SECONDS:
+            interval = poll
+        else:
+            interval = min(max(interval, 0.001) * 2, idle)
+        stop.wait(max(0.0, min(interval, args.heartbeat_seconds - (now - last_write))))
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = sys.stdout.buffer
+
+    def write(data):
+        out.write(data)
+        out.flush()
+
+    try:
+        if not os.path.isdir(args.mailbox):
+            write(b"E\tmailbox directory %s does not exist\n" % os.fsencode(args.mailbox))
+            return 2
+        watcher = StdinWatcher(sys.stdin.fileno())
+
+        def on_signal(signum, frame):
+            # Setting an Event takes its lock, which the interrupted main thread may hold.
+            threading.Thread(target=watcher.request_stop, daemon=True).start()
+
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), on_signal)
+        watcher.start().ready.wait()
+        if watcher.header is None:
+            return 0
+        try:
+            cursor, jobs = parse_header(watcher.header)
+        except HeaderError as exc:
+            write(b"E\t%s\n" % str(exc).encode("utf-8", "replace"))
+            return 2
+        return run(Follower(args.mailbox, cursor, jobs, write), write, watcher.stop, args)
+    except BrokenPipeError:
+        # Nobody reads stdout any more; keep interpreter shutdown from flushing into the pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Simulated workers: one process answering many nodes' inboxes with scripted outbox events.
+
+It speaks the real mailbox format through hpc/'s own reader and writer, so the router cannot
+tell it from real workers, but it costs one process for a whole job: what the scale tests and
+benchmarks need on a 2-core machine. A prompt ``burst N`` answers with N deltas.
+
+Run: python -m tests.support.simulated_workers --mailbox DIR --job-id J --nodes N
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from codeswarm.backends import Submitted
+from codeswarm.backends.local import pid_state
+from codeswarm.hpc import mailbox_io, records
+from codeswarm.registry import SwarmRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class SimulatedNode:
+    def __init__(self, mailbox: str, job_id: str, node_id: int) -> None:
+        key = records.node_key(job_id, node_id)
+        self.inbox = mailbox_io.InboxReader(os.path.join(mailbox, "inbox", key + ".jsonl"))
+        self.outbox = mailbox_io.OutboxWriter(
+            os.path.join(mailbox, "outbox", key + ".jsonl"), job_id, node_id, 0
+        )
+        self.outbox.write("node_started", pid=os.getpid(), host="simulated")
+
+    def answer(self, deltas: int) -> bool:
+        lines = self.inbox.poll()
+        for _, raw in lines:
+            record = records.parse_inbox_line(raw.decode())
+            if record["type"] != "user":
+                continue
+            injection_id = record["injection_id"]
+            content = record["content"]
+            count = int(content.split()[1]) if content.startswith("burst ") else deltas
+            write = self.outbox.write
+            write("inject_delivered", injection_id=injection_id)
+            write("turn_started", injection_id=injection_id, turn_id="t-" + injection_id)
+            for n in range(count):
+                write("assistant_delta", injection_id=injection_id, delta=f"d{n} ")
+            write("assistant", injection_id=injection_id, content="done")
+            write("turn_complete", injection_id=injection_id, status="completed")
+            write(
+                "usage",
+                injection_id=injection_id,
+                input_tokens=1,
+                cached_input_tokens=0,
+                output_tokens=count,
+                reasoning_output_tokens=0,
+                total_tokens=1 + count,
+            )
+        return bool(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mailbox", required=True)
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--nodes", type=int, required=True)
+    parser.add_argument("--deltas", type=int, default=3)
+    parser.add_argument("--poll-seconds", type=float, default=0.005)
+    args = parser.parse_args(argv)
+    stopping: list[str] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append("sigterm"))
+    nodes = [SimulatedNode(args.mailbox, args.job_id, n) for n in range(args.nodes)]
+    while not stopping:
+        busy = False
+        for node in nodes:
+            busy = node.answer(args.deltas) or busy
+        if not busy:
+            time.sleep(args.poll_seconds)
+    for node_id, node in enumerate(nodes):
+        node.outbox.write("node_exited", reason=stopping[0])
+        node.outbox.close()
+        mailbox_io.archive_outbox(args.mailbox, args.job_id, node_id)
+    return 0
+
+
+class SimulatedScheduler:
+    """A scheduler whose jobs are one simulated-workers process each."""
+
+    name = "local"
+
+    def __init__(self, cluster_dir: str, deltas: int = 3) -> None:
+        self.cluster_dir = Path(cluster_dir)
+        self.deltas = deltas
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def submit(self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any):
+        job_id = f"sim-{uuid.uuid4().hex[:8]}"
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.support.simulated_workers",
+            "--mailbox",
+            str(self.cluster_dir / "mailbox"),
+            "--job-id",
+            job_id,
+            "--nodes",
+            str(nodes),
+            "--deltas",
+            str(self.deltas),
+        ]
+        child = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL)
+        self.children.append(child)
+        return Submitted(job_id, [child.pid] * nodes)
+
+    def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
+        for child in self.children:
+            child.poll()
+        return {
+            s.job_id: {n: pid_state(pid, s.job_id) for n, pid in enumerate(s.pids)} for s in swarms
+        }
+
+    def cancel(self, swarm: SwarmRecord) -> None:
+        for pid in set(swarm.pids):
+            if pid_state(pid, swarm.job_id) == "running":
+                os.kill(pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.terminate()
+            child.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""NodeCorrelation: the injection rules of one node, without threads."""
+
+import json
+
+from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.messages import Injection
+from codeswarm.hpc import records
+from codeswarm.protocol import event_errors
+
+
+def node(state="running"):
+    return NodeCorrelation("sw-1", "77", 0, state)
+
+
+def line(kind, seq, **fields):
+    return records.encode_line(records.outbox_event(kind, "77", 0, seq, **fields)).encode()
+
+
+def injection(name="i1", request_id="r1"):
+    return Injection(name, "hello", request_id)
+
+
+def test_running_node_hands_injection_back_to_be_written_then_acks():
+    n = node()
+    events, to_write = n.inject(injection())
+    assert events == [] and to_write == [injection()]
+    (ack,) = n.written(injection())
+    assert ack["type"] == "inject_ack" and ack["held"] is False and ack["request_id"] == "r1"
+    assert event_errors(ack) == {}
+
+
+def test_pending_node_holds_until_started():
+    n = node("pending")
+    (ack,), to_write = n.inject(injection())
+    assert ack["held"] is True and to_write == []
+    assert n.started() == [injection()]
+    assert n.started() == []
+
+
+def test_duplicate_injection_id_is_acked_not_rewritten():
+    n = node()
+    n.written(injection())
+    (ack,), to_write = n.inject(injection())
+    assert ack["duplicate"] is True and to_write == []
+
+
+def test_exited_node_fails_new_injections():
+    n = node("exited")
+    (failed,), _ = n.inject(injection())
+    assert failed["type"] == "inject_failed" and failed["error"] == "node_gone"
+    assert event_errors(failed) == {}
+
+
+def test_worker_events_carry_swarm_and_request_ids_and_drop_duplicates():
+    n = node()
+    n.written(injection())
+    raw = line("inject_delivered", 1, injection_id="i1")
+    (event,) = n.worker_line(raw)
+    assert event["swarm_id"] == "sw-1" and event["request_id"] == "r1"
+    assert event_errors(event) == {}
+    assert n.worker_line(raw) == []
+    assert n.worker_line(line("turn_started", 0, injection_id="i1", turn_id="t")) == []
+
+
+def test_usage_finishes_the_injection_but_late_events_keep_their_request_id():
+    n = node()
+    n.written(injection())
+    fields = dict(
+        injection_id="i1",
+        input_tokens=1,
+        cached_input_tokens=0,
+        output_tokens=1,
+        reasoning_output_tokens=0,
+        total_tokens=2,
+    )
+    n.worker_line(line("usage", 1, **fields))
+    assert "i1" not in n.open
+    (late,) = n.worker_line(line("error", 2, error="agent_error", message="x"))
+    assert late["swarm_id"] == "sw-1"
+
+
+def test_timeout_fails_only_undelivered_injections():
+    n = node()
+    n.written(injection("a"))
+    n.written(injection("b"))
+    n.worker_line(line("inject_delivered", 1, injection_id="b"))
+    (failed,) = n.timed_out("a", 5)
+    assert failed["error"] == "timeout" and "5 s" in failed["message"]
+    assert n.timed_out("b", 5) == []
+    assert n.timed_out("a", 5) == []
+
+
+def test_node_exited_fails_open_and_held_injections_with_node_gone():
+    n = node()
+    n.written(injection("open"))
+    exited, *failed = n.worker_line(line("node_exited", 1, reason="sigterm"))
+    assert exited["type"] == "node_exited"
+    assert [(e["injection_id"], e["error"]) for e in failed] == [("open", "node_gone")]
+    assert n.state == "exited"
+
+
+def test_gone_fails_held_injections_too():
+    n = node("pending")
+    n.inject(injection("held"))
+    (failed,) = n.gone("cancelled")
+    assert failed["injection_id"] == "held" and failed["error"] == "node_gone"
+
+
+def test_garbage_outbox_lines_become_error_events():
+    n = node()
+    (bad_json,) = n.worker_line(b"{nope")
+    (bad_event,) = n.worker_line(json.dumps({"type": "assistant", "seq": 1}).encode())
+    for event in (bad_json, bad_event):
+        assert event["type"] == "error" and event["error"] == "worker_error"
+        assert event_errors(event) == {}

@@ -1,0 +1,178 @@
+"""The router in-process, on the local backend, with simulated workers on a real mailbox."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pykka
+import pytest
+
+from codeswarm.config import parse_config
+from codeswarm.embed import Codeswarm
+from codeswarm.protocol import event_errors
+from tests.support.simulated_workers import SimulatedScheduler
+
+
+def local_config(tmp_path: Path, **router):
+    return parse_config(
+        {
+            "backend": "local",
+            "cluster": {"workspace_root": str(tmp_path / "ws")},
+            "router": {"state_dir": str(tmp_path / "state"), **router},
+        }
+    )
+
+
+@pytest.fixture
+def simulated(tmp_path):
+    made = []
+
+    def make(**router) -> tuple[Codeswarm, SimulatedScheduler]:
+        config = local_config(tmp_path, **router)
+        scheduler = SimulatedScheduler(config.cluster.cluster_dir)
+        swarms = Codeswarm(config, scheduler=scheduler)
+        made.append((swarms, scheduler))
+        return swarms, scheduler
+
+    yield make
+    for swarms, scheduler in made:
+        swarms.close()
+        scheduler.close()
+    assert pykka.ActorRegistry.get_all() == []
+
+
+def collect(swarms: Codeswarm, until, timeout: float = 30.0) -> list[dict]:
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in swarms.events(timeout=0.1):
+            assert event_errors(event) == {}, event
+            events.append(event)
+            if until(events):
+                return events
+            break
+    raise AssertionError(f"timed out after {len(events)} events; last: {events[-5:]}")
+
+
+def children_running(module: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if module.encode() in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def test_fan_out_to_all_nodes_completes_every_lifecycle(simulated):
+    swarms, _ = simulated()
+    swarm = swarms.launch(nodes=4)
+    request = swarms.inject(swarm["swarm_id"], "hello", nodes="all")
+    events = collect(
+        swarms,
+        lambda evs: sum(e["type"] == "usage" and e.get("request_id") == request for e in evs) == 4,
+    )
+    mine = [e for e in events if e.get("request_id") == request]
+    by_node = {n: [e["type"] for e in mine if e["node_id"] == n] for n in range(4)}
+    for types in by_node.values():
+        assert types[:2] == ["inject_ack", "inject_delivered"]
+        assert types[-3:] == ["assistant", "turn_complete", "usage"]
+    assert len({e["injection_id"] for e in mine}) == 4
+
+
+def test_inject_to_unknown_job_fails(simulated):
+    swarms, _ = simulated()
+    from codeswarm.actors.messages import CommandReceived
+    from codeswarm.protocol import decode_line
+
+    swarms.router.tell(
+        CommandReceived(decode_line('{"action":"inject","job_id":"999","node_id":0,"content":"x"}'))
+    )
+    (failed,) = collect(swarms, lambda evs: any(e["type"] == "inject_failed" for e in evs))[-1:]
+    assert failed["error"] == "unknown_target" and failed["job_id"] == "999"
+
+
+def test_worker_that_never_reads_times_out(simulated):
+    swarms, scheduler = simulated(inject_timeout_seconds=1)
+    swarm = swarms.launch(nodes=1)
+    collect(swarms, lambda evs: any(e["type"] == "node_started" for e in evs))
+    worker = scheduler.children[-1].pid
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        swarms.inject(swarm["swarm_id"], "anyone there?", nodes=0)
+        events = collect(swarms, lambda evs: any(e["type"] == "inject_failed" for e in evs))
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert events[-1]["error"] == "timeout"
+    assert 0.9 <= elapsed < 5, elapsed
+
+
+def test_killed_worker_fails_its_open_injections_with_node_gone(simulated):
+    swarms, scheduler = simulated()
+    swarm = swarms.launch(nodes=2)
+    collect(swarms, lambda evs: sum(e["type"] == "node_started" for e in evs) == 2)
+    worker = scheduler.children[-1].pid
+    os.kill(worker, signal.SIGSTOP)
+    swarms.inject(swarm["swarm_id"], "one", nodes="all")
+    swarms.inject(swarm["swarm_id"], "two", nodes="all")
+    collect(swarms, lambda evs: sum(e["type"] == "inject_ack" for e in evs) == 4)
+    os.kill(worker, signal.SIGKILL)
+    events = collect(swarms, lambda evs: sum(e["type"] == "inject_failed" for e in evs) == 4)
+    failed = [e for e in events if e["type"] == "inject_failed"]
+    assert {e["error"] for e in failed} == {"node_gone"}
+    assert sorted(swarms.status(swarm["swarm_id"])["nodes"], key=lambda n: n["node_id"]) == [
+        {"node_id": 0, "state": "exited"},
+        {"node_id": 1, "state": "exited"},
+    ]
+
+
+def follower_pids(timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = children_running("hpc.outbox_follower")
+        if pids:
+            return pids
+        time.sleep(0.02)
+    raise AssertionError("no follower process")
+
+
+def test_killed_follower_is_restarted_without_losing_or_repeating_events(simulated):
+    swarms, _ = simulated()
+    swarm = swarms.launch(nodes=4)
+    events = collect(swarms, lambda evs: sum(e["type"] == "node_started" for e in evs) == 4)
+    for _ in range(4):
+        request = swarms.inject(swarm["swarm_id"], "burst 60", nodes="all")
+        events += collect(swarms, lambda evs, r=request: any(e.get("request_id") == r for e in evs))
+        for pid in follower_pids():
+            os.kill(pid, signal.SIGKILL)
+    events += collect(
+        swarms, lambda evs: sum(e["type"] == "usage" for e in events + evs) == 16, timeout=60
+    )
+    worker_events = [e for e in events if "seq" in e]
+    counts = Counter((e["node_id"], e["seq"]) for e in worker_events)
+    assert len(worker_events) >= 1000
+    assert max(counts.values()) == 1
+    for node_id in range(4):
+        seqs = sorted(s for n, s in counts if n == node_id)
+        assert seqs == list(range(len(seqs)))
+
+
+def test_registry_is_shared_with_a_second_process_view(simulated, tmp_path):
+    swarms, _ = simulated()
+    swarm = swarms.launch(nodes=1)
+    from codeswarm.registry import SwarmRegistry
+
+    config = local_config(tmp_path)
+    other = SwarmRegistry(config.router.state_dir, swarms.router.config.cluster.mailbox_root)
+    assert [s.swarm_id for s in other.all()] == [swarm["swarm_id"]]
