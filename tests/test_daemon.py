@@ -1,0 +1,158 @@
+"""``codeswarm daemon`` end to end: local backend, real codex, local model server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon
+from tests.support.worker import CODEX_HOMES, agent_settings
+
+LIFECYCLE_HEAD = ["inject_ack", "inject_delivered", "turn_started"]
+LIFECYCLE_TAIL = ["assistant", "turn_complete", "usage"]
+
+
+@pytest.fixture
+def config_file(tmp_path, codex_bin, model_server):
+    # codex keeps its home under the workspace: keep that off /tmp, as codex asks.
+    workspace = CODEX_HOMES / uuid.uuid4().hex
+    agent = agent_settings(codex_bin, model_server.url)["agent"]
+    config = {
+        "backend": "local",
+        "cluster": {"workspace_root": str(workspace)},
+        "router": {"state_dir": str(tmp_path / "state"), "inject_timeout_seconds": 30},
+        "agent": {k: agent[k] for k in ("codex_path", "model", "sandbox", "config")},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    yield path
+    shutil.rmtree(workspace, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(config_file, tmp_path):
+    running: list[Daemon] = []
+
+    def start() -> Daemon:
+        d = Daemon(config_file, tmp_path / "daemon.stderr")
+        running.append(d)
+        d.wait_event("ready", timeout=30)
+        return d
+
+    yield start
+    for d in running:
+        for event in d.events if d.process.poll() is None else []:
+            if event["type"] == "swarm_launched":
+                d.send({"command": "terminate", "swarm_id": event["swarm"]["swarm_id"]})
+        d.close()
+
+
+def lifecycle(events: list[dict], injection_id: str) -> list[str]:
+    return [e["type"] for e in events if e.get("injection_id") == injection_id]
+
+
+@pytest.mark.integration
+def test_two_node_swarm_answers_both_inject_spellings_and_all(daemon):
+    d = daemon()
+    d.send({"command": "launch", "nodes": 2, "request_id": "launch"})
+    swarm = d.wait_event("swarm_launched", request_id="launch")["swarm"]
+    swarm_id, job_id = swarm["swarm_id"], swarm["job_id"]
+    d.send(
+        {
+            "action": "inject",
+            "job_id": job_id,
+            "node_id": 0,
+            "content": "Hello",
+            "request_id": "seed-1",
+        },
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 1,
+            "content": "Hello",
+            "request_id": "seed-2",
+        },
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": "all",
+            "content": "to everyone",
+            "request_id": "all",
+            "injection_id": "fan",
+        },
+    )
+    events = d.wait_for(lambda evs: sum(e["type"] == "usage" for e in evs) == 4, timeout=120)
+    injections = {e["injection_id"]: e for e in events if e["type"] == "inject_ack"}
+    assert sorted(e["request_id"] for e in injections.values()) == [
+        "all",
+        "all",
+        "seed-1",
+        "seed-2",
+    ]
+    assert {"fan-0", "fan-1"} <= set(injections)
+    for injection_id, ack in injections.items():
+        types = lifecycle(events, injection_id)
+        assert types[:3] == LIFECYCLE_HEAD, types
+        assert types[-3:] == LIFECYCLE_TAIL, types
+        assert set(types[3:-3]) == {"assistant_delta"}, types
+        mine = [e for e in events if e.get("injection_id") == injection_id]
+        assert {e["request_id"] for e in mine} == {ack["request_id"]}
+        assert {(e["swarm_id"], e["job_id"]) for e in mine} == {(swarm_id, job_id)}
+    d.send({"command": "status", "swarm_id": swarm_id, "request_id": "st"})
+    status = d.wait_event("swarm_status", request_id="st")["swarm"]
+    assert [n["state"] for n in status["nodes"]] == ["running", "running"]
+    d.send({"command": "terminate", "swarm_id": swarm_id, "request_id": "bye"})
+    d.wait_event("swarm_terminated", request_id="bye")
+    d.wait_for(lambda evs: sum(e["type"] == "node_exited" for e in evs) == 2, timeout=30)
+    d.send({"command": "shutdown"})
+    d.wait_event("shutting_down")
+    assert d.process.wait(10) == 0
+
+
+def test_ten_thousand_malformed_lines_each_get_an_error_and_ping_still_works(daemon):
+    d = daemon()
+    bad = ["{", "[]", '{"command":"nope"}', '{"command":"inject"}', "\x00\x01", '"x"'] * 1667
+    bad = bad[:10_000]
+    writer = threading.Thread(target=lambda: d.send(*bad, {"command": "ping", "request_id": "p"}))
+    writer.start()
+    d.wait_event("pong", request_id="p", timeout=120)
+    writer.join()
+    errors = [e for e in d.events if e["type"] == "error"]
+    assert len(errors) == 10_000
+    assert {e["error"] for e in errors} == {
+        "invalid_json",
+        "not_an_object",
+        "unknown_command",
+        "missing_field",
+    }
+
+
+def test_eof_on_stdin_ends_the_daemon_quickly(daemon):
+    d = daemon()
+    started = time.monotonic()
+    assert d.close() == 0
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_end_the_daemon_cleanly(daemon, signum):
+    d = daemon()
+    d.process.send_signal(signum)
+    assert d.process.wait(10) == 0
+    assert "actor still alive" not in d.stderr()
+
+
+def test_bad_config_is_reported_on_stderr_with_exit_1(tmp_path):
+    path = Path(tmp_path / "bad.json")
+    path.write_text('{"router": {"inject_timeout_seconds": -1}}')
+    d = Daemon(path, tmp_path / "stderr")
+    assert d.process.wait(30) == 1
+    assert "router.inject_timeout_seconds" in d.stderr()
+    assert d.lines.get(timeout=5) is None
