@@ -10,18 +10,20 @@ Later input is read only to notice EOF: on EOF (the SSH channel closed), SIGTERM
 or a broken stdout pipe the follower exits 0 within one poll interval. A header that is not such
 an object, or a mailbox that does not exist, gives an ``E`` line and exit status 2.
 
-Files. Every ``outbox/<JOB>_<NODE>.jsonl``; and ``archive/<JOB>_<NODE>.jsonl`` or
-``archive/<JOB>_<NODE>.r<N>.jsonl`` when its identity is in the cursor, its job is in ``jobs``,
-or this follower followed it in outbox/ before it was moved. A file's identity is
+Files. Every ``outbox/<JOB>_<NODE>.jsonl``, and every ``archive/<JOB>_<NODE>.jsonl`` or
+``archive/<JOB>_<NODE>.r<N>.jsonl`` that appears after the first poll (the first ``H`` line),
+even one created and archived between two polls. Of the archives there before, only those whose
+identity is in the cursor or whose job is in ``jobs``. A file's identity is
 ``<JOB>_<NODE>:<inode>``: a rename keeps the inode, so a file archived while no follower ran
 continues from its cursor offset, and a requeued run's new outbox (a new inode) starts at 0.
-A file not in the cursor starts at 0. A file created and archived between two polls is found
-only through ``jobs``, so the router lists every job it follows.
+A file not in the cursor starts at 0. Other names are reported once each with an ``E`` line
+(dot files, such as NFS's ``.nfsXXXX``, are ignored).
 
 Output on stdout, one record a line, written as bytes and flushed once per poll::
 
     L<TAB><JOB>_<NODE><TAB><identity><TAB><offset after the line><TAB><raw line, no newline>
-    H<TAB><unix time>          heartbeat: at start, then after --heartbeat-seconds of silence
+    H<TAB><unix time>          heartbeat: after the first poll, then after --heartbeat-seconds
+                               of silence
     E<TAB><message>            a follower-level problem (bad file name, unreadable directory)
 
 The raw line is passed through unparsed, byte for byte; it is the last field, so it may hold
@@ -53,7 +55,7 @@ ACTIVE_WINDOW_SECONDS = 2.0
 READ_CHUNK = 1 << 20  # per file per poll; a file with more left makes the next poll immediate
 WRITE_BATCH = 4 << 20  # write out mid-poll past this many bytes, to bound memory
 GONE = (errno.ENOENT, errno.ESTALE)
-_RUN_SUFFIX = re.compile(r"\.r[1-9][0-9]*$")
+_RUN_SUFFIX = re.compile(r"\.r[1-9][0-9]*\Z")
 
 
 class HeaderError(ValueError):
@@ -128,6 +130,7 @@ class Follower:
         self.jobs = set(jobs)
         self.write = write
         self.skip = set()  # (name, d_ino) in archive/: read to the end, or not ours
+        self.archive_seen = False  # after the first listing, anything new in archive/ is ours
         self.reported = set()
         self.dir_errors = {}
         self.pending = []
@@ -155,7 +158,11 @@ class Follower:
         lines = 0
         more = False
         for directory, archived in ((self.archive, True), (self.outbox, False)):
-            for entry in self._scan(directory):
+            entries = self._scan(directory)
+            filtering = archived and not self.archive_seen
+            if archived and entries is not None:
+                self.archive_seen = True
+            for entry in entries or ():
                 name = entry.name
                 if archived and (name, entry.inode()) in self.skip:
                     continue
@@ -164,7 +171,7 @@ class Follower:
                     if not name.startswith("."):  # .nfsXXXX silly renames, editors' files
                         self.problem("ignoring %s" % entry.path, once=entry.path)
                     continue
-                if archived and not self._wanted(entry, key):
+                if filtering and not self._wanted(entry, key):
                     self.skip.add((name, entry.inode()))
                     continue
                 found, left, done = self._read(entry.path, key)
@@ -185,7 +192,7 @@ class Follower:
             if self.dir_errors.get(directory) != message:
                 self.dir_errors[directory] = message
                 self.problem(message)
-            return []
+            return None
         self.dir_errors.pop(directory, None)
         return entries
 
@@ -345,16 +352,18 @@ def run(follower, write, stop, args):
     idle = max(args.idle_poll_seconds, poll)
     interval = poll
     last_active = last_write = time.monotonic()
-    write(b"H\t%.3f\n" % time.time())
+    first = True
     while not stop.is_set():
         lines, more = follower.poll()
         now = time.monotonic()
         if lines:
             last_active = now
-        if follower.flush():
-            last_write = now
-        elif now - last_write >= args.heartbeat_seconds:
+        wrote = follower.flush()
+        if first or (not wrote and now - last_write >= args.heartbeat_seconds):
             write(b"H\t%.3f\n" % time.time())
+            first = False
+            wrote = True
+        if wrote:
             last_write = now
         if more:
             continue

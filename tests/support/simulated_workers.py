@@ -120,9 +120,11 @@ class SimulatedScheduler:
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         for child in self.children:
             child.poll()
-        return {
-            s.job_id: {n: pid_state(pid, s.job_id) for n, pid in enumerate(s.pids)} for s in swarms
-        }
+        states = {}
+        for swarm in swarms:
+            state = pid_state(swarm.pids[0], swarm.job_id) if swarm.pids else "exited"
+            states[swarm.job_id] = dict.fromkeys(range(swarm.nodes), state)
+        return states
 
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in set(swarm.pids):

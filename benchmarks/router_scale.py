@@ -1,0 +1,262 @@
+"""Router scale on the local backend with simulated workers, each figure beside a baseline.
+
+1. Fan-out of one ``nodes:"all"`` inject to 64, 256 and 1,024 nodes, until every
+   ``inject_delivered`` (targets 0.5 s, 1 s, 3 s). Baseline: one process per inbox write,
+   the way the original design ran one ``ssh`` per injection.
+2. Router RSS with 1,024 NodeActors (target <= 150 MB), beside the RSS before launching.
+3. Events per second through follower, router and the protocol output (target >= 20,000),
+   beside the follower process alone on the same files.
+4. Outbox line written -> its event on the protocol output, median and p99, at the default poll
+   settings (target median <= 30 ms), beside the follower alone.
+
+Run: .venv/bin/python benchmarks/router_scale.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codeswarm.actors.messages import CommandReceived  # noqa: E402
+from codeswarm.actors.protocol import ProtocolActor  # noqa: E402
+from codeswarm.config import parse_config  # noqa: E402
+from codeswarm.hpc import mailbox_io, records  # noqa: E402
+from codeswarm.protocol import commands  # noqa: E402
+from codeswarm.router import Router  # noqa: E402
+from tests.support.simulated_workers import SimulatedScheduler  # noqa: E402
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Output:
+    """The protocol output as a pipe, read on a thread: each event with its arrival time."""
+
+    def __init__(self) -> None:
+        read_fd, write_fd = os.pipe()
+        self.writer = os.fdopen(write_fd, "wb")
+        self.reader = os.fdopen(read_fd, "rb")
+        self.cond = threading.Condition()
+        self.events: list[tuple[float, dict]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.reader:
+            event = json.loads(line)
+            with self.cond:
+                self.events.append((time.time(), event))
+                self.cond.notify_all()
+
+    def wait(self, predicate, timeout: float = 120.0) -> list[tuple[float, dict]]:
+        with self.cond:
+            if not self.cond.wait_for(lambda: predicate(self.events), timeout):
+                raise TimeoutError(f"after {len(self.events)} events")
+            return list(self.events)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for _, e in self.events if e["type"] == kind)
+
+
+class Bench:
+    """One router with a protocol actor writing to a pipe, and simulated workers."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.config = parse_config(
+            {
+                "backend": "local",
+                "cluster": {"workspace_root": str(tmp / "ws")},
+                "router": {"state_dir": str(tmp / "state")},
+            }
+        )
+        self.scheduler = SimulatedScheduler(self.config.cluster.cluster_dir)
+        self.output = Output()
+        self.protocol = ProtocolActor.start(sys.stdin.buffer, self.output.writer)
+        self.router = Router(self.config, self.protocol, scheduler=self.scheduler)
+        self.mailbox = self.config.cluster.mailbox_root
+
+    def launch(self, nodes: int) -> dict:
+        before = self.output.count("swarm_launched")
+        started = self.output.count("node_started")
+        self.router.tell(CommandReceived(commands.Launch(nodes=nodes)))
+        events = self.output.wait(
+            lambda evs: sum(e["type"] == "swarm_launched" for _, e in evs) > before
+        )
+        self.output.wait(
+            lambda evs: sum(e["type"] == "node_started" for _, e in evs) >= started + nodes
+        )
+        return [e for _, e in events if e["type"] == "swarm_launched"][-1]["swarm"]
+
+    def inject_all(self, swarm_id: str, content: str) -> float:
+        before = self.output.count("inject_delivered")
+        nodes = len(self.swarm_nodes(swarm_id))
+        started = time.time()
+        self.router.tell(
+            CommandReceived(commands.Inject(content=content, nodes="all", swarm_id=swarm_id))
+        )
+        self.output.wait(
+            lambda evs: sum(e["type"] == "inject_delivered" for _, e in evs) >= before + nodes
+        )
+        return time.time() - started
+
+    def swarm_nodes(self, swarm_id: str) -> list:
+        for _, event in reversed(self.output.events):
+            if event["type"] == "swarm_launched" and event["swarm"]["swarm_id"] == swarm_id:
+                return event["swarm"]["nodes"]
+        return []
+
+    def close(self) -> None:
+        self.router.stop()
+        self.protocol.stop()
+        self.scheduler.close()
+
+
+def process_per_write(mailbox: str, job_id: str, nodes: int) -> float:
+    """Baseline: one process per inbox write, as one ssh per injection did."""
+    started = time.time()
+    for node_id in range(nodes):
+        path = os.path.join(mailbox, "inbox", records.record_name(job_id, node_id))
+        line = records.encode_line(records.inbox_user(f"b{node_id}", "hello"))
+        subprocess.run(["sh", "-c", f"cat >> {path}"], input=line.encode(), check=True)
+    return time.time() - started
+
+
+def follower_alone(mailbox: str, lines_expected: int) -> float:
+    """Baseline: lines/s of the follower process alone over the same outbox files."""
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpc.outbox_follower", "--mailbox", mailbox],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    proc.stdin.write(b"{}\n")
+    proc.stdin.flush()
+    seen = 0
+    for line in proc.stdout:
+        if line.startswith(b"L\t"):
+            seen += 1
+            if seen >= lines_expected:
+                break
+    elapsed = time.time() - started
+    proc.kill()
+    proc.wait(10)
+    return seen / elapsed
+
+
+def latency(bench: Bench, samples: int) -> tuple[list[float], list[float]]:
+    """Outbox line -> protocol output, and outbox line -> follower stdout (baseline)."""
+    swarm = bench.launch(1)
+    job_id = swarm["job_id"]
+    pid = bench.scheduler.children[-1].pid
+    os.kill(pid, signal.SIGSTOP)
+    path = os.path.join(bench.mailbox, "outbox", records.record_name(job_id, 0))
+    writer = mailbox_io.OutboxWriter(path, job_id, 0, next_seq=1)
+    through_router = []
+    for n in range(samples):
+        before = len(bench.output.events)
+        event = writer.write("error", error="worker_error", message=f"probe {n}")
+        arrived = bench.output.wait(lambda evs, b=before: len(evs) > b)[-1][0]
+        through_router.append(arrived - event["ts"])
+        time.sleep(0.05)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "hpc.outbox_follower", "--mailbox", bench.mailbox],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    cursor = {"cursor": {}}
+    for entry in os.scandir(os.path.join(bench.mailbox, "outbox")):
+        stem = entry.name[: -len(records.RECORD_SUFFIX)]
+        stat = entry.stat()
+        cursor["cursor"][f"{stem}:{stat.st_ino}"] = stat.st_size
+    follower.stdin.write(json.dumps(cursor).encode() + b"\n")
+    follower.stdin.flush()
+    alone = []
+    for n in range(samples):
+        event = writer.write("error", error="worker_error", message=f"alone {n}")
+        probe = f'"alone {n}"'.encode()
+        while probe not in follower.stdout.readline():
+            pass
+        alone.append(time.time() - event["ts"])
+        time.sleep(0.05)
+    follower.kill()
+    follower.wait(10)
+    writer.close()
+    os.kill(pid, signal.SIGCONT)
+    return through_router, alone
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            print('fan-out of one nodes:"all" inject, until every inject_delivered')
+            idle_rss = rss_mb()
+            for nodes, target in ((64, 0.5), (256, 1.0), (1024, 3.0)):
+                swarm = bench.launch(nodes)
+                took = bench.inject_all(swarm["swarm_id"], "hello")
+                base = process_per_write(bench.mailbox, swarm["job_id"], nodes)
+                print(
+                    f"  {nodes:5d} nodes: {took:6.3f} s (target {target} s); "
+                    f"one process per write: {base:6.3f} s"
+                )
+            actors = 64 + 256 + 1024
+            print(
+                f"router RSS with {actors} NodeActors: {rss_mb():.1f} MB (target 150 MB "
+                f"for 1,024); before launching: {idle_rss:.1f} MB"
+            )
+
+            swarm = bench.launch(16)
+            per_node = 2500
+            before = len(bench.output.events)
+            started = time.time()
+            bench.router.tell(
+                CommandReceived(
+                    commands.Inject(
+                        content=f"burst {per_node}", nodes="all", swarm_id=swarm["swarm_id"]
+                    )
+                )
+            )
+            expected = 16 * (per_node + 6)
+            bench.output.wait(lambda evs: len(evs) >= before + expected, timeout=300)
+            rate = expected / (time.time() - started)
+            alone = follower_alone(bench.mailbox, expected)
+            print(
+                f"events/s through follower, router and output: {rate:,.0f} "
+                f"(target 20,000); follower alone: {alone:,.0f} lines/s"
+            )
+
+            router_ms, alone_ms = latency(bench, 100)
+            router_ms = [v * 1000 for v in router_ms]
+            alone_ms = [v * 1000 for v in alone_ms]
+            print(
+                f"outbox line -> output event: median {statistics.median(router_ms):.1f} ms, "
+                f"p99 {pct(router_ms, 0.99):.1f} ms (target median 30 ms); follower alone: "
+                f"median {statistics.median(alone_ms):.1f} ms, p99 {pct(alone_ms, 0.99):.1f} ms"
+            )
+        finally:
+            bench.close()
+
+
+if __name__ == "__main__":
+    main()
