@@ -66,6 +66,6 @@ def daemon(config_path: str | None, debug: bool) -> None:
         signal.signal(signum, lambda *_: stop.set())
     try:
         code = run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop)
-    except NotImplementedError as exc:
+    except (NotImplementedError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
