@@ -176,3 +176,53 @@ def test_registry_is_shared_with_a_second_process_view(simulated, tmp_path):
     config = local_config(tmp_path)
     other = SwarmRegistry(config.router.state_dir, swarms.router.config.cluster.mailbox_root)
     assert [s.swarm_id for s in other.all()] == [swarm["swarm_id"]]
+
+
+def send(swarms: Codeswarm, line: str) -> None:
+    from codeswarm.actors.messages import CommandReceived
+    from codeswarm.protocol import decode_line
+
+    swarms.router.tell(CommandReceived(decode_line(line)))
+
+
+def test_launch_prompt_is_held_until_each_node_starts_then_answered(simulated):
+    swarms, _ = simulated()
+    send(swarms, '{"command":"launch","nodes":3,"prompt":"first words","request_id":"L"}')
+    events = collect(
+        swarms,
+        lambda evs: sum(e["type"] == "usage" and e.get("request_id") == "L" for e in evs) == 3,
+    )
+    acks = [e for e in events if e["type"] == "inject_ack"]
+    assert len(acks) == 3 and all(e["held"] for e in acks)
+    for ack in acks:
+        started = next(
+            i
+            for i, e in enumerate(events)
+            if e["type"] == "node_started" and e["node_id"] == ack["node_id"]
+        )
+        delivered = next(
+            i
+            for i, e in enumerate(events)
+            if e["type"] == "inject_delivered" and e["injection_id"] == ack["injection_id"]
+        )
+        assert events.index(ack) < started < delivered
+
+
+def test_unknown_swarm_list_and_interrupt(simulated):
+    swarms, _ = simulated()
+    swarm = swarms.launch(nodes=2)
+    sid = swarm["swarm_id"]
+    send(
+        swarms,
+        '{"command":"inject","swarm_id":"sw-none","nodes":"all","content":"x","request_id":"u"}',
+    )
+    send(swarms, '{"command":"list","request_id":"l"}')
+    events = collect(swarms, lambda evs: sum(e["type"] == "node_started" for e in evs) == 2)
+    send(swarms, f'{{"command":"interrupt","swarm_id":"{sid}","nodes":[1],"request_id":"i"}}')
+    events += collect(swarms, lambda evs: any(e["type"] == "interrupt_ack" for e in evs))
+    unknown = next(e for e in events if e.get("request_id") == "u")
+    assert (unknown["type"], unknown["error"]) == ("error", "unknown_swarm")
+    listed = next(e for e in events if e["type"] == "swarm_list")
+    assert [s["swarm_id"] for s in listed["swarms"]] == [sid]
+    ack = next(e for e in events if e["type"] == "interrupt_ack")
+    assert (ack["node_id"], ack["request_id"]) == (1, "i")

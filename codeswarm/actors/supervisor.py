@@ -214,31 +214,32 @@ class SupervisorActor(pykka.ThreadingActor):
     def error(self, code: str, message: str, request_id: Any, **fields: Any) -> None:
         self.emit(make_event("error", error=code, message=message, request_id=request_id, **fields))
 
+    def known_swarm(self, swarm_id: str, request_id: Any) -> SwarmRecord | None:
+        """The registered swarm, or None after telling the client it does not exist."""
+        swarm = self.registry.get(swarm_id)
+        if swarm is None:
+            self.error(errors.UNKNOWN_SWARM, f"no swarm {swarm_id}", request_id, field="swarm_id")
+        return swarm
+
     def resolve(self, command: commands.Inject | commands.Interrupt) -> tuple[Any, list[int]]:
-        """The swarm and node list a targeted command names, or (None, nodes) if unknown."""
+        """The swarm and nodes a targeted command names; an unknown swarm_id is reported."""
         if command.swarm_id is not None:
-            swarm = self.registry.get(command.swarm_id)
+            swarm = self.known_swarm(command.swarm_id, command.request_id)
         else:
             swarm = self.registry.by_job(command.job_id)
-        if swarm is None:
-            return None, [] if command.nodes == "all" else list(command.nodes)
-        nodes = list(range(swarm.nodes)) if command.nodes == "all" else list(command.nodes)
-        return swarm, nodes
+        if command.nodes != "all":
+            return swarm, list(command.nodes)
+        return swarm, list(range(swarm.nodes)) if swarm else []
 
     def inject(self, command: commands.Inject) -> None:
         swarm, nodes = self.resolve(command)
         if swarm is None and command.swarm_id is not None:
-            self.error(
-                errors.UNKNOWN_SWARM,
-                f"no swarm {command.swarm_id}",
-                command.request_id,
-                field="swarm_id",
-            )
             return
         base = command.injection_id or f"inj-{uuid.uuid4().hex[:12]}"
+        job_id = swarm.job_id if swarm else command.job_id
         for node_id in nodes:
             injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
-            key = records.node_key(swarm.job_id if swarm else command.job_id, node_id)
+            key = records.node_key(job_id, node_id)
             ref = self.nodes.get(key) if swarm is not None else None
             if ref is None:
                 self.emit(
@@ -246,7 +247,7 @@ class SupervisorActor(pykka.ThreadingActor):
                         "inject_failed",
                         request_id=command.request_id,
                         swarm_id=swarm.swarm_id if swarm else None,
-                        job_id=swarm.job_id if swarm else command.job_id,
+                        job_id=job_id,
                         node_id=node_id,
                         injection_id=injection_id,
                         error=errors.UNKNOWN_TARGET,
@@ -259,8 +260,13 @@ class SupervisorActor(pykka.ThreadingActor):
     def interrupt(self, command: commands.Interrupt) -> None:
         swarm, nodes = self.resolve(command)
         if swarm is None:
-            target = command.swarm_id or command.job_id
-            self.error(errors.UNKNOWN_SWARM, f"no swarm or job {target}", command.request_id)
+            if command.job_id is not None:
+                self.error(
+                    errors.UNKNOWN_SWARM,
+                    f"no job {command.job_id}",
+                    command.request_id,
+                    field="job_id",
+                )
             return
         for node_id in nodes:
             ref = self.nodes.get(records.node_key(swarm.job_id, node_id))
@@ -320,26 +326,14 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def status(self, command: commands.Status) -> None:
         self.poll_jobs()
-        swarm = self.registry.get(command.swarm_id)
+        swarm = self.known_swarm(command.swarm_id, command.request_id)
         if swarm is None:
-            self.error(
-                errors.UNKNOWN_SWARM,
-                f"no swarm {command.swarm_id}",
-                command.request_id,
-                field="swarm_id",
-            )
             return
         self.emit(make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event()))
 
     def terminate(self, command: commands.Terminate) -> None:
-        swarm = self.registry.get(command.swarm_id)
+        swarm = self.known_swarm(command.swarm_id, command.request_id)
         if swarm is None:
-            self.error(
-                errors.UNKNOWN_SWARM,
-                f"no swarm {command.swarm_id}",
-                command.request_id,
-                field="swarm_id",
-            )
             return
         try:
             self.scheduler.cancel(swarm)
