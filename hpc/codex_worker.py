@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from . import records
+from . import codex_protocol, records
 from .app_server import AppServer
 from .codex_home import codex_environment, prepare_codex_home
 from .mailbox_io import (
@@ -49,15 +49,8 @@ WORKER_DEFAULTS = {
     "codex_restart_max": 5,
 }
 HANDLED_KEPT = 1000
+WORKER_VERSION = "0.1"
 EXIT_INTERRUPT_GRACE = 3.0
-USAGE_KEYS = (
-    ("input_tokens", "inputTokens"),
-    ("cached_input_tokens", "cachedInputTokens"),
-    ("output_tokens", "outputTokens"),
-    ("reasoning_output_tokens", "reasoningOutputTokens"),
-    ("total_tokens", "totalTokens"),
-)
-METHOD_NOT_FOUND = -32601
 
 
 class Turn:
@@ -316,21 +309,7 @@ class Worker:
             self.events.put(("exit", generation, None))
             return
         log.info("codex app-server started, pid %d", self.codex.pid)
-        self.call(
-            "initialize",
-            {
-                "clientInfo": {"name": "codeswarm_worker", "title": None, "version": "0.1"},
-                "capabilities": {
-                    "experimentalApi": False,
-                    "optOutNotificationMethods": [
-                        "account/rateLimits/updated",
-                        "thread/status/changed",
-                        "remoteControl/status/changed",
-                    ],
-                },
-            },
-            self.initialized,
-        )
+        self.call("initialize", codex_protocol.initialize_params(WORKER_VERSION), self.initialized)
 
     def call(self, method, params, callback):
         self.pending[self.codex.request(method, params)] = callback
@@ -418,24 +397,15 @@ class Worker:
         self.restart_at = time.monotonic() + delay
 
     def answer_request(self, message):
-        method = message["method"]
-        accept = self.agent["approval_decision"] == "accept"
-        if method in ("item/commandExecution/requestApproval", "item/fileChange/requestApproval"):
-            result = {"decision": "accept" if accept else "decline"}
-        elif method in ("execCommandApproval", "applyPatchApproval"):
-            result = {"decision": "approved" if accept else "denied"}
-        elif method == "item/permissions/requestApproval":
-            result = {"permissions": {}, "scope": "turn"}
-        elif method == "item/tool/requestUserInput":
-            result = {"answers": {}}
-        elif method == "mcpServer/elicitation/request":
-            result = {"action": "accept" if accept else "decline"}
-        else:
+        result = codex_protocol.answer_for(message["method"], self.agent["approval_decision"])
+        if result is None:
             self.codex.respond_error(
-                message["id"], METHOD_NOT_FOUND, "codeswarm worker does not handle %s" % method
+                message["id"],
+                codex_protocol.METHOD_NOT_FOUND,
+                "codeswarm worker does not handle %s" % message["method"],
             )
             return
-        log.info("answered %s with %s", method, result)
+        log.info("answered %s with %s", message["method"], result)
         self.codex.respond(message["id"], result)
 
     # ---- turns ------------------------------------------------------------------------------
@@ -512,16 +482,13 @@ class Worker:
                 status=done.get("status", "completed"),
                 error=error,
             )
-            self.emit("usage", injection_id=turn.injection_id, **self.turn_usage(turn))
+            self.emit(
+                "usage",
+                injection_id=turn.injection_id,
+                **codex_protocol.turn_usage(self.usage_total, turn.usage_base),
+            )
             self.failures = 0
             self.end_turn()
-
-    def turn_usage(self, turn):
-        now = self.usage_total or {}
-        base = turn.usage_base or {}
-        return {
-            ours: max(0, now.get(theirs, 0) - base.get(theirs, 0)) for ours, theirs in USAGE_KEYS
-        }
 
     def end_turn(self):
         self.turn = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +30,7 @@ def local_config(tmp_path: Path, **router):
 
 @pytest.fixture
 def simulated(tmp_path):
+    threads_before = set(threading.enumerate())
     made = []
 
     def make(**router) -> tuple[Codeswarm, SimulatedScheduler]:
@@ -43,6 +45,7 @@ def simulated(tmp_path):
         swarms.close()
         scheduler.close()
     assert pykka.ActorRegistry.get_all() == []
+    assert {t.name for t in set(threading.enumerate()) - threads_before} == set()
 
 
 def collect(swarms: Codeswarm, until, timeout: float = 30.0) -> list[dict]:

@@ -178,6 +178,8 @@ class WorkerRun:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(AssertionError):
+                kill_quietly(self.codex_pid())
             self.process.kill()
             self.process.wait(10)
         shutil.rmtree(self.codex_home, ignore_errors=True)
