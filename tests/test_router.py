@@ -229,3 +229,24 @@ def test_unknown_swarm_list_and_interrupt(simulated):
     assert [s["swarm_id"] for s in listed["swarms"]] == [sid]
     ack = next(e for e in events if e["type"] == "interrupt_ack")
     assert (ack["node_id"], ack["request_id"]) == (1, "i")
+
+
+def test_a_restarted_router_picks_up_its_swarms_and_their_streams(tmp_path):
+    config = local_config(tmp_path)
+    scheduler = SimulatedScheduler(config.cluster.cluster_dir)
+    try:
+        with Codeswarm(config, scheduler=scheduler) as first:
+            swarm = first.launch(nodes=2)
+            collect(first, lambda evs: sum(e["type"] == "node_started" for e in evs) == 2)
+        with Codeswarm(config, scheduler=scheduler) as second:
+            request = second.inject(swarm["swarm_id"], "after the restart", nodes="all")
+            events = collect(
+                second,
+                lambda evs: (
+                    sum(e["type"] == "usage" and e.get("request_id") == request for e in evs) == 2
+                ),
+            )
+            assert not any(e["type"] == "node_started" for e in events)
+            second.terminate(swarm["swarm_id"])
+    finally:
+        scheduler.close()

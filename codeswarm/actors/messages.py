@@ -59,6 +59,10 @@ class WorkerLines(NamedTuple):
     lines: list[bytes]
 
 
+class NodeRunning(NamedTuple):
+    """The scheduler reports the node running (its node_started may have been read earlier)."""
+
+
 class NodeGone(NamedTuple):
     reason: str
 

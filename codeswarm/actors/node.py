@@ -15,6 +15,7 @@ from codeswarm.actors.messages import (
     InjectTimeout,
     InterruptNode,
     NodeGone,
+    NodeRunning,
     WorkerLines,
 )
 from codeswarm.backends import BackendError, Transport
@@ -54,6 +55,9 @@ class NodeActor(pykka.ThreadingActor):
         elif isinstance(message, InjectTimeout):
             self.timers.pop(message.injection_id, None)
             self.emit(self.node.timed_out(message.injection_id, self.inject_timeout))
+        elif isinstance(message, NodeRunning):
+            if self.node.state == "pending":
+                self.write(self.node.started(), was_held=True)
         elif isinstance(message, NodeGone):
             if self.node.state != "exited":
                 self.emit(self.node.gone(message.reason))

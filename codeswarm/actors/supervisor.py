@@ -22,6 +22,7 @@ from codeswarm.actors.messages import (
     InputClosed,
     InterruptNode,
     NodeGone,
+    NodeRunning,
     PollJobs,
     SaveCursor,
     StartFollower,
@@ -180,6 +181,8 @@ class SupervisorActor(pykka.ThreadingActor):
                 key = records.node_key(swarm.job_id, node_id)
                 if state != "exited":
                     self.gone_polls.pop(key, None)
+                    if state == "running" and key in self.nodes:
+                        self.nodes[key].tell(NodeRunning())
                     continue
                 self.gone_polls[key] = self.gone_polls.get(key, 0) + 1
                 if self.gone_polls[key] < GONE_AFTER_POLLS:
