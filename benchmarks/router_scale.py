@@ -167,8 +167,10 @@ def latency(bench: Bench, samples: int) -> tuple[list[float], list[float]]:
     """Outbox line -> protocol output, and outbox line -> follower stdout (baseline)."""
     swarm = bench.launch(1)
     job_id = swarm["job_id"]
-    pid = bench.scheduler.children[-1].pid
-    os.kill(pid, signal.SIGSTOP)
+    # Pause every simulated worker: on 2 cores their inbox polling would be measured too.
+    pids = [child.pid for child in bench.scheduler.children if child.poll() is None]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     path = os.path.join(bench.mailbox, "outbox", records.record_name(job_id, 0))
     writer = mailbox_io.OutboxWriter(path, job_id, 0, next_seq=1)
     through_router = []
@@ -202,16 +204,29 @@ def latency(bench: Bench, samples: int) -> tuple[list[float], list[float]]:
     follower.kill()
     follower.wait(10)
     writer.close()
-    os.kill(pid, signal.SIGCONT)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
     return through_router, alone
+
+
+def report_latency(bench: Bench, where: str) -> None:
+    router_ms, alone_ms = latency(bench, 100)
+    router_ms = [v * 1000 for v in router_ms]
+    alone_ms = [v * 1000 for v in alone_ms]
+    print(
+        f"outbox line -> output event, {where}: median {statistics.median(router_ms):.1f} ms, "
+        f"p99 {pct(router_ms, 0.99):.1f} ms (target median 30 ms); follower alone: "
+        f"median {statistics.median(alone_ms):.1f} ms, p99 {pct(alone_ms, 0.99):.1f} ms"
+    )
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp))
         try:
-            print('fan-out of one nodes:"all" inject, until every inject_delivered')
             idle_rss = rss_mb()
+            report_latency(bench, "with 1 outbox file")
+            print('fan-out of one nodes:"all" inject, until every inject_delivered')
             for nodes, target in ((64, 0.5), (256, 1.0), (1024, 3.0)):
                 swarm = bench.launch(nodes)
                 took = bench.inject_all(swarm["swarm_id"], "hello")
@@ -220,7 +235,7 @@ def main() -> None:
                     f"  {nodes:5d} nodes: {took:6.3f} s (target {target} s); "
                     f"one process per write: {base:6.3f} s"
                 )
-            actors = 64 + 256 + 1024
+            actors = 2 + 64 + 256 + 1024
             print(
                 f"router RSS with {actors} NodeActors: {rss_mb():.1f} MB (target 150 MB "
                 f"for 1,024); before launching: {idle_rss:.1f} MB"
@@ -246,14 +261,7 @@ def main() -> None:
                 f"(target 20,000); follower alone: {alone:,.0f} lines/s"
             )
 
-            router_ms, alone_ms = latency(bench, 100)
-            router_ms = [v * 1000 for v in router_ms]
-            alone_ms = [v * 1000 for v in alone_ms]
-            print(
-                f"outbox line -> output event: median {statistics.median(router_ms):.1f} ms, "
-                f"p99 {pct(router_ms, 0.99):.1f} ms (target median 30 ms); follower alone: "
-                f"median {statistics.median(alone_ms):.1f} ms, p99 {pct(alone_ms, 0.99):.1f} ms"
-            )
+            report_latency(bench, "with 1,361 outbox files")
         finally:
             bench.close()
 
