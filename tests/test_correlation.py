@@ -29,12 +29,22 @@ def test_running_node_hands_injection_back_to_be_written_then_acks():
     assert event_errors(ack) == {}
 
 
-def test_pending_node_holds_until_started():
+def test_pending_node_is_written_through_and_its_clock_starts_on_start():
     n = node("pending")
-    (ack,), to_write = n.inject(injection())
-    assert ack["held"] is True and to_write == []
-    assert n.started() == [injection()]
+    events, to_write = n.inject(injection())
+    assert events == [] and to_write == [injection()]
+    (ack,) = n.written(injection())
+    assert ack["held"] is True
+    assert n.started() == ["i1"]
     assert n.started() == []
+
+
+def test_clocks_start_only_for_undelivered_injections():
+    n = node("pending")
+    n.written(injection("a"))
+    n.written(injection("b"))
+    n.worker_line(line("inject_delivered", 1, injection_id="a"))
+    assert n.started() == ["b"]
 
 
 def test_duplicate_injection_id_is_acked_not_rewritten():
@@ -99,9 +109,9 @@ def test_node_exited_fails_open_and_held_injections_with_node_gone():
     assert n.state == "exited"
 
 
-def test_gone_fails_held_injections_too():
+def test_gone_fails_injections_written_to_a_node_that_never_started():
     n = node("pending")
-    n.inject(injection("held"))
+    n.written(injection("held"))
     (failed,) = n.gone("cancelled")
     assert failed["injection_id"] == "held" and failed["error"] == "node_gone"
 

@@ -45,7 +45,10 @@ def simulated(tmp_path):
         swarms.close()
         scheduler.close()
     assert pykka.ActorRegistry.get_all() == []
-    assert {t.name for t in set(threading.enumerate()) - threads_before} == set()
+    deadline = time.monotonic() + 5
+    while (left := set(threading.enumerate()) - threads_before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {t.name for t in left} == set()
 
 
 def collect(swarms: Codeswarm, until, timeout: float = 30.0) -> list[dict]:

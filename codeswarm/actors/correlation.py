@@ -50,7 +50,6 @@ class NodeCorrelation:
         self.job_id = job_id
         self.node_id = node_id
         self.state = state
-        self.held: list[Injection] = []
         self.open: dict[str, Open] = {}
         self.recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.last_seq = -1
@@ -85,36 +84,32 @@ class NodeCorrelation:
     # ---- commands ---------------------------------------------------------------------------
 
     def inject(self, injection: Injection) -> tuple[list[dict], list[Injection]]:
-        """Accept an injection: emit now, hold it, or hand it back to be written."""
+        """Accept an injection: answer it now, or hand it back to be written.
+
+        A pending node's inbox is written too: the worker reads it from the start when it
+        runs, so nothing waits in this process's memory (a CLI that exits loses nothing).
+        """
         injection_id = injection.injection_id
-        known = injection_id in self.open or injection_id in self.recent
-        if known or any(h.injection_id == injection_id for h in self.held):
+        if injection_id in self.open or injection_id in self.recent:
             ack = self.event(
                 "inject_ack",
                 injection.request_id,
                 injection_id=injection_id,
-                held=False,
+                held=self.state == "pending",
                 duplicate=True,
             )
             return [ack], []
         if self.state == "exited":
             return [self.failed(injection, errors.NODE_GONE, "the node has exited")], []
-        if self.state == "pending":
-            self.held.append(injection)
-            ack = self.event(
-                "inject_ack", injection.request_id, injection_id=injection_id, held=True
-            )
-            return [ack], []
         return [], [injection]
 
-    def written(self, injection: Injection, was_held: bool = False) -> list[dict]:
-        """The injection is durably in the inbox; a held one was acked already."""
+    def written(self, injection: Injection) -> list[dict]:
+        """The injection is durably in the inbox; ``held`` while the node is not running."""
         self.open[injection.injection_id] = Open(injection)
-        if was_held:
-            return []
+        held = self.state == "pending"
         return [
             self.event(
-                "inject_ack", injection.request_id, injection_id=injection.injection_id, held=False
+                "inject_ack", injection.request_id, injection_id=injection.injection_id, held=held
             )
         ]
 
@@ -122,11 +117,16 @@ class NodeCorrelation:
         extra = {"stderr": stderr} if stderr else {}
         return self.failed(injection, code, message, **extra)
 
-    def started(self) -> list[Injection]:
-        """The node runs: hand back the held injections, in order, to be written."""
+    def started(self) -> list[str]:
+        """The node runs: the injections written while it was pending, whose clocks start now."""
+        if self.state != "pending":
+            return []
         self.state = "running"
-        held, self.held = self.held, []
-        return held
+        return [
+            injection_id
+            for injection_id, entry in self.open.items()
+            if entry.stage < STAGES["inject_delivered"]
+        ]
 
     def timed_out(self, injection_id: str, seconds: float) -> list[dict]:
         entry = self.open.get(injection_id)
@@ -138,8 +138,7 @@ class NodeCorrelation:
     def gone(self, reason: str) -> list[dict]:
         """The node exited: every injection it still owed fails with ``node_gone``."""
         self.state = "exited"
-        lost = [entry.injection for entry in self.open.values()] + self.held
-        self.held = []
+        lost = [entry.injection for entry in self.open.values()]
         message = f"the node exited ({reason}) before answering"
         return [self.failed(injection, errors.NODE_GONE, message) for injection in lost]
 

@@ -56,8 +56,7 @@ class NodeActor(pykka.ThreadingActor):
             self.timers.pop(message.injection_id, None)
             self.emit(self.node.timed_out(message.injection_id, self.inject_timeout))
         elif isinstance(message, NodeRunning):
-            if self.node.state == "pending":
-                self.write(self.node.started(), was_held=True)
+            self.start_clocks(self.node.started())
         elif isinstance(message, NodeGone):
             if self.node.state != "exited":
                 self.emit(self.node.gone(message.reason))
@@ -78,18 +77,26 @@ class NodeActor(pykka.ThreadingActor):
             for event in self.node.worker_line(raw):
                 events.append(event)
                 kind = event["type"]
-                if kind == "node_started" and self.node.state == "pending":
-                    self.emit(events)
-                    events = []
-                    self.write(self.node.started(), was_held=True)
+                if kind == "node_started":
+                    self.start_clocks(self.node.started())
                 elif kind in ("inject_delivered", "inject_failed"):
                     handle = self.timers.pop(event["injection_id"], None)
                     if handle is not None:
                         handle.cancel()
         self.emit(events)
 
-    def write(self, injections: list[Injection], was_held: bool = False) -> None:
-        """Append injections to the inbox in one write; ack or fail each, start their clocks."""
+    def start_clocks(self, injection_ids: list[str]) -> None:
+        """The worker must read each of these within inject_timeout seconds from now."""
+        for injection_id in injection_ids:
+            self.timers[injection_id] = self.timer.call_later(
+                self.inject_timeout, self.actor_ref, InjectTimeout(injection_id)
+            )
+
+    def write(self, injections: list[Injection]) -> None:
+        """Append injections to the inbox in one write; ack or fail each.
+
+        The timeout clock starts now if the node runs, else when it starts.
+        """
         if not injections:
             return
         lines = [
@@ -105,11 +112,10 @@ class NodeActor(pykka.ThreadingActor):
             return
         events = []
         for injection in injections:
-            events += self.node.written(injection, was_held)
-            self.timers[injection.injection_id] = self.timer.call_later(
-                self.inject_timeout, self.actor_ref, InjectTimeout(injection.injection_id)
-            )
+            events += self.node.written(injection)
         self.emit(events)
+        if self.node.state == "running":
+            self.start_clocks([i.injection_id for i in injections])
 
     def interrupt(self, request_id: Any) -> None:
         if self.node.state != "running":
