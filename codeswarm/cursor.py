@@ -15,12 +15,15 @@ from pathlib import Path
 class CursorStore:
     """Offsets by file identity (``<JOB>_<NODE>:<inode>``) for one mailbox."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], mailbox: str) -> None:
+    def __init__(
+        self, state_dir: str | os.PathLike[str], mailbox: str, persist: bool = True
+    ) -> None:
         digest = hashlib.sha256(mailbox.encode()).hexdigest()[:16]
         self.path = Path(state_dir) / f"cursor-{digest}.json"
+        self.persist = persist
         self.offsets: dict[str, int] = {}
         self.dirty = False
-        if self.path.exists():
+        if persist and self.path.exists():
             self.offsets = json.loads(self.path.read_text()).get("cursor", {})
 
     def advance(self, identity: str, offset: int) -> None:
@@ -29,7 +32,7 @@ class CursorStore:
             self.dirty = True
 
     def save(self) -> None:
-        if not self.dirty:
+        if not self.dirty or not self.persist:
             return
         tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
         tmp.write_text(json.dumps({"cursor": self.offsets}))

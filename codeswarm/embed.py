@@ -64,28 +64,53 @@ class EventQueue:
 class Codeswarm:
     """The router as a Python object: ``launch``, ``inject``, ``events``, ``close``."""
 
-    def __init__(self, config: Config | None = None, **backend: Any) -> None:
+    def __init__(self, config: Config | None = None, **router: Any) -> None:
         self.sink = EventQueue()
-        self.router = Router(config or default_local_config(), self.sink, **backend)
+        self.router = Router(config or default_local_config(), self.sink, **router)
 
     def call(self, command: commands.Command, answer: str, timeout: float = 60.0) -> dict:
         """Send a command and wait for its ``answer`` event (or raise on its ``error``)."""
         waiter = self.sink.expect(command.request_id)
         try:
             self.router.tell(CommandReceived(command))
-            while True:
-                event = waiter.get(timeout=timeout)
-                if event["type"] == "error":
-                    raise CodeswarmError(event)
-                if event["type"] == answer:
-                    return event
+            return self._await(waiter, answer, timeout)
         finally:
             self.sink.done(command.request_id)
 
-    def launch(self, nodes: int, prompt: str | None = None, timeout: float = 60.0) -> dict:
-        """Start a swarm; returns its ``swarm`` description (``swarm_id``, ``job_id``, ...)."""
-        command = commands.Launch(nodes=nodes, prompt=prompt, request_id=_request_id())
-        return self.call(command, "swarm_launched", timeout)["swarm"]
+    @staticmethod
+    def _await(waiter: queue.Queue[dict[str, Any]], answer: str, timeout: float) -> dict:
+        while True:
+            event = waiter.get(timeout=timeout)
+            if event["type"] == "error":
+                raise CodeswarmError(event)
+            if event["type"] == answer:
+                return event
+
+    def launch(
+        self,
+        nodes: int,
+        prompt: str | None = None,
+        time: str | None = None,
+        partition: str | None = None,
+        timeout: float = 60.0,
+    ) -> dict:
+        """Start a swarm; returns its ``swarm`` description (``swarm_id``, ``job_id``, ...).
+
+        With a ``prompt``, it returns once the prompt is in every node's inbox. ``time`` and
+        ``partition`` override the config's Slurm settings for this swarm.
+        """
+        command = commands.Launch(
+            nodes=nodes, prompt=prompt, time=time, partition=partition, request_id=_request_id()
+        )
+        waiter = self.sink.expect(command.request_id)
+        try:
+            self.router.tell(CommandReceived(command))
+            swarm = self._await(waiter, "swarm_launched", timeout)["swarm"]
+            if prompt:
+                self._answers(waiter, nodes, timeout)
+            return swarm
+        finally:
+            self.sink.done(command.request_id)
 
     def inject(
         self,
@@ -95,17 +120,58 @@ class Codeswarm:
         injection_id: str | None = None,
     ) -> str:
         """Send a prompt; returns the request_id that every resulting event carries."""
+        command = self._inject_command(swarm_id, content, nodes, injection_id)
+        self.router.tell(CommandReceived(command))
+        return command.request_id
+
+    def inject_and_wait(
+        self,
+        swarm_id: str,
+        content: str,
+        nodes: int | list[int] | str = "all",
+        injection_id: str | None = None,
+        timeout: float = 60.0,
+    ) -> list[dict]:
+        """Send a prompt and return each node's ``inject_ack`` or ``inject_failed``."""
+        command = self._inject_command(swarm_id, content, nodes, injection_id)
+        if nodes == "all":
+            count = len(self.status(swarm_id, timeout)["nodes"])
+        else:
+            count = 1 if isinstance(nodes, int) else len(nodes)
+        waiter = self.sink.expect(command.request_id)
+        try:
+            self.router.tell(CommandReceived(command))
+            return self._answers(waiter, count, timeout)
+        finally:
+            self.sink.done(command.request_id)
+
+    @staticmethod
+    def _inject_command(
+        swarm_id: str, content: str, nodes: int | list[int] | str, injection_id: str | None
+    ) -> commands.Inject:
         selected = nodes if nodes == "all" else tuple([nodes] if isinstance(nodes, int) else nodes)
-        request_id = _request_id()
-        command = commands.Inject(
+        return commands.Inject(
             content=content,
             nodes=selected,
             swarm_id=swarm_id,
             injection_id=injection_id,
-            request_id=request_id,
+            request_id=_request_id(),
         )
-        self.router.tell(CommandReceived(command))
-        return request_id
+
+    @staticmethod
+    def _answers(waiter: queue.Queue[dict[str, Any]], count: int, timeout: float) -> list[dict]:
+        answers: list[dict] = []
+        while len(answers) < count:
+            event = waiter.get(timeout=timeout)
+            if event["type"] == "error":
+                raise CodeswarmError(event)
+            if event["type"] in ("inject_ack", "inject_failed"):
+                answers.append(event)
+        return answers
+
+    def list(self, timeout: float = 30.0) -> list[dict]:
+        command = commands.ListSwarms(request_id=_request_id())
+        return self.call(command, "swarm_list", timeout)["swarms"]
 
     def status(self, swarm_id: str, timeout: float = 30.0) -> dict:
         command = commands.Status(swarm_id=swarm_id, request_id=_request_id())

@@ -55,7 +55,10 @@ class Router:
     """The running actor system for one config. ``sink`` receives ``Emit`` messages.
 
     ``scheduler`` replaces the backend's own, for running other workers on the same mailbox
-    (the benchmarks' simulated workers).
+    (the benchmarks' simulated workers). ``follow`` says where events come from: ``"resume"``
+    streams from the cursor saved by the last router (the daemon), ``"end"`` streams only what
+    is written from now on without saving a cursor (``attach``), None streams nothing (the
+    other CLI verbs, which only act).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Router:
         sink: Any,
         stop_requested: threading.Event | None = None,
         scheduler: Any = None,
+        follow: str | None = "resume",
     ) -> None:
         self.config = config
         self.sink = sink
@@ -76,13 +80,16 @@ class Router:
             transport=transport,
             scheduler=scheduler,
             registry=registry,
-            cursor=CursorStore(config.router.state_dir, transport.mailbox),
+            cursor=CursorStore(
+                config.router.state_dir, transport.mailbox, persist=follow == "resume"
+            ),
             sink=sink,
             timer=self.timer,
             worker_settings=worker_settings(config),
             inject_timeout=config.router.inject_timeout_seconds,
             poll_seconds=poll_seconds,
             stop_requested=self.stop_requested,
+            follow=follow,
         )
 
     def tell(self, message: Any) -> None:

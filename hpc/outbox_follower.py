@@ -4,7 +4,8 @@ Run as ``python3 -m hpc.outbox_follower --mailbox DIR`` (over SSH, or locally).
 
 Input. The first line on stdin is a JSON object, both keys optional::
 
-    {"cursor": {"<JOB>_<NODE>:<inode>": <offset>, ...}, "jobs": ["<job id>", ...]}
+    {"cursor": {"<JOB>_<NODE>:<inode>": <offset>, ...}, "jobs": ["<job id>", ...],
+     "from_end": false}
 
 Later input is read only to notice EOF: on EOF (the SSH channel closed), SIGTERM, SIGINT, SIGHUP
 or a broken stdout pipe the follower exits 0 within one poll interval. A header that is not such
@@ -16,7 +17,9 @@ even one created and archived between two polls. Of the archives there before, o
 identity is in the cursor or whose job is in ``jobs``. A file's identity is
 ``<JOB>_<NODE>:<inode>``: a rename keeps the inode, so a file archived while no follower ran
 continues from its cursor offset, and a requeued run's new outbox (a new inode) starts at 0.
-A file not in the cursor starts at 0. Other names are reported once each with an ``E`` line
+A file not in the cursor starts at 0, unless ``from_end`` is true: then an outbox file already
+there at the first poll starts after its last complete line (``codeswarm attach`` shows what
+happens from now on). Other names are reported once each with an ``E`` line
 (dot files, such as NFS's ``.nfsXXXX``, are ignored).
 
 Output on stdout, one record a line, written as bytes and flushed once per poll::
@@ -58,15 +61,22 @@ GONE = (errno.ENOENT, errno.ESTALE)
 _RUN_SUFFIX = re.compile(r"\.r[1-9][0-9]*\Z")
 
 
+def _last_line_end(fd, size):
+    """The offset just after the last newline in the file (0 if none in its last MiB)."""
+    start = max(0, size - READ_CHUNK)
+    tail = _pread(fd, size - start, start)
+    return start + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+
+
 class HeaderError(ValueError):
     """The first stdin line is not a valid follower header."""
 
 
 def parse_header(line):
-    """Return (cursor, jobs) from the first stdin line; HeaderError says what is wrong."""
+    """Return (cursor, jobs, from_end) from the first stdin line; HeaderError says what is wrong."""
     text = line.strip()
     if not text:
-        return {}, set()
+        return {}, set(), False
     try:
         header = json.loads(text.decode("utf-8"))
     except ValueError as exc:
@@ -89,7 +99,10 @@ def parse_header(line):
             raise HeaderError("cursor offset for %r must be a non-negative integer" % ident)
     if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
         raise HeaderError("jobs must be a list of job id strings")
-    return dict(cursor), set(jobs)
+    from_end = header.get("from_end", False)
+    if not isinstance(from_end, bool):
+        raise HeaderError("from_end must be true or false")
+    return dict(cursor), set(jobs), from_end
 
 
 def parse_name(name, archived):
@@ -122,15 +135,17 @@ def _pread(fd, size, offset):
 class Follower:
     """The follower's state: an offset per file identity, and what each poll found."""
 
-    def __init__(self, mailbox, cursor, jobs, write):
+    def __init__(self, mailbox, cursor, jobs, write, from_end=False):
         self.outbox = os.path.join(mailbox, records.OUTBOX_DIR)
         self.archive = os.path.join(mailbox, records.ARCHIVE_DIR)
         self.offsets = dict(cursor)
         self.unverified = {ident for ident, offset in cursor.items() if offset > 0}
         self.jobs = set(jobs)
+        self.from_end = from_end
         self.write = write
         self.skip = set()  # (name, d_ino) in archive/: read to the end, or not ours
         self.archive_seen = False  # after the first listing, anything new in archive/ is ours
+        self.first_poll_done = False  # a whole first poll is done
         self.reported = set()
         self.dir_errors = {}
         self.pending = []
@@ -181,6 +196,7 @@ class Follower:
                     self.skip.add((name, entry.inode()))
                 if self.pending_bytes > WRITE_BATCH:
                     self.flush()
+        self.first_poll_done = True
         return lines, more
 
     def _scan(self, directory):
@@ -226,6 +242,8 @@ class Follower:
         st = os.fstat(fd)
         size = st.st_size
         ident = "%s:%d" % (key, st.st_ino)
+        if ident not in self.offsets and self.from_end and not self.first_poll_done:
+            self.offsets[ident] = _last_line_end(fd, size)
         offset = self.offsets.get(ident, 0)
         if offset > size:
             self.problem(
@@ -400,11 +418,12 @@ def main(argv=None):
         if watcher.header is None:
             return 0
         try:
-            cursor, jobs = parse_header(watcher.header)
+            cursor, jobs, from_end = parse_header(watcher.header)
         except HeaderError as exc:
             write(b"E\t%s\n" % str(exc).encode("utf-8", "replace"))
             return 2
-        return run(Follower(args.mailbox, cursor, jobs, write), write, watcher.stop, args)
+        follower = Follower(args.mailbox, cursor, jobs, write, from_end)
+        return run(follower, write, watcher.stop, args)
     except BrokenPipeError:
         # Nobody reads stdout any more; keep interpreter shutdown from flushing into the pipe.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -1,11 +1,15 @@
 """Fixtures for real parts: the local model server and the pinned codex binary."""
 
+import json
 import os
+import shutil
+import uuid
 
 import pytest
 
 from codeswarm.codex_binary import find_codex
 from codeswarm.model_server import ModelServer
+from tests.support.worker import CODEX_HOMES, agent_settings
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +26,20 @@ def codex_bin() -> str:
 def model_server():
     with ModelServer() as server:
         yield server
+
+
+@pytest.fixture
+def config_file(tmp_path, codex_bin, model_server):
+    # codex keeps its home under the workspace: keep that off /tmp, as codex asks.
+    workspace = CODEX_HOMES / uuid.uuid4().hex
+    agent = agent_settings(codex_bin, model_server.url)["agent"]
+    config = {
+        "backend": "local",
+        "cluster": {"workspace_root": str(workspace)},
+        "router": {"state_dir": str(tmp_path / "state"), "inject_timeout_seconds": 30},
+        "agent": {k: agent[k] for k in ("codex_path", "model", "sandbox", "config")},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    yield path
+    shutil.rmtree(workspace, ignore_errors=True)

@@ -2,38 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import Daemon
-from tests.support.worker import CODEX_HOMES, agent_settings
 
 LIFECYCLE_HEAD = ["inject_ack", "inject_delivered", "turn_started"]
 LIFECYCLE_TAIL = ["assistant", "turn_complete", "usage"]
-
-
-@pytest.fixture
-def config_file(tmp_path, codex_bin, model_server):
-    # codex keeps its home under the workspace: keep that off /tmp, as codex asks.
-    workspace = CODEX_HOMES / uuid.uuid4().hex
-    agent = agent_settings(codex_bin, model_server.url)["agent"]
-    config = {
-        "backend": "local",
-        "cluster": {"workspace_root": str(workspace)},
-        "router": {"state_dir": str(tmp_path / "state"), "inject_timeout_seconds": 30},
-        "agent": {k: agent[k] for k in ("codex_path", "model", "sandbox", "config")},
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    yield path
-    shutil.rmtree(workspace, ignore_errors=True)
 
 
 @pytest.fixture

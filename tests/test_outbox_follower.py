@@ -203,6 +203,21 @@ def test_resume_from_a_cursor_repeats_and_loses_nothing(follower, mailbox):
     assert raw(second.lines()) == [event(n).rstrip(b"\n") for n in range(3, 7)]
 
 
+def test_from_end_skips_what_was_there_and_streams_what_comes(follower, mailbox):
+    old = mailbox / "outbox" / "310_0.jsonl"
+    append(old, event(0) + event(1) + b'{"seq": 2, "half')
+    run = follower({"from_end": True})
+    run.wait_started()
+    append(old, b'": 1}\n' + event(3))
+    new = mailbox / "outbox" / "311_0.jsonl"
+    append(new, event(0, "new"))
+    run.wait_lines(3)
+    run.settle()
+    assert run.stop() == 0
+    assert raw(run.lines(), "310_0") == [b'{"seq": 2, "half": 1}', event(3).rstrip(b"\n")]
+    assert raw(run.lines(), "311_0") == [event(0, "new").rstrip(b"\n")]
+
+
 def test_file_archived_while_stopped_is_finished_from_the_cursor(follower, mailbox):
     path = mailbox / "outbox" / "400_1.jsonl"
     append(path, event(0) + event(1))

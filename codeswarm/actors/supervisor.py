@@ -60,6 +60,7 @@ class SupervisorActor(pykka.ThreadingActor):
         inject_timeout: float,
         poll_seconds: float,
         stop_requested: threading.Event,
+        follow: str | None = "resume",
     ) -> None:
         super().__init__()
         self.transport = transport
@@ -72,6 +73,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.inject_timeout = inject_timeout
         self.poll_seconds = poll_seconds
         self.stop_requested = stop_requested
+        self.follow = follow
         self.nodes: dict[str, Any] = {}
         self.swarm_of_job: dict[str, str] = {}
         self.gone_polls: dict[str, int] = {}
@@ -86,7 +88,8 @@ class SupervisorActor(pykka.ThreadingActor):
         for swarm in self.registry.all():
             if not swarm.all_exited():
                 self.track(swarm)
-        self.start_follower()
+        if self.follow is not None:
+            self.start_follower()
         self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
         self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
 
@@ -123,7 +126,11 @@ class SupervisorActor(pykka.ThreadingActor):
     def start_follower(self) -> None:
         self.generation += 1
         jobs = list(self.swarm_of_job)
-        start = {"cursor": dict(self.cursor.offsets), "jobs": jobs}
+        start = {
+            "cursor": dict(self.cursor.offsets),
+            "jobs": jobs,
+            "from_end": self.follow == "end",
+        }
         self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, start)
 
     def follower_died(self, message: FollowerDied) -> None:

@@ -1,15 +1,23 @@
-"""The ``codeswarm`` command line: thin shells over the router the daemon runs."""
+"""The ``codeswarm`` command line: thin shells over the router the daemon runs.
+
+Each verb starts the router in-process on the same state directory as the daemon, so both see
+the same swarms; only ``daemon`` and ``attach`` follow the workers' event streams.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from codeswarm import __version__
+from codeswarm.cli.render import print_event, print_swarm
 from codeswarm.config import Config, ConfigError, default_local_config, load_config
 
 
@@ -24,32 +32,68 @@ def load(path: str | None) -> Config:
 
 def setup_logging(debug: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.DEBUG if debug else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--debug", is_flag=True, help="Verbose logs on stderr.")(command)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        help="Config file (default: the built-in local config).",
+    )(command)
+
+
+def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
+    """The router in-process, as the library's Codeswarm; user errors become clean exits."""
+    from codeswarm.embed import Codeswarm
+
+    setup_logging(debug)
+    try:
+        return Codeswarm(load(config_path), follow=follow)
+    except (NotImplementedError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def answer(call: Callable[[], Any]) -> Any:
+    from codeswarm.embed import CodeswarmError
+
+    try:
+        return call()
+    except CodeswarmError as exc:
+        hint = (
+            " (`codeswarm list` shows the swarms)" if exc.event["error"] == "unknown_swarm" else ""
+        )
+        raise click.ClickException(f"{exc.event['message']}{hint}") from exc
+
+
 @click.group()
 @click.version_option(__version__, prog_name="codeswarm")
 def main() -> None:
-    """Run swarms of Codex agents on Slurm clusters or on this machine."""
+    """Run swarms of Codex agents on Slurm clusters or on this machine.
+
+    \b
+    A first session, on this machine:
+      codeswarm launch --nodes 2 --prompt "You are a distributed agent."
+      codeswarm inject sw-1a2b3c4d5e --prompt "Optimize GEMM tiling."
+      codeswarm attach sw-1a2b3c4d5e
+      codeswarm terminate sw-1a2b3c4d5e
+    Add --config configs/<cluster>.json to run on a cluster.
+    """
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Config file (default: the built-in local config).",
-)
-@click.option("--debug", is_flag=True, help="Verbose logs on stderr.")
+@config_option
 def daemon(config_path: str | None, debug: bool) -> None:
     """Serve the JSON-lines protocol on stdin/stdout (the way OpenClaw runs codeswarm).
 
     Prints {"type":"ready",...} once it accepts commands. stdout carries protocol lines
     only; logs go to stderr. Exits 0 on EOF on stdin, on {"command":"shutdown"}, and on
-    SIGTERM or SIGINT. Swarms keep running after the daemon exits.
+    SIGTERM or SIGINT. Swarms keep running after the daemon exits. See docs/protocol.md.
 
     \b
     Example:
@@ -60,6 +104,7 @@ def daemon(config_path: str | None, debug: bool) -> None:
     from codeswarm.router import run_daemon
 
     setup_logging(debug)
+    logging.getLogger().setLevel(logging.DEBUG if debug else logging.INFO)
     config = load(config_path)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,3 +114,162 @@ def daemon(config_path: str | None, debug: bool) -> None:
     except (NotImplementedError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Agents, one a node.")
+@click.option("--prompt", help="A first prompt for every agent.")
+@click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+@config_option
+def launch(
+    nodes: int,
+    prompt: str | None,
+    time_limit: str | None,
+    partition: str | None,
+    as_json: bool,
+    config_path: str | None,
+    debug: bool,
+) -> None:
+    """Start a swarm of NODES agents and print its id.
+
+    \b
+    Example:
+      codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
+          --config configs/hpcfund.json
+    """
+    with swarms_for(config_path, debug) as swarms:
+        swarm = answer(lambda: swarms.launch(nodes, prompt, time_limit, partition))
+    if as_json:
+        click.echo(json.dumps(swarm))
+    else:
+        click.echo(swarm["swarm_id"])
+        click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {nodes} nodes", err=True)
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the swarms as JSON lines.")
+@config_option
+def list_swarms(as_json: bool, config_path: str | None, debug: bool) -> None:
+    """List the swarms this config's router knows, oldest first."""
+    with swarms_for(config_path, debug) as swarms:
+        listed = answer(swarms.list)
+    for swarm in listed:
+        if as_json:
+            click.echo(json.dumps(swarm))
+        else:
+            print_swarm(swarm, brief=True)
+    if not listed and not as_json:
+        click.echo("no swarms; start one with `codeswarm launch --nodes N`", err=True)
+
+
+@main.command()
+@click.argument("swarm_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+@config_option
+def status(swarm_id: str, as_json: bool, config_path: str | None, debug: bool) -> None:
+    """Show a swarm's state and each node's."""
+    with swarms_for(config_path, debug) as swarms:
+        swarm = answer(lambda: swarms.status(swarm_id))
+    if as_json:
+        click.echo(json.dumps(swarm))
+    else:
+        print_swarm(swarm, brief=False)
+
+
+def parse_nodes(value: str) -> int | list[int] | str:
+    if value == "all":
+        return "all"
+    try:
+        nodes = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter('give "all", a node index, or indexes like 0,2,3') from None
+    return nodes[0] if len(nodes) == 1 else nodes
+
+
+@main.command()
+@click.argument("swarm_id")
+@click.option("--prompt", required=True, help="The prompt; '-' reads it from stdin.")
+@click.option("--nodes", default="all", show_default=True, help='"all", 0, or 0,2,3.')
+@click.option("--injection-id", help="Your id for this prompt (a retry with it is harmless).")
+@click.option("--json", "as_json", is_flag=True, help="Print each node's ack as JSON.")
+@config_option
+def inject(
+    swarm_id: str,
+    prompt: str,
+    nodes: str,
+    injection_id: str | None,
+    as_json: bool,
+    config_path: str | None,
+    debug: bool,
+) -> None:
+    """Send a prompt to a swarm's nodes; prints one injection id per node.
+
+    The prompt is durably in each node's inbox when this returns; follow the answers with
+    `codeswarm attach SWARM_ID`.
+
+    \b
+    Example:
+      codeswarm inject sw-1a2b3c4d5e --prompt "Optimize GEMM tiling." --nodes 0,2
+    """
+    content = sys.stdin.read() if prompt == "-" else prompt
+    if not content:
+        raise click.BadParameter("the prompt is empty", param_hint="--prompt")
+    selected = parse_nodes(nodes)
+    with swarms_for(config_path, debug) as swarms:
+        acks = answer(lambda: swarms.inject_and_wait(swarm_id, content, selected, injection_id))
+    failed = False
+    for ack in sorted(acks, key=lambda e: e["node_id"]):
+        if as_json:
+            click.echo(json.dumps(ack))
+        elif ack["type"] == "inject_ack":
+            held = " (node not started yet)" if ack.get("held") else ""
+            click.echo(f"node {ack['node_id']}: {ack['injection_id']}{held}")
+        else:
+            click.echo(f"node {ack['node_id']}: failed: {ack['message']}", err=True)
+        failed = failed or ack["type"] == "inject_failed"
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("swarm_id")
+@click.option("--json", "as_json", is_flag=True, help="Print every event as a JSON line.")
+@click.option(
+    "--idle-exit",
+    type=click.FloatRange(min=0.1),
+    help="Exit after this many seconds without an event (default: run until Ctrl-C).",
+)
+@config_option
+def attach(
+    swarm_id: str, as_json: bool, idle_exit: float | None, config_path: str | None, debug: bool
+) -> None:
+    """Stream a swarm's events from now on: answers as text, or every event with --json.
+
+    \b
+    Example:
+      codeswarm attach sw-1a2b3c4d5e --config configs/hpcfund.json --json
+    """
+    with swarms_for(config_path, debug, follow="end") as swarms:
+        answer(lambda: swarms.status(swarm_id))
+        try:
+            for event in swarms.events(timeout=idle_exit):
+                if event.get("swarm_id") != swarm_id:
+                    continue
+                if as_json:
+                    click.echo(json.dumps(event))
+                else:
+                    print_event(event)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
+@click.argument("swarm_id")
+@config_option
+def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:
+    """Stop every agent of a swarm (their running turns are interrupted, outboxes archived)."""
+    with swarms_for(config_path, debug) as swarms:
+        answer(lambda: swarms.terminate(swarm_id))
+    click.echo(f"terminating {swarm_id}", err=True)

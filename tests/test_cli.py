@@ -1,0 +1,90 @@
+"""The CLI verbs, as a user runs them, against a local swarm of real codex agents."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from codeswarm.cli import main
+
+
+def run(config, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "codeswarm", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.integration
+def test_launch_inject_attach_status_terminate(config_file):
+    launched = run(config_file, "launch", "--nodes", "2", "--prompt", "first words")
+    assert launched.returncode == 0, launched.stderr
+    swarm_id = launched.stdout.strip()
+    try:
+        listed = run(config_file, "list", "--json")
+        assert swarm_id in [json.loads(line)["swarm_id"] for line in listed.stdout.splitlines()]
+
+        attach = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "codeswarm",
+                "attach",
+                swarm_id,
+                "--json",
+                "--idle-exit",
+                "5",
+                "--config",
+                str(config_file),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        injected = run(config_file, "inject", swarm_id, "--prompt", "second", "--nodes", "0,1")
+        assert injected.returncode == 0, injected.stderr
+        ids = [line.split(": ")[1] for line in injected.stdout.splitlines()]
+        assert len(ids) == 2
+        out, err = attach.communicate(timeout=60)
+        assert attach.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        for injection_id in ids:
+            mine = [e["type"] for e in events if e.get("injection_id") == injection_id]
+            assert mine[0] == "inject_delivered" and mine[-1] == "usage", mine
+        assert all(e["swarm_id"] == swarm_id for e in events)
+
+        status = json.loads(run(config_file, "status", swarm_id, "--json").stdout)
+        assert [n["state"] for n in status["nodes"]] == ["running", "running"]
+    finally:
+        assert run(config_file, "terminate", swarm_id).returncode == 0
+
+
+def test_unknown_swarm_says_what_to_do(config_file):
+    result = run(config_file, "status", "sw-nope")
+    assert result.returncode == 1
+    assert "no swarm sw-nope" in result.stderr and "codeswarm list" in result.stderr
+
+
+def test_bad_config_names_the_field(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"agent": {"sandbox": "yolo"}}')
+    result = CliRunner().invoke(main, ["list", "--config", str(bad)])
+    assert result.exit_code == 1
+    assert "agent.sandbox" in result.output
+
+
+def test_help_shows_examples():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "codeswarm launch --nodes 2" in result.output
+    for verb in ("daemon", "launch", "list", "status", "inject", "attach", "terminate"):
+        assert verb in result.output
+    assert "Example" in CliRunner().invoke(main, ["inject", "--help"]).output
