@@ -27,6 +27,7 @@ from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
 LOCAL_POLL_SECONDS = 1.0
+SLURM_POLL_SECONDS = 5.0  # one squeue a poll for every job; kind to the controller
 
 
 def worker_settings(config: Config) -> dict[str, Any]:
@@ -40,14 +41,17 @@ def worker_settings(config: Config) -> dict[str, Any]:
 
 def build_backend(config: Config) -> tuple[Any, Any, float]:
     """Transport, scheduler and scheduler poll interval for the configured backend."""
-    if config.backend != "local":
-        raise NotImplementedError(
-            'the slurm backend is not built yet: use a config with "backend": "local"'
-        )
     cluster_dir = config.cluster.cluster_dir
-    transport = LocalTransport(
-        cluster_dir, config.router.follower_poll_seconds, config.router.follower_idle_poll_seconds
-    )
+    poll, idle = config.router.follower_poll_seconds, config.router.follower_idle_poll_seconds
+    if config.backend == "slurm":
+        from codeswarm.backends.slurm import SlurmScheduler
+        from codeswarm.backends.ssh import SSHConnection, SSHTransport
+
+        connection = SSHConnection(config.ssh)
+        transport = SSHTransport(connection, cluster_dir, config.cluster.python, poll, idle)
+        scheduler = SlurmScheduler(transport, config.slurm, config.cluster.python)
+        return transport, scheduler, SLURM_POLL_SECONDS
+    transport = LocalTransport(cluster_dir, poll, idle)
     return transport, LocalScheduler(cluster_dir), LOCAL_POLL_SECONDS
 
 
@@ -75,6 +79,11 @@ class Router:
         self.timer = Timer()
         transport, default_scheduler, poll_seconds = build_backend(config)
         scheduler = scheduler or default_scheduler
+        try:
+            transport.prepare()
+        except BaseException:
+            self.timer.stop()
+            raise
         registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         self.supervisor = SupervisorActor.start(
             transport=transport,

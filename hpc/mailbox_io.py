@@ -6,6 +6,7 @@ takes only complete lines. Writers append whole lines with one ``write`` call ea
 """
 
 import errno
+import fcntl
 import json
 import os
 
@@ -20,6 +21,24 @@ def ensure_mailbox(root):
     for name in records.MAILBOX_DIRS:
         path = os.path.join(root, name)
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+
+
+def append_lines(path, data):
+    """Append whole lines to ``path`` in one write under an exclusive lock.
+
+    Two writers on one inbox (a daemon and a CLI call) must not interleave: each holds the
+    lock for its single write. ``data`` must be complete lines.
+    """
+    if not data.endswith(b"\n"):
+        raise records.RecordError("refusing to append a partial line")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 class InboxReader:

@@ -3,7 +3,9 @@
 import json
 import os
 import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,22 @@ def config_file(tmp_path, codex_bin, model_server):
     path.write_text(json.dumps(config))
     yield path
     shutil.rmtree(workspace, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def minicluster() -> dict[str, str]:
+    """A real Slurm cluster and login sshd on this machine (tests/cluster/minicluster up)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the minicluster needs root")
+        pytest.skip("the minicluster needs root (it installs packages and starts daemons)")
+    script = Path(__file__).parent / "cluster" / "minicluster"
+    done = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"minicluster up failed:\n{done.stderr[-3000:]}")
+    env = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            env[name] = value
+    return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -64,12 +63,11 @@ class FollowerActor(pykka.ThreadingActor):
 
     def read(self) -> None:
         assert self.stream is not None
-        fd = self.stream.stdout.fileno()
         pending = b""
         reason = "the follower's stream ended"
         try:
             while True:
-                chunk = os.read(fd, READ_SIZE)
+                chunk = self.stream.read(READ_SIZE)
                 if not chunk:
                     break
                 data = pending + chunk

@@ -84,7 +84,6 @@ class SupervisorActor(pykka.ThreadingActor):
     # ---- life cycle -------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.transport.prepare()
         for swarm in self.registry.all():
             if not swarm.all_exited():
                 self.track(swarm)

@@ -7,7 +7,7 @@ The router depends only on these interfaces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from codeswarm.protocol import errors
 from codeswarm.registry import SwarmRecord
@@ -23,9 +23,9 @@ class BackendError(Exception):
 
 
 class FollowerStream(Protocol):
-    """A running outbox follower: records on ``stdout``, ended by ``close()``."""
+    """A running outbox follower: ``read`` its records (b"" at the end), ended by ``close()``."""
 
-    stdout: IO[bytes]
+    def read(self, size: int) -> bytes: ...
 
     def close(self) -> None: ...
 

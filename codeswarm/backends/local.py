@@ -7,7 +7,6 @@ everything but the network and the batch system is exercised by a local swarm.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -45,6 +44,10 @@ class LocalProcess:
             )
         self.stdout = self.process.stdout
 
+    def read(self, size: int) -> bytes:
+        assert self.stdout is not None
+        return os.read(self.stdout.fileno(), size)
+
     def send(self, data: bytes) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(data)
@@ -80,12 +83,7 @@ class LocalTransport:
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         path = os.path.join(self.mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mailbox_io.FILE_MODE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                os.write(fd, b"".join(lines))
-            finally:
-                os.close(fd)
+            mailbox_io.append_lines(path, b"".join(lines))
         except OSError as exc:
             raise BackendError(f"cannot write inbox {path}: {exc}") from exc
 

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from codeswarm import __version__
+from codeswarm.backends import BackendError
 from codeswarm.cli.render import print_event, print_swarm
 from codeswarm.config import Config, ConfigError, default_local_config, load_config
 
@@ -55,7 +56,7 @@ def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
     setup_logging(debug)
     try:
         return Codeswarm(load(config_path), follow=follow)
-    except (NotImplementedError, FileNotFoundError) as exc:
+    except (BackendError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -111,7 +112,7 @@ def daemon(config_path: str | None, debug: bool) -> None:
         signal.signal(signum, lambda *_: stop.set())
     try:
         code = run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop)
-    except (NotImplementedError, FileNotFoundError) as exc:
+    except (BackendError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 

@@ -1,0 +1,301 @@
+"""One paramiko connection to the login node, resolved through the user's ~/.ssh/config.
+
+Everything the router does on the cluster crosses this one connection: commands (sbatch,
+squeue, inbox writes) as exec channels, the follower as one long-lived channel, files over
+SFTP. Commands are argv lists joined with ``shlex.join``; prompts travel on stdin only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import shlex
+import socket
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from codeswarm.backends import BackendError
+from codeswarm.config import SshConfig
+from codeswarm.hpc import records
+from codeswarm.protocol import errors
+
+log = logging.getLogger(__name__)
+# Login nodes often allow 10 sessions per connection (sshd MaxSessions); stay under it.
+MAX_CHANNELS = 8
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an ssh_config alias points, with what ssh itself would use to log in."""
+
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[str, ...]
+    known_hosts: tuple[str, ...]
+    proxy_jump: str | None
+
+
+def resolve(alias: str, settings: SshConfig) -> Endpoint:
+    """Resolve ``alias`` through the ssh_config file, as ``ssh <alias>`` would."""
+    found = paramiko.SSHConfig()
+    path = Path(os.path.expanduser(settings.ssh_config))
+    if path.exists():
+        found = paramiko.SSHConfig.from_path(str(path))
+    entry = found.lookup(alias)
+    identities = [settings.identity_file] if settings.identity_file else []
+    identities += entry.get("identityfile", [])
+    known = entry.get("userknownhostsfile", settings.known_hosts).split()
+    return Endpoint(
+        hostname=entry.get("hostname", alias),
+        port=int(entry.get("port", 22)),
+        user=entry.get("user", os.environ.get("USER", "root")),
+        identity_files=tuple(os.path.expanduser(p) for p in identities),
+        known_hosts=tuple(os.path.expanduser(p) for p in known),
+        proxy_jump=entry.get("proxyjump"),
+    )
+
+
+class SSHConnection:
+    """A reconnecting SSH client; its methods are safe to call from many actor threads."""
+
+    def __init__(self, settings: SshConfig) -> None:
+        if not settings.login_alias:
+            raise BackendError("ssh.login_alias is not set in the config")
+        self.settings = settings
+        self.alias = settings.login_alias
+        self._client: paramiko.SSHClient | None = None
+        self._jump: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+        self._channels = threading.BoundedSemaphore(MAX_CHANNELS)
+
+    def _open_client(self, endpoint: Endpoint, sock: object | None) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        for path in endpoint.known_hosts:
+            if os.path.exists(path):
+                client.load_host_keys(path)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if sock is None:
+            raw = socket.create_connection(
+                (endpoint.hostname, endpoint.port), self.settings.connect_timeout_seconds
+            )
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = raw
+        client.connect(
+            endpoint.hostname,
+            endpoint.port,
+            username=endpoint.user,
+            key_filename=list(endpoint.identity_files) or None,
+            sock=sock,
+            timeout=self.settings.connect_timeout_seconds,
+            banner_timeout=self.settings.connect_timeout_seconds,
+            auth_timeout=self.settings.connect_timeout_seconds,
+            allow_agent=True,
+            look_for_keys=not endpoint.identity_files,
+        )
+        transport = client.get_transport()
+        if transport is not None and self.settings.keepalive_seconds:
+            transport.set_keepalive(int(self.settings.keepalive_seconds))
+        return client
+
+    def client(self) -> paramiko.SSHClient:
+        """The live client, connecting (through ProxyJump if configured) when needed."""
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if transport is not None and transport.is_active():
+                return self._client
+            self.close_locked()
+            endpoint = resolve(self.alias, self.settings)
+            try:
+                sock = None
+                if endpoint.proxy_jump:
+                    jump = resolve(endpoint.proxy_jump.split(",")[0], self.settings)
+                    self._jump = self._open_client(jump, None)
+                    sock = self._jump.get_transport().open_channel(
+                        "direct-tcpip", (endpoint.hostname, endpoint.port), ("127.0.0.1", 0)
+                    )
+                self._client = self._open_client(endpoint, sock)
+            except (OSError, paramiko.SSHException) as exc:
+                self.close_locked()
+                raise BackendError(
+                    f"cannot connect to {self.alias} ({endpoint.user}@{endpoint.hostname}:"
+                    f"{endpoint.port}): {exc}. Check that `ssh {self.alias} true` works "
+                    "without a password or prompt (BatchMode), and ssh.ssh_config in the config.",
+                    code=errors.SSH,
+                ) from exc
+            log.info("connected to %s", self.alias)
+            return self._client
+
+    def run(self, argv: list[str], stdin: bytes = b"", timeout: float | None = None) -> bytes:
+        """Run ``argv`` on the login node; its stdout, or BackendError with its stderr."""
+        command = shlex.join(argv)
+        timeout = timeout or self.settings.command_timeout_seconds
+        with self._channels:
+            try:
+                channel = self.client().get_transport().open_session(timeout=timeout)
+                channel.settimeout(timeout)
+                channel.exec_command(command)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()
+                out = channel.makefile("rb").read()
+                err = channel.makefile_stderr("rb").read()
+                status = channel.recv_exit_status()
+                channel.close()
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self.reset()
+                raise BackendError(f"ssh {self.alias}: {exc}", code=errors.SSH) from exc
+        if status != 0:
+            stderr = err.decode("utf-8", "replace").strip()
+            raise BackendError(
+                f"`{command}` on {self.alias} exited {status}: {stderr[-500:]}",
+                stderr=stderr,
+                code=errors.SSH,
+            )
+        return out
+
+    def stream(self, argv: list[str]) -> paramiko.Channel:
+        """A long-lived command (the follower) on its own channel."""
+        try:
+            channel = self.client().get_transport().open_session()
+            channel.exec_command(shlex.join(argv))
+        except (OSError, paramiko.SSHException) as exc:
+            self.reset()
+            raise BackendError(f"ssh {self.alias}: {exc}", code=errors.SSH) from exc
+        return channel
+
+    def sftp(self) -> paramiko.SFTPClient:
+        try:
+            return self.client().open_sftp()
+        except (OSError, paramiko.SSHException) as exc:
+            self.reset()
+            raise BackendError(f"sftp {self.alias}: {exc}", code=errors.SSH) from exc
+
+    def reset(self) -> None:
+        """Drop the connection; the next call reconnects."""
+        with self._lock:
+            self.close_locked()
+
+    def close_locked(self) -> None:
+        for client in (self._client, self._jump):
+            if client is not None:
+                client.close()
+        self._client = self._jump = None
+
+    def close(self) -> None:
+        self.reset()
+
+
+class ChannelStream:
+    """The follower's channel as a FollowerStream."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self.channel = channel
+
+    def read(self, size: int) -> bytes:
+        return self.channel.recv(size)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class SSHTransport:
+    """The cluster side of the mailbox, reached through one SSHConnection."""
+
+    def __init__(
+        self,
+        connection: SSHConnection,
+        cluster_dir: str,
+        python: str,
+        poll_seconds: float,
+        idle_poll_seconds: float,
+    ) -> None:
+        self.connection = connection
+        self.cluster_dir = cluster_dir
+        self.mailbox = posixpath.join(cluster_dir, "mailbox")
+        self.python = python
+        self.poll_seconds = poll_seconds
+        self.idle_poll_seconds = idle_poll_seconds
+
+    def prepare(self) -> None:
+        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700)."""
+        sftp = self.connection.sftp()
+        try:
+            for path in [self.cluster_dir, *self._dirs()]:
+                _mkdir(sftp, path)
+            for entry in resources.files("codeswarm.hpc").iterdir():
+                if entry.name.endswith(".py"):
+                    target = posixpath.join(self.cluster_dir, "hpc", entry.name)
+                    with sftp.open(target, "wb") as f:
+                        f.write(entry.read_bytes())
+                    sftp.chmod(target, 0o600)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot prepare {self.cluster_dir} on {self.connection.alias}: {exc}. "
+                "Check cluster.workspace_root: it must exist and be writable by you.",
+                code=errors.SSH,
+            ) from exc
+        finally:
+            sftp.close()
+
+    def _dirs(self) -> list[str]:
+        names = ["hpc", "logs", "swarms", "mailbox"]
+        names += [posixpath.join("mailbox", d) for d in records.MAILBOX_DIRS]
+        return [posixpath.join(self.cluster_dir, name) for name in names]
+
+    def hpc_command(self, module: str, *args: str) -> list[str]:
+        """argv that runs ``python3 -m hpc.<module>`` from the copy in the cluster directory."""
+        return ["env", f"PYTHONPATH={self.cluster_dir}", self.python, "-m", f"hpc.{module}", *args]
+
+    def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
+        argv = self.hpc_command(
+            "inbox_append",
+            "--mailbox",
+            self.mailbox,
+            "--job-id",
+            job_id,
+            "--node-id",
+            str(node_id),
+        )
+        self.connection.run(argv, stdin=b"".join(lines))
+
+    def start_follower(self, start: dict[str, Any]) -> ChannelStream:
+        argv = self.hpc_command(
+            "outbox_follower",
+            "--mailbox",
+            self.mailbox,
+            "--poll-seconds",
+            str(self.poll_seconds),
+            "--idle-poll-seconds",
+            str(self.idle_poll_seconds),
+        )
+        channel = self.connection.stream(argv)
+        channel.sendall(json.dumps(start).encode() + b"\n")
+        return ChannelStream(channel)
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Write a private file on the cluster (0600), e.g. a swarm's worker settings."""
+        sftp = self.connection.sftp()
+        try:
+            _mkdir(sftp, posixpath.dirname(path))
+            with sftp.open(path, "wb") as f:
+                f.write(data)
+            sftp.chmod(path, 0o600)
+        except OSError as exc:
+            raise BackendError(f"cannot write {path}: {exc}", code=errors.SSH) from exc
+        finally:
+            sftp.close()
+
+
+def _mkdir(sftp: paramiko.SFTPClient, path: str) -> None:
+    try:
+        sftp.stat(path)
+    except FileNotFoundError:
+        sftp.mkdir(path, 0o700)

@@ -1,0 +1,175 @@
+"""The Slurm backend against a real Slurm cluster and sshd on this machine (the minicluster)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from codeswarm.backends import BackendError
+from codeswarm.backends.ssh import SSHConnection, SSHTransport
+from codeswarm.config import parse_config
+from tests.support.daemon import Daemon
+from tests.support.worker import agent_settings
+
+pytestmark = pytest.mark.integration
+
+
+def run_as(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid", user, "--regid", user, "--init-groups", *argv],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster_codex(minicluster, codex_bin) -> str:
+    """A codex binary the cluster user can run (the repository may not be readable to it)."""
+    user = minicluster["MINICLUSTER_USER"]
+    if run_as(user, codex_bin, "--version").returncode == 0:
+        return codex_bin
+    target = Path(minicluster["MINICLUSTER_DIR"]) / "bin" / "codex"
+    target.parent.mkdir(exist_ok=True)
+    shutil.copy2(codex_bin, target)
+    target.parent.chmod(0o755)
+    return str(target)
+
+
+@pytest.fixture
+def slurm_config(minicluster, tmp_path):
+    workspaces: list[str] = []
+
+    def make(**extra):
+        workspace = f"{minicluster['MINICLUSTER_HOME']}/cs-{uuid.uuid4().hex[:8]}"
+        workspaces.append(workspace)
+        data = {
+            "backend": "slurm",
+            "ssh": {
+                "login_alias": minicluster["MINICLUSTER_SSH_ALIAS"],
+                "ssh_config": minicluster["MINICLUSTER_SSH_CONFIG"],
+                "known_hosts": minicluster["MINICLUSTER_KNOWN_HOSTS"],
+                "connect_timeout_seconds": 5,
+            },
+            "cluster": {"workspace_root": workspace},
+            "router": {"state_dir": str(tmp_path / "state"), "inject_timeout_seconds": 60},
+            "slurm": {
+                "partition": minicluster["MINICLUSTER_PARTITION"],
+                "time": "00:10:00",
+                "signal_seconds": 30,
+            },
+        }
+        data.update(extra)
+        subprocess.run(
+            ["install", "-d", "-o", minicluster["MINICLUSTER_USER"], workspace], check=True
+        )
+        return data
+
+    yield make
+    for workspace in workspaces:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def test_commands_and_concurrent_inbox_writes_over_one_connection(slurm_config):
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    try:
+        transport = SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0)
+        transport.prepare()
+        hostile = b"$(touch /tmp/pwned) `id` ; rm -rf ~ 'quote\" \xc3\xa9\n"
+        assert connection.run(["cat"], stdin=hostile) == hostile
+        with pytest.raises(BackendError) as failure:
+            connection.run(["sh", "-c", "echo nope >&2; exit 3"])
+        assert "exited 3" in str(failure.value) and failure.value.stderr == "nope"
+
+        def write(tag: str) -> None:
+            for n in range(20):
+                line = json.dumps(
+                    {"type": "user", "injection_id": f"{tag}{n}", "content": "x" * 5000}
+                )
+                transport.append_inbox("77", 0, [line.encode() + b"\n"])
+
+        writers = [threading.Thread(target=write, args=(t,)) for t in "ab"]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+        inbox = connection.run(["cat", f"{transport.mailbox}/inbox/77_0.jsonl"]).splitlines()
+        assert sorted(json.loads(line)["injection_id"] for line in inbox) == sorted(
+            f"{t}{n}" for t in "ab" for n in range(20)
+        )
+        mode = connection.run(["stat", "-c", "%a", transport.mailbox]).strip()
+        assert mode == b"700"
+    finally:
+        connection.close()
+
+
+def test_unreachable_login_node_is_a_clear_error(slurm_config, tmp_path):
+    data = slurm_config()
+    data["ssh"] = {
+        "login_alias": "nowhere-host",
+        "ssh_config": str(tmp_path / "none"),
+        "connect_timeout_seconds": 2,
+    }
+    config_file = tmp_path / "bad.json"
+    config_file.write_text(json.dumps(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "codeswarm", "list", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cannot connect to nowhere-host" in done.stderr
+    assert "ssh nowhere-host true" in done.stderr
+
+
+def test_daemon_runs_a_two_node_slurm_swarm(slurm_config, cluster_codex, model_server, tmp_path):
+    agent = agent_settings(cluster_codex, model_server.url)["agent"]
+    data = slurm_config(agent={k: agent[k] for k in ("codex_path", "model", "sandbox", "config")})
+    config_file = tmp_path / "slurm.json"
+    config_file.write_text(json.dumps(data))
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 2, "request_id": "L"})
+        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        d.send(
+            {
+                "action": "inject",
+                "job_id": swarm["job_id"],
+                "node_id": 0,
+                "content": "hi 0",
+                "request_id": "one",
+            },
+            {
+                "command": "inject",
+                "swarm_id": swarm["swarm_id"],
+                "nodes": "all",
+                "content": "hi all",
+                "request_id": "all",
+            },
+        )
+        events = d.wait_for(lambda evs: sum(e["type"] == "usage" for e in evs) == 3, timeout=180)
+        for request_id, count in (("one", 1), ("all", 2)):
+            mine = [e for e in events if e.get("request_id") == request_id]
+            for injection_id in {e["injection_id"] for e in mine}:
+                types = [e["type"] for e in mine if e["injection_id"] == injection_id]
+                assert types[:3] == ["inject_ack", "inject_delivered", "turn_started"], types
+                assert types[-3:] == ["assistant", "turn_complete", "usage"], types
+            assert len({e["injection_id"] for e in mine}) == count
+        assert {e["node_id"] for e in events if e["type"] == "node_started"} == {0, 1}
+        d.send({"command": "terminate", "swarm_id": swarm["swarm_id"], "request_id": "T"})
+        d.wait_event("swarm_terminated", request_id="T")
+        exited = d.wait_for(
+            lambda evs: sum(e["type"] == "node_exited" for e in evs) == 2, timeout=60
+        )
+        assert {e["reason"] for e in exited if e["type"] == "node_exited"} == {"sigterm"}
+    finally:
+        d.close()
