@@ -78,11 +78,13 @@ class Router:
         self.stop_requested = stop_requested or threading.Event()
         self.timer = Timer()
         transport, default_scheduler, poll_seconds = build_backend(config)
+        self.transport = transport
         scheduler = scheduler or default_scheduler
         try:
             transport.prepare()
         except BaseException:
             self.timer.stop()
+            transport.close()
             raise
         registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         self.supervisor = SupervisorActor.start(
@@ -107,6 +109,7 @@ class Router:
     def stop(self) -> None:
         self.supervisor.stop()
         self.timer.stop()
+        self.transport.close()
         leftovers = [ref for ref in pykka.ActorRegistry.get_all() if ref is not self.sink]
         for ref in leftovers:
             log.error("actor still alive after shutdown: %s", ref)

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -106,8 +107,18 @@ def test_commands_and_concurrent_inbox_writes_over_one_connection(slurm_config):
         )
         mode = connection.run(["stat", "-c", "%a", transport.mailbox]).strip()
         assert mode == b"700"
+        # The long-lived writer dies: the next write opens a new one and lands.
+        connection.run(["pkill", "-f", "hpc.inbox_writer"])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                transport.append_inbox("77", 1, [b'{"type":"interrupt"}\n'])
+                break
+            except BackendError:
+                assert time.monotonic() < deadline
+        assert connection.run(["cat", f"{transport.mailbox}/inbox/77_1.jsonl"]).count(b"\n") == 1
     finally:
-        connection.close()
+        transport.close()
 
 
 def test_unreachable_login_node_is_a_clear_error(slurm_config, tmp_path):

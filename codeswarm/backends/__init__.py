@@ -42,6 +42,9 @@ class Transport(Protocol):
     def start_follower(self, start: dict[str, Any]) -> FollowerStream:
         """Start ``hpc.outbox_follower`` and send it ``start`` (cursor and jobs) first."""
 
+    def close(self) -> None:
+        """Release connections; called once the actors are stopped."""
+
 
 @dataclass(frozen=True)
 class Submitted:

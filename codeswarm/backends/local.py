@@ -80,6 +80,9 @@ class LocalTransport:
         (self.cluster_dir / "logs").mkdir(exist_ok=True, mode=0o700)
         install_hpc(self.cluster_dir)
 
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes what it uses."""
+
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         path = os.path.join(self.mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
         try:

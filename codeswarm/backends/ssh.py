@@ -7,6 +7,7 @@ SFTP. Commands are argv lists joined with ``shlex.join``; prompts travel on stdi
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -206,6 +207,87 @@ class ChannelStream:
         self.channel.close()
 
 
+class InboxWriter:
+    """One ``hpc.inbox_writer`` on its own channel, shared by every NodeActor's writes.
+
+    A write is a framed request answered with ``ok`` once the lines are in the inbox; a
+    channel that breaks fails its waiting writes with ``ssh`` and is reopened on the next one.
+    """
+
+    def __init__(self, connection: SSHConnection, argv: list[str], timeout: float) -> None:
+        self.connection = connection
+        self.argv = argv
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._channel: paramiko.Channel | None = None
+        self._waiting: dict[str, tuple[paramiko.Channel, list[Any]]] = {}
+        self._ids = itertools.count()
+
+    def append(self, key: str, data: bytes) -> None:
+        request_id = str(next(self._ids))
+        done = threading.Event()
+        slot: list[Any] = [done, None]
+        with self._lock:
+            channel = self._open()
+            self._waiting[request_id] = (channel, slot)
+            try:
+                channel.sendall(
+                    b"%s %s %d\n%s" % (request_id.encode(), key.encode(), len(data), data)
+                )
+            except (OSError, paramiko.SSHException) as exc:
+                self._waiting.pop(request_id, None)
+                self._broken(channel)
+                raise BackendError(f"inbox write to {key}: {exc}", code=errors.SSH) from exc
+        if not done.wait(self.timeout):
+            with self._lock:
+                self._waiting.pop(request_id, None)
+            raise BackendError(
+                f"inbox write to {key}: no answer from {self.connection.alias} in "
+                f"{self.timeout:g} s",
+                code=errors.SSH,
+            )
+        if slot[1] is not None:
+            raise BackendError(f"inbox write to {key}: {slot[1]}", stderr=slot[1], code=errors.SSH)
+
+    def _open(self) -> paramiko.Channel:
+        if self._channel is None or self._channel.closed:
+            channel = self.connection.stream(self.argv)
+            self._channel = channel
+            threading.Thread(
+                target=self._answers, args=(channel,), name="inbox-writer", daemon=True
+            ).start()
+        return self._channel
+
+    def _answers(self, channel: paramiko.Channel) -> None:
+        for raw in channel.makefile("rb"):
+            request_id, _, rest = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+            status, _, message = rest.partition(" ")
+            with self._lock:
+                waiting = self._waiting.pop(request_id, None)
+            if waiting is not None:
+                _, slot = waiting
+                slot[1] = None if status == "ok" else message or status
+                slot[0].set()
+        with self._lock:
+            self._broken(channel)
+
+    def _broken(self, channel: paramiko.Channel) -> None:
+        """Fail every write waiting on ``channel`` (called with the lock held)."""
+        channel.close()
+        if self._channel is channel:
+            self._channel = None
+        for request_id, (owner, slot) in list(self._waiting.items()):
+            if owner is channel:
+                del self._waiting[request_id]
+                slot[1] = "the inbox writer's channel closed"
+                slot[0].set()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._broken(self._channel)
+
+
 class SSHTransport:
     """The cluster side of the mailbox, reached through one SSHConnection."""
 
@@ -223,6 +305,11 @@ class SSHTransport:
         self.python = python
         self.poll_seconds = poll_seconds
         self.idle_poll_seconds = idle_poll_seconds
+        self.writer = InboxWriter(
+            connection,
+            self.hpc_command("inbox_writer", "--mailbox", self.mailbox),
+            connection.settings.command_timeout_seconds,
+        )
 
     def prepare(self) -> None:
         """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700)."""
@@ -255,16 +342,7 @@ class SSHTransport:
         return ["env", f"PYTHONPATH={self.cluster_dir}", self.python, "-m", f"hpc.{module}", *args]
 
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
-        argv = self.hpc_command(
-            "inbox_append",
-            "--mailbox",
-            self.mailbox,
-            "--job-id",
-            job_id,
-            "--node-id",
-            str(node_id),
-        )
-        self.connection.run(argv, stdin=b"".join(lines))
+        self.writer.append(records.node_key(job_id, node_id), b"".join(lines))
 
     def start_follower(self, start: dict[str, Any]) -> ChannelStream:
         argv = self.hpc_command(
@@ -279,6 +357,10 @@ class SSHTransport:
         channel = self.connection.stream(argv)
         channel.sendall(json.dumps(start).encode() + b"\n")
         return ChannelStream(channel)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.connection.close()
 
     def write_file(self, path: str, data: bytes) -> None:
         """Write a private file on the cluster (0600), e.g. a swarm's worker settings."""

@@ -1,0 +1,103 @@
+"""Inbox writes over SSH: codeswarm's one connection beside one ``ssh`` process per write.
+
+The original design ran ``ssh <alias> 'cat >> inbox'`` for every injection. This measures
+100 single writes both ways, and a 64-node fan-out (codeswarm writes from 64 threads, as 64
+NodeActors do, through one long-lived writer), against the minicluster (tests/cluster/minicluster;
+run as root: it starts the cluster if it is not up).
+
+Run: .venv/bin/python benchmarks/ssh_inbox_write.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codeswarm.backends.ssh import SSHConnection, SSHTransport  # noqa: E402
+from codeswarm.config import parse_config  # noqa: E402
+from codeswarm.hpc import records  # noqa: E402
+
+
+def cluster_env() -> dict[str, str]:
+    done = subprocess.run(
+        [str(ROOT / "tests/cluster/minicluster"), "up"], capture_output=True, text=True, check=True
+    )
+    env = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            env[name] = value
+    return env
+
+
+def ms(values: list[float]) -> str:
+    ordered = sorted(v * 1000 for v in values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return f"median {statistics.median(ordered):7.2f} ms   p99 {p99:7.2f} ms"
+
+
+def main() -> None:
+    env = cluster_env()
+    workspace = f"{env['MINICLUSTER_HOME']}/bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["install", "-d", "-o", env["MINICLUSTER_USER"], workspace], check=True)
+    config = parse_config(
+        {
+            "ssh": {
+                "login_alias": env["MINICLUSTER_SSH_ALIAS"],
+                "ssh_config": env["MINICLUSTER_SSH_CONFIG"],
+            },
+            "cluster": {"workspace_root": workspace},
+        }
+    )
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0)
+    transport.prepare()
+    line = records.encode_line(records.inbox_user("bench", "hello")).encode()
+    ssh = ["ssh", "-F", env["MINICLUSTER_SSH_CONFIG"], env["MINICLUSTER_SSH_ALIAS"]]
+    try:
+        ours, theirs = [], []
+        for n in range(100):
+            started = time.perf_counter()
+            transport.append_inbox("1", n % 4, [line])
+            ours.append(time.perf_counter() - started)
+            path = f"{transport.mailbox}/inbox/{records.record_name('2', n % 4)}"
+            started = time.perf_counter()
+            subprocess.run([*ssh, f"cat >> {path}"], input=line, check=True)
+            theirs.append(time.perf_counter() - started)
+        print("one inbox write, 100 times")
+        print(f"  codeswarm (one connection, one writer)     {ms(ours)}")
+        print(f"  baseline: one ssh process per write         {ms(theirs)}")
+
+        started = time.perf_counter()
+        threads = [
+            threading.Thread(target=transport.append_inbox, args=("3", node, [line]))
+            for node in range(64)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        fan_out = time.perf_counter() - started
+        started = time.perf_counter()
+        for node in range(64):
+            path = f"{transport.mailbox}/inbox/{records.record_name('4', node)}"
+            subprocess.run([*ssh, f"cat >> {path}"], input=line, check=True)
+        sequential = time.perf_counter() - started
+        print("fan-out to 64 nodes")
+        print(f"  codeswarm (64 threads, one writer)          {fan_out * 1000:7.1f} ms")
+        print(f"  baseline: 64 ssh processes in turn          {sequential * 1000:7.1f} ms")
+    finally:
+        connection.close()
+        subprocess.run(["rm", "-rf", workspace], check=False)
+
+
+if __name__ == "__main__":
+    main()
