@@ -24,7 +24,7 @@ from typing import Any
 
 from codeswarm.actors.messages import CommandReceived, Emit
 from codeswarm.config import Config, default_local_config
-from codeswarm.protocol import commands
+from codeswarm.protocol import commands, decode_object
 from codeswarm.router import Router
 
 
@@ -99,9 +99,7 @@ class Codeswarm:
         With a ``prompt``, it returns once the prompt is in every node's inbox. ``time`` and
         ``partition`` override the config's Slurm settings for this swarm.
         """
-        command = commands.Launch(
-            nodes=nodes, prompt=prompt, time=time, partition=partition, request_id=_request_id()
-        )
+        command = _command("launch", nodes=nodes, prompt=prompt, time=time, partition=partition)
         waiter = self.sink.expect(command.request_id)
         try:
             self.router.tell(CommandReceived(command))
@@ -149,13 +147,8 @@ class Codeswarm:
     def _inject_command(
         swarm_id: str, content: str, nodes: int | list[int] | str, injection_id: str | None
     ) -> commands.Inject:
-        selected = nodes if nodes == "all" else tuple([nodes] if isinstance(nodes, int) else nodes)
-        return commands.Inject(
-            content=content,
-            nodes=selected,
-            swarm_id=swarm_id,
-            injection_id=injection_id,
-            request_id=_request_id(),
+        return _command(
+            "inject", swarm_id=swarm_id, content=content, nodes=nodes, injection_id=injection_id
         )
 
     @staticmethod
@@ -170,15 +163,15 @@ class Codeswarm:
         return answers
 
     def list(self, timeout: float = 30.0) -> list[dict]:
-        command = commands.ListSwarms(request_id=_request_id())
+        command = _command("list")
         return self.call(command, "swarm_list", timeout)["swarms"]
 
     def status(self, swarm_id: str, timeout: float = 30.0) -> dict:
-        command = commands.Status(swarm_id=swarm_id, request_id=_request_id())
+        command = _command("status", swarm_id=swarm_id)
         return self.call(command, "swarm_status", timeout)["swarm"]
 
     def terminate(self, swarm_id: str, timeout: float = 30.0) -> None:
-        command = commands.Terminate(swarm_id=swarm_id, request_id=_request_id())
+        command = _command("terminate", swarm_id=swarm_id)
         self.call(command, "swarm_terminated", timeout)
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
@@ -199,5 +192,11 @@ class Codeswarm:
         self.close()
 
 
-def _request_id() -> str:
-    return f"py-{uuid.uuid4().hex[:12]}"
+def _command(verb: str, **fields: Any) -> Any:
+    """A command checked by the protocol's own schemas, exactly as a JSON line would be."""
+    data = {"command": verb, "request_id": f"py-{uuid.uuid4().hex[:12]}"}
+    data.update((key, value) for key, value in fields.items() if value is not None)
+    result = decode_object(data)
+    if isinstance(result, dict):
+        raise CodeswarmError(result)
+    return result

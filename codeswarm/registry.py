@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 
+class RegistryError(Exception):
+    """The registry file cannot be read; the message says which file and what to do."""
+
+
 @dataclass(frozen=True)
 class SwarmRecord:
     """One swarm: a scheduler job of ``nodes`` workers and where its mailbox lives."""
@@ -62,7 +66,7 @@ class SwarmRegistry:
         with open(self.dir / "swarms.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                data = json.loads(self.path.read_text()) if self.path.exists() else {}
+                data = self._read()
                 before = json.dumps(data, sort_keys=True)
                 yield data
                 if json.dumps(data, sort_keys=True) != before:
@@ -72,6 +76,19 @@ class SwarmRegistry:
                     os.replace(tmp, self.path)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            for value in data.values():
+                SwarmRecord(**value)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise RegistryError(
+                f"{self.path} is damaged ({exc}); move it aside to start with no swarms"
+            ) from None
+        return data
 
     def all(self) -> list[SwarmRecord]:
         with self._locked() as data:

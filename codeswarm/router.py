@@ -76,17 +76,14 @@ class Router:
         self.config = config
         self.sink = sink
         self.stop_requested = stop_requested or threading.Event()
-        self.timer = Timer()
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
-        try:
-            transport.prepare()
-        except BaseException:
-            self.timer.stop()
-            transport.close()
-            raise
         registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
+        registry.all()  # a damaged registry is the caller's error now, not a dead actor later
+        settings = worker_settings(config)
+        transport.prepare()
+        self.timer = Timer()
         self.supervisor = SupervisorActor.start(
             transport=transport,
             scheduler=scheduler,
@@ -96,11 +93,14 @@ class Router:
             ),
             sink=sink,
             timer=self.timer,
-            worker_settings=worker_settings(config),
+            worker_settings=settings,
             inject_timeout=config.router.inject_timeout_seconds,
             poll_seconds=poll_seconds,
             stop_requested=self.stop_requested,
             follow=follow,
+            # A node the scheduler reports gone fails its injections only after the follower
+            # had time to deliver the worker's own last events; a CLI call waits for nothing.
+            gone_grace=0.0 if follow is None else 2 * config.router.follower_idle_poll_seconds + 1,
         )
 
     def tell(self, message: Any) -> None:

@@ -273,6 +273,7 @@ class Worker:
                     "error",
                     error=records.ERROR_INVALID_INBOX_LINE,
                     message="duplicate injection_id %s ignored" % injection_id,
+                    injection_id=injection_id,
                 )
                 return
             self.queue.append((start, injection_id, record["content"]))
@@ -563,6 +564,11 @@ def main(argv=None):
         stream=sys.stderr,
         format="%(asctime)s codex_worker[%(process)d] %(levelname)s %(message)s",
     )
+    # A SIGTERM (scancel right after launch) may come before the worker exists: note it, so
+    # the worker still writes node_exited and archives instead of dying silently.
+    early_signals = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: early_signals.append("sigterm"))
+    signal.signal(signal.SIGINT, lambda signum, frame: early_signals.append("sigint"))
     args = parse_args(argv)
     agent, settings = load_settings(args.settings)
     if args.codex_path:
@@ -576,6 +582,8 @@ def main(argv=None):
     workspace = args.workspace or os.path.join(base, "workspaces", key)
     codex_home = args.codex_home or os.path.join(base, "codex-home", key)
     worker = Worker(args.mailbox, args.job_id, args.node_id, workspace, codex_home, agent, settings)
+    for reason in early_signals:
+        worker.request_stop(reason)
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.request_stop("sigterm"))
     signal.signal(signal.SIGINT, lambda signum, frame: worker.request_stop("sigint"))
     return worker.run()

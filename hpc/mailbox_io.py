@@ -105,23 +105,35 @@ def last_seq(paths):
     """The highest ``seq`` in the last complete line of any of ``paths``, or -1."""
     best = -1
     for path in paths:
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - 65536))
-                tail = f.read()
-        except OSError:
-            continue
-        for line in reversed(tail.split(b"\n")):
-            try:
-                seq = json.loads(line).get("seq")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(seq, int):
-                best = max(best, seq)
-                break
+        seq = _last_line_seq(path)
+        if seq is not None:
+            best = max(best, seq)
     return best
+
+
+def _last_line_seq(path):
+    """The ``seq`` of the last complete line that has one, reading back as far as needed."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            window = 65536
+            while True:
+                start = max(0, size - window)
+                f.seek(start)
+                lines = f.read(size - start).split(b"\n")
+                # the first piece may be a cut line unless the window reached the start
+                for line in reversed(lines if start == 0 else lines[1:]):
+                    try:
+                        seq = json.loads(line).get("seq")
+                    except (ValueError, AttributeError):
+                        continue
+                    if isinstance(seq, int):
+                        return seq
+                if start == 0:
+                    return None
+                window *= 4
+    except OSError:
+        return None
 
 
 class StateStore:

@@ -119,6 +119,14 @@ def parse_name(name, archived):
     return stem
 
 
+def run_number(name, archived):
+    """Which run of a node wrote a file: archive/<key>.jsonl is 0, .rN is N, outbox/ is last."""
+    if not archived:
+        return float("inf")
+    match = _RUN_SUFFIX.search(name[: -len(records.RECORD_SUFFIX)])
+    return int(match.group(0)[2:]) if match else 0
+
+
 def _pread(fd, size, offset):
     """Read ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
     parts = []
@@ -169,9 +177,16 @@ class Follower:
         return True
 
     def poll(self):
-        """Read every followed file once; return (lines found, whether more is waiting)."""
+        """Read every followed file once; return (lines found, whether more is waiting).
+
+        A node's files are read oldest run first (archive/<key>.jsonl, then .r1, .r2, ...,
+        then its outbox), and a newer one waits while an older one still has lines: the
+        router drops a node's events whose seq is not above the last it saw, so reading a new
+        run's lines before an old run's backlog would lose that backlog.
+        """
         lines = 0
         more = False
+        followed = []
         for directory, archived in ((self.archive, True), (self.outbox, False)):
             entries = self._scan(directory)
             filtering = archived and not self.archive_seen
@@ -189,13 +204,21 @@ class Follower:
                 if filtering and not self._wanted(entry, key):
                     self.skip.add((name, entry.inode()))
                     continue
-                found, left, done = self._read(entry.path, key)
-                lines += found
-                more = more or left
-                if archived and done:
-                    self.skip.add((name, entry.inode()))
-                if self.pending_bytes > WRITE_BATCH:
-                    self.flush()
+                followed.append((key, run_number(name, archived), archived, entry))
+        followed.sort(key=lambda f: (f[0], f[1]))
+        waiting = set()
+        for key, _, archived, entry in followed:
+            if key in waiting:
+                continue
+            found, left, done = self._read(entry.path, key)
+            lines += found
+            if left:
+                more = True
+                waiting.add(key)
+            if archived and done:
+                self.skip.add((entry.name, entry.inode()))
+            if self.pending_bytes > WRITE_BATCH:
+                self.flush()
         self.first_poll_done = True
         return lines, more
 

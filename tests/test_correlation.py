@@ -123,3 +123,14 @@ def test_garbage_outbox_lines_become_error_events():
     for event in (bad_json, bad_event):
         assert event["type"] == "error" and event["error"] == "worker_error"
         assert event_errors(event) == {}
+
+
+def test_a_requeued_node_runs_again_after_it_exited():
+    n = node()
+    n.worker_line(line("node_exited", 1, reason="sigterm"))
+    assert n.state == "exited"
+    (started,) = n.worker_line(line("node_started", 2, pid=1, host="n2"))
+    assert started["type"] == "node_started"
+    assert n.started() == []  # what the NodeActor does on node_started
+    assert n.state == "running"
+    assert n.inject(injection("again")) == ([], [injection("again")])

@@ -218,6 +218,26 @@ def test_from_end_skips_what_was_there_and_streams_what_comes(follower, mailbox)
     assert raw(run.lines(), "311_0") == [event(0, "new").rstrip(b"\n")]
 
 
+def test_a_nodes_runs_are_read_oldest_first_even_with_a_backlog(follower, mailbox):
+    # Three runs of one requeued node, the first with more than one read's worth of lines.
+    runs = [
+        ("archive", "410_0.jsonl", 0, 3000),
+        ("archive", "410_0.r2.jsonl", 3000, 10),
+        ("archive", "410_0.r10.jsonl", 3010, 10),
+        ("outbox", "410_0.jsonl", 3020, 10),
+    ]
+    for directory, name, first, count in runs:
+        append(
+            mailbox / directory / name,
+            b"".join(event(n, "p" * 500) for n in range(first, first + count)),
+        )
+    run = follower({"jobs": ["410"]})
+    run.wait_lines(3030, timeout=30)
+    assert run.stop() == 0
+    seqs = [json.loads(line)["seq"] for line in raw(run.lines(), "410_0")]
+    assert seqs == list(range(3030))
+
+
 def test_file_archived_while_stopped_is_finished_from_the_cursor(follower, mailbox):
     path = mailbox / "outbox" / "400_1.jsonl"
     append(path, event(0) + event(1))

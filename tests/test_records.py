@@ -211,3 +211,14 @@ def test_hpc_is_standard_library_python_38():
             for name in names:
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top in local, f"{path.name} imports {name}"
+
+
+def test_last_seq_reads_back_past_a_long_last_line(tmp_path):
+    from codeswarm.hpc import mailbox_io
+
+    path = tmp_path / "outbox.jsonl"
+    writer = mailbox_io.OutboxWriter(str(path), "1", 0, 0)
+    for n in range(100):
+        writer.write("assistant", injection_id="i", content="x" * (10 if n < 99 else 300_000))
+    writer.close()
+    assert mailbox_io.last_seq([str(path), str(tmp_path / "missing.jsonl")]) == 99

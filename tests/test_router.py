@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -253,3 +254,35 @@ def test_a_restarted_router_picks_up_its_swarms_and_their_streams(tmp_path):
             second.terminate(swarm["swarm_id"])
     finally:
         scheduler.close()
+
+
+def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
+    from codeswarm.embed import CodeswarmError
+
+    swarms, _ = simulated()
+    swarm = swarms.launch(nodes=2)
+    with pytest.raises(CodeswarmError) as refused:
+        swarms.inject(swarm["swarm_id"], "x", nodes=-1)
+    assert refused.value.event["error"] == "invalid_field"
+    long_id = json.dumps(
+        {
+            "command": "inject",
+            "swarm_id": swarm["swarm_id"],
+            "nodes": "all",
+            "content": "x",
+            "injection_id": "a" * 127,
+            "request_id": "long",
+        }
+    )
+    send(swarms, long_id)
+    send(
+        swarms,
+        '{"command":"inject","job_id":"nope","nodes":"all","content":"x","request_id":"nojob"}',
+    )
+    send(swarms, '{"command":"ping","request_id":"after"}')
+    events = collect(swarms, lambda evs: any(e["type"] == "pong" for e in evs))
+    answers = {e.get("request_id"): e for e in events}
+    assert (
+        answers["long"]["error"] == "invalid_field" and answers["long"]["field"] == "injection_id"
+    )
+    assert answers["nojob"]["error"] == "unknown_swarm"

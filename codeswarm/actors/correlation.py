@@ -50,6 +50,7 @@ class NodeCorrelation:
         self.job_id = job_id
         self.node_id = node_id
         self.state = state
+        self.key = records.node_key(job_id, node_id)
         self.open: dict[str, Open] = {}
         self.recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.last_seq = -1
@@ -118,8 +119,11 @@ class NodeCorrelation:
         return self.failed(injection, code, message, **extra)
 
     def started(self) -> list[str]:
-        """The node runs: the injections written while it was pending, whose clocks start now."""
-        if self.state != "pending":
+        """The node runs: the injections written while it was not running, whose clocks start.
+
+        A node that exited can run again: Slurm requeues a job after a node failure.
+        """
+        if self.state == "running":
             return []
         self.state = "running"
         return [

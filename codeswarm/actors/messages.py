@@ -56,7 +56,15 @@ class InterruptNode(NamedTuple):
 
 
 class WorkerLines(NamedTuple):
-    lines: list[bytes]
+    lines: list[tuple[str, int, bytes]]  # file identity, offset after the line, raw line
+
+
+class Progress(NamedTuple):
+    """A NodeActor has emitted everything up to these file offsets and this seq."""
+
+    key: str
+    offsets: dict[str, int]
+    last_seq: int
 
 
 class NodeRunning(NamedTuple):

@@ -16,6 +16,7 @@ from codeswarm.actors.messages import (
     InterruptNode,
     NodeGone,
     NodeRunning,
+    Progress,
     WorkerLines,
 )
 from codeswarm.backends import BackendError, Transport
@@ -36,9 +37,12 @@ class NodeActor(pykka.ThreadingActor):
         sink: Any,
         timer: Timer,
         inject_timeout: float,
+        supervisor: Any,
     ) -> None:
         super().__init__()
         self.node = correlation
+        self.key = correlation.key
+        self.supervisor = supervisor
         self.transport = transport
         self.sink = sink
         self.timer = timer
@@ -71,9 +75,11 @@ class NodeActor(pykka.ThreadingActor):
         if events:
             self.sink.tell(Emit(events))
 
-    def worker_lines(self, lines: list[bytes]) -> None:
+    def worker_lines(self, lines: list[tuple[str, int, bytes]]) -> None:
         events: list[dict] = []
-        for raw in lines:
+        offsets: dict[str, int] = {}
+        for identity, offset, raw in lines:
+            offsets[identity] = offset
             for event in self.node.worker_line(raw):
                 events.append(event)
                 kind = event["type"]
@@ -84,6 +90,7 @@ class NodeActor(pykka.ThreadingActor):
                     if handle is not None:
                         handle.cancel()
         self.emit(events)
+        self.supervisor.tell(Progress(self.key, offsets, self.node.last_seq))
 
     def start_clocks(self, injection_ids: list[str]) -> None:
         """The worker must read each of these within inject_timeout seconds from now."""

@@ -26,28 +26,36 @@ class LineReader:
         self.stop = stop
         self.buffer = b""
         self.discarding = False
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(fd, selectors.EVENT_READ)
+        self.selector: selectors.BaseSelector | None = selectors.DefaultSelector()
+        try:
+            self.selector.register(fd, selectors.EVENT_READ)
+        except PermissionError:
+            # A regular file or /dev/null (`codeswarm daemon < commands.jsonl`): reads never
+            # block there, so plain reads will do.
+            self.selector = None
 
     def lines(self):
-        """Yield each line (bytes, no newline); an over-long line is yielded as ``None``."""
+        """Yield each line (bytes, no newline); an over-long line is yielded once as ``None``."""
         while not self.stop.is_set():
-            if not self.selector.select(timeout=0.2):
+            if self.selector is not None and not self.selector.select(timeout=0.2):
                 continue
             chunk = os.read(self.fd, READ_SIZE)
             if not chunk:
                 if self.buffer and not self.discarding:
                     yield self.buffer
                 return
+            if self.discarding:
+                cut = chunk.find(b"\n")
+                if cut < 0:
+                    continue
+                chunk = chunk[cut + 1 :]
+                self.discarding = False
             self.buffer += chunk
             while True:
                 cut = self.buffer.find(b"\n")
                 if cut < 0:
                     break
                 line, self.buffer = self.buffer[:cut], self.buffer[cut + 1 :]
-                if self.discarding:
-                    self.discarding = False
-                    continue
                 yield line
             if len(self.buffer) > MAX_LINE_BYTES:
                 yield None

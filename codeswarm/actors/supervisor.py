@@ -24,6 +24,7 @@ from codeswarm.actors.messages import (
     NodeGone,
     NodeRunning,
     PollJobs,
+    Progress,
     SaveCursor,
     StartFollower,
     WorkerLines,
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 FOLLOWER_RESTART_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 CURSOR_SAVE_SECONDS = 0.5
 LIVE_STATES = ("pending", "running")
-# Scheduler polls that must see a node gone before its injections fail: the follower may
-# still be delivering the worker's own node_exited.
-GONE_AFTER_POLLS = 2
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -61,6 +59,7 @@ class SupervisorActor(pykka.ThreadingActor):
         poll_seconds: float,
         stop_requested: threading.Event,
         follow: str | None = "resume",
+        gone_grace: float = 0.0,
     ) -> None:
         super().__init__()
         self.transport = transport
@@ -74,9 +73,10 @@ class SupervisorActor(pykka.ThreadingActor):
         self.poll_seconds = poll_seconds
         self.stop_requested = stop_requested
         self.follow = follow
+        self.gone_grace = gone_grace
         self.nodes: dict[str, Any] = {}
-        self.swarm_of_job: dict[str, str] = {}
-        self.gone_polls: dict[str, int] = {}
+        self.swarms: dict[str, SwarmRecord] = {}
+        self.gone_since: dict[str, float] = {}
         self.follower: Any = None
         self.generation = 0
         self.follower_failures = 0
@@ -99,9 +99,17 @@ class SupervisorActor(pykka.ThreadingActor):
             ref.stop()
         self.cursor.save()
 
+    def on_failure(self, *exc_info: Any) -> None:
+        """A bug reached the top: stop the actors this one owns and let the process end."""
+        log.critical("the supervisor failed; stopping the router", exc_info=exc_info)
+        self.on_stop()
+        self.stop_requested.set()
+
     def on_receive(self, message: Any) -> None:
         if isinstance(message, FollowerLines):
             self.route(message)
+        elif isinstance(message, Progress):
+            self.cursor.advance(message.key, message.offsets, message.last_seq)
         elif isinstance(message, CommandReceived):
             self.command(message.command)
         elif isinstance(message, PollJobs):
@@ -124,7 +132,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def start_follower(self) -> None:
         self.generation += 1
-        jobs = list(self.swarm_of_job)
+        jobs = list(self.swarms)
         start = {
             "cursor": dict(self.cursor.offsets),
             "jobs": jobs,
@@ -148,29 +156,49 @@ class SupervisorActor(pykka.ThreadingActor):
         if message.generation != self.generation:
             return
         self.follower_failures = 0
-        batches: dict[str, list[bytes]] = {}
+        batches: dict[str, list[tuple[str, int, bytes]]] = {}
         for key, identity, offset, raw in message.lines:
-            self.cursor.advance(identity, offset)
-            batches.setdefault(key, []).append(raw)
+            batches.setdefault(key, []).append((identity, offset, raw))
         for key, lines in batches.items():
-            ref = self.nodes.get(key)
-            if ref is not None:
-                ref.tell(WorkerLines(lines))
+            self.tell_node(key, WorkerLines(lines))
 
     # ---- swarms and nodes -------------------------------------------------------------------
 
     def track(self, swarm: SwarmRecord) -> None:
         """Spawn a NodeActor for each node of a swarm (on launch, or on router restart)."""
-        self.swarm_of_job[swarm.job_id] = swarm.swarm_id
+        self.swarms[swarm.job_id] = swarm
         for node_id in range(swarm.nodes):
             key = records.node_key(swarm.job_id, node_id)
-            if key in self.nodes:
-                continue
-            state = swarm.node_state(node_id)
-            correlation = NodeCorrelation(swarm.swarm_id, swarm.job_id, node_id, state)
-            self.nodes[key] = NodeActor.start(
-                correlation, self.transport, self.sink, self.timer, self.inject_timeout
-            )
+            if key not in self.nodes:
+                self.nodes[key] = self.spawn(swarm, node_id)
+
+    def spawn(self, swarm: SwarmRecord, node_id: int) -> Any:
+        correlation = NodeCorrelation(
+            swarm.swarm_id, swarm.job_id, node_id, swarm.node_state(node_id)
+        )
+        correlation.last_seq = self.cursor.seqs.get(correlation.key, -1)
+        return NodeActor.start(
+            correlation,
+            self.transport,
+            self.sink,
+            self.timer,
+            self.inject_timeout,
+            self.actor_ref,
+        )
+
+    def tell_node(self, key: str, message: Any) -> bool:
+        """Tell a node's actor; one that died is logged and replaced. False if no such node."""
+        ref = self.nodes.get(key)
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            job_id, node_id = records.parse_node_key(key)
+            log.error("the actor of node %s had died (a bug); starting a new one", key)
+            self.nodes[key] = self.spawn(self.swarms[job_id], node_id)
+            self.nodes[key].tell(message)
+        return True
 
     def poll_jobs(self) -> None:
         live = [s for s in self.registry.all() if not s.all_exited()]
@@ -181,20 +209,21 @@ class SupervisorActor(pykka.ThreadingActor):
         except BackendError as exc:
             log.warning("cannot poll the scheduler: %s", exc)
             return
+        now = time.monotonic()
         for swarm in live:
             nodes = dict(states.get(swarm.job_id, {}))
             for node_id, state in nodes.items():
                 key = records.node_key(swarm.job_id, node_id)
                 if state != "exited":
-                    self.gone_polls.pop(key, None)
-                    if state == "running" and key in self.nodes:
-                        self.nodes[key].tell(NodeRunning())
+                    self.gone_since.pop(key, None)
+                    if state == "running":
+                        self.tell_node(key, NodeRunning())
                     continue
-                self.gone_polls[key] = self.gone_polls.get(key, 0) + 1
-                if self.gone_polls[key] < GONE_AFTER_POLLS:
+                since = self.gone_since.setdefault(key, now)
+                if now - since < self.gone_grace:
                     nodes[node_id] = swarm.node_state(node_id)
-                elif self.gone_polls[key] == GONE_AFTER_POLLS and key in self.nodes:
-                    self.nodes[key].tell(NodeGone("the worker process ended"))
+                elif swarm.node_state(node_id) != "exited":
+                    self.tell_node(key, NodeGone("the worker process ended"))
             node_states = {str(n): s for n, s in nodes.items()}
             swarm_state = swarm.state
             if swarm.state in LIVE_STATES:
@@ -244,13 +273,28 @@ class SupervisorActor(pykka.ThreadingActor):
         swarm, nodes = self.resolve(command)
         if swarm is None and command.swarm_id is not None:
             return
+        if swarm is None and not nodes:
+            self.error(
+                errors.UNKNOWN_SWARM, f"no job {command.job_id}", command.request_id, field="job_id"
+            )
+            return
         base = command.injection_id or f"inj-{uuid.uuid4().hex[:12]}"
+        longest = base if len(nodes) == 1 else f"{base}-{max(nodes)}"
+        problem = records.id_problem(longest)
+        if problem:
+            self.error(
+                errors.INVALID_FIELD,
+                f"injection_id {longest!r} {problem}",
+                command.request_id,
+                field="injection_id",
+            )
+            return
         job_id = swarm.job_id if swarm else command.job_id
         for node_id in nodes:
             injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
             key = records.node_key(job_id, node_id)
-            ref = self.nodes.get(key) if swarm is not None else None
-            if ref is None:
+            injection = Injection(injection_id, command.content, command.request_id)
+            if swarm is None or not self.tell_node(key, Inject(injection)):
                 self.emit(
                     make_event(
                         "inject_failed",
@@ -263,8 +307,6 @@ class SupervisorActor(pykka.ThreadingActor):
                         message=f"no node {key} in any swarm this router knows",
                     )
                 )
-                continue
-            ref.tell(Inject(Injection(injection_id, command.content, command.request_id)))
 
     def interrupt(self, command: commands.Interrupt) -> None:
         swarm, nodes = self.resolve(command)
@@ -278,16 +320,14 @@ class SupervisorActor(pykka.ThreadingActor):
                 )
             return
         for node_id in nodes:
-            ref = self.nodes.get(records.node_key(swarm.job_id, node_id))
-            if ref is None:
+            key = records.node_key(swarm.job_id, node_id)
+            if not self.tell_node(key, InterruptNode(command.request_id)):
                 self.error(
                     errors.INVALID_FIELD,
                     f"no node {node_id} in {swarm.swarm_id}",
                     command.request_id,
                     field="nodes",
                 )
-            else:
-                ref.tell(InterruptNode(command.request_id))
 
     def launch(self, command: commands.Launch) -> None:
         swarm_id = f"sw-{uuid.uuid4().hex[:10]}"

@@ -20,6 +20,7 @@ from codeswarm import __version__
 from codeswarm.backends import BackendError
 from codeswarm.cli.render import print_event, print_swarm
 from codeswarm.config import Config, ConfigError, default_local_config, load_config
+from codeswarm.registry import RegistryError
 
 
 def load(path: str | None) -> Config:
@@ -56,7 +57,7 @@ def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
     setup_logging(debug)
     try:
         return Codeswarm(load(config_path), follow=follow)
-    except (BackendError, FileNotFoundError) as exc:
+    except (BackendError, FileNotFoundError, RegistryError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -112,7 +113,7 @@ def daemon(config_path: str | None, debug: bool) -> None:
         signal.signal(signum, lambda *_: stop.set())
     try:
         code = run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop)
-    except (BackendError, FileNotFoundError) as exc:
+    except (BackendError, FileNotFoundError, RegistryError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
 
