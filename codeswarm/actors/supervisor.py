@@ -252,6 +252,9 @@ class SupervisorActor(pykka.ThreadingActor):
     def error(self, code: str, message: str, request_id: Any, **fields: Any) -> None:
         self.emit(make_event("error", error=code, message=message, request_id=request_id, **fields))
 
+    def backend_error(self, what: str, exc: BackendError, request_id: Any) -> None:
+        self.error(errors.BACKEND, f"{what} failed: {exc}", request_id, stderr=exc.stderr or None)
+
     def known_swarm(self, swarm_id: str, request_id: Any) -> SwarmRecord | None:
         """The registered swarm, or None after telling the client it does not exist."""
         swarm = self.registry.get(swarm_id)
@@ -337,12 +340,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 swarm_id, command.nodes, self.worker_settings, **options
             )
         except BackendError as exc:
-            self.error(
-                errors.BACKEND,
-                f"launch failed: {exc}",
-                command.request_id,
-                stderr=exc.stderr or None,
-            )
+            self.backend_error("launch", exc, command.request_id)
             return
         swarm = SwarmRecord(
             swarm_id=swarm_id,
@@ -387,12 +385,7 @@ class SupervisorActor(pykka.ThreadingActor):
         try:
             self.scheduler.cancel(swarm)
         except BackendError as exc:
-            self.error(
-                errors.BACKEND,
-                f"terminate failed: {exc}",
-                command.request_id,
-                stderr=exc.stderr or None,
-            )
+            self.backend_error("terminate", exc, command.request_id)
             return
         self.registry.update(swarm.swarm_id, state="terminated")
         self.emit(

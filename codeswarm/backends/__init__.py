@@ -46,6 +46,18 @@ class Transport(Protocol):
         """Release connections; called once the actors are stopped."""
 
 
+def follower_args(mailbox: str, poll_seconds: float, idle_poll_seconds: float) -> list[str]:
+    """The arguments of ``hpc.outbox_follower``, the same on every transport."""
+    return [
+        "--mailbox",
+        mailbox,
+        "--poll-seconds",
+        str(poll_seconds),
+        "--idle-poll-seconds",
+        str(idle_poll_seconds),
+    ]
+
+
 @dataclass(frozen=True)
 class Submitted:
     job_id: str

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from codeswarm.backends import BackendError, Submitted
+from codeswarm.backends import BackendError, Submitted, follower_args
 from codeswarm.hpc import mailbox_io, records
 from codeswarm.registry import SwarmRecord
 
@@ -95,12 +95,7 @@ class LocalTransport:
             sys.executable,
             "-m",
             "hpc.outbox_follower",
-            "--mailbox",
-            self.mailbox,
-            "--poll-seconds",
-            str(self.poll_seconds),
-            "--idle-poll-seconds",
-            str(self.idle_poll_seconds),
+            *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         ]
         follower = LocalProcess(argv, self.cluster_dir, self.cluster_dir / "logs" / "follower.log")
         follower.send(json.dumps(start).encode() + b"\n")

@@ -22,7 +22,7 @@ from typing import Any
 
 import paramiko
 
-from codeswarm.backends import BackendError
+from codeswarm.backends import BackendError, follower_args
 from codeswarm.config import SshConfig
 from codeswarm.hpc import records
 from codeswarm.protocol import errors
@@ -347,12 +347,7 @@ class SSHTransport:
     def start_follower(self, start: dict[str, Any]) -> ChannelStream:
         argv = self.hpc_command(
             "outbox_follower",
-            "--mailbox",
-            self.mailbox,
-            "--poll-seconds",
-            str(self.poll_seconds),
-            "--idle-poll-seconds",
-            str(self.idle_poll_seconds),
+            *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         )
         channel = self.connection.stream(argv)
         channel.sendall(json.dumps(start).encode() + b"\n")
