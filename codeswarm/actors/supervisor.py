@@ -368,6 +368,7 @@ class SupervisorActor(pykka.ThreadingActor):
             )
 
     def list_swarms(self, command: commands.ListSwarms) -> None:
+        self.poll_jobs()
         swarms = [swarm.to_event() for swarm in self.registry.all()]
         self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
 
