@@ -82,7 +82,11 @@ class Router:
         registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         registry.all()  # a damaged registry is the caller's error now, not a dead actor later
         settings = worker_settings(config)
-        transport.prepare()
+        try:
+            transport.prepare()
+        except BaseException:
+            transport.close()
+            raise
         self.timer = Timer()
         self.supervisor = SupervisorActor.start(
             transport=transport,

@@ -25,11 +25,17 @@ def serve(mailbox, stdin, stdout):
             return 0
         try:
             request_id, key, length = header.decode("ascii").split()
-            data = stdin.read(int(length))
+            size = int(length)
+            if size < 0:
+                raise ValueError(length)
         except (UnicodeDecodeError, ValueError):
             stdout.write(b"- error malformed request header\n")
             stdout.flush()
             return 2
+        data = stdin.read(size)
+        if len(data) != size:
+            # the channel closed mid-request: append nothing rather than part of a prompt
+            return 0
         try:
             job_id, node_id = records.parse_node_key(key)
             path = os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))

@@ -33,3 +33,12 @@ def test_a_malformed_header_ends_the_writer(tmp_path):
     stdout = io.BytesIO()
     assert inbox_writer.serve(str(tmp_path), io.BytesIO(b"garbage\n"), stdout) == 2
     assert stdout.getvalue().startswith(b"- error")
+
+
+def test_a_request_cut_short_appends_nothing(tmp_path):
+    mailbox_io.ensure_mailbox(str(tmp_path))
+    stdout = io.BytesIO()
+    cut = b"1 42_0 400\n" + b'{"type":"user","injection_id":"a","content":"x'
+    assert inbox_writer.serve(str(tmp_path), io.BytesIO(cut), stdout) == 0
+    assert not (tmp_path / "inbox" / "42_0.jsonl").exists()
+    assert stdout.getvalue() == b""

@@ -108,7 +108,7 @@ def test_commands_and_concurrent_inbox_writes_over_one_connection(slurm_config):
         mode = connection.run(["stat", "-c", "%a", transport.mailbox]).strip()
         assert mode == b"700"
         # The long-lived writer dies: the next write opens a new one and lands.
-        connection.run(["pkill", "-f", "hpc.inbox_writer"])
+        connection.run(["pkill", "-f", f"inbox_writer --mailbox {transport.mailbox}"])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -184,3 +184,53 @@ def test_daemon_runs_a_two_node_slurm_swarm(slurm_config, cluster_codex, model_s
         assert {e["reason"] for e in exited if e["type"] == "node_exited"} == {"sigterm"}
     finally:
         d.close()
+
+
+def test_a_hung_writer_or_slow_command_fails_alone_and_leaks_nothing(slurm_config, tmp_path):
+    data = slurm_config()
+    data["ssh"]["command_timeout_seconds"] = 2
+    config = parse_config(data)
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0)
+    try:
+        transport.prepare()
+        line = b'{"type":"interrupt"}\n'
+        transport.append_inbox("88", 0, [line])
+        writer = transport.writer._channel
+        # A command that outlives its timeout fails by itself: the writer's channel stays.
+        with pytest.raises(BackendError, match="timed out"):
+            connection.run(["sleep", "5"], timeout=1)
+        transport.append_inbox("88", 0, [line])
+        assert transport.writer._channel is writer
+        # A writer that stops answering (a hung filesystem) fails the write within the
+        # timeout; the next write gets a new writer.
+        pattern = f"inbox_writer --mailbox {transport.mailbox}"
+        connection.run(["pkill", "-STOP", "-f", pattern])
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="no answer"):
+            transport.append_inbox("88", 0, [line])
+        assert time.monotonic() - started < 5
+        connection.run(["pkill", "-CONT", "-f", pattern])
+        transport.append_inbox("88", 1, [line])
+        assert transport.writer._channel is not writer
+    finally:
+        transport.close()
+
+
+def test_refused_host_keys_leave_no_connection_behind(slurm_config, tmp_path):
+    data = slurm_config()
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    ssh_config = tmp_path / "ssh_config"
+    original = Path(data["ssh"]["ssh_config"]).read_text()
+    ssh_config.write_text(original.replace(data["ssh"]["known_hosts"], str(empty)))
+    data["ssh"].update(ssh_config=str(ssh_config), known_hosts=str(empty))
+    connection = SSHConnection(parse_config(data).ssh)
+    before = threading.active_count()
+    for _ in range(5):
+        with pytest.raises(BackendError, match="cannot connect"):
+            connection.run(["true"])
+    deadline = time.monotonic() + 10  # paramiko's transport threads end soon after close
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threading.active_count() <= before

@@ -103,3 +103,24 @@ def test_alias_resolves_through_ssh_config_with_proxyjump(tmp_path):
     assert endpoint.proxy_jump == "bastion"
     assert endpoint.identity_files == (str(Path.home() / ".ssh/id_hpc"),)
     assert endpoint.known_hosts == ("/etc/hpc_known_hosts",)
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("bastion", (None, "bastion", None)),
+        ("admin@jump.example.org:2200", ("admin", "jump.example.org", 2200)),
+        ("jump:22", (None, "jump", 22)),
+    ],
+)
+def test_proxy_jump_forms(value, parsed):
+    from codeswarm.backends.ssh import parse_jump
+
+    assert parse_jump(value) == parsed
+
+
+def test_a_chain_of_jumps_is_refused_with_a_reason():
+    from codeswarm.backends.ssh import parse_jump
+
+    with pytest.raises(BackendError, match="several hops"):
+        parse_jump("a,b")

@@ -132,6 +132,11 @@ class NodeCorrelation:
             if entry.stage < STAGES["inject_delivered"]
         ]
 
+    def requeued(self) -> None:
+        """The node's job is queued again (a Slurm requeue): accept injections, held."""
+        if self.state == "exited":
+            self.state = "pending"
+
     def timed_out(self, injection_id: str, seconds: float) -> list[dict]:
         entry = self.open.get(injection_id)
         if entry is None or entry.stage >= STAGES["inject_delivered"]:

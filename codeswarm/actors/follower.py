@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 
 from codeswarm.actors.messages import FollowerDied, FollowerLines
-from codeswarm.backends import BackendError, FollowerStream, Transport
+from codeswarm.backends import FollowerStream, Transport
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 16
@@ -46,7 +46,7 @@ class FollowerActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         try:
             self.stream = self.transport.start_follower(self.start_with)
-        except BackendError as exc:
+        except Exception as exc:  # any failure here must lead to a restart
             self.supervisor.tell(FollowerDied(self.generation, f"cannot start: {exc}"))
             return
         self.thread = threading.Thread(

@@ -71,6 +71,10 @@ class NodeRunning(NamedTuple):
     """The scheduler reports the node running (its node_started may have been read earlier)."""
 
 
+class NodePending(NamedTuple):
+    """The scheduler reports the node's job queued: after a requeue it will run again."""
+
+
 class NodeGone(NamedTuple):
     reason: str
 
@@ -81,6 +85,13 @@ class InjectTimeout(NamedTuple):
 
 class PollJobs(NamedTuple):
     pass
+
+
+class JobStates(NamedTuple):
+    """The scheduler's view of the swarms in ``swarms``: job id -> node id -> state."""
+
+    swarms: list[Any]
+    states: dict[str, dict[int, str]]
 
 
 class SaveCursor(NamedTuple):

@@ -15,6 +15,7 @@ from codeswarm.actors.messages import (
     InjectTimeout,
     InterruptNode,
     NodeGone,
+    NodePending,
     NodeRunning,
     Progress,
     WorkerLines,
@@ -61,6 +62,8 @@ class NodeActor(pykka.ThreadingActor):
             self.emit(self.node.timed_out(message.injection_id, self.inject_timeout))
         elif isinstance(message, NodeRunning):
             self.start_clocks(self.node.started())
+        elif isinstance(message, NodePending):
+            self.node.requeued()
         elif isinstance(message, NodeGone):
             if self.node.state != "exited":
                 self.emit(self.node.gone(message.reason))

@@ -12,6 +12,7 @@ import pykka
 
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.follower import FollowerActor
+from codeswarm.actors.jobs import JobPollerActor, poll
 from codeswarm.actors.messages import (
     CommandReceived,
     Emit,
@@ -21,9 +22,10 @@ from codeswarm.actors.messages import (
     Injection,
     InputClosed,
     InterruptNode,
+    JobStates,
     NodeGone,
+    NodePending,
     NodeRunning,
-    PollJobs,
     Progress,
     SaveCursor,
     StartFollower,
@@ -78,6 +80,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.swarms: dict[str, SwarmRecord] = {}
         self.gone_since: dict[str, float] = {}
         self.follower: Any = None
+        self.poller: Any = None
         self.generation = 0
         self.follower_failures = 0
 
@@ -89,10 +92,14 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.track(swarm)
         if self.follow is not None:
             self.start_follower()
-        self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
+        self.poller = JobPollerActor.start(
+            self.scheduler, self.registry, self.actor_ref, self.timer, self.poll_seconds
+        )
         self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
 
     def on_stop(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
         if self.follower is not None:
             self.follower.stop()
         for ref in self.nodes.values():
@@ -112,9 +119,8 @@ class SupervisorActor(pykka.ThreadingActor):
             self.cursor.advance(message.key, message.offsets, message.last_seq)
         elif isinstance(message, CommandReceived):
             self.command(message.command)
-        elif isinstance(message, PollJobs):
-            self.poll_jobs()
-            self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
+        elif isinstance(message, JobStates):
+            self.apply(message)
         elif isinstance(message, SaveCursor):
             self.cursor.save()
             self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
@@ -201,14 +207,14 @@ class SupervisorActor(pykka.ThreadingActor):
         return True
 
     def poll_jobs(self) -> None:
-        live = [s for s in self.registry.all() if not s.all_exited()]
-        if not live:
-            return
-        try:
-            states = self.scheduler.poll(live)
-        except BackendError as exc:
-            log.warning("cannot poll the scheduler: %s", exc)
-            return
+        """Poll now, on this thread: status and list answer with fresh states."""
+        states = poll(self.scheduler, self.registry)
+        if states is not None:
+            self.apply(states)
+
+    def apply(self, job_states: JobStates) -> None:
+        """Follow the scheduler: nodes that run, that come back (requeue), that are gone."""
+        live, states = job_states
         now = time.monotonic()
         for swarm in live:
             nodes = dict(states.get(swarm.job_id, {}))
@@ -216,8 +222,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 key = records.node_key(swarm.job_id, node_id)
                 if state != "exited":
                     self.gone_since.pop(key, None)
-                    if state == "running":
-                        self.tell_node(key, NodeRunning())
+                    self.tell_node(key, NodeRunning() if state == "running" else NodePending())
                     continue
                 since = self.gone_since.setdefault(key, now)
                 if now - since < self.gone_grace:

@@ -31,7 +31,10 @@ def install_hpc(cluster_dir: Path) -> None:
             data = entry.read_bytes()
             path = target / entry.name
             if not path.exists() or path.read_bytes() != data:
-                path.write_bytes(data)
+                # running workers import these files: rename a new copy over, never rewrite
+                tmp = path.with_name(f".{path.name}.{os.getpid()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
 
 
 class LocalProcess:
@@ -168,7 +171,7 @@ class LocalScheduler:
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         for child in list(self._children.values()):
             if child.poll() is not None:
-                del self._children[child.pid]
+                self._children.pop(child.pid, None)
         return {
             swarm.job_id: {
                 node: pid_state(pid, swarm.job_id) for node, pid in enumerate(swarm.pids)

@@ -7,6 +7,7 @@ script; the shell-outs are three small methods.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import shlex
 from typing import Any
@@ -16,6 +17,8 @@ from codeswarm.backends.ssh import SSHConnection, SSHTransport
 from codeswarm.config import SlurmConfig
 from codeswarm.registry import SwarmRecord
 
+log = logging.getLogger(__name__)
+SBATCH_TIMEOUT = 120.0  # a busy controller can take long to accept a job
 PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 
@@ -139,8 +142,29 @@ class SlurmScheduler:
         self.transport.write_file(
             posixpath.join(cluster_dir, "swarms", swarm_id, "job.sh"), script.encode()
         )
-        out = self.connection.run(sbatch_argv(cluster_dir), stdin=script.encode())
-        return Submitted(parse_job_id(out), [])
+        try:
+            out = self.connection.run(
+                sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+            )
+            return Submitted(parse_job_id(out), [])
+        except BackendError:
+            # sbatch may have submitted before the answer was lost: adopt the job, never leave
+            # one running that no registry knows.
+            job_id = self.find_job(swarm_id)
+            if job_id is None:
+                raise
+            log.warning("sbatch's answer was lost; found the job %s by name", job_id)
+            return Submitted(job_id, [])
+
+    def find_job(self, swarm_id: str) -> str | None:
+        try:
+            out = self.connection.run(
+                ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm_id}", "-o", "%i"]
+            )
+        except BackendError:
+            return None
+        ids = out.decode("utf-8", "replace").split()
+        return ids[0] if ids and ids[0].isdigit() else None
 
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         """One squeue call for all jobs; a job squeue no longer lists has exited."""

@@ -7,6 +7,7 @@ SFTP. Commands are argv lists joined with ``shlex.join``; prompts travel on stdi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -15,7 +16,7 @@ import posixpath
 import shlex
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from codeswarm.hpc import records
 from codeswarm.protocol import errors
 
 log = logging.getLogger(__name__)
+SFTP_ERRORS = (OSError, EOFError, paramiko.SSHException)
 # Login nodes often allow 10 sessions per connection (sshd MaxSessions); stay under it.
 MAX_CHANNELS = 8
 
@@ -64,6 +66,19 @@ def resolve(alias: str, settings: SshConfig) -> Endpoint:
     )
 
 
+def parse_jump(value: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` of a ProxyJump; several hops are refused with a clear error."""
+    if "," in value:
+        raise BackendError(
+            f"ProxyJump {value!r} has several hops; codeswarm follows one. Put the chain in the "
+            "jump host's own ssh_config entry instead.",
+            code=errors.SSH,
+        )
+    user, _, rest = value.rpartition("@")
+    host, _, port = rest.partition(":")
+    return user or None, host, int(port) if port.isdigit() else None
+
+
 class SSHConnection:
     """A reconnecting SSH client; its methods are safe to call from many actor threads."""
 
@@ -77,34 +92,50 @@ class SSHConnection:
         self._lock = threading.Lock()
         self._channels = threading.BoundedSemaphore(MAX_CHANNELS)
 
-    def _open_client(self, endpoint: Endpoint, sock: object | None) -> paramiko.SSHClient:
+    def _open_client(self, endpoint: Endpoint, sock: Any) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        for path in endpoint.known_hosts:
-            if os.path.exists(path):
-                client.load_host_keys(path)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        if sock is None:
-            raw = socket.create_connection(
-                (endpoint.hostname, endpoint.port), self.settings.connect_timeout_seconds
+        try:
+            for path in endpoint.known_hosts:
+                if os.path.exists(path):
+                    client.load_host_keys(path)
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            if sock is None:
+                sock = socket.create_connection(
+                    (endpoint.hostname, endpoint.port), self.settings.connect_timeout_seconds
+                )
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.connect(
+                endpoint.hostname,
+                endpoint.port,
+                username=endpoint.user,
+                key_filename=list(endpoint.identity_files) or None,
+                sock=sock,
+                timeout=self.settings.connect_timeout_seconds,
+                banner_timeout=self.settings.connect_timeout_seconds,
+                auth_timeout=self.settings.connect_timeout_seconds,
+                allow_agent=True,
+                look_for_keys=not endpoint.identity_files,
             )
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = raw
-        client.connect(
-            endpoint.hostname,
-            endpoint.port,
-            username=endpoint.user,
-            key_filename=list(endpoint.identity_files) or None,
-            sock=sock,
-            timeout=self.settings.connect_timeout_seconds,
-            banner_timeout=self.settings.connect_timeout_seconds,
-            auth_timeout=self.settings.connect_timeout_seconds,
-            allow_agent=True,
-            look_for_keys=not endpoint.identity_files,
-        )
+        except BaseException:
+            # A refused host key or login leaves paramiko's transport thread and socket open;
+            # retries would pile up half-open sessions until sshd's MaxStartups drops logins.
+            client.close()
+            if sock is not None:
+                sock.close()
+            raise
         transport = client.get_transport()
         if transport is not None and self.settings.keepalive_seconds:
             transport.set_keepalive(int(self.settings.keepalive_seconds))
         return client
+
+    def _endpoints(self) -> tuple[Endpoint, Endpoint | None]:
+        endpoint = resolve(self.alias, self.settings)
+        if not endpoint.proxy_jump or endpoint.proxy_jump.lower() == "none":
+            return endpoint, None
+        user, host, port = parse_jump(endpoint.proxy_jump)
+        jump = resolve(host, self.settings)
+        jump = replace(jump, user=user or jump.user, port=port or jump.port)
+        return endpoint, jump
 
     def client(self) -> paramiko.SSHClient:
         """The live client, connecting (through ProxyJump if configured) when needed."""
@@ -113,76 +144,96 @@ class SSHConnection:
             if transport is not None and transport.is_active():
                 return self._client
             self.close_locked()
-            endpoint = resolve(self.alias, self.settings)
+            endpoint, jump = self._endpoints()
             try:
                 sock = None
-                if endpoint.proxy_jump:
-                    jump = resolve(endpoint.proxy_jump.split(",")[0], self.settings)
+                if jump is not None:
                     self._jump = self._open_client(jump, None)
                     sock = self._jump.get_transport().open_channel(
                         "direct-tcpip", (endpoint.hostname, endpoint.port), ("127.0.0.1", 0)
                     )
                 self._client = self._open_client(endpoint, sock)
-            except (OSError, paramiko.SSHException) as exc:
+            except (OSError, EOFError, paramiko.SSHException) as exc:
                 self.close_locked()
                 raise BackendError(
                     f"cannot connect to {self.alias} ({endpoint.user}@{endpoint.hostname}:"
-                    f"{endpoint.port}): {exc}. Check that `ssh {self.alias} true` works "
-                    "without a password or prompt (BatchMode), and ssh.ssh_config in the config.",
+                    f"{endpoint.port}): {describe(exc)}. Check that `ssh {self.alias} true` "
+                    "works without a password or prompt (BatchMode), and ssh.ssh_config.",
                     code=errors.SSH,
                 ) from exc
             log.info("connected to %s", self.alias)
             return self._client
 
+    def _failed(self, client: paramiko.SSHClient | None) -> None:
+        """After an error on ``client``: drop it if its connection is dead, and only then."""
+        with self._lock:
+            if client is None or client is not self._client:
+                return
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                self.close_locked()
+
     def run(self, argv: list[str], stdin: bytes = b"", timeout: float | None = None) -> bytes:
-        """Run ``argv`` on the login node; its stdout, or BackendError with its stderr."""
+        """Run ``argv`` on the login node; its stdout, or BackendError with its stderr.
+
+        A timeout closes this command's channel only (the command itself may go on running);
+        the connection is dropped only if it is dead.
+        """
         command = shlex.join(argv)
         timeout = timeout or self.settings.command_timeout_seconds
+        client = None
         with self._channels:
             try:
-                channel = self.client().get_transport().open_session(timeout=timeout)
-                channel.settimeout(timeout)
-                channel.exec_command(command)
-                if stdin:
-                    channel.sendall(stdin)
-                channel.shutdown_write()
-                out = channel.makefile("rb").read()
-                err = channel.makefile_stderr("rb").read()
-                status = channel.recv_exit_status()
-                channel.close()
+                client = self.client()
+                channel = client.get_transport().open_session(timeout=timeout)
+                try:
+                    channel.settimeout(timeout)
+                    channel.exec_command(command)
+                    stderr: list[bytes] = []
+                    drain = threading.Thread(target=_drain, args=(channel, stderr), daemon=True)
+                    drain.start()
+                    if stdin:
+                        channel.sendall(stdin)
+                    channel.shutdown_write()
+                    out = channel.makefile("rb").read()
+                    drain.join(timeout)
+                    status = channel.recv_exit_status()
+                finally:
+                    channel.close()
             except (OSError, EOFError, paramiko.SSHException) as exc:
-                self.reset()
-                raise BackendError(f"ssh {self.alias}: {exc}", code=errors.SSH) from exc
+                self._failed(client)
+                raise BackendError(
+                    f"`{command}` on {self.alias}: {describe(exc)}", code=errors.SSH
+                ) from exc
         if status != 0:
-            stderr = err.decode("utf-8", "replace").strip()
+            text = b"".join(stderr).decode("utf-8", "replace").strip()
             raise BackendError(
-                f"`{command}` on {self.alias} exited {status}: {stderr[-500:]}",
-                stderr=stderr,
+                f"`{command}` on {self.alias} exited {status}: {text[-500:]}",
+                stderr=text,
                 code=errors.SSH,
             )
         return out
 
     def stream(self, argv: list[str]) -> paramiko.Channel:
-        """A long-lived command (the follower) on its own channel."""
+        """A long-lived command (the follower, the inbox writer) on its own channel."""
+        client = None
         try:
-            channel = self.client().get_transport().open_session()
+            client = self.client()
+            channel = client.get_transport().open_session()
             channel.exec_command(shlex.join(argv))
-        except (OSError, paramiko.SSHException) as exc:
-            self.reset()
-            raise BackendError(f"ssh {self.alias}: {exc}", code=errors.SSH) from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._failed(client)
+            raise BackendError(f"ssh {self.alias}: {describe(exc)}", code=errors.SSH) from exc
         return channel
 
     def sftp(self) -> paramiko.SFTPClient:
+        client = None
         try:
-            return self.client().open_sftp()
-        except (OSError, paramiko.SSHException) as exc:
-            self.reset()
-            raise BackendError(f"sftp {self.alias}: {exc}", code=errors.SSH) from exc
-
-    def reset(self) -> None:
-        """Drop the connection; the next call reconnects."""
-        with self._lock:
-            self.close_locked()
+            client = self.client()
+            return client.open_sftp()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._failed(client)
+            raise BackendError(f"sftp {self.alias}: {describe(exc)}", code=errors.SSH) from exc
 
     def close_locked(self) -> None:
         for client in (self._client, self._jump):
@@ -191,7 +242,21 @@ class SSHConnection:
         self._client = self._jump = None
 
     def close(self) -> None:
-        self.reset()
+        with self._lock:
+            self.close_locked()
+
+
+def _drain(channel: paramiko.Channel, into: list[bytes]) -> None:
+    """Read a command's stderr while its stdout is read, so neither pipe fills up."""
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        into.append(channel.makefile_stderr("rb").read())
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a reason a person can act on (timeouts have empty messages)."""
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 class ChannelStream:
@@ -210,8 +275,11 @@ class ChannelStream:
 class InboxWriter:
     """One ``hpc.inbox_writer`` on its own channel, shared by every NodeActor's writes.
 
-    A write is a framed request answered with ``ok`` once the lines are in the inbox; a
-    channel that breaks fails its waiting writes with ``ssh`` and is reopened on the next one.
+    A write is a framed request answered with ``ok`` once the lines are in the inbox. A write
+    that cannot be sent or is not answered within the timeout (a hung filesystem under the
+    writer) fails with ``ssh``, and so does every write waiting on that channel; the channel is
+    closed and the next write opens a new one. Such a failure means "not confirmed": the lines
+    may have landed.
     """
 
     def __init__(self, connection: SSHConnection, argv: list[str], timeout: float) -> None:
@@ -219,6 +287,7 @@ class InboxWriter:
         self.argv = argv
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._channel: paramiko.Channel | None = None
         self._waiting: dict[str, tuple[paramiko.Channel, list[Any]]] = {}
         self._ids = itertools.count()
@@ -230,17 +299,15 @@ class InboxWriter:
         with self._lock:
             channel = self._open()
             self._waiting[request_id] = (channel, slot)
-            try:
-                channel.sendall(
-                    b"%s %s %d\n%s" % (request_id.encode(), key.encode(), len(data), data)
-                )
-            except (OSError, paramiko.SSHException) as exc:
-                self._waiting.pop(request_id, None)
-                self._broken(channel)
-                raise BackendError(f"inbox write to {key}: {exc}", code=errors.SSH) from exc
+        frame = b"%s %s %d\n%s" % (request_id.encode(), key.encode(), len(data), data)
+        try:
+            with self._send_lock:
+                channel.sendall(frame)
+        except (OSError, paramiko.SSHException) as exc:
+            self._broken(channel)
+            raise BackendError(f"inbox write to {key}: {describe(exc)}", code=errors.SSH) from exc
         if not done.wait(self.timeout):
-            with self._lock:
-                self._waiting.pop(request_id, None)
+            self._broken(channel)
             raise BackendError(
                 f"inbox write to {key}: no answer from {self.connection.alias} in "
                 f"{self.timeout:g} s",
@@ -250,8 +317,10 @@ class InboxWriter:
             raise BackendError(f"inbox write to {key}: {slot[1]}", stderr=slot[1], code=errors.SSH)
 
     def _open(self) -> paramiko.Channel:
+        """The live channel, opened when needed (called with the lock held)."""
         if self._channel is None or self._channel.closed:
             channel = self.connection.stream(self.argv)
+            channel.settimeout(self.timeout)
             self._channel = channel
             threading.Thread(
                 target=self._answers, args=(channel,), name="inbox-writer", daemon=True
@@ -259,33 +328,48 @@ class InboxWriter:
         return self._channel
 
     def _answers(self, channel: paramiko.Channel) -> None:
-        for raw in channel.makefile("rb"):
-            request_id, _, rest = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
-            status, _, message = rest.partition(" ")
-            with self._lock:
-                waiting = self._waiting.pop(request_id, None)
-            if waiting is not None:
-                _, slot = waiting
-                slot[1] = None if status == "ok" else message or status
-                slot[0].set()
-        with self._lock:
-            self._broken(channel)
+        buffer = b""
+        while True:
+            try:
+                chunk = channel.recv(65536)
+            except TimeoutError:
+                if channel.closed:
+                    break
+                continue
+            except (OSError, EOFError, paramiko.SSHException):
+                break
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                request_id, _, rest = raw.decode("utf-8", "replace").partition(" ")
+                status, _, message = rest.partition(" ")
+                with self._lock:
+                    waiting = self._waiting.pop(request_id, None)
+                if waiting is not None:
+                    _, slot = waiting
+                    slot[1] = None if status == "ok" else message or status
+                    slot[0].set()
+        self._broken(channel)
 
     def _broken(self, channel: paramiko.Channel) -> None:
-        """Fail every write waiting on ``channel`` (called with the lock held)."""
+        """Close ``channel`` and fail every write still waiting on it."""
         channel.close()
-        if self._channel is channel:
-            self._channel = None
-        for request_id, (owner, slot) in list(self._waiting.items()):
-            if owner is channel:
-                del self._waiting[request_id]
-                slot[1] = "the inbox writer's channel closed"
-                slot[0].set()
+        with self._lock:
+            if self._channel is channel:
+                self._channel = None
+            for request_id, (owner, slot) in list(self._waiting.items()):
+                if owner is channel:
+                    del self._waiting[request_id]
+                    slot[1] = "the inbox writer's channel closed before answering"
+                    slot[0].set()
 
     def close(self) -> None:
         with self._lock:
-            if self._channel is not None:
-                self._broken(self._channel)
+            channel = self._channel
+        if channel is not None:
+            self._broken(channel)
 
 
 class SSHTransport:
@@ -312,7 +396,11 @@ class SSHTransport:
         )
 
     def prepare(self) -> None:
-        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700)."""
+        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700).
+
+        Running jobs import these files from the shared filesystem, so a changed file is
+        written beside its target and renamed over it, and an unchanged one is left alone.
+        """
         sftp = self.connection.sftp()
         try:
             for path in [self.cluster_dir, *self._dirs()]:
@@ -320,13 +408,12 @@ class SSHTransport:
             for entry in resources.files("codeswarm.hpc").iterdir():
                 if entry.name.endswith(".py"):
                     target = posixpath.join(self.cluster_dir, "hpc", entry.name)
-                    with sftp.open(target, "wb") as f:
-                        f.write(entry.read_bytes())
-                    sftp.chmod(target, 0o600)
-        except OSError as exc:
+                    _replace(sftp, target, entry.read_bytes())
+        except SFTP_ERRORS as exc:
             raise BackendError(
-                f"cannot prepare {self.cluster_dir} on {self.connection.alias}: {exc}. "
-                "Check cluster.workspace_root: it must exist and be writable by you.",
+                f"cannot prepare {self.cluster_dir} on {self.connection.alias}: "
+                f"{describe(exc)}. Check cluster.workspace_root: it must exist and be "
+                "writable by you.",
                 code=errors.SSH,
             ) from exc
         finally:
@@ -350,7 +437,11 @@ class SSHTransport:
             *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         )
         channel = self.connection.stream(argv)
-        channel.sendall(json.dumps(start).encode() + b"\n")
+        try:
+            channel.sendall(json.dumps(start).encode() + b"\n")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            channel.close()
+            raise BackendError(f"starting the follower: {describe(exc)}", code=errors.SSH) from exc
         return ChannelStream(channel)
 
     def close(self) -> None:
@@ -362,11 +453,9 @@ class SSHTransport:
         sftp = self.connection.sftp()
         try:
             _mkdir(sftp, posixpath.dirname(path))
-            with sftp.open(path, "wb") as f:
-                f.write(data)
-            sftp.chmod(path, 0o600)
-        except OSError as exc:
-            raise BackendError(f"cannot write {path}: {exc}", code=errors.SSH) from exc
+            _replace(sftp, path, data)
+        except SFTP_ERRORS as exc:
+            raise BackendError(f"cannot write {path}: {describe(exc)}", code=errors.SSH) from exc
         finally:
             sftp.close()
 
@@ -376,3 +465,18 @@ def _mkdir(sftp: paramiko.SFTPClient, path: str) -> None:
         sftp.stat(path)
     except FileNotFoundError:
         sftp.mkdir(path, 0o700)
+
+
+def _replace(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:
+    """Put ``data`` at ``path`` (0600) by rename, unless it is there already."""
+    try:
+        with sftp.open(path, "rb") as f:
+            if f.read() == data:
+                return
+    except FileNotFoundError:
+        pass
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with sftp.open(tmp, "wb") as f:
+        f.write(data)
+    sftp.chmod(tmp, 0o600)
+    sftp.posix_rename(tmp, path)
