@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from codeswarm.backends.ssh import SSHConnection, SSHTransport  # noqa: E402
+from codeswarm.backends.ssh import SSHConnection  # noqa: E402
+from codeswarm.backends.ssh_transport import SSHTransport  # noqa: E402
 from codeswarm.config import parse_config  # noqa: E402
 from codeswarm.hpc import records  # noqa: E402
 

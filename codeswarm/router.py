@@ -45,7 +45,8 @@ def build_backend(config: Config) -> tuple[Any, Any, float]:
     poll, idle = config.router.follower_poll_seconds, config.router.follower_idle_poll_seconds
     if config.backend == "slurm":
         from codeswarm.backends.slurm import SlurmScheduler
-        from codeswarm.backends.ssh import SSHConnection, SSHTransport
+        from codeswarm.backends.ssh import SSHConnection
+        from codeswarm.backends.ssh_transport import SSHTransport
 
         connection = SSHConnection(config.ssh)
         transport = SSHTransport(connection, cluster_dir, config.cluster.python, poll, idle)

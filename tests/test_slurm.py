@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from codeswarm.backends import BackendError
-from codeswarm.backends.ssh import SSHConnection, SSHTransport
+from codeswarm.backends.ssh import SSHConnection
+from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import parse_config
 from tests.support.daemon import Daemon
 from tests.support.worker import agent_settings

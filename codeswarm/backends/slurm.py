@@ -13,7 +13,8 @@ import shlex
 from typing import Any
 
 from codeswarm.backends import BackendError, Submitted
-from codeswarm.backends.ssh import SSHConnection, SSHTransport
+from codeswarm.backends.ssh import SSHConnection
+from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import SlurmConfig
 from codeswarm.registry import SwarmRecord
 

@@ -1,31 +1,26 @@
 """One paramiko connection to the login node, resolved through the user's ~/.ssh/config.
 
-Everything the router does on the cluster crosses this one connection: commands (sbatch,
-squeue, inbox writes) as exec channels, the follower as one long-lived channel, files over
-SFTP. Commands are argv lists joined with ``shlex.join``; prompts travel on stdin only.
+Everything the router does on the cluster crosses this one connection. Commands are argv
+lists joined with ``shlex.join``; prompts travel on stdin only. ``ssh_transport`` builds the
+mailbox operations on top of it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import logging
 import os
-import posixpath
 import shlex
 import socket
 import threading
 from dataclasses import dataclass, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
-from codeswarm.backends import BackendError, follower_args
+from codeswarm.backends import BackendError
 from codeswarm.config import SshConfig
-from codeswarm.hpc import records
 from codeswarm.protocol import errors
 
 log = logging.getLogger(__name__)
@@ -257,226 +252,3 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
     return str(exc) or type(exc).__name__
-
-
-class ChannelStream:
-    """The follower's channel as a FollowerStream."""
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self.channel = channel
-
-    def read(self, size: int) -> bytes:
-        return self.channel.recv(size)
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class InboxWriter:
-    """One ``hpc.inbox_writer`` on its own channel, shared by every NodeActor's writes.
-
-    A write is a framed request answered with ``ok`` once the lines are in the inbox. A write
-    that cannot be sent or is not answered within the timeout (a hung filesystem under the
-    writer) fails with ``ssh``, and so does every write waiting on that channel; the channel is
-    closed and the next write opens a new one. Such a failure means "not confirmed": the lines
-    may have landed.
-    """
-
-    def __init__(self, connection: SSHConnection, argv: list[str], timeout: float) -> None:
-        self.connection = connection
-        self.argv = argv
-        self.timeout = timeout
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._channel: paramiko.Channel | None = None
-        self._waiting: dict[str, tuple[paramiko.Channel, list[Any]]] = {}
-        self._ids = itertools.count()
-
-    def append(self, key: str, data: bytes) -> None:
-        request_id = str(next(self._ids))
-        done = threading.Event()
-        slot: list[Any] = [done, None]
-        with self._lock:
-            channel = self._open()
-            self._waiting[request_id] = (channel, slot)
-        frame = b"%s %s %d\n%s" % (request_id.encode(), key.encode(), len(data), data)
-        try:
-            with self._send_lock:
-                channel.sendall(frame)
-        except (OSError, paramiko.SSHException) as exc:
-            self._broken(channel)
-            raise BackendError(f"inbox write to {key}: {describe(exc)}", code=errors.SSH) from exc
-        if not done.wait(self.timeout):
-            self._broken(channel)
-            raise BackendError(
-                f"inbox write to {key}: no answer from {self.connection.alias} in "
-                f"{self.timeout:g} s",
-                code=errors.SSH,
-            )
-        if slot[1] is not None:
-            raise BackendError(f"inbox write to {key}: {slot[1]}", stderr=slot[1], code=errors.SSH)
-
-    def _open(self) -> paramiko.Channel:
-        """The live channel, opened when needed (called with the lock held)."""
-        if self._channel is None or self._channel.closed:
-            channel = self.connection.stream(self.argv)
-            channel.settimeout(self.timeout)
-            self._channel = channel
-            threading.Thread(
-                target=self._answers, args=(channel,), name="inbox-writer", daemon=True
-            ).start()
-        return self._channel
-
-    def _answers(self, channel: paramiko.Channel) -> None:
-        buffer = b""
-        while True:
-            try:
-                chunk = channel.recv(65536)
-            except TimeoutError:
-                if channel.closed:
-                    break
-                continue
-            except (OSError, EOFError, paramiko.SSHException):
-                break
-            if not chunk:
-                break
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                request_id, _, rest = raw.decode("utf-8", "replace").partition(" ")
-                status, _, message = rest.partition(" ")
-                with self._lock:
-                    waiting = self._waiting.pop(request_id, None)
-                if waiting is not None:
-                    _, slot = waiting
-                    slot[1] = None if status == "ok" else message or status
-                    slot[0].set()
-        self._broken(channel)
-
-    def _broken(self, channel: paramiko.Channel) -> None:
-        """Close ``channel`` and fail every write still waiting on it."""
-        channel.close()
-        with self._lock:
-            if self._channel is channel:
-                self._channel = None
-            for request_id, (owner, slot) in list(self._waiting.items()):
-                if owner is channel:
-                    del self._waiting[request_id]
-                    slot[1] = "the inbox writer's channel closed before answering"
-                    slot[0].set()
-
-    def close(self) -> None:
-        with self._lock:
-            channel = self._channel
-        if channel is not None:
-            self._broken(channel)
-
-
-class SSHTransport:
-    """The cluster side of the mailbox, reached through one SSHConnection."""
-
-    def __init__(
-        self,
-        connection: SSHConnection,
-        cluster_dir: str,
-        python: str,
-        poll_seconds: float,
-        idle_poll_seconds: float,
-    ) -> None:
-        self.connection = connection
-        self.cluster_dir = cluster_dir
-        self.mailbox = posixpath.join(cluster_dir, "mailbox")
-        self.python = python
-        self.poll_seconds = poll_seconds
-        self.idle_poll_seconds = idle_poll_seconds
-        self.writer = InboxWriter(
-            connection,
-            self.hpc_command("inbox_writer", "--mailbox", self.mailbox),
-            connection.settings.command_timeout_seconds,
-        )
-
-    def prepare(self) -> None:
-        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700).
-
-        Running jobs import these files from the shared filesystem, so a changed file is
-        written beside its target and renamed over it, and an unchanged one is left alone.
-        """
-        sftp = self.connection.sftp()
-        try:
-            for path in [self.cluster_dir, *self._dirs()]:
-                _mkdir(sftp, path)
-            for entry in resources.files("codeswarm.hpc").iterdir():
-                if entry.name.endswith(".py"):
-                    target = posixpath.join(self.cluster_dir, "hpc", entry.name)
-                    _replace(sftp, target, entry.read_bytes())
-        except SFTP_ERRORS as exc:
-            raise BackendError(
-                f"cannot prepare {self.cluster_dir} on {self.connection.alias}: "
-                f"{describe(exc)}. Check cluster.workspace_root: it must exist and be "
-                "writable by you.",
-                code=errors.SSH,
-            ) from exc
-        finally:
-            sftp.close()
-
-    def _dirs(self) -> list[str]:
-        names = ["hpc", "logs", "swarms", "mailbox"]
-        names += [posixpath.join("mailbox", d) for d in records.MAILBOX_DIRS]
-        return [posixpath.join(self.cluster_dir, name) for name in names]
-
-    def hpc_command(self, module: str, *args: str) -> list[str]:
-        """argv that runs ``python3 -m hpc.<module>`` from the copy in the cluster directory."""
-        return ["env", f"PYTHONPATH={self.cluster_dir}", self.python, "-m", f"hpc.{module}", *args]
-
-    def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
-        self.writer.append(records.node_key(job_id, node_id), b"".join(lines))
-
-    def start_follower(self, start: dict[str, Any]) -> ChannelStream:
-        argv = self.hpc_command(
-            "outbox_follower",
-            *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
-        )
-        channel = self.connection.stream(argv)
-        try:
-            channel.sendall(json.dumps(start).encode() + b"\n")
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            channel.close()
-            raise BackendError(f"starting the follower: {describe(exc)}", code=errors.SSH) from exc
-        return ChannelStream(channel)
-
-    def close(self) -> None:
-        self.writer.close()
-        self.connection.close()
-
-    def write_file(self, path: str, data: bytes) -> None:
-        """Write a private file on the cluster (0600), e.g. a swarm's worker settings."""
-        sftp = self.connection.sftp()
-        try:
-            _mkdir(sftp, posixpath.dirname(path))
-            _replace(sftp, path, data)
-        except SFTP_ERRORS as exc:
-            raise BackendError(f"cannot write {path}: {describe(exc)}", code=errors.SSH) from exc
-        finally:
-            sftp.close()
-
-
-def _mkdir(sftp: paramiko.SFTPClient, path: str) -> None:
-    try:
-        sftp.stat(path)
-    except FileNotFoundError:
-        sftp.mkdir(path, 0o700)
-
-
-def _replace(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:
-    """Put ``data`` at ``path`` (0600) by rename, unless it is there already."""
-    try:
-        with sftp.open(path, "rb") as f:
-            if f.read() == data:
-                return
-    except FileNotFoundError:
-        pass
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with sftp.open(tmp, "wb") as f:
-        f.write(data)
-    sftp.chmod(tmp, 0o600)
-    sftp.posix_rename(tmp, path)
