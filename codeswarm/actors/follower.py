@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -84,5 +85,8 @@ class FollowerActor(pykka.ThreadingActor):
                         log.warning("follower: %s", record[2:].decode("utf-8", "replace"))
         except OSError as exc:
             reason = f"reading the follower failed: {exc}"
+        except pykka.ActorDeadError:
+            return  # the router is shutting down; nobody wants these lines any more
         if not self.stopping.is_set():
-            self.supervisor.tell(FollowerDied(self.generation, reason))
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.supervisor.tell(FollowerDied(self.generation, reason))

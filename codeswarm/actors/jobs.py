@@ -6,6 +6,7 @@ here and only its result reaches the supervisor, as a message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -54,5 +55,6 @@ class JobPollerActor(pykka.ThreadingActor):
         if isinstance(message, PollJobs):
             states = poll(self.scheduler, self.registry)
             if states is not None:
-                self.supervisor.tell(states)
+                with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+                    self.supervisor.tell(states)
             self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -93,7 +94,8 @@ class NodeActor(pykka.ThreadingActor):
                     if handle is not None:
                         handle.cancel()
         self.emit(events)
-        self.supervisor.tell(Progress(self.key, offsets, self.node.last_seq))
+        with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+            self.supervisor.tell(Progress(self.key, offsets, self.node.last_seq))
 
     def start_clocks(self, injection_ids: list[str]) -> None:
         """The worker must read each of these within inject_timeout seconds from now."""

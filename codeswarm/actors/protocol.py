@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -95,6 +96,10 @@ class ProtocolActor(pykka.ThreadingActor):
             self.thread.join(timeout=5)
 
     def read(self, supervisor: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the router stopped: stop reading
+            self.forward(supervisor)
+
+    def forward(self, supervisor: Any) -> None:
         reader = LineReader(self.input.fileno(), self.stopping)
         for line in reader.lines():
             if line is None:
