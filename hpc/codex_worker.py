@@ -19,8 +19,7 @@ import sys
 import time
 
 from . import codex_protocol, records
-from .app_server import AppServer
-from .codex_home import codex_environment, prepare_codex_home
+from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
     OutboxWriter,
@@ -49,7 +48,6 @@ WORKER_DEFAULTS = {
     "codex_restart_max": 5,
 }
 HANDLED_KEPT = 1000
-WORKER_VERSION = "0.1"
 EXIT_INTERRUPT_GRACE = 3.0
 
 
@@ -68,9 +66,6 @@ class Worker:
         self.mailbox = mailbox
         self.job_id = records.check_id(job_id, "job_id")
         self.node_id = records.check_node_id(node_id)
-        self.workspace = workspace
-        self.codex_home = codex_home
-        self.agent = agent
         self.settings = settings
         key = records.node_key(job_id, node_id)
         ensure_mailbox(mailbox)
@@ -82,14 +77,18 @@ class Worker:
             self.state["inbox_offset"],
         )
         self.outbox_path = os.path.join(mailbox, records.OUTBOX_DIR, key + records.RECORD_SUFFIX)
-        self.codex_log = os.path.join(mailbox, records.LOG_DIR, key + ".codex.log")
         self.events = queue.SimpleQueue()
         self.queue = collections.deque()  # (line start offset, injection_id, content)
         self.turn = None
-        self.codex = None
-        self.generation = 0
-        self.ready = False
-        self.pending = {}
+        self.codex = CodexSession(
+            agent,
+            codex_home,
+            workspace,
+            os.path.join(mailbox, records.LOG_DIR, key + ".codex.log"),
+            self.events,
+            report=self.agent_error,
+            on_thread=self.thread_open,
+        )
         self.usage_total = None
         self.failures = 0
         self.restart_at = None
@@ -159,7 +158,7 @@ class Worker:
         self.state["inbox_offset"] = self.inbox.offset
         self.save_state()
         if self.turn is not None:
-            if self.ready:
+            if self.codex.ready:
                 self.interrupt()
             else:
                 self.exit_deadline = time.monotonic()
@@ -167,10 +166,7 @@ class Worker:
     def finish(self):
         self.state["in_flight"] = None
         self.save_state()
-        if self.codex is not None:
-            self.generation += 1
-            self.codex.stop()
-            self.codex = None
+        self.codex.stop()
         self.emit("node_exited", reason=self.stop_reason)
         self.outbox.close()
         target = archive_outbox(self.mailbox, self.job_id, self.node_id)
@@ -217,19 +213,14 @@ class Worker:
         return delay
 
     def handle(self, item):
-        kind, generation, payload = item
-        if generation != self.generation:
+        routed = self.codex.handle(item)
+        if routed is None:
             return
+        kind, payload = routed
         if kind == "exit":
             self.codex_exited(payload)
-        elif "method" in payload and "id" in payload:
-            self.answer_request(payload)
-        elif "method" in payload:
-            self.notification(payload["method"], payload.get("params") or {})
         else:
-            callback = self.pending.pop(payload.get("id"), None)
-            if callback is not None:
-                callback(payload.get("result"), payload.get("error"))
+            self.notification(*payload)
 
     # ---- inbox ------------------------------------------------------------------------------
 
@@ -282,89 +273,19 @@ class Worker:
     # ---- codex ------------------------------------------------------------------------------
 
     def start_codex(self):
-        self.generation += 1
-        generation = self.generation
-        self.ready = False
-        self.pending = {}
         self.usage_total = None
-        argv = [self.agent["codex_path"], "app-server"]
-        try:
-            prepare_codex_home(self.codex_home, self.agent)
-            env = codex_environment(self.agent, os.environ)
-            env["CODEX_HOME"] = self.codex_home
-            self.codex = AppServer(
-                argv,
-                env,
-                self.workspace,
-                self.codex_log,
-                on_message=lambda m: self.events.put(("message", generation, m)),
-                on_exit=lambda code: self.events.put(("exit", generation, code)),
-            )
-        except OSError as exc:
-            self.codex = None
-            self.emit(
-                "error",
-                error=records.ERROR_AGENT,
-                message="cannot start %s: %s" % (" ".join(argv), exc),
-            )
-            self.events.put(("exit", generation, None))
-            return
-        log.info("codex app-server started, pid %d", self.codex.pid)
-        self.call("initialize", codex_protocol.initialize_params(WORKER_VERSION), self.initialized)
+        self.codex.start(self.state["thread_id"])
 
-    def call(self, method, params, callback):
-        self.pending[self.codex.request(method, params)] = callback
-
-    def thread_params(self):
-        return {
-            "cwd": os.path.abspath(self.workspace),
-            "approvalPolicy": self.agent["approval_policy"],
-            "sandbox": self.agent["sandbox"],
-        }
-
-    def initialized(self, result, error):
-        if error:
-            self.agent_error("initialize failed: %s" % error.get("message"))
-            return
-        self.codex.notify("initialized")
-        thread_id = self.state["thread_id"]
-        if thread_id:
-            params = dict(self.thread_params(), threadId=thread_id)
-            self.call("thread/resume", params, self.thread_opened)
-        else:
-            self.call("thread/start", self.thread_params(), self.thread_opened)
-
-    def thread_opened(self, result, error):
-        if error:
-            if self.state["thread_id"]:
-                self.emit(
-                    "error",
-                    error=records.ERROR_AGENT,
-                    message="could not resume thread %s (%s); starting a new one"
-                    % (self.state["thread_id"], error.get("message")),
-                )
-                self.state["thread_id"] = None
-                self.call("thread/start", self.thread_params(), self.thread_opened)
-            else:
-                self.agent_error("thread/start failed: %s" % error.get("message"))
-            return
-        self.state["thread_id"] = result["thread"]["id"]
+    def thread_open(self, thread_id):
+        self.state["thread_id"] = thread_id
         self.save_state()
-        self.ready = True
-        log.info("thread %s ready", self.state["thread_id"])
 
-    def agent_error(self, message):
-        self.emit("error", error=records.ERROR_AGENT, message=message)
-        if self.codex is not None:
-            self.codex.kill()
+    def agent_error(self, message, stderr=None):
+        fields = {"stderr": stderr} if stderr else {}
+        self.emit("error", error=records.ERROR_AGENT, message=message, **fields)
 
     def codex_exited(self, code):
-        tail = self.codex.stderr_tail() if self.codex is not None else ""
-        if self.codex is not None:
-            self.codex.stop(timeout=1.0)
-        self.codex = None
-        self.ready = False
-        self.pending = {}
+        tail = self.codex.exited()
         if self.turn is not None:
             self.fail(
                 self.turn.injection_id,
@@ -379,40 +300,18 @@ class Worker:
             return
         self.failures += 1
         if self.failures > self.settings["codex_restart_max"]:
-            self.emit(
-                "error",
-                error=records.ERROR_AGENT,
-                message="codex failed %d times in a row; giving up" % self.failures,
-                stderr=tail,
-            )
+            self.agent_error("codex failed %d times in a row; giving up" % self.failures, tail)
             self.request_stop("agent_unavailable")
             return
         delay = self.settings["codex_restart_backoff_seconds"] * 2 ** (self.failures - 1)
         log.warning("codex exited (code %s); restarting in %.1fs", code, delay)
-        self.emit(
-            "error",
-            error=records.ERROR_AGENT,
-            message="codex exited (code %s); restarting in %.1fs" % (code, delay),
-            stderr=tail,
-        )
+        self.agent_error("codex exited (code %s); restarting in %.1fs" % (code, delay), tail)
         self.restart_at = time.monotonic() + delay
-
-    def answer_request(self, message):
-        result = codex_protocol.answer_for(message["method"], self.agent["approval_decision"])
-        if result is None:
-            self.codex.respond_error(
-                message["id"],
-                codex_protocol.METHOD_NOT_FOUND,
-                "codeswarm worker does not handle %s" % message["method"],
-            )
-            return
-        log.info("answered %s with %s", message["method"], result)
-        self.codex.respond(message["id"], result)
 
     # ---- turns ------------------------------------------------------------------------------
 
     def start_next_turn(self):
-        if not self.ready or self.turn is not None or not self.queue or self.stop_reason:
+        if not self.codex.ready or self.turn is not None or not self.queue or self.stop_reason:
             return
         _, injection_id, content = self.queue.popleft()
         self.turn = Turn(injection_id, self.usage_total)
@@ -421,7 +320,7 @@ class Worker:
         self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
         self.save_state()
         params = {"threadId": self.state["thread_id"], "input": [{"type": "text", "text": content}]}
-        self.call("turn/start", params, self.turn_accepted)
+        self.codex.call("turn/start", params, self.turn_accepted)
 
     def turn_accepted(self, result, error):
         if self.turn is None:
@@ -442,12 +341,12 @@ class Worker:
     def interrupt(self):
         if self.turn is None:
             return
-        if self.turn.turn_id is None or not self.ready:
+        if self.turn.turn_id is None or not self.codex.ready:
             self.turn.interrupt_wanted = True
             return
         self.turn.interrupt_wanted = False
         params = {"threadId": self.state["thread_id"], "turnId": self.turn.turn_id}
-        self.call("turn/interrupt", params, lambda result, error: None)
+        self.codex.call("turn/interrupt", params, lambda result, error: None)
 
     def notification(self, method, params):
         if method == "thread/tokenUsage/updated":
