@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import pykka
 
 from codeswarm import __version__
-from codeswarm.actors.messages import Attach, Emit
+from codeswarm.actors.messages import Attach, Emit, Started
 from codeswarm.actors.protocol import ProtocolActor
 from codeswarm.actors.supervisor import SupervisorActor
 from codeswarm.backends.local import LocalScheduler, LocalTransport
@@ -27,6 +27,7 @@ from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
 LOCAL_POLL_SECONDS = 1.0
+STARTUP_SECONDS = 60.0
 SLURM_POLL_SECONDS = 5.0  # one squeue a poll for every job; kind to the controller
 
 
@@ -107,6 +108,11 @@ class Router:
             # had time to deliver the worker's own last events; a CLI call waits for nothing.
             gone_grace=0.0 if follow is None else 2 * config.router.follower_idle_poll_seconds + 1,
         )
+        try:
+            self.supervisor.ask(Started(), timeout=STARTUP_SECONDS)
+        except Exception:
+            self.stop()
+            raise
 
     def tell(self, message: Any) -> None:
         self.supervisor.tell(message)

@@ -8,6 +8,7 @@ Signal handlers only set a flag.
 
 import argparse
 import collections
+import faulthandler
 import glob
 import json
 import logging
@@ -466,6 +467,7 @@ def main(argv=None):
     # A SIGTERM (scancel right after launch) may come before the worker exists: note it, so
     # the worker still writes node_exited and archives instead of dying silently.
     early_signals = []
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the job's output
     signal.signal(signal.SIGTERM, lambda signum, frame: early_signals.append("sigterm"))
     signal.signal(signal.SIGINT, lambda signum, frame: early_signals.append("sigint"))
     args = parse_args(argv)

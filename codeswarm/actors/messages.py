@@ -17,6 +17,10 @@ class Attach(NamedTuple):
     supervisor: Any
 
 
+class Started(NamedTuple):
+    """Asked once after start: answered when on_start has run (or raises if it failed)."""
+
+
 class InputClosed(NamedTuple):
     """The protocol input reached EOF: the daemon's cue to stop."""
 

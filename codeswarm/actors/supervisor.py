@@ -28,6 +28,7 @@ from codeswarm.actors.messages import (
     NodeRunning,
     Progress,
     SaveCursor,
+    Started,
     StartFollower,
     WorkerLines,
 )
@@ -112,7 +113,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self.on_stop()
         self.stop_requested.set()
 
-    def on_receive(self, message: Any) -> None:
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Started):
+            return True
         if isinstance(message, FollowerLines):
             self.route(message)
         elif isinstance(message, Progress):

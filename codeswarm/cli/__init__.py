@@ -6,6 +6,7 @@ the same swarms; only ``daemon`` and ``attach`` follow the workers' event stream
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import signal
@@ -108,6 +109,8 @@ def daemon(config_path: str | None, debug: bool) -> None:
     setup_logging(debug)
     logging.getLogger().setLevel(logging.DEBUG if debug else logging.INFO)
     config = load(config_path)
+    # `kill -USR1 <pid>` prints every thread's stack on stderr: for a daemon that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
