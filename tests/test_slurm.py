@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from codeswarm.backends import BackendError
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import parse_config
+from codeswarm.model_server import last_user_text
 from tests.support.daemon import Daemon
 from tests.support.worker import agent_settings
 
@@ -235,3 +237,68 @@ def test_refused_host_keys_leave_no_connection_behind(slurm_config, tmp_path):
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert threading.active_count() <= before
+
+
+@pytest.mark.timeout(300)
+def test_a_requeued_job_resumes_without_replaying_prompts(
+    slurm_config, cluster_codex, model_server, tmp_path, minicluster
+):
+    agent = agent_settings(cluster_codex, model_server.url)["agent"]
+    data = slurm_config(agent={k: agent[k] for k in ("codex_path", "model", "sandbox", "config")})
+    config_file = tmp_path / "slurm.json"
+    config_file.write_text(json.dumps(data))
+    env = {**os.environ, "SLURM_CONF": f"{minicluster['MINICLUSTER_DIR']}/etc/slurm.conf"}
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
+        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm["swarm_id"],
+                "nodes": 0,
+                "content": "before the requeue",
+                "injection_id": "before",
+            }
+        )
+        d.wait_event("usage", injection_id="before", timeout=120)
+        # What a node failure does: Slurm stops the job and queues it again. Its BeginTime
+        # delay (about two minutes) is lifted so the test does not wait for it.
+        subprocess.run(["scontrol", "requeue", swarm["job_id"]], check=True, env=env)
+        d.wait_event("node_exited", timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            state = subprocess.run(
+                ["squeue", "-h", "-j", swarm["job_id"], "-o", "%T %r"],
+                env=env,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            if state == "PENDING BeginTime":
+                subprocess.run(
+                    ["scontrol", "update", f"JobId={swarm['job_id']}", "StartTime=now"],
+                    env=env,
+                    check=True,
+                )
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        d.wait_for(lambda evs: sum(e["type"] == "node_started" for e in evs) == 2, timeout=120)
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm["swarm_id"],
+                "nodes": 0,
+                "content": "after the requeue",
+                "injection_id": "after",
+            }
+        )
+        events = d.wait_event("usage", injection_id="after", timeout=120) and d.events
+        seqs = [e["seq"] for e in events if "seq" in e]
+        assert seqs == sorted(set(seqs)), "seq must continue across runs"
+        prompts = [last_user_text(body) for body in model_server.requests]
+        assert prompts == ["before the requeue", "after the requeue"]
+        d.send({"command": "terminate", "swarm_id": swarm["swarm_id"]})
+    finally:
+        d.close()
