@@ -71,13 +71,17 @@ class Worker:
         key = records.node_key(job_id, node_id)
         ensure_mailbox(mailbox)
         os.makedirs(workspace, mode=0o700, exist_ok=True)
-        self.store = StateStore(os.path.join(mailbox, records.STATE_DIR, key + ".json"))
+        self.store = StateStore(
+            os.path.join(mailbox, records.STATE_DIR, records.state_name(job_id, node_id))
+        )
         self.state = self.store.load()
         self.inbox = InboxReader(
-            os.path.join(mailbox, records.INBOX_DIR, key + records.RECORD_SUFFIX),
+            os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id)),
             self.state["inbox_offset"],
         )
-        self.outbox_path = os.path.join(mailbox, records.OUTBOX_DIR, key + records.RECORD_SUFFIX)
+        self.outbox_path = os.path.join(
+            mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)
+        )
         self.events = queue.SimpleQueue()
         self.queue = collections.deque()  # (line start offset, injection_id, content)
         self.turn = None
