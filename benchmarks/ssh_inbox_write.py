@@ -25,18 +25,7 @@ from codeswarm.backends.ssh import SSHConnection  # noqa: E402
 from codeswarm.backends.ssh_transport import SSHTransport  # noqa: E402
 from codeswarm.config import parse_config  # noqa: E402
 from codeswarm.hpc import records  # noqa: E402
-
-
-def cluster_env() -> dict[str, str]:
-    done = subprocess.run(
-        [str(ROOT / "tests/cluster/minicluster"), "up"], capture_output=True, text=True, check=True
-    )
-    env = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export ") :].partition("=")
-            env[name] = value
-    return env
+from tests.support.cluster import minicluster_up  # noqa: E402
 
 
 def ms(values: list[float]) -> str:
@@ -46,7 +35,7 @@ def ms(values: list[float]) -> str:
 
 
 def main() -> None:
-    env = cluster_env()
+    env = minicluster_up()
     workspace = f"{env['MINICLUSTER_HOME']}/bench-{uuid.uuid4().hex[:8]}"
     subprocess.run(["install", "-d", "-o", env["MINICLUSTER_USER"], workspace], check=True)
     config = parse_config(

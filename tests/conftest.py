@@ -3,14 +3,13 @@
 import json
 import os
 import shutil
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
 from codeswarm.codex_binary import find_codex
 from codeswarm.model_server import ModelServer
+from tests.support.cluster import ClusterError, minicluster_up
 from tests.support.worker import CODEX_HOMES, agent_settings
 
 
@@ -54,13 +53,7 @@ def minicluster() -> dict[str, str]:
         if os.environ.get("CI"):
             pytest.fail("the minicluster needs root")
         pytest.skip("the minicluster needs root (it installs packages and starts daemons)")
-    script = Path(__file__).parent / "cluster" / "minicluster"
-    done = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.fail(f"minicluster up failed:\n{done.stderr[-3000:]}")
-    env = {}
-    for line in done.stdout.splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export ") :].partition("=")
-            env[name] = value
-    return env
+    try:
+        return minicluster_up()
+    except ClusterError as exc:
+        pytest.fail(str(exc))

@@ -144,11 +144,17 @@ def test_unreachable_login_node_is_a_clear_error(slurm_config, tmp_path):
     assert "ssh nowhere-host true" in done.stderr
 
 
-def test_daemon_runs_a_two_node_slurm_swarm(slurm_config, cluster_codex, model_server, tmp_path):
-    agent = agent_settings(cluster_codex, model_server.url)["agent"]
+def slurm_config_file(slurm_config, codex: str, model_server, tmp_path: Path) -> Path:
+    """A Slurm config whose agents are the real codex talking to the local model server."""
+    agent = agent_settings(codex, model_server.url)["agent"]
     data = slurm_config(agent={k: agent[k] for k in ("codex_path", "model", "sandbox", "config")})
     config_file = tmp_path / "slurm.json"
     config_file.write_text(json.dumps(data))
+    return config_file
+
+
+def test_daemon_runs_a_two_node_slurm_swarm(slurm_config, cluster_codex, model_server, tmp_path):
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
     d = Daemon(config_file, tmp_path / "daemon.stderr")
     try:
         d.wait_event("ready", timeout=60)
@@ -243,10 +249,7 @@ def test_refused_host_keys_leave_no_connection_behind(slurm_config, tmp_path):
 def test_a_requeued_job_resumes_without_replaying_prompts(
     slurm_config, cluster_codex, model_server, tmp_path, minicluster
 ):
-    agent = agent_settings(cluster_codex, model_server.url)["agent"]
-    data = slurm_config(agent={k: agent[k] for k in ("codex_path", "model", "sandbox", "config")})
-    config_file = tmp_path / "slurm.json"
-    config_file.write_text(json.dumps(data))
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
     env = {**os.environ, "SLURM_CONF": f"{minicluster['MINICLUSTER_DIR']}/etc/slurm.conf"}
     d = Daemon(config_file, tmp_path / "daemon.stderr")
     try:
