@@ -19,6 +19,7 @@ from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import parse_config
 from codeswarm.model_server import last_user_text
+from tests.support.cluster import minicluster_up
 from tests.support.daemon import Daemon
 from tests.support.worker import agent_settings
 
@@ -303,5 +304,49 @@ def test_a_requeued_job_resumes_without_replaying_prompts(
         prompts = [last_user_text(body) for body in model_server.requests]
         assert prompts == ["before the requeue", "after the requeue"]
         d.send({"command": "terminate", "swarm_id": swarm["swarm_id"]})
+    finally:
+        d.close()
+
+
+def drop_login_node(minicluster) -> None:
+    """Stop sshd and cut every open session, as a login node reboot would."""
+    pidfile = Path(minicluster["MINICLUSTER_DIR"]) / "run" / "pids" / "sshd.pid"
+    subprocess.run(["kill", pidfile.read_text().strip()], check=False)
+    subprocess.run(["pkill", "-f", f"sshd: {minicluster['MINICLUSTER_USER']}"], check=False)
+
+
+def test_the_daemon_rides_out_the_login_node_dropping(
+    slurm_config, cluster_codex, model_server, tmp_path, minicluster
+):
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
+        swarm_id = d.wait_event("swarm_launched", request_id="L")["swarm"]["swarm_id"]
+
+        def inject(name: str) -> None:
+            d.send(
+                {
+                    "command": "inject",
+                    "swarm_id": swarm_id,
+                    "nodes": 0,
+                    "content": f"prompt {name}",
+                    "injection_id": name,
+                }
+            )
+
+        inject("a")
+        d.wait_event("usage", injection_id="a", timeout=120)
+        drop_login_node(minicluster)
+        inject("b")
+        failed = d.wait_event("inject_failed", injection_id="b", timeout=120)
+        assert failed["error"] == "ssh" and "codeswarm-minicluster" in failed["message"]
+        minicluster_up()
+        inject("c")
+        d.wait_event("usage", injection_id="c", timeout=120)
+        d.send({"command": "ping", "request_id": "alive"})
+        d.wait_event("pong", request_id="alive")
+        d.send({"command": "terminate", "swarm_id": swarm_id})
     finally:
         d.close()
