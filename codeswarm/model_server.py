@@ -314,13 +314,6 @@ class ModelServer:
             self._rules.clear()
             self._requests.clear()
 
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[JSON]:
-        """Block until at least `count` requests arrived; TimeoutError otherwise."""
-        with self._lock:
-            if not self._lock.wait_for(lambda: len(self._requests) >= count, timeout):
-                raise TimeoutError(f"{len(self._requests)} of {count} requests in {timeout}s")
-            return list(self._requests)
-
     def _record_and_match(self, body: JSON) -> Reply:
         text = last_user_text(body)
         with self._lock:
