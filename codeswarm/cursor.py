@@ -3,7 +3,9 @@
 It advances only once a NodeActor has emitted a line's events, so a crash loses nothing. It
 also keeps each node's last emitted ``seq``, which seeds a restarted router's duplicate filter.
 Saved at most twice a second and on shutdown: a crash can replay the events of the last half
-second, which a client recognises by (``job_id``, ``node_id``, ``seq``).
+second, which a client recognises by (``job_id``, ``node_id``, ``seq``). A released swarm's
+entries are forgotten, so the cursor (and the follower header built from it) holds only the
+swarms still being followed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+from codeswarm.registry import RegistryError
 
 
 class CursorStore:
@@ -27,9 +31,23 @@ class CursorStore:
         self.seqs: dict[str, int] = {}
         self.dirty = False
         if persist and self.path.exists():
+            self.offsets, self.seqs = self._load()
+
+    def _load(self) -> tuple[dict[str, int], dict[str, int]]:
+        try:
             saved = json.loads(self.path.read_text())
-            self.offsets = saved.get("cursor", {})
-            self.seqs = saved.get("seqs", {})
+            offsets, seqs = saved.get("cursor", {}), saved.get("seqs", {})
+            for name, table in (("cursor", offsets), ("seqs", seqs)):
+                if not isinstance(table, dict) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in table.values()
+                ):
+                    raise ValueError(f"{name} is not an object of integers")
+        except (ValueError, AttributeError) as exc:
+            raise RegistryError(
+                f"{self.path} is damaged ({exc}); move it aside to replay every swarm's "
+                "events from the start (clients drop repeats by job_id, node_id and seq)"
+            ) from None
+        return offsets, seqs
 
     def advance(self, key: str, offsets: dict[str, int], last_seq: int) -> None:
         for identity, offset in offsets.items():
@@ -38,11 +56,25 @@ class CursorStore:
         self.seqs[key] = max(last_seq, self.seqs.get(key, -1))
         self.dirty = True
 
+    def forget(self, job_id: str) -> dict[str, int]:
+        """Drop a job's entries; returns its nodes' last seqs (node id as text -> seq)."""
+        last_seqs = {}
+        for key in list(self.seqs):
+            job, _, node = key.rpartition("_")
+            if job == job_id:
+                last_seqs[node] = self.seqs.pop(key)
+        for identity in list(self.offsets):
+            if identity.rpartition(":")[0].rpartition("_")[0] == job_id:
+                del self.offsets[identity]
+        self.dirty = True
+        return last_seqs
+
     def save(self) -> None:
         if not self.dirty or not self.persist:
             return
         tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
-        tmp.write_text(json.dumps({"cursor": self.offsets, "seqs": self.seqs}))
-        os.chmod(tmp, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps({"cursor": self.offsets, "seqs": self.seqs}))
         os.replace(tmp, self.path)
         self.dirty = False

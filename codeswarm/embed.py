@@ -24,7 +24,7 @@ from typing import Any
 
 from codeswarm.actors.messages import CommandReceived, Emit
 from codeswarm.config import Config, default_local_config
-from codeswarm.protocol import commands, decode_object
+from codeswarm.protocol import commands, decode_object, errors
 from codeswarm.router import Router
 
 
@@ -37,15 +37,28 @@ class CodeswarmError(Exception):
 
 
 class EventQueue:
-    """A sink for the router's events: one queue for the caller, plus per-request waiters."""
+    """A sink for the router's events: one queue for the caller, plus per-request waiters.
+
+    When the router fails, its ``internal`` error reaches every waiter at once, and every
+    later call, instead of leaving callers blocked until their timeouts.
+    """
 
     def __init__(self) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._waiters: dict[Any, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self.failure: dict[str, Any] | None = None
 
     def tell(self, message: Emit) -> None:
         for event in message.events:
+            if event["type"] == "error" and event.get("error") == errors.INTERNAL:
+                with self._lock:
+                    self.failure = event
+                    waiters = list(self._waiters.values())
+                for waiter in waiters:
+                    waiter.put(event)
+                self.events.put(event)
+                continue
             with self._lock:
                 waiter = self._waiters.get(event.get("request_id"))
             if waiter is not None:
@@ -54,7 +67,10 @@ class EventQueue:
 
     def expect(self, request_id: Any) -> queue.Queue[dict[str, Any]]:
         with self._lock:
-            return self._waiters.setdefault(request_id, queue.Queue())
+            waiter = self._waiters.setdefault(request_id, queue.Queue())
+            if self.failure is not None:
+                waiter.put(self.failure)
+            return waiter
 
     def done(self, request_id: Any) -> None:
         with self._lock:
@@ -175,12 +191,20 @@ class Codeswarm:
         self.call(command, "swarm_terminated", timeout)
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Every event, in order; ends when ``timeout`` seconds pass without one."""
+        """Every event, in order; ends when ``timeout`` seconds pass without one.
+
+        Raises CodeswarmError once the router has failed (after the events before it).
+        """
         while True:
+            if self.sink.failure is not None and self.sink.events.empty():
+                raise CodeswarmError(self.sink.failure)
             try:
-                yield self.sink.events.get(timeout=timeout)
+                event = self.sink.events.get(timeout=timeout)
             except queue.Empty:
                 return
+            if event is self.sink.failure:
+                raise CodeswarmError(event)
+            yield event
 
     def close(self) -> None:
         self.router.stop()

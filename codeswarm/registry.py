@@ -1,7 +1,9 @@
-"""The swarm registry: which swarms exist, on disk, shared by the daemon and the CLI.
+"""The swarm registry: which swarms exist, on disk, shared by every router on one state dir.
 
-One JSON file per state directory, read and replaced under an ``flock`` so that two processes
-(a daemon and a CLI call) never lose each other's updates.
+One JSON file per state directory, read and replaced under an ``flock`` so that processes (a
+daemon, the CLI, a second daemon) never lose each other's updates. Every update is a
+read-modify-write under the lock, and a swarm's final state is never undone by a later write
+built from an older view.
 """
 
 from __future__ import annotations
@@ -10,19 +12,38 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+LIVE_STATES = ("pending", "running")
+FINAL_STATES = ("exited", "terminated", "failed")
 
 
 class RegistryError(Exception):
     """The registry file cannot be read; the message says which file and what to do."""
 
 
+def merged_state(old: str, new: str) -> str:
+    """The state after ``new`` is reported for a swarm in ``old``: final states stay final.
+
+    ``terminated`` may replace ``exited`` (the cancel that caused the exit is the better
+    story); nothing replaces ``terminated``.
+    """
+    if old in FINAL_STATES:
+        return "terminated" if new == "terminated" and old == "exited" else old
+    return new
+
+
 @dataclass(frozen=True)
 class SwarmRecord:
-    """One swarm: a scheduler job of ``nodes`` workers and where its mailbox lives."""
+    """One swarm: a scheduler job of ``nodes`` workers and where its mailbox lives.
+
+    ``ended`` is when it reached a final state; ``last_seqs`` is each node's last emitted
+    ``seq``, kept once the router has released the swarm so that late lines are not repeated.
+    """
 
     swarm_id: str
     job_id: str
@@ -33,12 +54,27 @@ class SwarmRecord:
     state: str = "pending"
     node_states: dict[str, str] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
+    ended: float | None = None
+    last_seqs: dict[str, int] = field(default_factory=dict)
 
     def node_state(self, node_id: int) -> str:
         return self.node_states.get(str(node_id), "pending")
 
     def all_exited(self) -> bool:
         return all(self.node_state(n) == "exited" for n in range(self.nodes))
+
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def with_state(self, state: str) -> SwarmRecord:
+        """This record moved to ``state`` by the never-downgrade rule, stamped when it ends."""
+        new = merged_state(self.state, state)
+        if new == self.state:
+            return self
+        ended = self.ended
+        if new in FINAL_STATES and ended is None:
+            ended = round(time.time(), 3)
+        return replace(self, state=new, ended=ended)
 
     def to_event(self) -> dict[str, Any]:
         """The ``swarm`` object of swarm events (see the protocol's SwarmSchema)."""
@@ -58,12 +94,14 @@ class SwarmRegistry:
     def __init__(self, state_dir: str | os.PathLike[str], mailbox: str) -> None:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
         self.path = self.dir / "swarms.json"
         self.mailbox = mailbox
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
-        with open(self.dir / "swarms.lock", "a") as lock:
+        fd = os.open(self.dir / "swarms.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "r+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 data = self._read()
@@ -71,8 +109,9 @@ class SwarmRegistry:
                 yield data
                 if json.dumps(data, sort_keys=True) != before:
                     tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
-                    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-                    os.chmod(tmp, 0o600)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "w") as out:
+                        out.write(json.dumps(data, indent=1, sort_keys=True))
                     os.replace(tmp, self.path)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -89,6 +128,14 @@ class SwarmRegistry:
                 f"{self.path} is damaged ({exc}); move it aside to start with no swarms"
             ) from None
         return data
+
+    def version(self) -> tuple[int, int, int]:
+        """Changes whenever the file is replaced: a cheap test before reading it again."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def all(self) -> list[SwarmRecord]:
         with self._locked() as data:
@@ -108,10 +155,18 @@ class SwarmRegistry:
         with self._locked() as data:
             data[record.swarm_id] = asdict(record)
 
-    def update(self, swarm_id: str, **changes: Any) -> SwarmRecord | None:
+    def update(
+        self, swarm_id: str, change: Callable[[SwarmRecord], SwarmRecord]
+    ) -> SwarmRecord | None:
+        """Apply ``change`` to the swarm's current record under the lock; None if it is gone."""
         with self._locked() as data:
             if swarm_id not in data:
                 return None
-            record = replace(SwarmRecord(**data[swarm_id]), **changes)
+            record = change(SwarmRecord(**data[swarm_id]))
             data[swarm_id] = asdict(record)
         return record
+
+    def remove(self, swarm_ids: list[str]) -> None:
+        with self._locked() as data:
+            for swarm_id in swarm_ids:
+                data.pop(swarm_id, None)

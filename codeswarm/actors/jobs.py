@@ -1,7 +1,8 @@
-"""JobPollerActor: the scheduler's periodic poll, off the supervisor's thread.
+"""The scheduler's blocking calls, each on an actor of its own, never on the routing path.
 
-A slow controller (``squeue`` taking seconds) must not hold up event routing, so the poll runs
-here and only its result reaches the supervisor, as a message.
+``JobPollerActor`` polls the scheduler for every live swarm; ``SchedulerActor`` submits and
+cancels jobs. A controller that hangs (``sbatch`` may wait minutes) delays only these
+threads: their results reach the supervisor as messages, while it goes on routing events.
 """
 
 from __future__ import annotations
@@ -12,27 +13,35 @@ from typing import Any
 
 import pykka
 
-from codeswarm.actors.messages import JobStates, PollJobs
+from codeswarm.actors.messages import (
+    Cancel,
+    Cancelled,
+    Launched,
+    LaunchFailed,
+    Polled,
+    PollJobs,
+    Submit,
+)
 from codeswarm.backends import BackendError, Scheduler
-from codeswarm.registry import SwarmRegistry
+from codeswarm.registry import RegistryError, SwarmRegistry
 from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
+BACKOFF_LIMIT_SECONDS = 60.0
 
 
-def poll(scheduler: Scheduler, registry: SwarmRegistry) -> JobStates | None:
-    """One scheduler call for every swarm not yet known to be over; None if it failed."""
-    live = [swarm for swarm in registry.all() if not swarm.all_exited()]
-    if not live:
-        return None
-    try:
-        return JobStates(live, scheduler.poll(live))
-    except BackendError as exc:
-        log.warning("cannot poll the scheduler: %s", exc)
-        return None
+def backoff(poll_seconds: float, failures: int) -> float:
+    """Seconds to the next poll after ``failures`` failed polls in a row."""
+    return min(poll_seconds * 2 ** min(failures, 16), max(poll_seconds, BACKOFF_LIMIT_SECONDS))
 
 
 class JobPollerActor(pykka.ThreadingActor):
+    """One scheduler call a cycle for every swarm not yet known to be over.
+
+    A failing scheduler is polled less and less often (up to once a minute) and reported
+    once when it starts failing and once when it answers again, not on every cycle.
+    """
+
     def __init__(
         self,
         scheduler: Scheduler,
@@ -47,14 +56,70 @@ class JobPollerActor(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.timer = timer
         self.poll_seconds = poll_seconds
+        self.failures = 0
 
     def on_start(self) -> None:
         self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, PollJobs):
-            states = poll(self.scheduler, self.registry)
-            if states is not None:
-                with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
-                    self.supervisor.tell(states)
-            self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
+            states = self.poll()
+            with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+                self.supervisor.tell(Polled(states))
+            if not message.urgent:
+                delay = backoff(self.poll_seconds, self.failures)
+                self.timer.call_later(delay, self.actor_ref, PollJobs())
+
+    def poll(self) -> dict[str, dict[int, str]] | None:
+        try:
+            live = [swarm for swarm in self.registry.all() if not swarm.all_exited()]
+            states = self.scheduler.poll(live) if live else {}
+        except (BackendError, RegistryError) as exc:
+            self.failures += 1
+            if self.failures == 1:
+                log.warning(
+                    "cannot poll the scheduler: %s (retrying less often; "
+                    "a message follows when it answers again)",
+                    exc,
+                )
+            else:
+                log.debug("scheduler poll failed again (%d in a row): %s", self.failures, exc)
+            return None
+        if self.failures:
+            log.warning("the scheduler answers again, after %d failed polls", self.failures)
+            self.failures = 0
+        return states
+
+
+class SchedulerActor(pykka.ThreadingActor):
+    """Submits and cancels jobs in the order asked, and answers each with a message."""
+
+    def __init__(self, scheduler: Scheduler, supervisor: Any) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+        self.supervisor = supervisor
+
+    def on_receive(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+            if isinstance(message, Submit):
+                self.supervisor.tell(self.submit(message))
+            elif isinstance(message, Cancel):
+                self.supervisor.tell(self.cancel(message))
+
+    def submit(self, message: Submit) -> Launched | LaunchFailed:
+        command = message.command
+        options = {"time": command.time, "partition": command.partition}
+        try:
+            submitted = self.scheduler.submit(
+                message.swarm_id, command.nodes, message.settings, **options
+            )
+        except BackendError as exc:
+            return LaunchFailed(command, exc)
+        return Launched(command, message.swarm_id, submitted)
+
+    def cancel(self, message: Cancel) -> Cancelled:
+        try:
+            self.scheduler.cancel(message.swarm)
+        except BackendError as exc:
+            return Cancelled(message.swarm.swarm_id, message.request_id, exc)
+        return Cancelled(message.swarm.swarm_id, message.request_id, None)

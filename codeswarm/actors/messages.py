@@ -87,16 +87,57 @@ class InjectTimeout(NamedTuple):
     injection_id: str
 
 
+class NodeStarted(NamedTuple):
+    """A worker's own ``node_started`` was routed: the node runs, whatever the last poll said."""
+
+    key: str
+
+
 class PollJobs(NamedTuple):
-    pass
+    """Poll the scheduler: on the poller's schedule, or at once (``urgent``) for status."""
+
+    urgent: bool = False
 
 
-class JobStates(NamedTuple):
-    """The scheduler's view of the swarms in ``swarms``: job id -> node id -> state."""
+class Polled(NamedTuple):
+    """The scheduler's view, job id -> node id -> state; None if the poll failed."""
 
-    swarms: list[Any]
-    states: dict[str, dict[int, str]]
+    states: dict[str, dict[int, str]] | None
 
 
-class SaveCursor(NamedTuple):
-    pass
+class Submit(NamedTuple):
+    command: Command
+    swarm_id: str
+    settings: dict[str, Any]
+
+
+class Launched(NamedTuple):
+    command: Command
+    swarm_id: str
+    submitted: Any  # backends.Submitted
+
+
+class LaunchFailed(NamedTuple):
+    command: Command
+    error: Exception
+
+
+class Cancel(NamedTuple):
+    swarm: Any  # registry.SwarmRecord
+    request_id: Any
+
+
+class Cancelled(NamedTuple):
+    swarm_id: str
+    request_id: Any
+    error: Exception | None
+
+
+class Tick(NamedTuple):
+    """Twice a second: save the cursor, write the registry, release finished swarms."""
+
+
+class AnswerDue(NamedTuple):
+    """A status or list answer may wait no longer for a fresh scheduler poll."""
+
+    token: int

@@ -18,6 +18,7 @@ from codeswarm.actors.messages import (
     NodeGone,
     NodePending,
     NodeRunning,
+    NodeStarted,
     Progress,
     WorkerLines,
 )
@@ -89,6 +90,8 @@ class NodeActor(pykka.ThreadingActor):
                 kind = event["type"]
                 if kind == "node_started":
                     self.start_clocks(self.node.started())
+                    with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+                        self.supervisor.tell(NodeStarted(self.key))
                 elif kind in ("inject_delivered", "inject_failed"):
                     handle = self.timers.pop(event["injection_id"], None)
                     if handle is not None:

@@ -1,4 +1,10 @@
-"""SupervisorActor: owns the backend and the follower, spawns NodeActors, answers commands."""
+"""SupervisorActor: routes follower lines to NodeActors and answers commands, never waiting.
+
+Everything that can block on the cluster runs elsewhere and comes back as a message: the
+scheduler's submit and cancel (SchedulerActor), its poll (JobPollerActor), inbox writes
+(NodeActors), the follower's stream (FollowerActor). Here are only decisions (SwarmTable,
+NodeCorrelation) and the local state directory (registry, cursor).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,11 @@ import pykka
 
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.follower import FollowerActor
-from codeswarm.actors.jobs import JobPollerActor, poll
+from codeswarm.actors.jobs import JobPollerActor, SchedulerActor
 from codeswarm.actors.messages import (
+    AnswerDue,
+    Cancel,
+    Cancelled,
     CommandReceived,
     Emit,
     FollowerDied,
@@ -22,29 +31,33 @@ from codeswarm.actors.messages import (
     Injection,
     InputClosed,
     InterruptNode,
-    JobStates,
-    NodeGone,
-    NodePending,
-    NodeRunning,
+    Launched,
+    LaunchFailed,
+    NodeStarted,
+    Polled,
+    PollJobs,
     Progress,
-    SaveCursor,
     Started,
     StartFollower,
+    Submit,
+    Tick,
     WorkerLines,
 )
 from codeswarm.actors.node import NodeActor
+from codeswarm.actors.swarms import SwarmTable, job_of, written_over
 from codeswarm.backends import BackendError, Scheduler, Transport
 from codeswarm.cursor import CursorStore
 from codeswarm.hpc import records
 from codeswarm.protocol import commands, errors, make_event
-from codeswarm.registry import SwarmRecord, SwarmRegistry
+from codeswarm.registry import RegistryError, SwarmRecord, SwarmRegistry
 from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
 
 FOLLOWER_RESTART_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
-CURSOR_SAVE_SECONDS = 0.5
-LIVE_STATES = ("pending", "running")
+TICK_SECONDS = 0.5
+STOP_SECONDS = 10.0
+FRESH_STATE_SECONDS = 2.0  # status and list wait this long at most for a fresh poll
 
 
 class SupervisorActor(pykka.ThreadingActor):
@@ -76,40 +89,57 @@ class SupervisorActor(pykka.ThreadingActor):
         self.poll_seconds = poll_seconds
         self.stop_requested = stop_requested
         self.follow = follow
-        self.gone_grace = gone_grace
+        # A swarm whose nodes have all exited is released once its outbox was quiet this long.
+        self.table = SwarmTable(gone_grace, drain_seconds=gone_grace + TICK_SECONDS)
         self.nodes: dict[str, Any] = {}
-        self.swarms: dict[str, SwarmRecord] = {}
-        self.gone_since: dict[str, float] = {}
+        self.registry_version: Any = None
+        self.registry_problem = ""
+        self.answers: dict[int, commands.Command] = {}
+        self.answer_tokens = iter(range(1, 1 << 62))
         self.follower: Any = None
         self.poller: Any = None
+        self.jobs: Any = None
         self.generation = 0
         self.follower_failures = 0
 
     # ---- life cycle -------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        for swarm in self.registry.all():
-            if not swarm.all_exited():
-                self.track(swarm)
+        self.refresh_registry()
         if self.follow is not None:
             self.start_follower()
         self.poller = JobPollerActor.start(
             self.scheduler, self.registry, self.actor_ref, self.timer, self.poll_seconds
         )
-        self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
+        self.jobs = SchedulerActor.start(self.scheduler, self.actor_ref)
+        self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
     def on_stop(self) -> None:
-        if self.poller is not None:
-            self.poller.stop()
-        if self.follower is not None:
-            self.follower.stop()
-        for ref in self.nodes.values():
-            ref.stop()
+        # The scheduler's actors may be inside a hung call (sbatch waiting on a stopped
+        # controller): closing the transport ends that call, then they stop.
+        stopping = [ref.stop(block=False) for ref in (self.jobs, self.poller) if ref is not None]
+        for ref in (self.follower, *self.nodes.values()):
+            if ref is not None:
+                ref.stop()
+        self.write_registry()
         self.cursor.save()
+        self.transport.close()
+        for future in stopping:
+            try:
+                future.get(timeout=STOP_SECONDS)
+            except pykka.Timeout:
+                log.error("a scheduler call did not end within %.0fs of shutdown", STOP_SECONDS)
 
     def on_failure(self, *exc_info: Any) -> None:
-        """A bug reached the top: stop the actors this one owns and let the process end."""
+        """A bug reached the top: tell every client, stop what this owns, end the process."""
         log.critical("the supervisor failed; stopping the router", exc_info=exc_info)
+        self.emit(
+            make_event(
+                "error",
+                error=errors.INTERNAL,
+                message=f"the router failed and is stopping: {exc_info[1]!r} (a bug; see its log)",
+            )
+        )
         self.on_stop()
         self.stop_requested.set()
 
@@ -119,14 +149,25 @@ class SupervisorActor(pykka.ThreadingActor):
         if isinstance(message, FollowerLines):
             self.route(message)
         elif isinstance(message, Progress):
-            self.cursor.advance(message.key, message.offsets, message.last_seq)
+            if message.key in self.nodes:  # a released node's last word is not kept
+                self.cursor.advance(message.key, message.offsets, message.last_seq)
+        elif isinstance(message, NodeStarted):
+            job_id, node_id = records.parse_node_key(message.key)
+            self.table.node_started(job_id, node_id, time.monotonic())
         elif isinstance(message, CommandReceived):
             self.command(message.command)
-        elif isinstance(message, JobStates):
-            self.apply(message)
-        elif isinstance(message, SaveCursor):
-            self.cursor.save()
-            self.timer.call_later(CURSOR_SAVE_SECONDS, self.actor_ref, SaveCursor())
+        elif isinstance(message, Polled):
+            self.polled(message)
+        elif isinstance(message, Launched):
+            self.launched(message)
+        elif isinstance(message, LaunchFailed):
+            self.backend_error("launch", message.error, message.command.request_id)
+        elif isinstance(message, Cancelled):
+            self.cancelled(message)
+        elif isinstance(message, AnswerDue):
+            self.answer(message.token)
+        elif isinstance(message, Tick):
+            self.tick()
         elif isinstance(message, FollowerDied):
             self.follower_died(message)
         elif isinstance(message, StartFollower):
@@ -137,14 +178,63 @@ class SupervisorActor(pykka.ThreadingActor):
     def emit(self, *events: dict) -> None:
         self.sink.tell(Emit(list(events)))
 
+    def tick(self) -> None:
+        """Pick up other processes' swarms, release finished ones, and save what changed."""
+        now = time.monotonic()
+        self.refresh_registry()
+        for job_id in self.table.releasable(now):
+            self.release(job_id)
+        for job_id in self.table.expire_held(now):
+            log.warning("dropped the held lines of job %s: no registry has shown it", job_id)
+        self.write_registry()
+        self.cursor.save()
+        self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
+
+    # ---- registry ---------------------------------------------------------------------------
+
+    def refresh_registry(self, force: bool = False) -> None:
+        """Take in swarms other processes launched, terminated or pruned, if the file changed."""
+        version = self.registry.version()
+        if version == self.registry_version and not force:
+            return
+        try:
+            stored = self.registry.all()
+        except RegistryError as exc:
+            self.registry_trouble(exc)
+            return
+        self.registry_version = version
+        new, _ = self.table.merge(stored, time.monotonic())
+        for record in new:
+            self.start_nodes(record)
+
+    def write_registry(self) -> None:
+        for job_id in list(self.table.dirty):
+            mine = self.table.get(job_id)
+            if mine is None:
+                self.table.dirty.discard(job_id)
+                continue
+            try:
+                stored = self.registry.update(
+                    mine.swarm_id, lambda old, m=mine: written_over(old, m)
+                )
+            except RegistryError as exc:
+                self.registry_trouble(exc)
+                return
+            self.table.stored(stored, job_id)
+        self.registry_problem = ""
+
+    def registry_trouble(self, exc: RegistryError) -> None:
+        if str(exc) != self.registry_problem:
+            self.registry_problem = str(exc)
+            log.error("%s", exc)
+
     # ---- follower ---------------------------------------------------------------------------
 
     def start_follower(self) -> None:
         self.generation += 1
-        jobs = list(self.swarms)
         start = {
             "cursor": dict(self.cursor.offsets),
-            "jobs": jobs,
+            "jobs": sorted(self.table.followed),
             "from_end": self.follow == "end",
         }
         self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, start)
@@ -165,27 +255,47 @@ class SupervisorActor(pykka.ThreadingActor):
         if message.generation != self.generation:
             return
         self.follower_failures = 0
+        now = time.monotonic()
         batches: dict[str, list[tuple[str, int, bytes]]] = {}
         for key, identity, offset, raw in message.lines:
             batches.setdefault(key, []).append((identity, offset, raw))
+        unknown = False
         for key, lines in batches.items():
-            self.tell_node(key, WorkerLines(lines))
+            job_id = job_of(key)
+            if key not in self.nodes and job_id not in self.table.followed:
+                record = self.table.get(job_id)
+                if record is None:
+                    unknown = True
+                    if not self.table.hold(key, lines, now):
+                        log.warning("dropped lines of %s: too many held for unknown jobs", key)
+                    continue
+                self.start_nodes(record)  # late lines of a released swarm
+            self.table.touched(job_id, now)
+            if not self.tell_node(key, WorkerLines(lines)):
+                log.warning("dropped lines of %s: swarm %s has no such node", key, job_id)
+        if unknown:
+            self.refresh_registry(force=True)
 
     # ---- swarms and nodes -------------------------------------------------------------------
 
-    def track(self, swarm: SwarmRecord) -> None:
-        """Spawn a NodeActor for each node of a swarm (on launch, or on router restart)."""
-        self.swarms[swarm.job_id] = swarm
-        for node_id in range(swarm.nodes):
-            key = records.node_key(swarm.job_id, node_id)
+    def start_nodes(self, record: SwarmRecord) -> None:
+        """Follow a swarm: a NodeActor per node, then any lines held until it was known."""
+        self.table.follow(record, time.monotonic())
+        for node_id in range(record.nodes):
+            key = records.node_key(record.job_id, node_id)
             if key not in self.nodes:
-                self.nodes[key] = self.spawn(swarm, node_id)
+                self.nodes[key] = self.spawn(record, node_id)
+        for key, lines in self.table.take_held(record.job_id):
+            if not self.tell_node(key, WorkerLines(lines)):
+                log.warning("dropped held lines of %s: no such node", key)
 
-    def spawn(self, swarm: SwarmRecord, node_id: int) -> Any:
+    def spawn(self, record: SwarmRecord, node_id: int) -> Any:
         correlation = NodeCorrelation(
-            swarm.swarm_id, swarm.job_id, node_id, swarm.node_state(node_id)
+            record.swarm_id, record.job_id, node_id, record.node_state(node_id)
         )
-        correlation.last_seq = self.cursor.seqs.get(correlation.key, -1)
+        correlation.last_seq = self.cursor.seqs.get(
+            correlation.key, record.last_seqs.get(str(node_id), -1)
+        )
         return NodeActor.start(
             correlation,
             self.transport,
@@ -194,6 +304,17 @@ class SupervisorActor(pykka.ThreadingActor):
             self.inject_timeout,
             self.actor_ref,
         )
+
+    def release(self, job_id: str) -> None:
+        """A finished swarm's actors, timers and cursor entries go; its record stays, final."""
+        record = self.table.get(job_id)
+        assert record is not None
+        for node_id in range(record.nodes):
+            ref = self.nodes.pop(records.node_key(job_id, node_id), None)
+            if ref is not None:
+                ref.stop(block=False)
+        self.table.release(job_id, self.cursor.forget(job_id))
+        log.info("released swarm %s (job %s): every node exited", record.swarm_id, job_id)
 
     def tell_node(self, key: str, message: Any) -> bool:
         """Tell a node's actor; one that died is logged and replaced. False if no such node."""
@@ -205,42 +326,18 @@ class SupervisorActor(pykka.ThreadingActor):
         except pykka.ActorDeadError:
             job_id, node_id = records.parse_node_key(key)
             log.error("the actor of node %s had died (a bug); starting a new one", key)
-            self.nodes[key] = self.spawn(self.swarms[job_id], node_id)
+            record = self.table.get(job_id)
+            assert record is not None
+            self.nodes[key] = self.spawn(record, node_id)
             self.nodes[key].tell(message)
         return True
 
-    def poll_jobs(self) -> None:
-        """Poll now, on this thread: status and list answer with fresh states."""
-        states = poll(self.scheduler, self.registry)
-        if states is not None:
-            self.apply(states)
-
-    def apply(self, job_states: JobStates) -> None:
-        """Follow the scheduler: nodes that run, that come back (requeue), that are gone."""
-        live, states = job_states
-        now = time.monotonic()
-        for swarm in live:
-            nodes = dict(states.get(swarm.job_id, {}))
-            for node_id, state in nodes.items():
-                key = records.node_key(swarm.job_id, node_id)
-                if state != "exited":
-                    self.gone_since.pop(key, None)
-                    self.tell_node(key, NodeRunning() if state == "running" else NodePending())
-                    continue
-                since = self.gone_since.setdefault(key, now)
-                if now - since < self.gone_grace:
-                    nodes[node_id] = swarm.node_state(node_id)
-                elif swarm.node_state(node_id) != "exited":
-                    self.tell_node(key, NodeGone("the worker process ended"))
-            node_states = {str(n): s for n, s in nodes.items()}
-            swarm_state = swarm.state
-            if swarm.state in LIVE_STATES:
-                if nodes and all(s == "exited" for s in nodes.values()):
-                    swarm_state = "exited"
-                elif any(s == "running" for s in nodes.values()):
-                    swarm_state = "running"
-            if node_states != swarm.node_states or swarm_state != swarm.state:
-                self.registry.update(swarm.swarm_id, node_states=node_states, state=swarm_state)
+    def polled(self, message: Polled) -> None:
+        if message.states is not None:
+            for key, told in self.table.apply(message.states, time.monotonic()):
+                self.tell_node(key, told)
+        for token in list(self.answers):
+            self.answer(token)
 
     # ---- commands ---------------------------------------------------------------------------
 
@@ -249,8 +346,8 @@ class SupervisorActor(pykka.ThreadingActor):
             commands.Inject: self.inject,
             commands.Interrupt: self.interrupt,
             commands.Launch: self.launch,
-            commands.ListSwarms: self.list_swarms,
-            commands.Status: self.status,
+            commands.ListSwarms: self.wait_for_poll,
+            commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
@@ -260,22 +357,34 @@ class SupervisorActor(pykka.ThreadingActor):
     def error(self, code: str, message: str, request_id: Any, **fields: Any) -> None:
         self.emit(make_event("error", error=code, message=message, request_id=request_id, **fields))
 
-    def backend_error(self, what: str, exc: BackendError, request_id: Any) -> None:
-        self.error(errors.BACKEND, f"{what} failed: {exc}", request_id, stderr=exc.stderr or None)
+    def backend_error(self, what: str, exc: Exception, request_id: Any) -> None:
+        stderr = exc.stderr if isinstance(exc, BackendError) else ""
+        self.error(errors.BACKEND, f"{what} failed: {exc}", request_id, stderr=stderr or None)
+
+    def find_swarm(self, swarm_id: str) -> SwarmRecord | None:
+        """The swarm, looking in the registry again if another process just launched it."""
+        record = self.table.by_swarm(swarm_id)
+        if record is None:
+            self.refresh_registry(force=True)
+            record = self.table.by_swarm(swarm_id)
+        return record
 
     def known_swarm(self, swarm_id: str, request_id: Any) -> SwarmRecord | None:
-        """The registered swarm, or None after telling the client it does not exist."""
-        swarm = self.registry.get(swarm_id)
-        if swarm is None:
+        """The swarm, or None after telling the client it does not exist."""
+        record = self.find_swarm(swarm_id)
+        if record is None:
             self.error(errors.UNKNOWN_SWARM, f"no swarm {swarm_id}", request_id, field="swarm_id")
-        return swarm
+        return record
 
     def resolve(self, command: commands.Inject | commands.Interrupt) -> tuple[Any, list[int]]:
         """The swarm and nodes a targeted command names; an unknown swarm_id is reported."""
         if command.swarm_id is not None:
             swarm = self.known_swarm(command.swarm_id, command.request_id)
         else:
-            swarm = self.registry.by_job(command.job_id)
+            swarm = self.table.get(command.job_id)
+            if swarm is None:
+                self.refresh_registry(force=True)
+                swarm = self.table.get(command.job_id)
         if command.nodes != "all":
             return swarm, list(command.nodes)
         return swarm, list(range(swarm.nodes)) if swarm else []
@@ -304,20 +413,26 @@ class SupervisorActor(pykka.ThreadingActor):
         for node_id in nodes:
             injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
             key = records.node_key(job_id, node_id)
-            injection = Injection(injection_id, command.content, command.request_id)
-            if swarm is None or not self.tell_node(key, Inject(injection)):
-                self.emit(
-                    make_event(
-                        "inject_failed",
-                        request_id=command.request_id,
-                        swarm_id=swarm.swarm_id if swarm else None,
-                        job_id=job_id,
-                        node_id=node_id,
-                        injection_id=injection_id,
-                        error=errors.UNKNOWN_TARGET,
-                        message=f"no node {key} in any swarm this router knows",
-                    )
+            if swarm is not None and swarm.is_final():
+                code, why = errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
+            elif swarm is not None and self.tell_node(
+                key, Inject(Injection(injection_id, command.content, command.request_id))
+            ):
+                continue
+            else:
+                code, why = errors.UNKNOWN_TARGET, f"no node {key} in any swarm this router knows"
+            self.emit(
+                make_event(
+                    "inject_failed",
+                    request_id=command.request_id,
+                    swarm_id=swarm.swarm_id if swarm else None,
+                    job_id=job_id,
+                    node_id=node_id,
+                    injection_id=injection_id,
+                    error=code,
+                    message=why,
                 )
+            )
 
     def interrupt(self, command: commands.Interrupt) -> None:
         swarm, nodes = self.resolve(command)
@@ -332,26 +447,22 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         for node_id in nodes:
             key = records.node_key(swarm.job_id, node_id)
-            if not self.tell_node(key, InterruptNode(command.request_id)):
-                self.error(
-                    errors.INVALID_FIELD,
-                    f"no node {node_id} in {swarm.swarm_id}",
-                    command.request_id,
-                    field="nodes",
-                )
+            if swarm.is_final():
+                problem = f"swarm {swarm.swarm_id} has {swarm.state}"
+            elif not self.tell_node(key, InterruptNode(command.request_id)):
+                problem = f"no node {node_id} in {swarm.swarm_id}"
+            else:
+                continue
+            self.error(errors.INVALID_FIELD, problem, command.request_id, field="nodes")
 
     def launch(self, command: commands.Launch) -> None:
         swarm_id = f"sw-{uuid.uuid4().hex[:10]}"
-        options = {"time": command.time, "partition": command.partition}
-        try:
-            submitted = self.scheduler.submit(
-                swarm_id, command.nodes, self.worker_settings, **options
-            )
-        except BackendError as exc:
-            self.backend_error("launch", exc, command.request_id)
-            return
-        swarm = SwarmRecord(
-            swarm_id=swarm_id,
+        self.jobs.tell(Submit(command, swarm_id, self.worker_settings))
+
+    def launched(self, message: Launched) -> None:
+        command, submitted = message.command, message.submitted
+        record = SwarmRecord(
+            swarm_id=message.swarm_id,
             job_id=submitted.job_id,
             backend=self.scheduler.name,
             mailbox=self.registry.mailbox,
@@ -360,45 +471,61 @@ class SupervisorActor(pykka.ThreadingActor):
             state="pending",
             pids=submitted.pids,
         )
-        self.registry.put(swarm)
-        self.track(swarm)
+        try:
+            self.registry.put(record)
+        except RegistryError as exc:
+            self.error(errors.BACKEND, f"launched job {record.job_id} but {exc}", None)
+        self.start_nodes(record)
         self.emit(
-            make_event("swarm_launched", request_id=command.request_id, swarm=swarm.to_event())
+            make_event("swarm_launched", request_id=command.request_id, swarm=record.to_event())
         )
         if command.prompt:
             self.inject(
                 commands.Inject(
                     content=command.prompt,
                     nodes="all",
-                    swarm_id=swarm_id,
+                    swarm_id=record.swarm_id,
                     request_id=command.request_id,
                 )
             )
 
-    def list_swarms(self, command: commands.ListSwarms) -> None:
-        self.poll_jobs()
-        swarms = [swarm.to_event() for swarm in self.registry.all()]
-        self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
+    def wait_for_poll(self, command: commands.ListSwarms | commands.Status) -> None:
+        """Answer status and list after a fresh scheduler poll, or sooner if it is slow."""
+        token = next(self.answer_tokens)
+        self.answers[token] = command
+        self.poller.tell(PollJobs(urgent=True))
+        self.timer.call_later(FRESH_STATE_SECONDS, self.actor_ref, AnswerDue(token))
 
-    def status(self, command: commands.Status) -> None:
-        self.poll_jobs()
-        swarm = self.known_swarm(command.swarm_id, command.request_id)
-        if swarm is None:
+    def answer(self, token: int) -> None:
+        command = self.answers.pop(token, None)
+        if command is None:
             return
-        self.emit(make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event()))
+        self.refresh_registry()
+        if isinstance(command, commands.ListSwarms):
+            swarms = [record.to_event() for record in self.table.all()]
+            self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
+            return
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is not None:
+            self.emit(
+                make_event("swarm_status", request_id=command.request_id, swarm=record.to_event())
+            )
 
     def terminate(self, command: commands.Terminate) -> None:
-        swarm = self.known_swarm(command.swarm_id, command.request_id)
-        if swarm is None:
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is not None:
+            self.jobs.tell(Cancel(record, command.request_id))
+
+    def cancelled(self, message: Cancelled) -> None:
+        if message.error is not None:
+            self.backend_error("terminate", message.error, message.request_id)
             return
-        try:
-            self.scheduler.cancel(swarm)
-        except BackendError as exc:
-            self.backend_error("terminate", exc, command.request_id)
-            return
-        self.registry.update(swarm.swarm_id, state="terminated")
+        record = self.table.by_swarm(message.swarm_id)
+        if record is not None:
+            self.table.set_state(record.job_id, "terminated")
+            self.write_registry()  # before the answer: a CLI exits on it
         self.emit(
-            make_event("swarm_terminated", request_id=command.request_id, swarm_id=swarm.swarm_id)
+            make_event("swarm_terminated", request_id=message.request_id, swarm_id=message.swarm_id)
         )
 
     def shutdown(self, command: commands.Shutdown) -> None:

@@ -1,0 +1,232 @@
+"""Every swarm a router knows, as a plain object the SupervisorActor drives.
+
+Like ``NodeCorrelation`` it decides and does not act: which swarms are followed (have
+NodeActors), what the scheduler's reports mean for each node, which records must be written
+back to the registry, when a finished swarm may be released, and what to do with lines of a
+swarm no registry has shown yet. The supervisor owns the actors, the registry and the cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from codeswarm.actors.messages import NodeGone, NodePending, NodeRunning
+from codeswarm.hpc import records
+from codeswarm.registry import SwarmRecord
+
+log = logging.getLogger(__name__)
+
+HELD_SECONDS = 300.0  # lines of a job no registry knows are kept this long, then dropped
+HELD_BYTES = 64 << 20  # and never more than this in all
+
+
+def job_of(key: str) -> str:
+    """The job id of a ``<JOB>_<NODE>`` node key."""
+    return key.rpartition("_")[0]
+
+
+def with_node_states(record: SwarmRecord, node_states: dict[str, str]) -> SwarmRecord:
+    """The record with these node states, and the swarm state they imply."""
+    record = replace(record, node_states=node_states)
+    states = [record.node_state(n) for n in range(record.nodes)]
+    if states and all(s == "exited" for s in states):
+        return record.with_state("exited")
+    if any(s == "running" for s in states):
+        return record.with_state("running")
+    return record
+
+
+def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
+    """What to store when this router writes ``mine`` over ``stored`` (read under the lock).
+
+    Node states and last seqs are this router's observations; the swarm state only moves
+    forward, so a terminate written meanwhile by another process is never undone.
+    """
+    updated = replace(
+        stored, node_states=mine.node_states, last_seqs=mine.last_seqs or stored.last_seqs
+    )
+    return updated.with_state(mine.state)
+
+
+@dataclass
+class Held:
+    """Lines of a job that no registry has shown yet, kept in order until it appears."""
+
+    since: float
+    batches: list[tuple[str, list[Any]]] = field(default_factory=list)
+    size: int = 0
+
+
+class SwarmTable:
+    """Swarms by job id; ``followed`` are those with NodeActors."""
+
+    def __init__(self, gone_grace: float, drain_seconds: float) -> None:
+        self.gone_grace = gone_grace
+        self.drain_seconds = drain_seconds
+        self.records: dict[str, SwarmRecord] = {}
+        self.followed: set[str] = set()
+        self.active: dict[str, float] = {}  # followed job -> last line or state change
+        self.gone_since: dict[str, float] = {}  # node key -> first "exited" from the scheduler
+        self.dirty: set[str] = set()  # jobs whose record must be written to the registry
+        self.held: dict[str, Held] = {}
+        self.held_bytes = 0
+
+    # ---- lookups ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> SwarmRecord | None:
+        return self.records.get(job_id)
+
+    def by_swarm(self, swarm_id: str) -> SwarmRecord | None:
+        return next((r for r in self.records.values() if r.swarm_id == swarm_id), None)
+
+    def all(self) -> list[SwarmRecord]:
+        return sorted(self.records.values(), key=lambda r: r.created)
+
+    # ---- which swarms are followed ----------------------------------------------------------
+
+    def follow(self, record: SwarmRecord, now: float) -> None:
+        self.records[record.job_id] = record
+        self.followed.add(record.job_id)
+        self.active[record.job_id] = now
+
+    def merge(self, stored: list[SwarmRecord], now: float) -> tuple[list[SwarmRecord], list[str]]:
+        """Take in the registry's records: (swarms to start following, jobs it no longer has).
+
+        Other processes launch, terminate and prune swarms: a new live swarm is followed; a
+        state they made final is adopted; a record they removed is forgotten.
+        """
+        new = []
+        seen = set()
+        for record in stored:
+            seen.add(record.job_id)
+            mine = self.records.get(record.job_id)
+            if mine is None:
+                self.records[record.job_id] = record
+                if not record.all_exited():
+                    self.follow(record, now)
+                    new.append(record)
+            elif record.job_id in self.followed:
+                self.records[record.job_id] = mine.with_state(record.state)
+            elif record.job_id not in self.dirty:
+                self.records[record.job_id] = record
+        removed = [job for job in self.records if job not in seen and job not in self.dirty]
+        for job in removed:
+            del self.records[job]
+        return new, removed
+
+    def releasable(self, now: float) -> list[str]:
+        """Followed swarms whose nodes have all exited and whose outboxes went quiet."""
+        return [
+            job
+            for job in self.followed
+            if self.records[job].all_exited() and now - self.active[job] >= self.drain_seconds
+        ]
+
+    def release(self, job_id: str, last_seqs: dict[str, int]) -> SwarmRecord:
+        """Stop following a finished swarm; its record keeps each node's last seq."""
+        self.followed.discard(job_id)
+        self.active.pop(job_id, None)
+        record = self.records[job_id]
+        for node_id in range(record.nodes):
+            self.gone_since.pop(records.node_key(job_id, node_id), None)
+        record = replace(record, last_seqs={**record.last_seqs, **last_seqs}).with_state("exited")
+        self.records[job_id] = record
+        self.dirty.add(job_id)
+        return record
+
+    # ---- what nodes do ----------------------------------------------------------------------
+
+    def touched(self, job_id: str, now: float) -> None:
+        if job_id in self.followed:
+            self.active[job_id] = now
+
+    def node_started(self, job_id: str, node_id: int, now: float) -> None:
+        """A worker's own ``node_started`` was routed: it runs before the next poll says so.
+
+        Its ``node_exited`` is not taken as the node's end: a requeued job runs again, and
+        only the scheduler knows. A final swarm stays final.
+        """
+        record = self.records.get(job_id)
+        if record is None or record.node_state(node_id) == "running" or record.is_final():
+            return
+        self._update(record, {**record.node_states, str(node_id): "running"}, now)
+
+    def apply(self, states: dict[str, dict[int, str]], now: float) -> list[tuple[str, Any]]:
+        """The scheduler's node states: (node key, message) for each node told of a change.
+
+        A node reported gone stays as it was for ``gone_grace`` seconds, so that the follower
+        can deliver the worker's own last events before its open injections are failed.
+        """
+        told = []
+        for job_id, nodes in states.items():
+            record = self.records.get(job_id)
+            if record is None or job_id not in self.followed:
+                continue
+            node_states = dict(record.node_states)
+            for node_id, state in nodes.items():
+                key = records.node_key(job_id, node_id)
+                if state != "exited":
+                    self.gone_since.pop(key, None)
+                    told.append((key, NodeRunning() if state == "running" else NodePending()))
+                    node_states[str(node_id)] = state
+                    continue
+                since = self.gone_since.setdefault(key, now)
+                if now - since >= self.gone_grace:
+                    if record.node_state(node_id) != "exited":
+                        told.append((key, NodeGone("the worker process ended")))
+                    node_states[str(node_id)] = "exited"
+            self._update(record, node_states, now)
+        return told
+
+    def _update(self, record: SwarmRecord, node_states: dict[str, str], now: float) -> None:
+        updated = with_node_states(record, node_states)
+        if updated != record:
+            self.records[record.job_id] = updated
+            self.dirty.add(record.job_id)
+            self.touched(record.job_id, now)
+
+    def set_state(self, job_id: str, state: str) -> SwarmRecord | None:
+        """A swarm-level change made here (terminate); None if the swarm is unknown."""
+        record = self.records.get(job_id)
+        if record is None:
+            return None
+        self.records[job_id] = record.with_state(state)
+        self.dirty.add(job_id)
+        return self.records[job_id]
+
+    def stored(self, record: SwarmRecord | None, job_id: str) -> None:
+        """The registry's answer to a write: adopt it (another process may have moved on)."""
+        self.dirty.discard(job_id)
+        if record is None:
+            self.records.pop(job_id, None)
+        else:
+            self.records[job_id] = record
+
+    # ---- lines of swarms not yet known ------------------------------------------------------
+
+    def hold(self, key: str, lines: list[Any], now: float) -> bool:
+        """Keep lines of an unknown job until the registry shows it; False if over the bound."""
+        size = sum(len(line[-1]) for line in lines)
+        if self.held_bytes + size > HELD_BYTES:
+            return False
+        held = self.held.setdefault(job_of(key), Held(now))
+        held.batches.append((key, lines))
+        held.size += size
+        self.held_bytes += size
+        return True
+
+    def take_held(self, job_id: str) -> list[tuple[str, list[Any]]]:
+        held = self.held.pop(job_id, None)
+        if held is None:
+            return []
+        self.held_bytes -= held.size
+        return held.batches
+
+    def expire_held(self, now: float) -> list[str]:
+        """Jobs whose held lines waited ``HELD_SECONDS`` for a registry record: dropped."""
+        expired = [job for job, held in self.held.items() if now - held.since >= HELD_SECONDS]
+        for job in expired:
+            self.take_held(job)
+        return expired
