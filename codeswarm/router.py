@@ -81,7 +81,7 @@ class Router:
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
-        registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
+        self.registry = registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         registry.all()  # a damaged registry is the caller's error now, not a dead actor later
         settings = worker_settings(config)
         try:

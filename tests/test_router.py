@@ -286,3 +286,95 @@ def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
         answers["long"]["error"] == "invalid_field" and answers["long"]["field"] == "injection_id"
     )
     assert answers["nojob"]["error"] == "unknown_swarm"
+
+
+def node_actor_threads() -> int:
+    return sum(t.name.startswith("NodeActor") for t in threading.enumerate())
+
+
+def test_a_finished_swarm_releases_its_actors_and_cursor_and_stays_listed(simulated):
+    swarms, _ = simulated()
+    before = node_actor_threads()
+    swarm = swarms.launch(nodes=3)
+    sid = swarm["swarm_id"]
+    request = swarms.inject(sid, "hello", nodes="all")
+    collect(swarms, lambda evs: sum(e.get("request_id") == request for e in evs) >= 3 * 6)
+    assert node_actor_threads() == before + 3
+    swarms.terminate(sid)
+    collect(swarms, lambda evs: sum(e["type"] == "node_exited" for e in evs) == 3)
+    supervisor = swarms.router.supervisor.proxy()
+    deadline = time.monotonic() + 20
+    while supervisor.table.get().followed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert supervisor.table.get().followed == set()
+    assert supervisor.nodes.get() == {}
+    cursor = supervisor.cursor.get()
+    assert not any(key.startswith(swarm["job_id"]) for key in cursor.offsets)
+    assert cursor.seqs == {}
+    time.sleep(0.3)
+    assert node_actor_threads() == before
+    stored = swarms.router.registry.get(sid)
+    assert stored.state == "terminated" and stored.ended is not None
+    assert set(stored.last_seqs) == {"0", "1", "2"}
+    assert [s["swarm_id"] for s in swarms.list()] == [sid]
+    acks = swarms.inject_and_wait(sid, "anyone?", nodes="all")
+    assert {(a["type"], a["error"]) for a in acks} == {("inject_failed", "node_gone")}
+    assert all(f"swarm {sid} has terminated" in a["message"] for a in acks)
+
+
+def test_a_swarm_another_process_launches_is_served_with_every_event(simulated):
+    serving, _ = simulated()  # the daemon: follows the mailbox
+    launcher, _ = simulated()  # a CLI call on the same state dir
+    swarm = launcher.launch(nodes=2)
+    request = serving.inject(swarm["swarm_id"], "burst 20", nodes="all")
+    events = collect(
+        serving,
+        lambda evs: sum(e["type"] == "usage" and e.get("request_id") == request for e in evs) == 2,
+    )
+    assert sum(e["type"] == "node_started" for e in events) == 2
+    for node_id in (0, 1):
+        seqs = [e["seq"] for e in events if e.get("node_id") == node_id and "seq" in e]
+        assert seqs == list(range(len(seqs))), seqs
+    assert not [e for e in events if e["type"] in ("error", "inject_failed")]
+
+
+class SilentScheduler(SimulatedScheduler):
+    """A scheduler whose polls know nothing yet: only the workers say they run."""
+
+    def poll(self, swarms):
+        return {}
+
+
+def test_node_started_updates_the_registry_before_the_scheduler_does(tmp_path):
+    config = local_config(tmp_path)
+    scheduler = SilentScheduler(config.cluster.cluster_dir)
+    try:
+        with Codeswarm(config, scheduler=scheduler) as swarms:
+            swarm = swarms.launch(nodes=2)
+            collect(swarms, lambda evs: sum(e["type"] == "node_started" for e in evs) == 2)
+            time.sleep(1.0)  # a tick writes the registry
+            stored = swarms.router.registry.get(swarm["swarm_id"])
+            assert stored.node_states == {"0": "running", "1": "running"}, stored
+            assert swarms.status(swarm["swarm_id"])["state"] == "running", stored
+    finally:
+        scheduler.close()
+
+
+def test_a_router_failure_reaches_every_caller_at_once(simulated, monkeypatch):
+    from codeswarm.actors.supervisor import SupervisorActor
+    from codeswarm.embed import CodeswarmError
+
+    def broken(self, command):
+        raise RuntimeError("a bug")
+
+    swarms, _ = simulated()
+    monkeypatch.setattr(SupervisorActor, "command", broken)
+    started = time.monotonic()
+    with pytest.raises(CodeswarmError, match="internal: the router failed"):
+        swarms.list(timeout=30)
+    with pytest.raises(CodeswarmError, match="router failed"):
+        list(swarms.events(timeout=30))
+    with pytest.raises(CodeswarmError, match="router failed"):
+        list(swarms.events())
+    assert time.monotonic() - started < 5
+    assert swarms.router.stop_requested.wait(10)

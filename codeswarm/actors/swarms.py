@@ -35,7 +35,7 @@ def with_node_states(record: SwarmRecord, node_states: dict[str, str]) -> SwarmR
         return record.with_state("exited")
     if any(s == "running" for s in states):
         return record.with_state("running")
-    return record
+    return record.with_state("pending")  # before the start, or requeued
 
 
 def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
@@ -108,10 +108,15 @@ class SwarmTable:
                     self.follow(record, now)
                     new.append(record)
             elif record.job_id in self.followed:
-                self.records[record.job_id] = mine.with_state(record.state)
+                if record.is_final():  # terminated elsewhere; live states are ours to say
+                    self.records[record.job_id] = mine.with_state(record.state)
             elif record.job_id not in self.dirty:
                 self.records[record.job_id] = record
-        removed = [job for job in self.records if job not in seen and job not in self.dirty]
+        removed = [
+            job
+            for job in self.records
+            if job not in seen and job not in self.dirty and job not in self.followed
+        ]
         for job in removed:
             del self.records[job]
         return new, removed
