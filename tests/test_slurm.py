@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -350,3 +352,98 @@ def test_the_daemon_rides_out_the_login_node_dropping(
         d.send({"command": "terminate", "swarm_id": swarm_id})
     finally:
         d.close()
+
+
+def largest_gap(times: list[float]) -> float:
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def test_a_stopped_controller_holds_up_nothing_but_the_launch(
+    slurm_config, cluster_codex, model_server, tmp_path, minicluster
+):
+    """slurmctld stopped for 20 s: events flow, pings answer, no swarm ends, the launch waits."""
+    from codeswarm.model_server import Reply
+
+    deltas = 1100  # 55 s of streaming at 50 ms a delta: 20 s before the stop, 20 s in it
+    model_server.add_rule("stream", Reply(text="x" * deltas, deltas=deltas, delay_seconds=0.05))
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    controller = int((Path(minicluster["MINICLUSTER_DIR"]) / "run/pids/slurmctld.pid").read_text())
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    stopped = False
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 1, "request_id": "A"})
+        first = d.wait_event("swarm_launched", request_id="A")["swarm"]
+        d.wait_event("node_started", timeout=120, job_id=first["job_id"])
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": first["swarm_id"],
+                "nodes": "all",
+                "content": "stream please",
+                "request_id": "S",
+            }
+        )
+        d.wait_event("assistant_delta", timeout=60, request_id="S")
+
+        def stream_times(start: float, end: float) -> list[float]:
+            return [
+                t
+                for e, t in zip(d.events, d.arrivals, strict=True)
+                if e.get("request_id") == "S"
+                and e["type"] == "assistant_delta"
+                and start <= t < end
+            ]
+
+        calm_start = time.monotonic()
+        d.wait_for(lambda evs: time.monotonic() >= calm_start + 20, timeout=25)
+        calm_end = time.monotonic()
+        os.kill(controller, signal.SIGSTOP)
+        stopped = True
+        d.send({"command": "launch", "nodes": 1, "request_id": "B"})
+        pings = []
+        for n in range(20):
+            sent = time.monotonic()
+            d.send({"command": "ping", "request_id": f"p{n}"})
+            d.wait_event("pong", timeout=5, request_id=f"p{n}")
+            pings.append(time.monotonic() - sent)
+            d.wait_for(lambda evs, s=sent: time.monotonic() >= s + 1.0, timeout=5)
+        d.send({"command": "status", "swarm_id": first["swarm_id"], "request_id": "st"})
+        during_status = d.wait_event("swarm_status", timeout=10, request_id="st")["swarm"]
+        stop_end = time.monotonic()
+        os.kill(controller, signal.SIGCONT)
+        stopped = False
+
+        launch = d.wait_for(lambda evs: any(e.get("request_id") == "B" for e in evs), timeout=240)
+        answer = next(e for e in launch if e.get("request_id") == "B")
+        if answer["type"] == "error":
+            assert answer["error"] == "backend" and "sbatch" in answer["message"], answer
+        else:
+            assert answer["type"] == "swarm_launched", answer
+        d.wait_event("usage", timeout=120, request_id="S")
+        calm = stream_times(calm_start, calm_end)
+        during = stream_times(calm_end, stop_end)
+        assert len(calm) > 200 and len(during) > 200, (len(calm), len(during))
+        assert largest_gap(during) <= largest_gap(calm) + 0.1, (
+            largest_gap(during),
+            largest_gap(calm),
+        )
+        assert max(pings) < 1.0, pings
+        assert during_status["state"] == "running", during_status
+        assert not [
+            e for e in d.events if e["type"] in ("node_exited", "swarm_terminated", "inject_failed")
+        ]
+        d.send({"command": "status", "swarm_id": first["swarm_id"], "request_id": "st2"})
+        assert d.wait_event("swarm_status", request_id="st2")["swarm"]["state"] == "running"
+        worst = max(itertools.pairwise(during), key=lambda pair: pair[1] - pair[0])
+        print(
+            f"largest gap at {worst[0] - calm_end:.2f} s into the stop; "
+            f"largest gap between deltas: {largest_gap(calm) * 1000:.0f} ms with slurmctld "
+            f"running, {largest_gap(during) * 1000:.0f} ms while stopped; "
+            f"slowest ping while stopped {max(pings) * 1000:.0f} ms; launch: {answer['type']}"
+        )
+    finally:
+        if stopped:
+            os.kill(controller, signal.SIGCONT)
+        d.close()
+        subprocess.run(["scancel", "--user", minicluster["MINICLUSTER_USER"]], check=False)

@@ -42,6 +42,9 @@ class Transport(Protocol):
     def start_follower(self, start: dict[str, Any]) -> FollowerStream:
         """Start ``hpc.outbox_follower`` and send it ``start`` (cursor and jobs) first."""
 
+    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
+        """Remove finished swarms' files with ``hpc.prune``: swarm id -> paths removed."""
+
     def close(self) -> None:
         """Release connections; called once the actors are stopped."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from codeswarm.backends import BackendError, Submitted, follower_args
-from codeswarm.hpc import mailbox_io, records
+from codeswarm.hpc import mailbox_io, prune, records
 from codeswarm.registry import SwarmRecord
 
 
@@ -92,6 +92,18 @@ class LocalTransport:
             mailbox_io.append_lines(path, b"".join(lines))
         except OSError as exc:
             raise BackendError(f"cannot write inbox {path}: {exc}") from exc
+
+    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
+        removed = {}
+        try:
+            for swarm in swarms:
+                paths = prune.swarm_paths(
+                    str(self.cluster_dir), swarm.swarm_id, swarm.job_id, swarm.nodes
+                )
+                removed[swarm.swarm_id] = [path for path in paths if prune.remove(path)]
+        except (OSError, records.RecordError) as exc:
+            raise BackendError(f"cannot remove swarm files in {self.cluster_dir}: {exc}") from exc
+        return removed
 
     def start_follower(self, start: dict[str, Any]) -> LocalProcess:
         argv = [

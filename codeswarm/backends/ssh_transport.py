@@ -20,6 +20,7 @@ from codeswarm.backends import BackendError, follower_args
 from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe
 from codeswarm.hpc import records
 from codeswarm.protocol import errors
+from codeswarm.registry import SwarmRecord
 
 
 class ChannelStream:
@@ -206,6 +207,16 @@ class SSHTransport:
             channel.close()
             raise BackendError(f"starting the follower: {describe(exc)}", code=errors.SSH) from exc
         return ChannelStream(channel)
+
+    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
+        listed = [{"swarm_id": s.swarm_id, "job_id": s.job_id, "nodes": s.nodes} for s in swarms]
+        argv = self.hpc_command("prune", "--cluster-dir", self.cluster_dir)
+        out = self.connection.run(argv, stdin=json.dumps(listed).encode())
+        removed = {}
+        for line in out.decode("utf-8", "replace").splitlines():
+            answer = json.loads(line)
+            removed[answer["swarm_id"]] = answer["removed"]
+        return removed
 
     def close(self) -> None:
         self.writer.close()

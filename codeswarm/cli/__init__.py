@@ -271,6 +271,56 @@ def attach(
 
 
 @main.command()
+@click.option(
+    "--older-than",
+    default="7d",
+    show_default=True,
+    help="Only swarms that ended at least this long ago: 90s, 30m, 12h, 7d, or 0 for all.",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@config_option
+def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) -> None:
+    """Forget finished swarms and remove their files from the cluster.
+
+    A swarm that has exited or been terminated stays in `codeswarm list` until pruned. This
+    removes its registry record, its mailbox files (inbox, outbox, archives, state, logs)
+    and each agent's working directory and CODEX_HOME. Running swarms are never touched.
+
+    \b
+    Example:
+      codeswarm prune --older-than 2d --dry-run --config configs/hpcfund.json
+      codeswarm prune --older-than 2d --config configs/hpcfund.json
+    """
+    from codeswarm.prune import parse_age
+    from codeswarm.prune import prune as prune_swarms
+    from codeswarm.registry import SwarmRegistry
+    from codeswarm.router import build_backend
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    setup_logging(debug)
+    config = load(config_path)
+    transport, _, _ = build_backend(config)
+    try:
+        registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
+        if not dry_run:
+            transport.prepare()  # the cluster side runs hpc.prune from its copy
+        pruned = prune_swarms(registry, transport, age, dry_run)
+    except (BackendError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        transport.close()
+    verb = "would remove" if dry_run else "removed"
+    for swarm, paths in pruned:
+        files = "" if dry_run else f" ({len(paths)} paths)"
+        click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
+    if not pruned:
+        click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
+
+
+@main.command()
 @click.argument("swarm_id")
 @config_option
 def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:

@@ -28,14 +28,15 @@ class Daemon:
                 stdout=subprocess.PIPE,
                 stderr=err,
             )
-        self.lines: queue.Queue[bytes | None] = queue.Queue()
+        self.lines: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
         self.events: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() when each event's line was read
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.put(line)
+            self.lines.put((time.monotonic(), line))
         self.lines.put(None)
 
     def send(self, *commands: dict[str, Any] | str) -> None:
@@ -52,18 +53,20 @@ class Daemon:
         while not predicate(self.events):
             remaining = deadline - time.monotonic()
             try:
-                line = self.lines.get(timeout=max(0.01, remaining))
+                item = self.lines.get(timeout=max(0.01, remaining))
             except queue.Empty:
-                line = b""
-            if line is None or remaining <= 0:
+                item = (0.0, b"")
+            if item is None or remaining <= 0:
                 raise AssertionError(
                     f"no match; exited={self.process.poll()}; last events {self.events[-5:]}\n"
                     f"stderr:\n{self.stderr()[-3000:]}"
                 )
+            arrived, line = item
             if line:
                 event = json.loads(line)  # stdout carries protocol lines only
                 assert event_errors(event) == {}, event
                 self.events.append(event)
+                self.arrivals.append(arrived)
         return self.events
 
     def wait_event(self, kind: str, timeout: float = 60.0, **fields: Any) -> dict[str, Any]:

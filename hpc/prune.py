@@ -1,0 +1,85 @@
+"""Remove finished swarms' files from a cluster directory (run by ``codeswarm prune``).
+
+Run as ``python3 -m hpc.prune --cluster-dir DIR`` with a JSON list on stdin, one object per
+swarm: ``{"swarm_id": ..., "job_id": ..., "nodes": N}``. For each it removes the swarm's
+mailbox files (inbox, outbox, every archived run, state, logs), each node's workspace and
+CODEX_HOME, the swarm's settings and batch script, and its job's output; then prints one JSON
+line per swarm: ``{"swarm_id": ..., "removed": <paths removed>}``. Ids are checked as every
+other cluster-side program checks them, so a damaged registry cannot name a path outside the
+cluster directory. Standard library only, Python >= 3.8.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+from . import records
+
+
+def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
+    """Every path a swarm may have left in ``cluster_dir`` (existing or not)."""
+    records.check_id(swarm_id, "swarm_id")
+    records.check_id(job_id, "job_id")
+    mailbox = os.path.join(cluster_dir, "mailbox")
+    paths = [
+        os.path.join(cluster_dir, "swarms", swarm_id),
+        os.path.join(cluster_dir, "logs", "slurm-%s.out" % job_id),
+    ]
+    for node_id in range(nodes):
+        key = records.node_key(job_id, node_id)
+        paths += [
+            os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id)),
+            os.path.join(mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)),
+            os.path.join(mailbox, records.STATE_DIR, records.state_name(job_id, node_id)),
+            os.path.join(cluster_dir, "workspaces", key),
+            os.path.join(cluster_dir, "codex-home", key),
+        ]
+        archive = os.path.join(mailbox, records.ARCHIVE_DIR)
+        paths.append(os.path.join(archive, records.record_name(job_id, node_id)))
+        paths += sorted(glob.glob(os.path.join(archive, glob.escape(key) + ".r*.jsonl")))
+        for logs in (os.path.join(mailbox, records.LOG_DIR), os.path.join(cluster_dir, "logs")):
+            paths += sorted(glob.glob(os.path.join(logs, glob.escape(key) + ".*")))
+    return paths
+
+
+def remove(path):
+    """Remove a file or a whole directory; True if something was there."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+        return True
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python3 -m hpc.prune", description="Remove finished swarms' files."
+    )
+    parser.add_argument("--cluster-dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        swarms = json.loads(sys.stdin.read())
+        for swarm in swarms:
+            paths = swarm_paths(
+                args.cluster_dir, swarm["swarm_id"], swarm["job_id"], int(swarm["nodes"])
+            )
+            removed = [path for path in paths if remove(path)]
+            sys.stdout.write(json.dumps({"swarm_id": swarm["swarm_id"], "removed": removed}))
+            sys.stdout.write("\n")
+    except (ValueError, KeyError, TypeError, records.RecordError) as exc:
+        sys.stderr.write("hpc.prune: bad input: %s\n" % exc)
+        return 2
+    except OSError as exc:
+        sys.stderr.write("hpc.prune: %s\n" % exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

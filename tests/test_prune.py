@@ -1,0 +1,114 @@
+"""codeswarm prune: finished swarms' records and files go; running swarms stay."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from codeswarm.cli import main
+from codeswarm.config import parse_config
+from codeswarm.embed import Codeswarm
+from codeswarm.hpc import prune as hpc_prune
+from codeswarm.hpc import records
+from codeswarm.prune import finished_before, parse_age
+from codeswarm.registry import SwarmRecord
+from tests.support.simulated_workers import SimulatedScheduler
+
+
+def test_ages():
+    assert [parse_age(t) for t in ("0", "90", "90s", "30m", "12h", "7d", "1.5h")] == [
+        0,
+        90,
+        90,
+        1800,
+        43200,
+        604800,
+        5400,
+    ]
+    for bad in ("", "7w", "-1d", "1d\n2", "d"):
+        with pytest.raises(ValueError, match="not an age"):
+            parse_age(bad)
+
+
+def test_only_final_swarms_that_ended_before_the_cutoff_are_chosen():
+    def record(job_id, state, ended=None, created=100.0):
+        return SwarmRecord(f"sw-{job_id}", job_id, "local", "/mb", 1, created, state, ended=ended)
+
+    swarms = [
+        record("1", "terminated", ended=150.0),
+        record("2", "exited", ended=250.0),
+        record("3", "running"),
+        record("4", "exited", ended=None, created=120.0),
+        record("5", "pending", created=10.0),
+    ]
+    assert [s.job_id for s in finished_before(swarms, 200.0)] == ["1", "4"]
+
+
+def test_hostile_ids_never_name_a_path_outside_the_cluster_dir(tmp_path):
+    with pytest.raises(records.RecordError):
+        hpc_prune.swarm_paths(str(tmp_path), "../../etc", "7", 1)
+    with pytest.raises(records.RecordError):
+        hpc_prune.swarm_paths(str(tmp_path), "sw-1", "7/../..", 1)
+
+
+def test_prune_removes_finished_swarms_files_and_records_and_keeps_running_ones(tmp_path):
+    config_data = {
+        "backend": "local",
+        "cluster": {"workspace_root": str(tmp_path / "ws")},
+        "router": {"state_dir": str(tmp_path / "state")},
+    }
+    config = parse_config(config_data)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config_data))
+    scheduler = SimulatedScheduler(config.cluster.cluster_dir)
+    cluster = Path(config.cluster.cluster_dir)
+    try:
+        with Codeswarm(config, scheduler=scheduler) as swarms:
+            done = swarms.launch(nodes=2)
+            running = swarms.launch(nodes=1)
+            request = swarms.inject(done["swarm_id"], "hello", nodes="all")
+            answered = 0
+            for event in swarms.events(timeout=30):
+                answered += event["type"] == "usage" and event.get("request_id") == request
+                if answered == 2:
+                    break
+            swarms.terminate(done["swarm_id"])
+            deadline = time.monotonic() + 30
+            while swarms.router.registry.get(done["swarm_id"]).ended is None:
+                assert time.monotonic() < deadline, "the swarm never ended"
+                time.sleep(0.1)
+            while not list((cluster / "mailbox" / "archive").glob(f"{done['job_id']}_1*")):
+                assert time.monotonic() < deadline, "the outbox was never archived"
+                time.sleep(0.1)
+        (cluster / "workspaces" / f"{done['job_id']}_0").mkdir(parents=True)
+        (cluster / "workspaces" / f"{running['job_id']}_0").mkdir(parents=True)
+        ours = sorted(str(p) for p in cluster.rglob(f"*{done['job_id']}_*"))
+        assert any("inbox" in p for p in ours) and any("archive" in p for p in ours)
+
+        runner = CliRunner()
+        dry = runner.invoke(
+            main, ["prune", "--older-than", "0", "--dry-run", "--config", str(config_file)]
+        )
+        assert dry.exit_code == 0, dry.output
+        assert dry.output.strip() == f"would remove {done['swarm_id']} (job {done['job_id']}, " \
+            "terminated)"
+        assert sorted(str(p) for p in cluster.rglob(f"*{done['job_id']}_*")) == ours
+
+        young = runner.invoke(main, ["prune", "--older-than", "1h", "--config", str(config_file)])
+        assert young.exit_code == 0 and "no finished swarm" in young.output
+
+        pruned = runner.invoke(main, ["prune", "--older-than", "0", "--config", str(config_file)])
+        assert pruned.exit_code == 0, pruned.output
+        assert pruned.output.startswith(f"removed {done['swarm_id']}")
+        assert list(cluster.rglob(f"*{done['job_id']}_*")) == []
+        assert not (cluster / "swarms" / done["swarm_id"]).exists()
+        assert (cluster / "workspaces" / f"{running['job_id']}_0").exists()
+        listed = runner.invoke(main, ["list", "--json", "--config", str(config_file)])
+        ids = [json.loads(line)["swarm_id"] for line in listed.output.splitlines()]
+        assert ids == [running["swarm_id"]]
+    finally:
+        scheduler.close()
