@@ -88,3 +88,46 @@ def test_help_shows_examples():
     for verb in ("daemon", "launch", "list", "status", "inject", "attach", "terminate"):
         assert verb in result.output
     assert "Example" in CliRunner().invoke(main, ["inject", "--help"]).output
+
+
+@pytest.mark.integration
+def test_a_running_daemon_serves_a_swarm_the_cli_launched(config_file, tmp_path):
+    from tests.support.daemon import Daemon
+
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    swarm_id = None
+    try:
+        d.wait_event("ready", timeout=60)
+        launched = run(config_file, "launch", "--nodes", "2", "--json")
+        assert launched.returncode == 0, launched.stderr
+        swarm = json.loads(launched.stdout)
+        swarm_id = swarm["swarm_id"]
+        for n in range(5):
+            d.send(
+                {
+                    "command": "inject",
+                    "swarm_id": swarm_id,
+                    "nodes": "all",
+                    "content": f"prompt {n}",
+                    "request_id": f"r{n}",
+                }
+            )
+        events = d.wait_for(lambda evs: sum(e["type"] == "usage" for e in evs) == 10, timeout=180)
+        assert not [e for e in events if e["type"] in ("error", "inject_failed")]
+        assert sorted(e["node_id"] for e in events if e["type"] == "node_started") == [0, 1]
+        for n in range(5):
+            mine = [e for e in events if e.get("request_id") == f"r{n}"]
+            for node_id in (0, 1):
+                types = [e["type"] for e in mine if e["node_id"] == node_id]
+                assert types[:2] == ["inject_ack", "inject_delivered"], types
+                assert types[-3:] == ["assistant", "turn_complete", "usage"], types
+        for node_id in (0, 1):
+            seqs = [e["seq"] for e in events if e.get("node_id") == node_id and "seq" in e]
+            assert seqs == list(range(len(seqs)))
+        d.send({"command": "terminate", "swarm_id": swarm_id, "request_id": "t"})
+        d.wait_event("swarm_terminated", request_id="t")
+        swarm_id = None
+    finally:
+        d.close()
+        if swarm_id is not None:
+            run(config_file, "terminate", swarm_id)
