@@ -206,6 +206,10 @@ class SupervisorActor(pykka.ThreadingActor):
         new, _ = self.table.merge(stored, time.monotonic())
         for record in new:
             self.start_nodes(record)
+        for job_id in list(self.table.held):  # lines of a swarm that ended before we saw it
+            record = self.table.get(job_id)
+            if record is not None:
+                self.start_nodes(record)
 
     def write_registry(self) -> None:
         for job_id in list(self.table.dirty):
@@ -513,8 +517,16 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def terminate(self, command: commands.Terminate) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
-        if record is not None:
-            self.jobs.tell(Cancel(record, command.request_id))
+        if record is None:
+            return
+        if record.all_exited():  # nothing left to stop (scancel would fail on a gone job)
+            self.emit(
+                make_event(
+                    "swarm_terminated", request_id=command.request_id, swarm_id=record.swarm_id
+                )
+            )
+            return
+        self.jobs.tell(Cancel(record, command.request_id))
 
     def cancelled(self, message: Cancelled) -> None:
         if message.error is not None:

@@ -204,8 +204,9 @@ class SwarmTable:
     def stored(self, record: SwarmRecord | None, job_id: str) -> None:
         """The registry's answer to a write: adopt it (another process may have moved on)."""
         self.dirty.discard(job_id)
-        if record is None:
-            self.records.pop(job_id, None)
+        if record is None:  # pruned by another process: forget it once no longer followed
+            if job_id not in self.followed:
+                self.records.pop(job_id, None)
         else:
             self.records[job_id] = record
 
