@@ -16,6 +16,7 @@ import venv
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def run(argv: list[str | Path], **options) -> subprocess.CompletedProcess[str]:
+def run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
     """Run to completion; on failure, say which command and show the end of its stderr."""
-    done = subprocess.run(argv, capture_output=True, text=True, **options)
+    done = subprocess.run(argv, capture_output=True, text=True)
     assert done.returncode == 0, f"{argv} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done
 
@@ -50,7 +51,7 @@ class Installed:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         return {**env, **extra}
 
-    def run(self, argv: list[str], **options) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: list[str], **options: Any) -> subprocess.CompletedProcess[str]:
         options.setdefault("env", self.env())
         return subprocess.run(
             [str(self.prefix / "bin" / argv[0]), *argv[1:]],
@@ -133,7 +134,9 @@ def test_installed_wheel_prints_help_and_imports_every_module_from_the_venv(inst
         "mods = [importlib.import_module(n) for n in names if n != 'codeswarm.__main__']\n"
         "print(json.dumps({m.__name__: m.__file__ for m in [codeswarm, *mods]}))\n"
     )
-    imported = json.loads(installed.run(["python", "-c", probe], check=True).stdout)
+    probed = installed.run(["python", "-c", probe])
+    assert probed.returncode == 0, probed.stderr[-3000:]
+    imported = json.loads(probed.stdout)
     assert {"codeswarm.backends.local", "codeswarm.hpc.codex_worker"} <= set(imported)
     site = str(installed.prefix / "lib")
     assert [f for f in imported.values() if not f.startswith(site)] == []
