@@ -2,7 +2,8 @@
 
 The repository pins the CLI in package.json (`npm ci` installs it under node_modules/). The
 native musl binary is preferred over the `node_modules/.bin/codex` Node wrapper: it starts
-faster and leaves no resident Node process per agent.
+faster and leaves no resident Node process per agent. An installed wheel carries no codex:
+there it comes from $CODESWARM_CODEX, the current directory's node_modules/, or PATH.
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ import shutil
 from pathlib import Path
 
 ENV_VAR = "CODESWARM_CODEX"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _ARCHES = {
     "x86_64": ("x64", "x86_64-unknown-linux-musl"),
     "amd64": ("x64", "x86_64-unknown-linux-musl"),
     "aarch64": ("arm64", "aarch64-unknown-linux-musl"),
     "arm64": ("arm64", "aarch64-unknown-linux-musl"),
 }
+
+
+def _source_checkout() -> Path | None:
+    """The repository codeswarm runs from (an editable install), or None for an installed wheel.
+
+    Only a checkout has the pin: package.json beside the package. A wheel's parent directory is
+    site-packages, whose node_modules/ would be nobody's.
+    """
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "package.json").is_file() else None
 
 
 def _executable(path: Path) -> bool:
@@ -37,15 +47,16 @@ def _native(root: Path) -> Path | None:
 def find_codex(explicit: str | None = None) -> str:
     """Return the path of the codex binary to run.
 
-    Order: `explicit`, $CODESWARM_CODEX, the native binary under the repository's or the current
-    directory's node_modules/, node_modules/.bin/codex, then `codex` on PATH.
+    Order: `explicit`, $CODESWARM_CODEX, the native binary under the source checkout's or the
+    current directory's node_modules/, node_modules/.bin/codex, then `codex` on PATH.
     """
     for given, origin in ((explicit, "explicit path"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if given:
             if not _executable(Path(given)):
                 raise FileNotFoundError(f"codex binary from {origin} is not executable: {given}")
             return given
-    roots = list(dict.fromkeys([_REPO_ROOT, Path.cwd().resolve()]))
+    checkout = _source_checkout()
+    roots = list(dict.fromkeys(root for root in (checkout, Path.cwd().resolve()) if root))
     candidates = [_native(root) for root in roots] + [r / "node_modules/.bin/codex" for r in roots]
     for path in candidates:
         if path is not None and _executable(path):
@@ -53,8 +64,11 @@ def find_codex(explicit: str | None = None) -> str:
     on_path = shutil.which("codex")
     if on_path:
         return on_path
-    raise FileNotFoundError(
-        "codex binary not found: run `npm ci` in the codeswarm repository "
-        f"({_REPO_ROOT}) to install the pinned @openai/codex, put `codex` on PATH, "
-        f"or set {ENV_VAR}=/path/to/codex"
-    )
+    if checkout:
+        hint = (
+            f"run `npm ci` in the codeswarm repository ({checkout}) to install the pinned "
+            "@openai/codex, put `codex` on PATH,"
+        )
+    else:
+        hint = "install the Codex CLI so that `codex` is on PATH (`npm install -g @openai/codex`),"
+    raise FileNotFoundError(f"codex binary not found: {hint} or set {ENV_VAR}=/path/to/codex")

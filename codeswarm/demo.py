@@ -5,7 +5,9 @@ with the local backend, launches two real codex agents, sends both one prompt, p
 events as they stream, and terminates the swarm. The same few calls drive a cluster swarm
 with a Slurm config.
 
-Run: scripts/bootstrap && .venv/bin/python scripts/demo.py ["your prompt"]
+It ships in the package so that an installed wheel can run the main job too:
+``python -m codeswarm.demo ["your prompt"]`` (codex from ``$CODESWARM_CODEX``, the source
+checkout's pinned binary, or PATH: see ``codeswarm.codex_binary``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codeswarm.config import parse_config
+from codeswarm.config import Config, parse_config
 from codeswarm.embed import Codeswarm
 from codeswarm.model_server import ModelServer
 
 
-def demo_config(model_url: str, root: Path):
+def demo_config(model_url: str, root: Path) -> Config:
     """The local default, with codex pointed at the local model server."""
     provider = {"name": "local model server", "base_url": model_url, "wire_api": "responses"}
     return parse_config(
