@@ -447,3 +447,38 @@ def test_a_stopped_controller_holds_up_nothing_but_the_launch(
             os.kill(controller, signal.SIGCONT)
         d.close()
         subprocess.run(["scancel", "--user", minicluster["MINICLUSTER_USER"]], check=False)
+
+
+def test_prune_and_lost_launches_over_ssh(slurm_config):
+    """A job queued for a launch reported failed is found by name and cancelled; prune runs
+    hpc.prune on the login node and removes only that swarm's files."""
+    from codeswarm.backends.slurm import SlurmScheduler
+    from codeswarm.registry import SwarmRecord
+
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0)
+    try:
+        transport.prepare()
+        scheduler = SlurmScheduler(transport, config.slurm, "python3")
+        settings = {"agent": {"codex_path": "/nonexistent/codex"}, "worker": {}}
+        job_id = scheduler.submit("sw-lost", 1, settings).job_id
+        assert scheduler.cancel_unregistered("sw-lost") == job_id
+        deadline = time.monotonic() + 30
+        while job_id in connection.run(["squeue", "--me", "-h", "-o", "%i"]).decode().split():
+            assert time.monotonic() < deadline, "the lost job was not cancelled"
+            time.sleep(0.2)
+        assert scheduler.cancel_unregistered("sw-lost") is None
+
+        mailbox = transport.mailbox
+        for name in ("inbox/9_0.jsonl", "archive/9_0.r1.jsonl", "inbox/19_0.jsonl"):
+            connection.run(["touch", f"{mailbox}/{name}"])
+        gone = SwarmRecord("sw-9", "9", "slurm", mailbox, 1, 0.0, "exited")
+        removed = transport.remove_swarm_files([gone])
+        assert sorted(removed["sw-9"]) == [
+            f"{mailbox}/archive/9_0.r1.jsonl",
+            f"{mailbox}/inbox/9_0.jsonl",
+        ]
+        assert connection.run(["ls", f"{mailbox}/inbox"]).split() == [b"19_0.jsonl"]
+    finally:
+        transport.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -183,3 +184,61 @@ def test_forgetting_a_job_drops_its_offsets_and_returns_its_seqs(tmp_path):
     cursor.advance("17_0", {"17_0:15": 3}, 1)
     assert cursor.forget("7") == {"0": 4, "1": 2}
     assert cursor.offsets == {"17_0:15": 3} and cursor.seqs == {"17_0": 1}
+
+
+class LostAnswerScheduler:
+    """sbatch "fails", yet the controller queues the job and it shows up on the second look."""
+
+    name = "slurm"
+
+    def __init__(self) -> None:
+        self.looks = 0
+        self.cancelled: list[str] = []
+
+    def submit(self, swarm_id, nodes, settings, **options):
+        raise BackendError("sbatch: Socket timed out on send/recv operation")
+
+    def cancel_unregistered(self, swarm_id):
+        self.looks += 1
+        if self.looks == 1:
+            raise BackendError("squeue: slurmctld not responding")
+        if self.looks == 2:
+            return None
+        self.cancelled.append(swarm_id)
+        return "4242"
+
+
+def test_a_job_queued_by_a_launch_reported_failed_is_found_and_cancelled(caplog):
+    import queue
+
+    import pykka
+
+    from codeswarm.actors.jobs import SchedulerActor
+    from codeswarm.actors.messages import LaunchFailed, Submit
+    from codeswarm.protocol import commands
+    from codeswarm.timer import Timer
+
+    answers: queue.Queue = queue.Queue()
+
+    class Inbox(pykka.ThreadingActor):
+        def on_receive(self, message):
+            answers.put(message)
+
+    timer = Timer()
+    inbox = Inbox.start()
+    scheduler = LostAnswerScheduler()
+    jobs = SchedulerActor.start(scheduler, inbox, timer, sweep_seconds=0.05)
+    try:
+        with caplog.at_level(logging.WARNING, logger="codeswarm.actors.jobs"):
+            jobs.tell(Submit(commands.Launch(nodes=1), "sw-lost", {}))
+            assert isinstance(answers.get(timeout=5), LaunchFailed)
+            deadline = time.monotonic() + 5
+            while not scheduler.cancelled and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.2)
+        assert scheduler.cancelled == ["sw-lost"] and scheduler.looks == 3
+        assert "queued it after all as job 4242" in caplog.text
+    finally:
+        jobs.stop()
+        inbox.stop()
+        timer.stop()

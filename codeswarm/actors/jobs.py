@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 import pykka
@@ -21,6 +22,7 @@ from codeswarm.actors.messages import (
     Polled,
     PollJobs,
     Submit,
+    Sweep,
 )
 from codeswarm.backends import BackendError, Scheduler
 from codeswarm.registry import RegistryError, SwarmRegistry
@@ -28,6 +30,7 @@ from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
 BACKOFF_LIMIT_SECONDS = 60.0
+UNSETTLED_SECONDS = 900.0  # how long a failed launch's job is looked for
 
 
 def backoff(poll_seconds: float, failures: int) -> float:
@@ -92,12 +95,23 @@ class JobPollerActor(pykka.ThreadingActor):
 
 
 class SchedulerActor(pykka.ThreadingActor):
-    """Submits and cancels jobs in the order asked, and answers each with a message."""
+    """Submits and cancels jobs in the order asked, and answers each with a message.
 
-    def __init__(self, scheduler: Scheduler, supervisor: Any) -> None:
+    A launch reported failed may still have queued its job (sbatch timed out on a stalled
+    controller that later accepted it). Such swarms are looked for by name every
+    ``sweep_seconds`` for ``UNSETTLED_SECONDS``, and a job found is cancelled: nobody was told
+    it exists, so nobody would ever stop it.
+    """
+
+    def __init__(
+        self, scheduler: Scheduler, supervisor: Any, timer: Timer, sweep_seconds: float = 30.0
+    ) -> None:
         super().__init__()
         self.scheduler = scheduler
         self.supervisor = supervisor
+        self.timer = timer
+        self.sweep_seconds = sweep_seconds
+        self.unsettled: dict[str, float] = {}  # swarm id -> when to stop looking
 
     def on_receive(self, message: Any) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
@@ -105,6 +119,8 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.submit(message))
             elif isinstance(message, Cancel):
                 self.supervisor.tell(self.cancel(message))
+            elif isinstance(message, Sweep):
+                self.sweep()
 
     def submit(self, message: Submit) -> Launched | LaunchFailed:
         command = message.command
@@ -114,8 +130,30 @@ class SchedulerActor(pykka.ThreadingActor):
                 message.swarm_id, command.nodes, message.settings, **options
             )
         except BackendError as exc:
+            if not self.unsettled:
+                self.timer.call_later(self.sweep_seconds, self.actor_ref, Sweep())
+            self.unsettled[message.swarm_id] = time.monotonic() + UNSETTLED_SECONDS
             return LaunchFailed(command, exc)
         return Launched(command, message.swarm_id, submitted)
+
+    def sweep(self) -> None:
+        for swarm_id, until in list(self.unsettled.items()):
+            try:
+                job_id = self.scheduler.cancel_unregistered(swarm_id)
+            except BackendError as exc:
+                log.debug("cannot look for the job of failed launch %s yet: %s", swarm_id, exc)
+                job_id = None
+            if job_id is not None:
+                log.warning(
+                    "the launch of %s was reported failed, but the scheduler queued it after "
+                    "all as job %s: cancelled it",
+                    swarm_id,
+                    job_id,
+                )
+            if job_id is not None or time.monotonic() >= until:
+                del self.unsettled[swarm_id]
+        if self.unsettled:
+            self.timer.call_later(self.sweep_seconds, self.actor_ref, Sweep())
 
     def cancel(self, message: Cancel) -> Cancelled:
         try:

@@ -133,6 +133,10 @@ class Cancelled(NamedTuple):
     error: Exception | None
 
 
+class Sweep(NamedTuple):
+    """Look again for jobs queued by launches that were reported failed."""
+
+
 class Tick(NamedTuple):
     """Twice a second: save the cursor, write the registry, release finished swarms."""
 

@@ -111,7 +111,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.poller = JobPollerActor.start(
             self.scheduler, self.registry, self.actor_ref, self.timer, self.poll_seconds
         )
-        self.jobs = SchedulerActor.start(self.scheduler, self.actor_ref)
+        self.jobs = SchedulerActor.start(self.scheduler, self.actor_ref, self.timer)
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
     def on_stop(self) -> None:

@@ -80,3 +80,10 @@ class Scheduler(Protocol):
 
     def cancel(self, swarm: SwarmRecord) -> None:
         """Ask every worker of the job to stop (SIGTERM, as ``scancel`` does)."""
+
+    def cancel_unregistered(self, swarm_id: str) -> str | None:
+        """Cancel a job submitted for ``swarm_id`` although its launch was reported failed.
+
+        A submit whose answer was lost may still have queued the job; returns its id if one
+        was found (and cancelled), None if there is none.
+        """

@@ -191,6 +191,10 @@ class LocalScheduler:
             for swarm in swarms
         }
 
+    def cancel_unregistered(self, swarm_id: str) -> str | None:
+        """Nothing to do: a local submit either started its processes or raised."""
+        return None
+
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in swarm.pids:
             if pid_state(pid, swarm.job_id) == "running":

@@ -167,6 +167,15 @@ class SlurmScheduler:
         ids = out.decode("utf-8", "replace").split()
         return ids[0] if ids and ids[0].isdigit() else None
 
+    def cancel_unregistered(self, swarm_id: str) -> str | None:
+        out = self.connection.run(
+            ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm_id}", "-o", "%i"]
+        )
+        job_ids = [job for job in out.decode("utf-8", "replace").split() if job.isdigit()]
+        if job_ids:
+            self.connection.run(["scancel", *job_ids])
+        return ",".join(job_ids) or None
+
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         """One squeue call for all jobs; a job squeue no longer lists has exited."""
         if not swarms:

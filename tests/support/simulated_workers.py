@@ -126,6 +126,9 @@ class SimulatedScheduler:
             states[swarm.job_id] = dict.fromkeys(range(swarm.nodes), state)
         return states
 
+    def cancel_unregistered(self, swarm_id: str) -> str | None:
+        return None
+
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in set(swarm.pids):
             if pid_state(pid, swarm.job_id) == "running":
