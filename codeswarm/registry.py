@@ -97,6 +97,7 @@ class SwarmRegistry:
         os.chmod(self.dir, 0o700)
         self.path = self.dir / "swarms.json"
         self.mailbox = mailbox
+        self.version_at_unlock: tuple[int, int, int] = (0, 0, 0)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
@@ -113,6 +114,7 @@ class SwarmRegistry:
                     with os.fdopen(fd, "w") as out:
                         out.write(json.dumps(data, indent=1, sort_keys=True))
                     os.replace(tmp, self.path)
+                self.version_at_unlock = self.version()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -165,6 +167,26 @@ class SwarmRegistry:
             record = change(SwarmRecord(**data[swarm_id]))
             data[swarm_id] = asdict(record)
         return record
+
+    def update_all(
+        self, changes: dict[str, Callable[[SwarmRecord], SwarmRecord]]
+    ) -> tuple[dict[str, SwarmRecord | None], tuple[tuple[int, int, int], tuple[int, int, int]]]:
+        """``update`` for many swarms in one locked read and write.
+
+        Also returns the file's ``version()`` before and after this write (both taken under
+        the lock), so that a writer that had read the "before" need not read its own write.
+        """
+        stored: dict[str, SwarmRecord | None] = {}
+        with self._locked() as data:
+            before = self.version()
+            for swarm_id, change in changes.items():
+                if swarm_id not in data:
+                    stored[swarm_id] = None
+                    continue
+                record = change(SwarmRecord(**data[swarm_id]))
+                data[swarm_id] = asdict(record)
+                stored[swarm_id] = record
+        return stored, (before, self.version_at_unlock)
 
     def remove(self, swarm_ids: list[str]) -> None:
         with self._locked() as data:

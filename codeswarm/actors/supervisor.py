@@ -212,19 +212,25 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.start_nodes(record)
 
     def write_registry(self) -> None:
-        for job_id in list(self.table.dirty):
-            mine = self.table.get(job_id)
-            if mine is None:
-                self.table.dirty.discard(job_id)
-                continue
-            try:
-                stored = self.registry.update(
-                    mine.swarm_id, lambda old, m=mine: written_over(old, m)
-                )
-            except RegistryError as exc:
-                self.registry_trouble(exc)
-                return
-            self.table.stored(stored, job_id)
+        """Write every record changed here in one locked read-modify-write."""
+        mine = {job_id: self.table.get(job_id) for job_id in self.table.dirty}
+        changes = {
+            record.swarm_id: (lambda old, m=record: written_over(old, m))
+            for record in mine.values()
+            if record is not None
+        }
+        if not changes:
+            self.table.dirty.clear()
+            return
+        try:
+            stored, (before, after) = self.registry.update_all(changes)
+        except RegistryError as exc:
+            self.registry_trouble(exc)
+            return
+        for job_id, record in mine.items():
+            self.table.stored(stored.get(record.swarm_id) if record else None, job_id)
+        if before == self.registry_version:  # nobody else wrote since we read: skip our write
+            self.registry_version = after
         self.registry_problem = ""
 
     def registry_trouble(self, exc: RegistryError) -> None:
