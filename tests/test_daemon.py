@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from codeswarm.model_server import Reply
 from tests.support.daemon import Daemon
 
 LIFECYCLE_HEAD = ["inject_ack", "inject_delivered", "turn_started"]
@@ -111,6 +112,45 @@ def test_ten_thousand_malformed_lines_each_get_an_error_and_ping_still_works(dae
         "unknown_command",
         "missing_field",
     }
+
+
+@pytest.mark.integration
+def test_lone_surrogates_are_refused_and_a_running_turn_and_ping_go_on(daemon, model_server):
+    model_server.add_rule("slow", Reply(deltas=4, delay_seconds=0.5))
+    d = daemon()
+    d.send({"command": "launch", "nodes": 1, "request_id": "launch"})
+    swarm_id = d.wait_event("swarm_launched", request_id="launch")["swarm"]["swarm_id"]
+    d.send(
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 0,
+            "content": "a slow answer",
+            "request_id": "other",
+        }
+    )
+    injection_id = d.wait_event("turn_started", request_id="other")["injection_id"]
+    # json.dumps writes each lone surrogate as the escape "\\udc80", as a client's line would.
+    d.send(
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 0,
+            "content": "bad \udc80",
+            "request_id": "bad",
+        },
+        {"command": "ping", "request_id": "\udc80"},
+        {"command": "ping", "request_id": "after"},
+    )
+    refused = d.wait_event("error", request_id="bad")
+    assert (refused["error"], refused["field"]) == ("invalid_field", "content")
+    d.wait_event("pong", request_id="after")
+    unnamed = [e for e in d.events if e["type"] == "error" and e.get("field") == "request_id"]
+    assert [e["error"] for e in unnamed] == ["invalid_field"] and "request_id" not in unnamed[0]
+    d.wait_event("usage", request_id="other", timeout=60)
+    mine = [e for e in d.events if e.get("injection_id") == injection_id]
+    assert lifecycle(d.events, injection_id)[-3:] == LIFECYCLE_TAIL
+    assert {e.get("request_id") for e in mine} == {"other"}
 
 
 def test_eof_on_stdin_ends_the_daemon_quickly(daemon):

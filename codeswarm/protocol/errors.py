@@ -15,6 +15,7 @@ INVALID_FIELD = "invalid_field"
 LINE_TOO_LONG = "line_too_long"
 UNKNOWN_SWARM = "unknown_swarm"
 BACKEND = "backend"
+UNENCODABLE_EVENT = "unencodable_event"  # stands in for an event no JSON line can carry
 INPUT_ERROR_CODES = (
     INVALID_JSON,
     INVALID_ENCODING,
@@ -24,7 +25,13 @@ INPUT_ERROR_CODES = (
     INVALID_FIELD,
     LINE_TOO_LONG,
 )
-ERROR_CODES = (*INPUT_ERROR_CODES, UNKNOWN_SWARM, BACKEND, *records.WORKER_ERROR_CODES)
+ERROR_CODES = (
+    *INPUT_ERROR_CODES,
+    UNKNOWN_SWARM,
+    BACKEND,
+    UNENCODABLE_EVENT,
+    *records.WORKER_ERROR_CODES,
+)
 
 # Why an injection failed (``inject_failed.error``).
 TIMEOUT = "timeout"
