@@ -72,13 +72,12 @@ class Router:
         self,
         config: Config,
         sink: Any,
-        stop_requested: threading.Event | None = None,
         scheduler: Any = None,
         follow: str | None = "resume",
     ) -> None:
         self.config = config
         self.sink = sink
-        self.stop_requested = stop_requested or threading.Event()
+        self.stop_requested = threading.Event()  # set by the supervisor: shutdown, EOF, failure
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
