@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 from typing import Any, BinaryIO
 
@@ -71,13 +72,12 @@ class Router:
         self,
         config: Config,
         sink: Any,
-        stop_requested: threading.Event | None = None,
         scheduler: Any = None,
         follow: str | None = "resume",
     ) -> None:
         self.config = config
         self.sink = sink
-        self.stop_requested = stop_requested or threading.Event()
+        self.stop_requested = threading.Event()  # set by the supervisor: shutdown, EOF, failure
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
@@ -127,24 +127,26 @@ class Router:
 
 
 def run_daemon(
-    config: Config,
-    input_stream: BinaryIO,
-    output_stream: BinaryIO,
-    stop_requested: threading.Event,
+    config: Config, input_stream: BinaryIO, output_stream: BinaryIO, stop_fd: int
 ) -> int:
-    """Serve the JSON-lines protocol until EOF on input, ``shutdown``, or ``stop_requested``."""
+    """Serve the JSON-lines protocol until EOF on input, ``shutdown``, or ``stop_fd`` is readable.
+
+    The main thread selects on ``stop_fd``, where signals arrive, and reads the router's stop
+    flag between selects without taking its lock (see ``codeswarm.cli.stop_signals_fd``).
+    """
     protocol = ProtocolActor.start(input_stream, output_stream)
     router = None
     try:
-        router = Router(config, protocol, stop_requested)
+        router = Router(config, protocol)
         protocol.tell(
             Emit(
                 [make_event("ready", version=__version__, backend=config.backend, pid=os.getpid())]
             )
         )
         protocol.tell(Attach(router.supervisor))
-        while not router.stop_requested.wait(0.5):
-            pass
+        while not router.stop_requested.is_set():
+            if select.select([stop_fd], [], [], 0.5)[0]:
+                break
         return 0
     finally:
         if router is not None:

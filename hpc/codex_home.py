@@ -9,7 +9,7 @@ import json
 import os
 import re
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # Settings that keep codex from reaching the internet at start-up or sourcing a login shell on
 # every node; a site can override any of them in agent.config.
@@ -21,7 +21,8 @@ QUIET_DEFAULTS = {
 
 
 def _key(name):
-    return name if _BARE_KEY.match(name) else json.dumps(name)
+    # fullmatch: a "$"-anchored match would pass "model\n" as a bare key and break the file.
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
 
 
 def _value(value):

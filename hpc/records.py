@@ -16,6 +16,9 @@ ID_MAX_LENGTH = 128
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _ID_RE = re.compile(ID_PATTERN)
 NODE_ID_MAX = 99999
+# ASCII digits, no more than NODE_ID_MAX has: str.isdigit() also says yes to "²" (int() refuses
+# it), to "٣" (int() reads 3: not the file's own <JOB>_3) and to 5,000 digits (int() refuses).
+_NODE_RE = re.compile(r"0|[1-9][0-9]{0,%d}" % (len(str(NODE_ID_MAX)) - 1))
 
 INBOX_DIR = "inbox"
 OUTBOX_DIR = "outbox"
@@ -127,7 +130,7 @@ def node_key(job_id, node_id):
 def parse_node_key(stem):
     """Split a ``<JOB>_<NODE>`` stem back into (job_id, node_id); RecordError if it is not one."""
     job_id, sep, node = stem.rpartition("_")
-    if not sep or not node.isdigit() or (len(node) > 1 and node.startswith("0")):
+    if not sep or not _NODE_RE.fullmatch(node):
         raise RecordError("not a <JOB>_<NODE> name: %r" % stem)
     check_id(job_id, "job_id")
     return job_id, check_node_id(int(node))

@@ -1,5 +1,6 @@
 """The line codec: every command decodes, every bad line becomes the right error event."""
 
+import dataclasses
 import json
 import random
 
@@ -18,6 +19,7 @@ from codeswarm.protocol import (
     Terminate,
     decode_line,
     encode_event,
+    encode_events,
     event_errors,
 )
 from codeswarm.protocol.codec import EXCERPT_CHARS, MAX_LINE_BYTES
@@ -151,10 +153,78 @@ BAD_LINES = [
     ('{"command":"launch","nodes":"4"}', "invalid_field", "nodes"),
     ('{"command":"launch","nodes":2,"time":"1h; rm"}', "invalid_field", "time"),
     ('{"command":"ping","request_id":{"a":1}}', "invalid_field", "request_id"),
+    # A trailing newline must not slip past a pattern anchored with "$".
+    ('{"command":"launch","nodes":2,"time":"01:00\\n"}', "invalid_field", "time"),
+    ('{"command":"launch","nodes":2,"partition":"gpu\\n"}', "invalid_field", "partition"),
+    ('{"command":"status","swarm_id":"s1\\n"}', "invalid_field", "swarm_id"),
+    ('{"command":"inject","job_id":"1\\n","nodes":0,"content":"x"}', "invalid_field", "job_id"),
+    (
+        '{"command":"inject","job_id":"1","nodes":0,"content":"x","injection_id":"i\\n"}',
+        "invalid_field",
+        "injection_id",
+    ),
+]
+
+SURROGATE = "\udc80"
+# One valid command of each shape, every string field it can carry filled in.
+VALID_COMMANDS = {
+    "inject": {
+        "command": "inject",
+        "swarm_id": "s1",
+        "nodes": "all",
+        "content": "hello",
+        "injection_id": "i1",
+        "request_id": "r1",
+    },
+    "inject-by-job": {
+        "action": "inject",
+        "job_id": "272900",
+        "node_id": 0,
+        "content": "hello",
+        "request_id": "r1",
+    },
+    "interrupt": {"command": "interrupt", "swarm_id": "s1", "nodes": "all", "request_id": "r1"},
+    "interrupt-by-job": {"action": "interrupt", "job_id": "1", "nodes": [0], "request_id": "r1"},
+    "launch": {
+        "command": "launch",
+        "nodes": 2,
+        "prompt": "You are a distributed agent.",
+        "time": "01:00:00",
+        "partition": "gpu",
+        "request_id": "r1",
+    },
+    "list": {"command": "list", "request_id": "r1"},
+    "status": {"command": "status", "swarm_id": "s1", "request_id": "r1"},
+    "terminate": {"action": "terminate", "swarm_id": "s1", "request_id": "r1"},
+    "ping": {"command": "ping", "action": "ping", "request_id": "r1"},
+    "shutdown": {"command": "shutdown", "request_id": "r1"},
+}
+STRING_FIELDS = [
+    (name, field)
+    for name, command in VALID_COMMANDS.items()
+    for field, value in command.items()
+    if isinstance(value, str)
+]
+SURROGATE_LINES = [
+    (
+        json.dumps({**VALID_COMMANDS[name], field: VALID_COMMANDS[name][field] + SURROGATE}),
+        "invalid_field",
+        field,
+    )
+    for name, field in STRING_FIELDS
+] + [
+    ('{"command":"ping","request_id":"\\ud800"}', "invalid_field", "request_id"),
+    ('{"command":"ping","request_id":"\\udc00\\ud800"}', "invalid_field", "request_id"),
+    ('{"command":"ping","request_id":["\\udc80"]}', "invalid_field", "request_id.0"),
+    ('{"command":"ping","request_id":{"a":["x","\\udc80"]}}', "invalid_field", "request_id.a.1"),
+    ('{"command":"ping","request_id":{"\\udc80":1}}', "invalid_field", "request_id.\\udc80"),
+    ('{"command":"ping","\\udc80":1}', "invalid_field", "\\udc80"),
+    ('{"command":"inject","job_id":"1","nodes":["\\udc80"]}', "invalid_field", "nodes.0"),
+    ('{"command":"\\udc80"}', "invalid_field", "command"),
 ]
 
 
-@pytest.mark.parametrize(("line", "code", "field"), BAD_LINES)
+@pytest.mark.parametrize(("line", "code", "field"), BAD_LINES + SURROGATE_LINES)
 def test_bad_line_maps_to_error_code(line, code, field):
     event = decode_line(line)
     assert isinstance(event, dict), event
@@ -163,6 +233,32 @@ def test_bad_line_maps_to_error_code(line, code, field):
     assert event.get("field") == field
     assert len(event["line"]) <= EXCERPT_CHARS + 3
     assert event_errors(event) == {}
+    encode_event(event)
+
+
+def test_a_lone_surrogate_is_named_and_the_request_id_still_echoed():
+    line = json.dumps({**VALID_COMMANDS["inject"], "content": "ab" + SURROGATE})
+    event = decode_line(line)
+    assert (event["error"], event["field"]) == ("invalid_field", "content")
+    assert event["request_id"] == "r1"
+    assert "lone surrogate" in event["message"] and "U+DC80" in event["message"]
+
+
+def test_a_surrogate_request_id_is_not_echoed():
+    event = decode_line('{"command":"ping","request_id":"r\\udc80"}')
+    assert event["field"] == "request_id" and "request_id" not in event
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_accepted():
+    line = '{"command":"inject","job_id":"1","nodes":0,"content":"\\ud83d\\ude80"}'
+    assert decode_line(line).content == "\U0001f680"
+
+
+def test_a_decoded_line_with_a_raw_lone_surrogate_is_refused_and_its_excerpt_escaped():
+    event = decode_line('{"command":"ping","request_id":"' + SURROGATE + '"}')
+    assert event["field"] == "request_id"
+    assert "\\udc80" in event["line"]
+    encode_event(event)
 
 
 def test_error_echoes_a_valid_request_id():
@@ -190,16 +286,58 @@ def test_hostile_content_is_kept_byte_exact():
     assert decode_line(line).content == content
 
 
-def test_encode_event_is_one_line_and_round_trips():
+def test_encode_event_is_one_utf8_line_and_round_trips():
     event = {"type": "assistant_delta", "ts": 1.5, "delta": "a\nb \u2028 é", "job_id": "1"}
     line = encode_event(event)
-    assert line.endswith("\n") and line.count("\n") == 1
-    assert json.loads(line) == event
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line.decode("utf-8")) == event
 
 
+@pytest.mark.parametrize(
+    "value", ["a" + SURROGATE, float("nan"), float("inf"), object(), {1, 2}], ids=repr
+)
+def test_encode_event_refuses_what_json_lines_cannot_carry(value):
+    with pytest.raises((TypeError, ValueError)):
+        encode_event({"type": "assistant_delta", "delta": value})
+
+
+def test_encode_events_replaces_only_the_unencodable_event():
+    good = {"type": "pong", "ts": 1.0, "request_id": "a"}
+    bad = {
+        "type": "assistant_delta",
+        "ts": 1.0,
+        "delta": SURROGATE,
+        "request_id": "b",
+        "swarm_id": "s1",
+        "job_id": "1",
+        "node_id": 0,
+        "injection_id": "i1",
+        "seq": 3,
+    }
+    data, problems = encode_events([good, bad, {**good, "request_id": "c"}])
+    first, error, last = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    assert (first, last) == (good, {**good, "request_id": "c"})
+    assert error["type"] == "error" and error["error"] == "unencodable_event"
+    assert "assistant_delta" in error["message"] and "surrogate" in error["message"]
+    kept = ("request_id", "swarm_id", "job_id", "node_id", "injection_id")
+    assert {key: error[key] for key in kept} == {key: bad[key] for key in kept}
+    assert event_errors(error) == {}
+    assert len(problems) == 1 and "assistant_delta" in problems[0]
+
+
+def test_encode_events_leaves_out_correlation_fields_it_cannot_encode():
+    data, problems = encode_events([{"type": "pong", "ts": 1.0, "request_id": SURROGATE}])
+    (error,) = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    assert error["error"] == "unencodable_event" and "request_id" not in error
+    assert len(problems) == 1
+
+
+# Text with lone surrogates in it, as a JSON line carries them ("\udc80"), as well as without.
+ANY_CHARACTER = st.characters(exclude_categories=()) | st.characters(categories=["Cs"])
+TEXT = st.text() | st.text(ANY_CHARACTER)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda children: st.lists(children) | st.dictionaries(TEXT, children),
     max_leaves=20,
 )
 VERBISH = st.sampled_from(["inject", "launch", "status", "ping", "list", "interrupt", "nope"])
@@ -217,15 +355,18 @@ COMMANDISH = st.fixed_dictionaries(
 
 
 def _decodes_cleanly(line):
+    """An error event that can be sent, or a command whose every string can be encoded."""
     result = decode_line(line)
     if isinstance(result, dict):
         assert result["type"] == "error"
         assert event_errors(result) == {}
         encode_event(result)
+    else:
+        json.dumps(dataclasses.asdict(result), ensure_ascii=False).encode("utf-8")
 
 
 @settings(max_examples=3000, deadline=None)
-@given(st.text(max_size=300))
+@given(st.text(max_size=300) | st.text(ANY_CHARACTER, max_size=300))
 def test_arbitrary_text_never_raises(text):
     _decodes_cleanly(text)
 
@@ -246,6 +387,21 @@ def test_arbitrary_json_never_raises(value):
 @given(COMMANDISH)
 def test_command_shaped_objects_never_raise(value):
     _decodes_cleanly(json.dumps(value))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(STRING_FIELDS), st.characters(categories=["Cs"]), st.data())
+def test_a_lone_surrogate_in_any_string_field_of_any_command_is_refused(case, surrogate, data):
+    name, field = case
+    command = dict(VALID_COMMANDS[name])
+    at = data.draw(st.integers(0, len(command[field])))
+    command[field] = command[field][:at] + surrogate + command[field][at:]
+    event = decode_line(json.dumps(command))
+    assert isinstance(event, dict), event
+    assert (event["error"], event["field"]) == ("invalid_field", field)
+    assert event.get("request_id") == (None if field == "request_id" else "r1")
+    assert event_errors(event) == {}
+    encode_event(event)
 
 
 def _mutate(rng: random.Random, line: bytes) -> bytes:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon
+from codeswarm.model_server import Reply
+from tests.support.daemon import ROOT, Daemon
 
 LIFECYCLE_HEAD = ["inject_ack", "inject_delivered", "turn_started"]
 LIFECYCLE_TAIL = ["assistant", "turn_complete", "usage"]
@@ -113,6 +116,45 @@ def test_ten_thousand_malformed_lines_each_get_an_error_and_ping_still_works(dae
     }
 
 
+@pytest.mark.integration
+def test_lone_surrogates_are_refused_and_a_running_turn_and_ping_go_on(daemon, model_server):
+    model_server.add_rule("slow", Reply(deltas=4, delay_seconds=0.5))
+    d = daemon()
+    d.send({"command": "launch", "nodes": 1, "request_id": "launch"})
+    swarm_id = d.wait_event("swarm_launched", request_id="launch")["swarm"]["swarm_id"]
+    d.send(
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 0,
+            "content": "a slow answer",
+            "request_id": "other",
+        }
+    )
+    injection_id = d.wait_event("turn_started", request_id="other")["injection_id"]
+    # json.dumps writes each lone surrogate as the escape "\\udc80", as a client's line would.
+    d.send(
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 0,
+            "content": "bad \udc80",
+            "request_id": "bad",
+        },
+        {"command": "ping", "request_id": "\udc80"},
+        {"command": "ping", "request_id": "after"},
+    )
+    refused = d.wait_event("error", request_id="bad")
+    assert (refused["error"], refused["field"]) == ("invalid_field", "content")
+    d.wait_event("pong", request_id="after")
+    unnamed = [e for e in d.events if e["type"] == "error" and e.get("field") == "request_id"]
+    assert [e["error"] for e in unnamed] == ["invalid_field"] and "request_id" not in unnamed[0]
+    d.wait_event("usage", request_id="other", timeout=60)
+    mine = [e for e in d.events if e.get("injection_id") == injection_id]
+    assert lifecycle(d.events, injection_id)[-3:] == LIFECYCLE_TAIL
+    assert {e.get("request_id") for e in mine} == {"other"}
+
+
 def test_eof_on_stdin_ends_the_daemon_quickly(daemon):
     d = daemon()
     started = time.monotonic()
@@ -126,6 +168,55 @@ def test_signals_end_the_daemon_cleanly(daemon, signum):
     d.process.send_signal(signum)
     assert d.process.wait(10) == 0
     assert "actor still alive" not in d.stderr()
+
+
+# Runs the daemon with a trace that raises SIGTERM at the worst moment for a handler that sets a
+# threading.Event: while run_daemon's main thread is inside Event.wait holding the Event's lock.
+# raise_signal runs the Python handler before it returns, so that moment is exact, not a race.
+SIGNAL_INSIDE_EVENT_WAIT = """
+import inspect, signal, sys, threading
+from codeswarm.cli import main
+
+lines, first = inspect.getsourcelines(threading.Event.wait)
+locked = first + next(i for i, text in enumerate(lines) if "signaled = self._flag" in text)
+
+def local(frame, event, arg):
+    if event == "line" and frame.f_lineno == locked:
+        sys.settrace(None)
+        frame.f_trace = None
+        signal.raise_signal(signal.SIGTERM)
+    return local
+
+def calls(frame, event, arg):
+    in_wait = frame.f_code is threading.Event.wait.__code__
+    return local if in_wait and frame.f_back.f_code.co_name == "run_daemon" else None
+
+sys.settrace(calls)
+main(["daemon", "--config", sys.argv[1]])
+"""
+
+
+def test_a_signal_while_the_main_thread_holds_a_lock_still_ends_the_daemon(config_file, tmp_path):
+    with open(tmp_path / "stderr", "wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGNAL_INSIDE_EVENT_WAIT, str(config_file)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert b'"type":"ready"' in process.stdout.readline()
+        time.sleep(1)  # into the wait loop, where the trace fires if run_daemon waits on an Event
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        process.stdin.close()
+        process.stdout.close()
 
 
 def test_bad_config_is_reported_on_stderr_with_exit_1(tmp_path):

@@ -336,6 +336,9 @@ def test_missing_mailbox_and_bad_header_exit_2(follower, tmp_path, mailbox):
     run = follower({"cursor": {"no-inode": 3}})
     assert run.stop() == 2
     assert "cursor key" in run.errors()[0]
+    run = follower({"cursor": {"1000_\u00b2:7": 3}})
+    assert run.stop() == 2
+    assert "cursor key" in run.errors()[0]
 
 
 def test_non_utf8_line_passes_through_byte_exact(follower, mailbox):
@@ -349,14 +352,15 @@ def test_non_utf8_line_passes_through_byte_exact(follower, mailbox):
 def test_a_bad_file_name_gives_one_error_line(follower, mailbox):
     append(mailbox / "outbox" / "not-a-node.jsonl", event(0))
     append(mailbox / "outbox" / ".nfs0000000000abcd", event(0))
+    append(mailbox / "outbox" / "1000_\u00b2.jsonl", event(0))  # isdigit(), but not int()
     run = follower()
-    run.wait(lambda r: bool(r.errors()))
+    run.wait(lambda r: len(r.errors()) == 2)
     append(mailbox / "outbox" / "1000_0.jsonl", event(0))
     run.wait_lines(1)
     run.settle()
     assert run.stop() == 0
-    assert len(run.errors()) == 1
-    assert "not-a-node.jsonl" in run.errors()[0]
+    assert len(run.errors()) == 2
+    assert any("not-a-node.jsonl" in error for error in run.errors())
     assert raw(run.lines(), "1000_0") == [event(0).rstrip(b"\n")]
 
 

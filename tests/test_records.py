@@ -40,6 +40,7 @@ HOSTILE_IDS = [
     "a?",
     "a>b",
     "a\nb",
+    "a\n",
     "a\x00b",
     "é",
     "x" * (records.ID_MAX_LENGTH + 1),
@@ -80,7 +81,22 @@ def test_node_key_round_trips_or_rejects(job_id, node_id):
     assert records.record_name(job_id, node_id) == stem + ".jsonl"
 
 
-@pytest.mark.parametrize("stem", ["272900", "272900_", "_0", "272900_x", "272900_01", "../x_0"])
+@pytest.mark.parametrize(
+    "stem",
+    [
+        "272900",
+        "272900_",
+        "_0",
+        "272900_x",
+        "272900_01",
+        "../x_0",
+        "272900_0\n",
+        "272900_\u00b2",  # superscript two: str.isdigit() says yes, int() says no
+        "272900_\u0663",  # Arabic-Indic three: int() reads 3, but the file is not 272900_3
+        "272900_" + "1" * 5000,  # more digits than int() converts
+        "272900_100000",
+    ],
+)
 def test_parse_node_key_rejects(stem):
     with pytest.raises(records.RecordError):
         records.parse_node_key(stem)

@@ -264,6 +264,15 @@ def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
     with pytest.raises(CodeswarmError) as refused:
         swarms.inject(swarm["swarm_id"], "x", nodes=-1)
     assert refused.value.event["error"] == "invalid_field"
+    with pytest.raises(CodeswarmError) as refused:
+        swarms.inject(swarm["swarm_id"], "a lone surrogate \udc80", nodes="all")
+    assert (refused.value.event["error"], refused.value.event["field"]) == (
+        "invalid_field",
+        "content",
+    )
+    with pytest.raises(CodeswarmError) as refused:
+        swarms.launch(nodes=1, time="01:00:00\n")
+    assert refused.value.event["field"] == "time"
     long_id = json.dumps(
         {
             "command": "inject",

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 import pykka
 
 from codeswarm.actors.messages import Attach, CommandReceived, Emit, InputClosed
-from codeswarm.protocol import decode_line, encode_event, error_event, errors
+from codeswarm.protocol import decode_line, encode_events, error_event, errors
 from codeswarm.protocol.codec import MAX_LINE_BYTES
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,11 @@ class ProtocolActor(pykka.ThreadingActor):
             self.thread.start()
 
     def write(self, events: list[dict]) -> None:
+        data, problems = encode_events(events)
+        for problem in problems:
+            log.error("cannot encode an event for the client, sent an error instead: %s", problem)
         try:
-            self.output.write("".join(encode_event(e) for e in events).encode("utf-8"))
+            self.output.write(data)
             self.output.flush()
         except (BrokenPipeError, ValueError, OSError) as exc:
             log.error("cannot write events to the client: %s", exc)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
+import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -111,14 +111,26 @@ def daemon(config_path: str | None, debug: bool) -> None:
     config = load(config_path)
     # `kill -USR1 <pid>` prints every thread's stack on stderr: for a daemon that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     try:
-        code = run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop)
+        code = run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop_signals_fd())
     except (BackendError, FileNotFoundError, RegistryError) as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
+
+
+def stop_signals_fd() -> int:
+    """A pipe's read end that becomes readable once SIGTERM or SIGINT arrives.
+
+    A handler that set a threading.Event could hang the daemon: set() takes the Event's lock,
+    which the interrupted main thread may hold inside its own wait. Python's C-level handler
+    writes the signal number to the wakeup fd, taking no lock; our handlers do nothing.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    return read_fd
 
 
 @main.command()

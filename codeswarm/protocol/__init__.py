@@ -1,6 +1,12 @@
 """The router protocol, free of I/O: commands, events, the line codec and mailbox records."""
 
-from codeswarm.protocol.codec import decode_line, decode_object, encode_event, error_event
+from codeswarm.protocol.codec import (
+    decode_line,
+    decode_object,
+    encode_event,
+    encode_events,
+    error_event,
+)
 from codeswarm.protocol.commands import (
     Command,
     Inject,
@@ -28,6 +34,7 @@ __all__ = [
     "decode_line",
     "decode_object",
     "encode_event",
+    "encode_events",
     "error_event",
     "event_errors",
     "make_event",

@@ -1,13 +1,16 @@
 """Lines in, commands or error events out; events in, lines out. Never raises on input.
 
 The router answers every line it reads. Whatever a client sends (bytes that are not UTF-8,
-JSON nested a million deep, a verb it has never heard of) becomes an ``error`` event with a
-stable code, an excerpt of the line and, where it can be recovered, the ``request_id``.
+JSON nested a million deep, a verb it has never heard of, a lone surrogate escaped as
+``\\udc80``) becomes an ``error`` event with a stable code, an excerpt of the line and, where it
+can be recovered, the ``request_id``. On the way out, an event that cannot be encoded becomes
+an ``error`` event too, so that it costs no other event its place on the line.
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 from marshmallow import ValidationError
@@ -15,7 +18,7 @@ from marshmallow import ValidationError
 from codeswarm.protocol import errors
 from codeswarm.protocol.commands import COMMAND_SCHEMAS, Command, CommandSchema
 from codeswarm.protocol.events import make_event
-from codeswarm.protocol.fields import RequestId
+from codeswarm.protocol.fields import RequestId, surrogate_problem
 
 # Large enough for a MAX_CONTENT_CHARS prompt with every character escaped.
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -24,17 +27,24 @@ _MISSING_MESSAGE = "Missing data for required field."
 
 _schemas: dict[str, CommandSchema] = {verb: cls() for verb, cls in COMMAND_SCHEMAS.items()}
 _request_id_field = RequestId()
+# What an unencodable event's replacement keeps, so the client can tell which one it lost.
+_CORRELATION_FIELDS = ("request_id", "swarm_id", "job_id", "node_id", "injection_id")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _escaped(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\udXXXX``, so UTF-8 can carry it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def excerpt(line: str | bytes) -> str:
     """The start of a line, safe to echo back inside an error event."""
     if isinstance(line, bytes):
         line = line[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
-    line = line.rstrip("\r\n")
+    line = _escaped(line[: EXCERPT_CHARS + 2].rstrip("\r\n"))
     return line if len(line) <= EXCERPT_CHARS else line[:EXCERPT_CHARS] + "..."
 
 
@@ -68,6 +78,33 @@ def _flatten(messages: Any, path: str = "") -> list[tuple[str, str]]:
     return [(path, str(messages))]
 
 
+def _unencodable_string(data: dict[str, Any]) -> tuple[str, str] | None:
+    """The first field, at any depth, whose name or text UTF-8 cannot carry, and why.
+
+    Checked before the schemas: a string that passes them reaches a node's inbox or the
+    client's output, and the UTF-8 encoding there is too late to answer the client.
+    Breadth-first, without recursion: nesting is as deep as the JSON parser allowed.
+    """
+    queue: deque[tuple[str, Any]] = deque([("", data)])
+    while queue:
+        path, value = queue.popleft()
+        if isinstance(value, str):
+            problem = surrogate_problem(value)
+            if problem:
+                return path, problem
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = _escaped(str(key))
+                child = f"{path}.{name}" if path else name
+                problem = surrogate_problem(key) if isinstance(key, str) else None
+                if problem:
+                    return child, f"the field name {problem}"
+                queue.append((child, item))
+        elif isinstance(value, (list, tuple)):
+            queue.extend((f"{path}.{index}", item) for index, item in enumerate(value))
+    return None
+
+
 def _request_id(data: dict[str, Any]) -> Any:
     try:
         return _request_id_field.deserialize(data["request_id"])
@@ -98,6 +135,10 @@ def decode_line(line: str | bytes) -> Command | dict[str, Any]:
 def decode_object(data: dict[str, Any], line: str | bytes = "") -> Command | dict[str, Any]:
     """A decoded JSON object as a command, or an ``error`` event."""
     request_id = _request_id(data)
+    unencodable = _unencodable_string(data)
+    if unencodable is not None:
+        name, problem = unencodable
+        return error_event(errors.INVALID_FIELD, f"{name}: {problem}", line, name, request_id)
     verb = data.get("command", data.get("action"))
     if "command" in data and "action" in data and data["command"] != data["action"]:
         return error_event(
@@ -142,6 +183,50 @@ def decode_object(data: dict[str, Any], line: str | bytes = "") -> Command | dic
         return error_event(errors.INVALID_FIELD, f"{verb}: {detail}", line, name, request_id)
 
 
-def encode_event(event: dict[str, Any]) -> str:
-    """One event as one protocol line: compact JSON ending in a newline."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+def encode_event(event: dict[str, Any]) -> bytes:
+    """One event as one protocol line: compact UTF-8 JSON ending in a newline.
+
+    Raises:
+        ValueError: a lone surrogate (UnicodeEncodeError), NaN or infinity, a reference cycle.
+        TypeError: a value JSON has no type for.
+    """
+    text = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text + "\n").encode("utf-8")
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _unencodable_error(event: dict[str, Any], problem: str) -> dict[str, Any]:
+    replacement = error_event(
+        errors.UNENCODABLE_EVENT,
+        f"an event could not be encoded and was left out: {problem}",
+    )
+    replacement.update(
+        (key, event[key]) for key in _CORRELATION_FIELDS if key in event and _encodes(event[key])
+    )
+    return replacement
+
+
+def encode_events(events: list[dict[str, Any]]) -> tuple[bytes, list[str]]:
+    """Events as protocol lines, each encoded on its own, and what went wrong with any.
+
+    An event that cannot be encoded is replaced by an ``unencodable_event`` error carrying its
+    correlation fields; the others are sent as they are. The problems are for the log.
+    """
+    lines: list[bytes] = []
+    problems: list[str] = []
+    for event in events:
+        try:
+            lines.append(encode_event(event))
+        except (TypeError, ValueError, RecursionError) as exc:
+            kind = _escaped(str(event.get("type")))
+            problem = f"{kind} event: {_escaped(str(exc))}"
+            problems.append(problem)
+            lines.append(encode_event(_unencodable_error(event, problem)))
+    return b"".join(lines), problems

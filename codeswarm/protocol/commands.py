@@ -19,7 +19,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from codeswarm.protocol.fields import Content, NodeSelector, RequestId, SafeId
+from codeswarm.protocol.fields import Content, NodeSelector, RequestId, SafeId, SlurmTime
 
 Nodes = tuple[int, ...] | Literal["all"]
 
@@ -143,7 +143,7 @@ class InterruptSchema(_TargetedSchema):
 class LaunchSchema(CommandSchema):
     nodes = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=4096))
     prompt = Content()
-    time = fields.String(validate=validate.Regexp(r"^[0-9][0-9:-]{0,15}$"))
+    time = SlurmTime()
     partition = SafeId()
 
     @post_load

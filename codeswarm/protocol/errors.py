@@ -16,6 +16,7 @@ LINE_TOO_LONG = "line_too_long"
 UNKNOWN_SWARM = "unknown_swarm"
 BACKEND = "backend"
 INTERNAL = "internal"  # a bug stopped the router; the message says where its log is
+UNENCODABLE_EVENT = "unencodable_event"  # stands in for an event no JSON line can carry
 INPUT_ERROR_CODES = (
     INVALID_JSON,
     INVALID_ENCODING,
@@ -30,6 +31,7 @@ ERROR_CODES = (
     UNKNOWN_SWARM,
     BACKEND,
     INTERNAL,
+    UNENCODABLE_EVENT,
     *records.WORKER_ERROR_CODES,
 )
 

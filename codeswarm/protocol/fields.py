@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from marshmallow import ValidationError, fields
@@ -11,6 +12,20 @@ from codeswarm.hpc import records
 MAX_CONTENT_CHARS = 4 * 1024 * 1024
 MAX_REQUEST_ID_CHARS = 128
 MAX_NODES = 4096
+# JSON can escape a lone surrogate ("\udc80"); json.loads decodes it, UTF-8 cannot encode it.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SLURM_TIME = r"[0-9][0-9:-]{0,15}"
+
+
+def surrogate_problem(text: str) -> str | None:
+    """Say where ``text`` holds a lone surrogate, which no UTF-8 line can carry, or None."""
+    found = _LONE_SURROGATE.search(text)
+    if found is None:
+        return None
+    return (
+        f"must be valid Unicode; character {found.start()} is a lone surrogate "
+        f"(U+{ord(found.group()):04X})"
+    )
 
 
 class SafeId(fields.String):
@@ -27,6 +42,19 @@ class SafeId(fields.String):
         if problem:
             raise ValidationError(problem)
         return value
+
+
+class SlurmTime(fields.String):
+    """A Slurm time limit (``30``, ``01:00:00``, ``2-12``): it reaches sbatch's command line."""
+
+    json_schema: ClassVar[dict[str, Any]] = {"type": "string", "pattern": f"^{_SLURM_TIME}$"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        # fullmatch, not a "$"-anchored match: "$" also matches before a trailing newline.
+        if re.fullmatch(_SLURM_TIME, text) is None:
+            raise ValidationError("must be a Slurm time limit such as 30, 01:00:00 or 2-12")
+        return text
 
 
 class NodeId(fields.Integer):
@@ -114,6 +142,10 @@ class RequestId(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str | int:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise ValidationError("must be a string or an integer")
-        if isinstance(value, str) and len(value) > MAX_REQUEST_ID_CHARS:
-            raise ValidationError(f"must be at most {MAX_REQUEST_ID_CHARS} characters")
+        if isinstance(value, str):
+            if len(value) > MAX_REQUEST_ID_CHARS:
+                raise ValidationError(f"must be at most {MAX_REQUEST_ID_CHARS} characters")
+            problem = surrogate_problem(value)
+            if problem:
+                raise ValidationError(problem)
         return value
