@@ -35,7 +35,7 @@ from codeswarm.actors.messages import (
 from codeswarm.actors.node import NodeActor
 from codeswarm.backends import BackendError, Scheduler, Transport
 from codeswarm.cursor import CursorStore
-from codeswarm.hpc import records
+from codeswarm.hpc import follower_wire, records
 from codeswarm.protocol import commands, errors, make_event
 from codeswarm.registry import SwarmRecord, SwarmRegistry
 from codeswarm.timer import Timer
@@ -142,12 +142,8 @@ class SupervisorActor(pykka.ThreadingActor):
     def start_follower(self) -> None:
         self.generation += 1
         jobs = list(self.swarms)
-        start = {
-            "cursor": dict(self.cursor.offsets),
-            "jobs": jobs,
-            "from_end": self.follow == "end",
-        }
-        self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, start)
+        header = follower_wire.encode_header(self.cursor.offsets, jobs, self.follow == "end")
+        self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, header)
 
     def follower_died(self, message: FollowerDied) -> None:
         if message.generation != self.generation:

@@ -39,8 +39,8 @@ class Transport(Protocol):
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         """Append whole lines to a node's inbox, atomically with respect to other writers."""
 
-    def start_follower(self, start: dict[str, Any]) -> FollowerStream:
-        """Start ``hpc.outbox_follower`` and send it ``start`` (cursor and jobs) first."""
+    def start_follower(self, header: bytes) -> FollowerStream:
+        """Start ``hpc.outbox_follower`` and send it ``header`` (``follower_wire``) first."""
 
     def close(self) -> None:
         """Release connections; called once the actors are stopped."""
