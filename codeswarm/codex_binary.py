@@ -12,6 +12,8 @@ import platform
 import shutil
 from pathlib import Path
 
+from codeswarm.errors import CodexNotFoundError
+
 ENV_VAR = "CODESWARM_CODEX"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _ARCHES = {
@@ -43,7 +45,7 @@ def find_codex(explicit: str | None = None) -> str:
     for given, origin in ((explicit, "explicit path"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if given:
             if not _executable(Path(given)):
-                raise FileNotFoundError(f"codex binary from {origin} is not executable: {given}")
+                raise CodexNotFoundError(f"codex binary from {origin} is not executable: {given}")
             return given
     roots = list(dict.fromkeys([_REPO_ROOT, Path.cwd().resolve()]))
     candidates = [_native(root) for root in roots] + [r / "node_modules/.bin/codex" for r in roots]
@@ -53,7 +55,7 @@ def find_codex(explicit: str | None = None) -> str:
     on_path = shutil.which("codex")
     if on_path:
         return on_path
-    raise FileNotFoundError(
+    raise CodexNotFoundError(
         "codex binary not found: run `npm ci` in the codeswarm repository "
         f"({_REPO_ROOT}) to install the pinned @openai/codex, put `codex` on PATH, "
         f"or set {ENV_VAR}=/path/to/codex"

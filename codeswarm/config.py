@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Literal, get_type_hints
 from marshmallow import RAISE, Schema, ValidationError, fields
 from marshmallow.validate import OneOf
 
+from codeswarm.errors import ConfigError
+
 # The worker and the follower run on clusters without codeswarm, so their defaults are defined
 # in hpc/ and read from there.
 from codeswarm.hpc.outbox_follower import DEFAULTS as _FOLLOWER
@@ -39,16 +41,6 @@ LOCAL_CONFIG: dict[str, Any] = {  # the embedded default; a test keeps configs/l
     "agent": {"codex_path": "codex", "approval_policy": "never", "sandbox": "workspace-write"},
 }
 _NULL = "must not be null (leave the key out instead)"
-
-
-class ConfigError(Exception):
-    """A config that cannot be used. `errors` holds (dotted field path, message) pairs."""
-
-    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
-        self.source, self.errors = source, errors
-        super().__init__(
-            "\n".join(f"{source}: {p}: {m}" if p else f"{source}: {m}" for p, m in errors)
-        )
 
 
 # ---- checks and field types -------------------------------------------------------------

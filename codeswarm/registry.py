@@ -15,9 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-
-class RegistryError(Exception):
-    """The registry file cannot be read; the message says which file and what to do."""
+from codeswarm.errors import RegistryError
 
 
 @dataclass(frozen=True)

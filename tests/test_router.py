@@ -257,11 +257,11 @@ def test_a_restarted_router_picks_up_its_swarms_and_their_streams(tmp_path):
 
 
 def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
-    from codeswarm.embed import CodeswarmError
+    from codeswarm.errors import CommandError
 
     swarms, _ = simulated()
     swarm = swarms.launch(nodes=2)
-    with pytest.raises(CodeswarmError) as refused:
+    with pytest.raises(CommandError) as refused:
         swarms.inject(swarm["swarm_id"], "x", nodes=-1)
     assert refused.value.event["error"] == "invalid_field"
     long_id = json.dumps(
@@ -286,3 +286,15 @@ def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
         answers["long"]["error"] == "invalid_field" and answers["long"]["field"] == "injection_id"
     )
     assert answers["nojob"]["error"] == "unknown_swarm"
+
+
+def test_an_error_answer_raises_command_error_and_silence_no_answer_error(simulated):
+    from codeswarm.errors import CommandError, NoAnswerError
+    from codeswarm.protocol import Ping
+
+    swarms, _ = simulated()
+    with pytest.raises(CommandError) as refused:
+        swarms.status("sw-nope")
+    assert refused.value.event["error"] == "unknown_swarm"
+    with pytest.raises(NoAnswerError, match="may still take effect"):
+        swarms.call(Ping(request_id="p1"), "swarm_status", timeout=0.3)  # pong is no status

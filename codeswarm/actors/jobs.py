@@ -13,7 +13,8 @@ from typing import Any
 import pykka
 
 from codeswarm.actors.messages import JobStates, PollJobs
-from codeswarm.backends import BackendError, Scheduler
+from codeswarm.backends import Scheduler
+from codeswarm.errors import BackendError
 from codeswarm.registry import SwarmRegistry
 from codeswarm.timer import Timer
 

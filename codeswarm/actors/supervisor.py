@@ -33,8 +33,9 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeActor
-from codeswarm.backends import BackendError, Scheduler, Transport
+from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
+from codeswarm.errors import BackendError
 from codeswarm.hpc import follower_wire, records
 from codeswarm.protocol import commands, errors, make_event
 from codeswarm.registry import SwarmRecord, SwarmRegistry

@@ -9,17 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from codeswarm.protocol import errors
 from codeswarm.registry import SwarmRecord
-
-
-class BackendError(Exception):
-    """A transport or scheduler operation failed; the message says what to fix."""
-
-    def __init__(self, message: str, stderr: str = "", code: str = errors.BACKEND) -> None:
-        super().__init__(message)
-        self.stderr = stderr
-        self.code = code
 
 
 class FollowerStream(Protocol):

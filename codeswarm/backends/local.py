@@ -16,7 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from codeswarm.backends import BackendError, Submitted, follower_args
+from codeswarm.backends import Submitted, follower_args
+from codeswarm.errors import BackendError
 from codeswarm.hpc import mailbox_io, records, worker_settings
 from codeswarm.registry import SwarmRecord
 

@@ -11,10 +11,11 @@ import posixpath
 import shlex
 from typing import Any
 
-from codeswarm.backends import BackendError, Submitted
+from codeswarm.backends import Submitted
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import SlurmConfig
+from codeswarm.errors import BackendError
 from codeswarm.hpc import worker_settings
 from codeswarm.registry import SwarmRecord
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import paramiko
 
-from codeswarm.backends import BackendError, follower_args
+from codeswarm.backends import follower_args
 from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe
+from codeswarm.errors import BackendError
 from codeswarm.hpc import inbox_writer_wire, records
 from codeswarm.protocol import errors
 
