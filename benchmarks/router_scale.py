@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from codeswarm.actors.messages import CommandReceived  # noqa: E402
 from codeswarm.actors.protocol import ProtocolActor  # noqa: E402
 from codeswarm.config import parse_config  # noqa: E402
-from codeswarm.hpc import mailbox_io, records  # noqa: E402
+from codeswarm.hpc import follower_wire, mailbox_io, records  # noqa: E402
 from codeswarm.protocol import commands  # noqa: E402
 from codeswarm.router import Router  # noqa: E402
 from tests.support.simulated_workers import SimulatedScheduler  # noqa: E402
@@ -186,12 +186,12 @@ def latency(bench: Bench, samples: int) -> tuple[list[float], list[float]]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    cursor = {"cursor": {}}
+    cursor = {}
     for entry in os.scandir(os.path.join(bench.mailbox, "outbox")):
         stem = entry.name[: -len(records.RECORD_SUFFIX)]
         stat = entry.stat()
-        cursor["cursor"][f"{stem}:{stat.st_ino}"] = stat.st_size
-    follower.stdin.write(json.dumps(cursor).encode() + b"\n")
+        cursor[f"{stem}:{stat.st_ino}"] = stat.st_size
+    follower.stdin.write(follower_wire.encode_header(cursor, [], False))
     follower.stdin.flush()
     alone = []
     for n in range(samples):

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from codeswarm.codex_binary import find_codex  # noqa: E402
-from codeswarm.hpc import codex_home, codex_worker  # noqa: E402
+from codeswarm.hpc import codex_home, worker_settings  # noqa: E402
 from codeswarm.model_server import ModelServer  # noqa: E402
 from tests.support.worker import CODEX_HOMES, WorkerRun, agent_settings  # noqa: E402
 
@@ -64,7 +64,7 @@ def through_worker(base: Path, codex: str, url: str, prompts: int) -> tuple[list
 def direct(codex: str, url: str, prompts: int) -> list[float]:
     """codex's own turn/start -> first delta, with this process as a minimal client."""
     home = CODEX_HOMES / uuid.uuid4().hex
-    agent = dict(codex_worker.AGENT_DEFAULTS, **agent_settings(codex, url)["agent"])
+    agent = dict(worker_settings.AGENT_DEFAULTS, **agent_settings(codex, url)["agent"])
     codex_home.prepare_codex_home(str(home), agent)
     workspace = tempfile.mkdtemp()
     proc = subprocess.Popen(
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=100)
     args = parser.parse_args()
     codex = find_codex()
-    poll = codex_worker.WORKER_DEFAULTS["poll_active_seconds"]
+    poll = worker_settings.WORKER_DEFAULTS["poll_active_seconds"]
     with ModelServer() as model, tempfile.TemporaryDirectory() as tmp:
         baseline = direct(codex, model.url, args.prompts)
         delivered, first_delta = through_worker(Path(tmp), codex, model.url, args.prompts)

@@ -13,6 +13,8 @@ import platform
 import shutil
 from pathlib import Path
 
+from codeswarm.errors import CodexNotFoundError
+
 ENV_VAR = "CODESWARM_CODEX"
 _ARCHES = {
     "x86_64": ("x64", "x86_64-unknown-linux-musl"),
@@ -53,7 +55,7 @@ def find_codex(explicit: str | None = None) -> str:
     for given, origin in ((explicit, "explicit path"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if given:
             if not _executable(Path(given)):
-                raise FileNotFoundError(f"codex binary from {origin} is not executable: {given}")
+                raise CodexNotFoundError(f"codex binary from {origin} is not executable: {given}")
             return given
     checkout = _source_checkout()
     roots = list(dict.fromkeys(root for root in (checkout, Path.cwd().resolve()) if root))
@@ -71,4 +73,4 @@ def find_codex(explicit: str | None = None) -> str:
         )
     else:
         hint = "install the Codex CLI so that `codex` is on PATH (`npm install -g @openai/codex`),"
-    raise FileNotFoundError(f"codex binary not found: {hint} or set {ENV_VAR}=/path/to/codex")
+    raise CodexNotFoundError(f"codex binary not found: {hint} or set {ENV_VAR}=/path/to/codex")

@@ -24,6 +24,14 @@ from typing import Any, ClassVar, Literal, get_type_hints
 from marshmallow import RAISE, Schema, ValidationError, fields
 from marshmallow.validate import OneOf
 
+from codeswarm.errors import ConfigError
+
+# The worker and the follower run on clusters without codeswarm, so their defaults are defined
+# in hpc/ and read from there.
+from codeswarm.hpc.outbox_follower import DEFAULTS as _FOLLOWER
+from codeswarm.hpc.worker_settings import AGENT_DEFAULTS as _AGENT
+from codeswarm.hpc.worker_settings import WORKER_DEFAULTS as _WORKER
+
 Backend = Literal["slurm", "local"]
 LOCAL_WORKSPACE_ROOT = "~/.codeswarm/local"
 LOCAL_CONFIG: dict[str, Any] = {  # the embedded default; a test keeps configs/local.json equal
@@ -33,16 +41,6 @@ LOCAL_CONFIG: dict[str, Any] = {  # the embedded default; a test keeps configs/l
     "agent": {"codex_path": "codex", "approval_policy": "never", "sandbox": "workspace-write"},
 }
 _NULL = "must not be null (leave the key out instead)"
-
-
-class ConfigError(Exception):
-    """A config that cannot be used. `errors` holds (dotted field path, message) pairs."""
-
-    def __init__(self, source: str, errors: list[tuple[str, str]]) -> None:
-        self.source, self.errors = source, errors
-        super().__init__(
-            "\n".join(f"{source}: {p}: {m}" if p else f"{source}: {m}" for p, m in errors)
-        )
 
 
 # ---- checks and field types -------------------------------------------------------------
@@ -201,8 +199,8 @@ class RouterConfig:
 
     inject_timeout_seconds: float = _k(_secs(), 60)
     state_dir: str = _k(_str(), "~/.codeswarm/state")
-    follower_poll_seconds: float = _k(_secs(), 0.02)
-    follower_idle_poll_seconds: float = _k(_secs(), 1.0)
+    follower_poll_seconds: float = _k(_secs(), _FOLLOWER["poll_seconds"])
+    follower_idle_poll_seconds: float = _k(_secs(), _FOLLOWER["idle_poll_seconds"])
 
 
 @dataclass(frozen=True)
@@ -226,23 +224,27 @@ class SlurmConfig:
 class WorkerConfig:
     """Worker polling (fast while active, backing off when idle) and codex restarts."""
 
-    poll_active_seconds: float = _k(_secs(), 0.005)
-    poll_idle_seconds: float = _k(_secs(), 0.5)
-    active_window_seconds: float = _k(_secs(_NON_NEGATIVE), 2.0)
-    codex_restart_backoff_seconds: float = _k(_secs(_NON_NEGATIVE), 1.0)
-    codex_restart_max: int = _k(_int(_NON_NEGATIVE), 5)
+    poll_active_seconds: float = _k(_secs(), _WORKER["poll_active_seconds"])
+    poll_idle_seconds: float = _k(_secs(), _WORKER["poll_idle_seconds"])
+    active_window_seconds: float = _k(_secs(_NON_NEGATIVE), _WORKER["active_window_seconds"])
+    codex_restart_backoff_seconds: float = _k(
+        _secs(_NON_NEGATIVE), _WORKER["codex_restart_backoff_seconds"]
+    )
+    codex_restart_max: int = _k(_int(_NON_NEGATIVE), _WORKER["codex_restart_max"])
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     """The codex agent. `config` and `env` are plain dicts (JSON-ready): treat as read-only."""
 
-    codex_path: str = _k(_str(), "codex")
+    codex_path: str = _k(_str(), _AGENT["codex_path"])
     codex_version: str | None = _k(_str(_VERSION), None)
-    model: str | None = _k(_str(), None)
-    approval_policy: str = _k(_str(_choice("untrusted", "on-request", "never")), "never")
+    model: str | None = _k(_str(), _AGENT["model"])
+    approval_policy: str = _k(
+        _str(_choice("untrusted", "on-request", "never")), _AGENT["approval_policy"]
+    )
     sandbox: str = _k(
-        _str(_choice("read-only", "workspace-write", "danger-full-access")), "workspace-write"
+        _str(_choice("read-only", "workspace-write", "danger-full-access")), _AGENT["sandbox"]
     )
     config: dict[str, Any] = dataclasses.field(
         default_factory=dict, metadata={"schema": _Object(_toml_errors)}
@@ -250,7 +252,7 @@ class AgentConfig:
     env: dict[str, str] = dataclasses.field(
         default_factory=dict, metadata={"schema": _Object(_env_errors)}
     )
-    approval_decision: str = _k(_str(_choice("accept", "decline")), "decline")
+    approval_decision: str = _k(_str(_choice("accept", "decline")), _AGENT["approval_decision"])
 
 
 @dataclass(frozen=True)

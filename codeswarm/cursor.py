@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from codeswarm.registry import RegistryError
+from codeswarm.errors import RegistryError
 
 
 class CursorStore:

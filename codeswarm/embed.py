@@ -11,7 +11,8 @@ Example::
             if event["type"] == "usage":
                 ...
 
-Events are the protocol's events as dicts (see docs/protocol.schema.json).
+Events are the protocol's events as dicts (see docs/protocol.schema.json). The errors it
+raises for problems it foresees are ``codeswarm.errors.CodeswarmError`` (see that module).
 """
 
 from __future__ import annotations
@@ -24,16 +25,9 @@ from typing import Any
 
 from codeswarm.actors.messages import CommandReceived, Emit
 from codeswarm.config import Config, default_local_config
+from codeswarm.errors import CommandError, NoAnswerError
 from codeswarm.protocol import commands, decode_object, errors
 from codeswarm.router import Router
-
-
-class CodeswarmError(Exception):
-    """The router answered a call with an ``error`` event."""
-
-    def __init__(self, event: dict[str, Any]) -> None:
-        super().__init__(f"{event['error']}: {event['message']}")
-        self.event = event
 
 
 class EventQueue:
@@ -85,7 +79,11 @@ class Codeswarm:
         self.router = Router(config or default_local_config(), self.sink, **router)
 
     def call(self, command: commands.Command, answer: str, timeout: float = 60.0) -> dict:
-        """Send a command and wait for its ``answer`` event (or raise on its ``error``)."""
+        """Send a command and wait for its ``answer`` event.
+
+        Raises CommandError on its ``error`` event, NoAnswerError after ``timeout`` seconds
+        without an event.
+        """
         waiter = self.sink.expect(command.request_id)
         try:
             self.router.tell(CommandReceived(command))
@@ -96,9 +94,7 @@ class Codeswarm:
     @staticmethod
     def _await(waiter: queue.Queue[dict[str, Any]], answer: str, timeout: float) -> dict:
         while True:
-            event = waiter.get(timeout=timeout)
-            if event["type"] == "error":
-                raise CodeswarmError(event)
+            event = _next(waiter, timeout)
             if event["type"] == answer:
                 return event
 
@@ -171,9 +167,7 @@ class Codeswarm:
     def _answers(waiter: queue.Queue[dict[str, Any]], count: int, timeout: float) -> list[dict]:
         answers: list[dict] = []
         while len(answers) < count:
-            event = waiter.get(timeout=timeout)
-            if event["type"] == "error":
-                raise CodeswarmError(event)
+            event = _next(waiter, timeout)
             if event["type"] in ("inject_ack", "inject_failed"):
                 answers.append(event)
         return answers
@@ -193,17 +187,17 @@ class Codeswarm:
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every event, in order; ends when ``timeout`` seconds pass without one.
 
-        Raises CodeswarmError once the router has failed (after the events before it).
+        Raises CommandError once the router has failed (after the events before it).
         """
         while True:
             if self.sink.failure is not None and self.sink.events.empty():
-                raise CodeswarmError(self.sink.failure)
+                raise CommandError(self.sink.failure)
             try:
                 event = self.sink.events.get(timeout=timeout)
             except queue.Empty:
                 return
             if event is self.sink.failure:
-                raise CodeswarmError(event)
+                raise CommandError(event)
             yield event
 
     def close(self) -> None:
@@ -216,11 +210,23 @@ class Codeswarm:
         self.close()
 
 
+def _next(waiter: queue.Queue[dict[str, Any]], timeout: float) -> dict[str, Any]:
+    """The next event answering a command; CommandError if it is an ``error``."""
+    try:
+        event = waiter.get(timeout=timeout)
+    except queue.Empty:
+        message = f"no answer from the router in {timeout:g} s; the command may still take effect"
+        raise NoAnswerError(message) from None
+    if event["type"] == "error":
+        raise CommandError(event)
+    return event
+
+
 def _command(verb: str, **fields: Any) -> Any:
     """A command checked by the protocol's own schemas, exactly as a JSON line would be."""
     data = {"command": verb, "request_id": f"py-{uuid.uuid4().hex[:12]}"}
     data.update((key, value) for key, value in fields.items() if value is not None)
     result = decode_object(data)
     if isinstance(result, dict):
-        raise CodeswarmError(result)
+        raise CommandError(result)
     return result

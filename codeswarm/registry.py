@@ -18,12 +18,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from codeswarm.errors import RegistryError
+
 LIVE_STATES = ("pending", "running")
 FINAL_STATES = ("exited", "terminated", "failed")
-
-
-class RegistryError(Exception):
-    """The registry file cannot be read; the message says which file and what to do."""
 
 
 def merged_state(old: str, new: str) -> str:

@@ -10,7 +10,6 @@ import argparse
 import collections
 import faulthandler
 import glob
-import json
 import logging
 import os
 import queue
@@ -19,7 +18,7 @@ import socket
 import sys
 import time
 
-from . import codex_protocol, records
+from . import codex_protocol, records, worker_settings
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -32,22 +31,6 @@ from .mailbox_io import (
 
 log = logging.getLogger("codeswarm.worker")
 
-AGENT_DEFAULTS = {
-    "codex_path": "codex",
-    "model": None,
-    "approval_policy": "never",
-    "sandbox": "workspace-write",
-    "approval_decision": "decline",
-    "config": {},
-    "env": {},
-}
-WORKER_DEFAULTS = {
-    "poll_active_seconds": 0.005,
-    "poll_idle_seconds": 0.5,
-    "active_window_seconds": 2.0,
-    "codex_restart_backoff_seconds": 1.0,
-    "codex_restart_max": 5,
-}
 HANDLED_KEPT = 1000
 EXIT_INTERRUPT_GRACE = 3.0
 
@@ -422,18 +405,6 @@ class Worker:
         self.state_dirty = False
 
 
-def load_settings(path):
-    """Agent and worker settings from the JSON file the router writes at launch."""
-    agent = dict(AGENT_DEFAULTS)
-    worker = dict(WORKER_DEFAULTS)
-    if path:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        agent.update(data.get("agent") or {})
-        worker.update(data.get("worker") or {})
-    return agent, worker
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python3 -m hpc.codex_worker",
@@ -475,7 +446,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda signum, frame: early_signals.append("sigterm"))
     signal.signal(signal.SIGINT, lambda signum, frame: early_signals.append("sigint"))
     args = parse_args(argv)
-    agent, settings = load_settings(args.settings)
+    agent, settings = worker_settings.load_settings(args.settings)
     if args.codex_path:
         agent["codex_path"] = args.codex_path
     try:

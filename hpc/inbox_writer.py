@@ -1,49 +1,37 @@
 """A long-lived inbox writer on the login node: the router's writes without a process each.
 
-Run as ``python3 -m hpc.inbox_writer --mailbox DIR`` on one SSH channel. Requests on stdin are
-framed by length, so a prompt may hold any bytes::
-
-    <request id> <JOB>_<NODE> <length>\\n<length bytes: whole inbox lines>
-
-Each is appended to ``inbox/<JOB>_<NODE>.jsonl`` in one locked write (see
-``mailbox_io.append_lines``), then answered on stdout with ``<request id> ok`` or
-``<request id> error <message>``. EOF on stdin ends it.
+Run as ``python3 -m hpc.inbox_writer --mailbox DIR`` on one SSH channel. Each request on stdin
+(``inbox_writer_wire``) is appended to ``inbox/<JOB>_<NODE>.jsonl`` in one locked write (see
+``mailbox_io.append_lines``), then answered on stdout. EOF on stdin ends it.
 """
 
 import argparse
 import os
 import sys
 
-from . import records
+from . import inbox_writer_wire, records
 from .mailbox_io import append_lines
 
 
 def serve(mailbox, stdin, stdout):
     while True:
-        header = stdin.readline()
-        if not header:
-            return 0
         try:
-            request_id, key, length = header.decode("ascii").split()
-            size = int(length)
-            if size < 0:
-                raise ValueError(length)
-        except (UnicodeDecodeError, ValueError):
-            stdout.write(b"- error malformed request header\n")
+            request = inbox_writer_wire.read_request(stdin)
+        except inbox_writer_wire.FrameError as exc:
+            stdout.write(inbox_writer_wire.encode_reply(inbox_writer_wire.UNREADABLE, str(exc)))
             stdout.flush()
             return 2
-        data = stdin.read(size)
-        if len(data) != size:
-            # the channel closed mid-request: append nothing rather than part of a prompt
+        if request is None:
             return 0
+        request_id, key, data = request
         try:
             job_id, node_id = records.parse_node_key(key)
             path = os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
             append_lines(path, data)
-            reply = "%s ok\n" % request_id
+            reply = inbox_writer_wire.encode_reply(request_id)
         except (OSError, records.RecordError) as exc:
-            reply = "%s error %s\n" % (request_id, str(exc).replace("\n", " "))
-        stdout.write(reply.encode("utf-8", "replace"))
+            reply = inbox_writer_wire.encode_reply(request_id, str(exc))
+        stdout.write(reply)
         stdout.flush()
 
 

@@ -2,35 +2,26 @@
 
 Run as ``python3 -m hpc.outbox_follower --mailbox DIR`` (over SSH, or locally).
 
-Input. The first line on stdin is a JSON object, both keys optional::
-
-    {"cursor": {"<JOB>_<NODE>:<inode>": <offset>, ...}, "jobs": ["<job id>", ...],
-     "from_end": false}
-
-Later input is read only to notice EOF: on EOF (the SSH channel closed), SIGTERM, SIGINT, SIGHUP
-or a broken stdout pipe the follower exits 0 within one poll interval. A header that is not such
-an object, or a mailbox that does not exist, gives an ``E`` line and exit status 2.
+Input: the header (``follower_wire``) as the first line on stdin. Later input is read only to
+notice EOF: on EOF (the SSH channel closed), SIGTERM, SIGINT, SIGHUP or a broken stdout pipe
+the follower exits 0 within one poll interval. A header that is not valid, or a mailbox that
+does not exist, gives an ``E`` record and exit status 2.
 
 Files. Every ``outbox/<JOB>_<NODE>.jsonl``, and every ``archive/<JOB>_<NODE>.jsonl`` or
-``archive/<JOB>_<NODE>.r<N>.jsonl`` that appears after the first poll (the first ``H`` line),
+``archive/<JOB>_<NODE>.r<N>.jsonl`` that appears after the first poll (the first ``H`` record),
 even one created and archived between two polls. Of the archives there before, only those whose
 identity is in the cursor or whose job is in ``jobs``. A file's identity is
 ``<JOB>_<NODE>:<inode>``: a rename keeps the inode, so a file archived while no follower ran
 continues from its cursor offset, and a requeued run's new outbox (a new inode) starts at 0.
 A file not in the cursor starts at 0, unless ``from_end`` is true: then an outbox file already
 there at the first poll starts after its last complete line (``codeswarm attach`` shows what
-happens from now on). Other names are reported once each with an ``E`` line
+happens from now on). Other names are reported once each with an ``E`` record
 (dot files, such as NFS's ``.nfsXXXX``, are ignored).
 
-Output on stdout, one record a line, written as bytes and flushed once per poll::
-
-    L<TAB><JOB>_<NODE><TAB><identity><TAB><offset after the line><TAB><raw line, no newline>
-    H<TAB><unix time>          heartbeat: after the first poll, then after --heartbeat-seconds
-                               of silence
-    E<TAB><message>            a follower-level problem (bad file name, unreadable directory)
-
-The raw line is passed through unparsed, byte for byte; it is the last field, so it may hold
-tabs. The router's cursor for an identity is the offset of the last ``L`` line it handled.
+Output: ``follower_wire`` records on stdout, flushed once per poll: an ``L`` record per new
+complete line, an ``H`` record after the first poll and then after --heartbeat-seconds of
+silence, an ``E`` record per problem. The router's cursor for an identity is the offset of the
+last ``L`` record it handled.
 
 Shared filesystems: each poll lists both directories and, for every file, opens it, fstats it
 (opening revalidates NFS attributes, close-to-open, where a bare stat may serve a stale size),
@@ -43,7 +34,6 @@ reported and the file is read from 0; the router drops duplicates by ``seq``.
 
 import argparse
 import errno
-import json
 import os
 import re
 import signal
@@ -51,7 +41,7 @@ import sys
 import threading
 import time
 
-from . import records
+from . import follower_wire, records
 
 DEFAULTS = {"poll_seconds": 0.02, "idle_poll_seconds": 1.0, "heartbeat_seconds": 5.0}
 ACTIVE_WINDOW_SECONDS = 2.0
@@ -66,43 +56,6 @@ def _last_line_end(fd, size):
     start = max(0, size - READ_CHUNK)
     tail = _pread(fd, size - start, start)
     return start + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
-
-
-class HeaderError(ValueError):
-    """The first stdin line is not a valid follower header."""
-
-
-def parse_header(line):
-    """Return (cursor, jobs, from_end) from the first stdin line; HeaderError says what is wrong."""
-    text = line.strip()
-    if not text:
-        return {}, set(), False
-    try:
-        header = json.loads(text.decode("utf-8"))
-    except ValueError as exc:
-        raise HeaderError("header is not valid JSON: %s" % exc) from None
-    if not isinstance(header, dict):
-        raise HeaderError("header must be a JSON object")
-    cursor = header.get("cursor") or {}
-    jobs = header.get("jobs") or []
-    if not isinstance(cursor, dict):
-        raise HeaderError("cursor must be an object")
-    for ident, offset in cursor.items():
-        key, sep, inode = ident.rpartition(":")
-        if not sep or not inode.isdigit():
-            raise HeaderError("cursor key %r is not <JOB>_<NODE>:<inode>" % ident)
-        try:
-            records.parse_node_key(key)
-        except records.RecordError as exc:
-            raise HeaderError("cursor key %r: %s" % (ident, exc)) from None
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise HeaderError("cursor offset for %r must be a non-negative integer" % ident)
-    if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
-        raise HeaderError("jobs must be a list of job id strings")
-    from_end = header.get("from_end", False)
-    if not isinstance(from_end, bool):
-        raise HeaderError("from_end must be true or false")
-    return dict(cursor), set(jobs), from_end
 
 
 def parse_name(name, archived):
@@ -164,7 +117,7 @@ class Follower:
             if once in self.reported:
                 return
             self.reported.add(once)
-        self.pending.append(b"E\t" + message.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+        self.pending.append(follower_wire.problem_record(message))
 
     def flush(self):
         """Write out everything pending in one call; False if there was nothing."""
@@ -306,17 +259,10 @@ class Follower:
         return lines, False, True
 
     def _emit(self, key, ident, offset, data, end):
-        prefix = ("L\t%s\t%s\t" % (key, ident)).encode("ascii")
-        out = self.pending
-        find = data.find
-        start = lines = 0
-        while start < end:
-            stop = find(b"\n", start, end) + 1
-            out.append(b"%s%d\t%s" % (prefix, offset + stop, data[start:stop]))
-            start = stop
-            lines += 1
-        self.pending_bytes += end + lines * (len(prefix) + 21)
-        return lines
+        found = follower_wire.line_records(key, ident, offset, data, end)
+        self.pending.extend(found)
+        self.pending_bytes += sum(map(len, found))
+        return len(found)
 
 
 class StdinWatcher:
@@ -401,7 +347,7 @@ def run(follower, write, stop, args):
             last_active = now
         wrote = follower.flush()
         if first or (not wrote and now - last_write >= args.heartbeat_seconds):
-            write(b"H\t%.3f\n" % time.time())
+            write(follower_wire.heartbeat_record(time.time()))
             first = False
             wrote = True
         if wrote:
@@ -426,7 +372,8 @@ def main(argv=None):
 
     try:
         if not os.path.isdir(args.mailbox):
-            write(b"E\tmailbox directory %s does not exist\n" % os.fsencode(args.mailbox))
+            missing = "mailbox directory %s does not exist" % args.mailbox
+            write(follower_wire.problem_record(missing))
             return 2
         watcher = StdinWatcher(sys.stdin.fileno())
 
@@ -441,9 +388,9 @@ def main(argv=None):
         if watcher.header is None:
             return 0
         try:
-            cursor, jobs, from_end = parse_header(watcher.header)
-        except HeaderError as exc:
-            write(b"E\t%s\n" % str(exc).encode("utf-8", "replace"))
+            cursor, jobs, from_end = follower_wire.parse_header(watcher.header)
+        except follower_wire.HeaderError as exc:
+            write(follower_wire.problem_record(str(exc)))
             return 2
         follower = Follower(args.mailbox, cursor, jobs, write, from_end)
         return run(follower, write, watcher.stop, args)

@@ -1,9 +1,9 @@
 """Mailbox record formats: the one definition both the router and the cluster side use.
 
 The cluster side cannot import marshmallow (compute nodes may have a bare Python >= 3.8), so
-the facts about ids, file names and records live here, in the standard library only. The
-router's marshmallow schemas (``codeswarm.protocol.mailbox``) are built from these constants,
-and a test checks that both accept and reject the same records.
+the facts about ids, file names and records live here, in the standard library only, each
+record's builder beside its parser: inbox lines (the router writes, the worker reads), outbox
+events (the worker writes, the router reads) and the worker's state file.
 """
 
 import json
@@ -220,6 +220,18 @@ def outbox_event_problem(event):
     if isinstance(event["seq"], bool) or not isinstance(event["seq"], int) or event["seq"] < 0:
         return "seq must be a non-negative integer"
     return None
+
+
+def parse_outbox_line(line):
+    """Decode one outbox line into an event dict; RecordError says what is wrong with it."""
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise RecordError("outbox line is not JSON: %s" % exc) from None
+    problem = outbox_event_problem(event)
+    if problem:
+        raise RecordError("outbox event %s" % problem)
+    return event
 
 
 def new_state():

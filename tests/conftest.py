@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from codeswarm.codex_binary import find_codex
+from codeswarm.errors import CodexNotFoundError
 from codeswarm.model_server import ModelServer
 from tests.support.cluster import ClusterError, minicluster_up
 from tests.support.worker import CODEX_HOMES, agent_settings
@@ -17,7 +18,7 @@ from tests.support.worker import CODEX_HOMES, agent_settings
 def codex_bin() -> str:
     try:
         return find_codex()
-    except FileNotFoundError as exc:
+    except CodexNotFoundError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must have the pinned codex binary: {exc}")
         pytest.skip(str(exc))

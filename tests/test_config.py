@@ -14,11 +14,11 @@ from codeswarm.config import (
     LOCAL_CONFIG,
     SECTIONS,
     Config,
-    ConfigError,
     default_local_config,
     load_config,
     parse_config,
 )
+from codeswarm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.json"))

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from codeswarm.codex_binary import find_codex
+from codeswarm.errors import CodexNotFoundError
 from codeswarm.model_server import (
     ModelServer,
     Reply,
@@ -399,7 +400,7 @@ class Codex:
 def codex_binary() -> str:
     try:
         return find_codex()
-    except FileNotFoundError as error:
+    except CodexNotFoundError as error:
         pytest.skip(f"real codex binary not installed ({error})")
 
 

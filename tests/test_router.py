@@ -257,20 +257,20 @@ def test_a_restarted_router_picks_up_its_swarms_and_their_streams(tmp_path):
 
 
 def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
-    from codeswarm.embed import CodeswarmError
+    from codeswarm.errors import CommandError
 
     swarms, _ = simulated()
     swarm = swarms.launch(nodes=2)
-    with pytest.raises(CodeswarmError) as refused:
+    with pytest.raises(CommandError) as refused:
         swarms.inject(swarm["swarm_id"], "x", nodes=-1)
     assert refused.value.event["error"] == "invalid_field"
-    with pytest.raises(CodeswarmError) as refused:
+    with pytest.raises(CommandError) as refused:
         swarms.inject(swarm["swarm_id"], "a lone surrogate \udc80", nodes="all")
     assert (refused.value.event["error"], refused.value.event["field"]) == (
         "invalid_field",
         "content",
     )
-    with pytest.raises(CodeswarmError) as refused:
+    with pytest.raises(CommandError) as refused:
         swarms.launch(nodes=1, time="01:00:00\n")
     assert refused.value.event["field"] == "time"
     long_id = json.dumps(
@@ -371,7 +371,7 @@ def test_node_started_updates_the_registry_before_the_scheduler_does(tmp_path):
 
 def test_a_router_failure_reaches_every_caller_at_once(simulated, monkeypatch):
     from codeswarm.actors.supervisor import SupervisorActor
-    from codeswarm.embed import CodeswarmError
+    from codeswarm.errors import CommandError
 
     def broken(self, command):
         raise RuntimeError("a bug")
@@ -379,11 +379,23 @@ def test_a_router_failure_reaches_every_caller_at_once(simulated, monkeypatch):
     swarms, _ = simulated()
     monkeypatch.setattr(SupervisorActor, "command", broken)
     started = time.monotonic()
-    with pytest.raises(CodeswarmError, match="internal: the router failed"):
+    with pytest.raises(CommandError, match="internal: the router failed"):
         swarms.list(timeout=30)
-    with pytest.raises(CodeswarmError, match="router failed"):
+    with pytest.raises(CommandError, match="router failed"):
         list(swarms.events(timeout=30))
-    with pytest.raises(CodeswarmError, match="router failed"):
+    with pytest.raises(CommandError, match="router failed"):
         list(swarms.events())
     assert time.monotonic() - started < 5
     assert swarms.router.stop_requested.wait(10)
+
+
+def test_an_error_answer_raises_command_error_and_silence_no_answer_error(simulated):
+    from codeswarm.errors import CommandError, NoAnswerError
+    from codeswarm.protocol import Ping
+
+    swarms, _ = simulated()
+    with pytest.raises(CommandError) as refused:
+        swarms.status("sw-nope")
+    assert refused.value.event["error"] == "unknown_swarm"
+    with pytest.raises(NoAnswerError, match="may still take effect"):
+        swarms.call(Ping(request_id="p1"), "swarm_status", timeout=0.3)  # pong is no status

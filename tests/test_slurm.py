@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.backends import BackendError
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import parse_config
+from codeswarm.errors import BackendError
 from codeswarm.model_server import last_user_text
 from tests.support.cluster import minicluster_up
 from tests.support.daemon import Daemon

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.backends import BackendError
 from codeswarm.backends.slurm import batch_script, parse_job_id, parse_squeue
 from codeswarm.backends.ssh import resolve
 from codeswarm.config import parse_config
+from codeswarm.errors import BackendError
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_script.sh"
 

@@ -10,9 +10,9 @@ import pytest
 from codeswarm.actors.jobs import BACKOFF_LIMIT_SECONDS, JobPollerActor, backoff
 from codeswarm.actors.messages import NodeGone, NodePending, NodeRunning
 from codeswarm.actors.swarms import HELD_BYTES, HELD_SECONDS, SwarmTable, written_over
-from codeswarm.backends import BackendError
 from codeswarm.cursor import CursorStore
-from codeswarm.registry import RegistryError, SwarmRecord, SwarmRegistry, merged_state
+from codeswarm.errors import BackendError, RegistryError
+from codeswarm.registry import SwarmRecord, SwarmRegistry, merged_state
 
 
 def record(job_id: str = "7", nodes: int = 2, **fields) -> SwarmRecord:

@@ -8,7 +8,6 @@ rule here testable without threads.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from typing import Any
 
@@ -156,12 +155,9 @@ class NodeCorrelation:
     def worker_line(self, raw: bytes) -> list[dict]:
         """One outbox line as the events to emit (none for a duplicate)."""
         try:
-            event = json.loads(raw)
-        except ValueError as exc:
-            return [self._bad_line(raw, f"outbox line is not JSON: {exc}")]
-        problem = records.outbox_event_problem(event)
-        if problem:
-            return [self._bad_line(raw, f"outbox event {problem}")]
+            event = records.parse_outbox_line(raw)
+        except records.RecordError as exc:
+            return [self._bad_line(raw, str(exc))]
         if event["seq"] <= self.last_seq:
             return []
         self.last_seq = event["seq"]

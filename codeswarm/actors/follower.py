@@ -11,42 +11,30 @@ import pykka
 
 from codeswarm.actors.messages import FollowerDied, FollowerLines
 from codeswarm.backends import FollowerStream, Transport
+from codeswarm.hpc.follower_wire import RecordReader
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 16
 
 
-def parse_records(data: bytes) -> tuple[list[tuple[str, str, int, bytes]], list[bytes]]:
-    """Follower output (complete lines) as line records, plus its other records (H, E)."""
-    lines = []
-    other = []
-    for raw in data.split(b"\n"):
-        if raw.startswith(b"L\t"):
-            parts = raw.split(b"\t", 4)
-            if len(parts) == 5 and parts[3].isdigit():
-                lines.append((parts[1].decode(), parts[2].decode(), int(parts[3]), parts[4]))
-                continue
-        if raw:
-            other.append(raw)
-    return lines, other
-
-
 class FollowerActor(pykka.ThreadingActor):
     """Starts the follower with the router's cursor and forwards its lines in batches."""
 
-    def __init__(self, transport: Transport, supervisor: Any, generation: int, start: dict) -> None:
+    def __init__(
+        self, transport: Transport, supervisor: Any, generation: int, header: bytes
+    ) -> None:
         super().__init__()
         self.transport = transport
         self.supervisor = supervisor
         self.generation = generation
-        self.start_with = start
+        self.header = header
         self.stream: FollowerStream | None = None
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
 
     def on_start(self) -> None:
         try:
-            self.stream = self.transport.start_follower(self.start_with)
+            self.stream = self.transport.start_follower(self.header)
         except Exception as exc:  # any failure here must lead to a restart
             self.supervisor.tell(FollowerDied(self.generation, f"cannot start: {exc}"))
             return
@@ -64,25 +52,18 @@ class FollowerActor(pykka.ThreadingActor):
 
     def read(self) -> None:
         assert self.stream is not None
-        pending = b""
+        reader = RecordReader()
         reason = "the follower's stream ended"
         try:
             while True:
                 chunk = self.stream.read(READ_SIZE)
                 if not chunk:
                     break
-                data = pending + chunk
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    pending = data
-                    continue
-                pending = data[cut + 1 :]
-                lines, other = parse_records(data[:cut])
+                lines, problems = reader.feed(chunk)
                 if lines:
                     self.supervisor.tell(FollowerLines(self.generation, lines))
-                for record in other:
-                    if record.startswith(b"E\t"):
-                        log.warning("follower: %s", record[2:].decode("utf-8", "replace"))
+                for problem in problems:
+                    log.warning("follower: %s", problem)
         except OSError as exc:
             reason = f"reading the follower failed: {exc}"
         except pykka.ActorDeadError:

@@ -24,8 +24,9 @@ from codeswarm.actors.messages import (
     Submit,
     Sweep,
 )
-from codeswarm.backends import BackendError, Scheduler
-from codeswarm.registry import RegistryError, SwarmRegistry
+from codeswarm.backends import Scheduler
+from codeswarm.errors import BackendError, RegistryError
+from codeswarm.registry import SwarmRegistry
 from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)

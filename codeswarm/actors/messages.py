@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from codeswarm.hpc.follower_wire import LineRecord
 from codeswarm.protocol import Command
 
 
@@ -33,7 +34,7 @@ class Emit(NamedTuple):
 
 class FollowerLines(NamedTuple):
     generation: int
-    lines: list[tuple[str, str, int, bytes]]  # node key, file identity, offset after, raw line
+    lines: list[LineRecord]
 
 
 class FollowerDied(NamedTuple):

@@ -22,7 +22,8 @@ from codeswarm.actors.messages import (
     Progress,
     WorkerLines,
 )
-from codeswarm.backends import BackendError, Transport
+from codeswarm.backends import Transport
+from codeswarm.errors import BackendError
 from codeswarm.hpc import records
 from codeswarm.protocol import errors
 from codeswarm.timer import Timer, TimerHandle

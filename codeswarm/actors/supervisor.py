@@ -45,11 +45,12 @@ from codeswarm.actors.messages import (
 )
 from codeswarm.actors.node import NodeActor
 from codeswarm.actors.swarms import SwarmTable, job_of, written_over
-from codeswarm.backends import BackendError, Scheduler, Transport
+from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
-from codeswarm.hpc import records
+from codeswarm.errors import BackendError, RegistryError
+from codeswarm.hpc import follower_wire, records
 from codeswarm.protocol import commands, errors, make_event
-from codeswarm.registry import RegistryError, SwarmRecord, SwarmRegistry
+from codeswarm.registry import SwarmRecord, SwarmRegistry
 from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
@@ -242,12 +243,10 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def start_follower(self) -> None:
         self.generation += 1
-        start = {
-            "cursor": dict(self.cursor.offsets),
-            "jobs": sorted(self.table.followed),
-            "from_end": self.follow == "end",
-        }
-        self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, start)
+        header = follower_wire.encode_header(
+            self.cursor.offsets, sorted(self.table.followed), self.follow == "end"
+        )
+        self.follower = FollowerActor.start(self.transport, self.actor_ref, self.generation, header)
 
     def follower_died(self, message: FollowerDied) -> None:
         if message.generation != self.generation:

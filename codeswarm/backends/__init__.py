@@ -9,17 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from codeswarm.protocol import errors
 from codeswarm.registry import SwarmRecord
-
-
-class BackendError(Exception):
-    """A transport or scheduler operation failed; the message says what to fix."""
-
-    def __init__(self, message: str, stderr: str = "", code: str = errors.BACKEND) -> None:
-        super().__init__(message)
-        self.stderr = stderr
-        self.code = code
 
 
 class FollowerStream(Protocol):
@@ -39,8 +29,8 @@ class Transport(Protocol):
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         """Append whole lines to a node's inbox, atomically with respect to other writers."""
 
-    def start_follower(self, start: dict[str, Any]) -> FollowerStream:
-        """Start ``hpc.outbox_follower`` and send it ``start`` (cursor and jobs) first."""
+    def start_follower(self, header: bytes) -> FollowerStream:
+        """Start ``hpc.outbox_follower`` and send it ``header`` (``follower_wire``) first."""
 
     def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
         """Remove finished swarms' files with ``hpc.prune``: swarm id -> paths removed."""

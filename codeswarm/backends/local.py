@@ -7,7 +7,6 @@ everything but the network and the batch system is exercised by a local swarm.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from codeswarm.backends import BackendError, Submitted, follower_args
-from codeswarm.hpc import mailbox_io, prune, records
+from codeswarm.backends import Submitted, follower_args
+from codeswarm.errors import BackendError
+from codeswarm.hpc import mailbox_io, prune, records, worker_settings
 from codeswarm.registry import SwarmRecord
 
 
@@ -105,7 +105,7 @@ class LocalTransport:
             raise BackendError(f"cannot remove swarm files in {self.cluster_dir}: {exc}") from exc
         return removed
 
-    def start_follower(self, start: dict[str, Any]) -> LocalProcess:
+    def start_follower(self, header: bytes) -> LocalProcess:
         argv = [
             sys.executable,
             "-m",
@@ -113,7 +113,7 @@ class LocalTransport:
             *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         ]
         follower = LocalProcess(argv, self.cluster_dir, self.cluster_dir / "logs" / "follower.log")
-        follower.send(json.dumps(start).encode() + b"\n")
+        follower.send(header)
         return follower
 
 
@@ -146,7 +146,8 @@ class LocalScheduler:
         swarm_dir = self.cluster_dir / "swarms" / swarm_id
         swarm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         settings_path = swarm_dir / "worker.json"
-        settings_path.write_text(json.dumps(settings))
+        data = worker_settings.encode_settings(settings["agent"], settings["worker"])
+        settings_path.write_bytes(data)
         os.chmod(settings_path, 0o600)
         pids = []
         for node_id in range(nodes):

@@ -6,16 +6,17 @@ script; the shell-outs are three small methods.
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import shlex
 from typing import Any
 
-from codeswarm.backends import BackendError, Submitted
+from codeswarm.backends import Submitted
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import SlurmConfig
+from codeswarm.errors import BackendError
+from codeswarm.hpc import worker_settings
 from codeswarm.registry import SwarmRecord
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ class SlurmScheduler:
     ) -> Submitted:
         cluster_dir = self.transport.cluster_dir
         settings_path = posixpath.join(cluster_dir, "swarms", swarm_id, "worker.json")
-        self.transport.write_file(settings_path, json.dumps(settings).encode())
+        data = worker_settings.encode_settings(settings["agent"], settings["worker"])
+        self.transport.write_file(settings_path, data)
         script = batch_script(
             swarm_id=swarm_id,
             nodes=nodes,

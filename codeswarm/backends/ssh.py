@@ -19,8 +19,8 @@ from typing import Any
 
 import paramiko
 
-from codeswarm.backends import BackendError
 from codeswarm.config import SshConfig
+from codeswarm.errors import BackendError
 from codeswarm.protocol import errors
 
 log = logging.getLogger(__name__)

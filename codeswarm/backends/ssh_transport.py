@@ -16,9 +16,10 @@ from typing import Any
 
 import paramiko
 
-from codeswarm.backends import BackendError, follower_args
+from codeswarm.backends import follower_args
 from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe
-from codeswarm.hpc import records
+from codeswarm.errors import BackendError
+from codeswarm.hpc import inbox_writer_wire, records
 from codeswarm.protocol import errors
 from codeswarm.registry import SwarmRecord
 
@@ -58,12 +59,12 @@ class InboxWriter:
 
     def append(self, key: str, data: bytes) -> None:
         request_id = str(next(self._ids))
+        frame = inbox_writer_wire.encode_request(request_id, key, data)
         done = threading.Event()
         slot: list[Any] = [done, None]
         with self._lock:
             channel = self._open()
             self._waiting[request_id] = (channel, slot)
-        frame = b"%s %s %d\n%s" % (request_id.encode(), key.encode(), len(data), data)
         try:
             with self._send_lock:
                 channel.sendall(frame)
@@ -107,13 +108,12 @@ class InboxWriter:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for raw in lines:
-                request_id, _, rest = raw.decode("utf-8", "replace").partition(" ")
-                status, _, message = rest.partition(" ")
+                request_id, error = inbox_writer_wire.parse_reply(raw)
                 with self._lock:
                     waiting = self._waiting.pop(request_id, None)
                 if waiting is not None:
                     _, slot = waiting
-                    slot[1] = None if status == "ok" else message or status
+                    slot[1] = error
                     slot[0].set()
         self._broken(channel)
 
@@ -195,14 +195,14 @@ class SSHTransport:
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         self.writer.append(records.node_key(job_id, node_id), b"".join(lines))
 
-    def start_follower(self, start: dict[str, Any]) -> ChannelStream:
+    def start_follower(self, header: bytes) -> ChannelStream:
         argv = self.hpc_command(
             "outbox_follower",
             *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         )
         channel = self.connection.stream(argv)
         try:
-            channel.sendall(json.dumps(start).encode() + b"\n")
+            channel.sendall(header)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             channel.close()
             raise BackendError(f"starting the follower: {describe(exc)}", code=errors.SSH) from exc

@@ -1,7 +1,8 @@
 """The ``codeswarm`` command line: thin shells over the router the daemon runs.
 
 Each verb starts the router in-process on the same state directory as the daemon, so both see
-the same swarms; only ``daemon`` and ``attach`` follow the workers' event streams.
+the same swarms; only ``daemon`` and ``attach`` follow the workers' event streams. A
+``CodeswarmError`` from any verb ends it with its message and exit status 1, no traceback.
 """
 
 from __future__ import annotations
@@ -18,19 +19,31 @@ from typing import Any
 import click
 
 from codeswarm import __version__
-from codeswarm.backends import BackendError
 from codeswarm.cli.render import print_event, print_swarm
-from codeswarm.config import Config, ConfigError, default_local_config, load_config
-from codeswarm.registry import RegistryError
+from codeswarm.config import Config, default_local_config, load_config
+from codeswarm.errors import CodeswarmError, CommandError
+
+
+class CodeswarmGroup(click.Group):
+    """The root command: turns a CodeswarmError from any verb into a clean ClickException."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CodeswarmError as exc:
+            raise click.ClickException(explain(exc)) from exc
+
+
+def explain(exc: CodeswarmError) -> str:
+    """The error's message for a person at a shell, with the next step where one helps."""
+    if not isinstance(exc, CommandError):
+        return str(exc)
+    hint = " (`codeswarm list` shows the swarms)" if exc.event["error"] == "unknown_swarm" else ""
+    return f"{exc.event['message']}{hint}"
 
 
 def load(path: str | None) -> Config:
-    try:
-        return load_config(path) if path else default_local_config()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from exc
+    return load_config(path) if path else default_local_config()
 
 
 def setup_logging(debug: bool) -> None:
@@ -52,29 +65,14 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
-    """The router in-process, as the library's Codeswarm; user errors become clean exits."""
+    """The router in-process, as the library's Codeswarm."""
     from codeswarm.embed import Codeswarm
 
     setup_logging(debug)
-    try:
-        return Codeswarm(load(config_path), follow=follow)
-    except (BackendError, FileNotFoundError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    return Codeswarm(load(config_path), follow=follow)
 
 
-def answer(call: Callable[[], Any]) -> Any:
-    from codeswarm.embed import CodeswarmError
-
-    try:
-        return call()
-    except CodeswarmError as exc:
-        hint = (
-            " (`codeswarm list` shows the swarms)" if exc.event["error"] == "unknown_swarm" else ""
-        )
-        raise click.ClickException(f"{exc.event['message']}{hint}") from exc
-
-
-@click.group()
+@click.group(cls=CodeswarmGroup)
 @click.version_option(__version__, prog_name="codeswarm")
 def main() -> None:
     """Run swarms of Codex agents on Slurm clusters or on this machine.
@@ -111,11 +109,7 @@ def daemon(config_path: str | None, debug: bool) -> None:
     config = load(config_path)
     # `kill -USR1 <pid>` prints every thread's stack on stderr: for a daemon that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    try:
-        code = run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop_signals_fd())
-    except (BackendError, FileNotFoundError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.exit(code)
+    sys.exit(run_daemon(config, sys.stdin.buffer, sys.stdout.buffer, stop_signals_fd()))
 
 
 def stop_signals_fd() -> int:
@@ -157,7 +151,7 @@ def launch(
           --config configs/hpcfund.json
     """
     with swarms_for(config_path, debug) as swarms:
-        swarm = answer(lambda: swarms.launch(nodes, prompt, time_limit, partition))
+        swarm = swarms.launch(nodes, prompt, time_limit, partition)
     if as_json:
         click.echo(json.dumps(swarm))
     else:
@@ -171,7 +165,7 @@ def launch(
 def list_swarms(as_json: bool, config_path: str | None, debug: bool) -> None:
     """List the swarms this config's router knows, oldest first."""
     with swarms_for(config_path, debug) as swarms:
-        listed = answer(swarms.list)
+        listed = swarms.list()
     for swarm in listed:
         if as_json:
             click.echo(json.dumps(swarm))
@@ -188,7 +182,7 @@ def list_swarms(as_json: bool, config_path: str | None, debug: bool) -> None:
 def status(swarm_id: str, as_json: bool, config_path: str | None, debug: bool) -> None:
     """Show a swarm's state and each node's."""
     with swarms_for(config_path, debug) as swarms:
-        swarm = answer(lambda: swarms.status(swarm_id))
+        swarm = swarms.status(swarm_id)
     if as_json:
         click.echo(json.dumps(swarm))
     else:
@@ -235,7 +229,7 @@ def inject(
         raise click.BadParameter("the prompt is empty", param_hint="--prompt")
     selected = parse_nodes(nodes)
     with swarms_for(config_path, debug) as swarms:
-        acks = answer(lambda: swarms.inject_and_wait(swarm_id, content, selected, injection_id))
+        acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
     failed = False
     for ack in sorted(acks, key=lambda e: e["node_id"]):
         if as_json:
@@ -269,7 +263,7 @@ def attach(
       codeswarm attach sw-1a2b3c4d5e --config configs/hpcfund.json --json
     """
     with swarms_for(config_path, debug, follow="end") as swarms:
-        answer(lambda: swarms.status(swarm_id))
+        swarms.status(swarm_id)
         try:
             for event in swarms.events(timeout=idle_exit):
                 if event.get("swarm_id") != swarm_id:
@@ -320,8 +314,6 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
         if not dry_run:
             transport.prepare()  # the cluster side runs hpc.prune from its copy
         pruned = prune_swarms(registry, transport, age, dry_run)
-    except (BackendError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
         transport.close()
     verb = "would remove" if dry_run else "removed"
@@ -338,5 +330,5 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
 def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:
     """Stop every agent of a swarm (their running turns are interrupted, outboxes archived)."""
     with swarms_for(config_path, debug) as swarms:
-        answer(lambda: swarms.terminate(swarm_id))
+        swarms.terminate(swarm_id)
     click.echo(f"terminating {swarm_id}", err=True)

@@ -1,4 +1,4 @@
-"""The router protocol, free of I/O: commands, events, the line codec and mailbox records."""
+"""The router protocol, free of I/O: commands, events and the line codec."""
 
 from codeswarm.protocol.codec import (
     decode_line,

@@ -1,0 +1,49 @@
+"""The worker's settings file, and the one definition of the worker's defaults.
+
+The router writes the file at launch (the config's ``agent`` and ``worker`` sections) and every
+worker of the swarm reads it. ``codeswarm.config`` takes the defaults of those two sections from
+here, so a key the file leaves out means the same on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+AGENT_DEFAULTS = {
+    "codex_path": "codex",
+    "model": None,
+    "approval_policy": "never",
+    "sandbox": "workspace-write",
+    "approval_decision": "decline",
+    "config": {},
+    "env": {},
+}
+WORKER_DEFAULTS = {
+    "poll_active_seconds": 0.005,
+    "poll_idle_seconds": 0.5,
+    "active_window_seconds": 2.0,
+    "codex_restart_backoff_seconds": 1.0,
+    "codex_restart_max": 5,
+}
+
+
+def encode_settings(agent: dict[str, Any], worker: dict[str, Any]) -> bytes:
+    """The file's contents: one JSON object with the ``agent`` and ``worker`` sections."""
+    return json.dumps({"agent": agent, "worker": worker}).encode("utf-8")
+
+
+def parse_settings(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(agent, worker) settings from the file's contents, defaults filled in."""
+    settings = json.loads(data.decode("utf-8"))
+    agent = dict(AGENT_DEFAULTS, **(settings.get("agent") or {}))
+    worker = dict(WORKER_DEFAULTS, **(settings.get("worker") or {}))
+    return agent, worker
+
+
+def load_settings(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(agent, worker) settings from the file at ``path``; the defaults alone without one."""
+    if not path:
+        return parse_settings(b"{}")
+    with open(path, "rb") as f:
+        return parse_settings(f.read())
