@@ -350,3 +350,40 @@ def test_the_daemon_rides_out_the_login_node_dropping(
         d.send({"command": "terminate", "swarm_id": swarm_id})
     finally:
         d.close()
+
+
+def test_prepare_refuses_a_cluster_python_that_fails_or_is_older_than_38(slurm_config):
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    old = f"{config.cluster.workspace_root}/python36"
+    connection.run(["sh", "-c", f"printf '#!/bin/sh\\necho 3.6\\n' > {old}; chmod +x {old}"])
+    try:
+        bad = "/nonexistent/python3"
+        with pytest.raises(BackendError) as failed:
+            SSHTransport(connection, config.cluster.cluster_dir, bad, 0.02, 1.0).prepare()
+        assert f"cluster.python {bad!r}" in str(failed.value)
+        assert "exited 127" in str(failed.value) and bad in failed.value.stderr
+        with pytest.raises(BackendError, match=r"is Python 3\.6.*3\.8 or newer"):
+            SSHTransport(connection, config.cluster.cluster_dir, old, 0.02, 1.0).prepare()
+    finally:
+        connection.close()
+
+
+def test_a_wrong_cluster_python_names_the_command_its_status_and_stderr(slurm_config):
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0).prepare()
+    bad = "/nonexistent/python3"
+    transport = SSHTransport(connection, config.cluster.cluster_dir, bad, 0.02, 1.0)
+    try:
+        with pytest.raises(BackendError) as write:
+            transport.append_inbox("5", 0, [b'{"type":"interrupt"}\n'])
+        message = str(write.value)
+        assert f"{bad} -m hpc.inbox_writer" in message and "exited 127" in message, message
+        assert "No such file or directory" in message, message
+        follower = transport.start_follower({})
+        with pytest.raises(OSError, match=f"{bad} -m hpc.outbox_follower.* exited 127"):
+            follower.read(4096)
+        follower.close()
+    finally:
+        transport.close()

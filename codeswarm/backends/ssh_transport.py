@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import posixpath
+import shlex
 import threading
 from importlib import resources
 from typing import Any
@@ -17,19 +18,26 @@ from typing import Any
 import paramiko
 
 from codeswarm.backends import BackendError, follower_args
-from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe
+from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe, exit_report
 from codeswarm.hpc import records
 from codeswarm.protocol import errors
 
+MIN_PYTHON = (3, 8)
+
 
 class ChannelStream:
-    """The follower's channel as a FollowerStream."""
+    """The follower's channel as a FollowerStream; a follower that fails is a read error."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: paramiko.Channel, command: str, alias: str) -> None:
         self.channel = channel
+        self.command = command
+        self.alias = alias
 
     def read(self, size: int) -> bytes:
-        return self.channel.recv(size)
+        data = self.channel.recv(size)
+        if not data and (failure := exit_report(self.channel, self.command, self.alias)):
+            raise OSError(failure)
+        return data
 
     def close(self) -> None:
         self.channel.close()
@@ -67,8 +75,9 @@ class InboxWriter:
             with self._send_lock:
                 channel.sendall(frame)
         except (OSError, paramiko.SSHException) as exc:
-            self._broken(channel)
-            raise BackendError(f"inbox write to {key}: {describe(exc)}", code=errors.SSH) from exc
+            reason = self._ended(channel) or describe(exc)
+            self._broken(channel, reason)
+            raise BackendError(f"inbox write to {key}: {reason}", code=errors.SSH) from exc
         if not done.wait(self.timeout):
             self._broken(channel)
             raise BackendError(
@@ -102,7 +111,8 @@ class InboxWriter:
             except (OSError, EOFError, paramiko.SSHException):
                 break
             if not chunk:
-                break
+                self._broken(channel, self._ended(channel))
+                return
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for raw in lines:
@@ -116,8 +126,12 @@ class InboxWriter:
                     slot[0].set()
         self._broken(channel)
 
-    def _broken(self, channel: paramiko.Channel) -> None:
-        """Close ``channel`` and fail every write still waiting on it."""
+    def _ended(self, channel: paramiko.Channel) -> str:
+        """Why the writer's channel ended, if its command failed (e.g. no such python)."""
+        return exit_report(channel, shlex.join(self.argv), self.connection.alias)
+
+    def _broken(self, channel: paramiko.Channel, reason: str = "") -> None:
+        """Close ``channel`` and fail every write still waiting on it, with ``reason``."""
         channel.close()
         with self._lock:
             if self._channel is channel:
@@ -125,7 +139,7 @@ class InboxWriter:
             for request_id, (owner, slot) in list(self._waiting.items()):
                 if owner is channel:
                     del self._waiting[request_id]
-                    slot[1] = "the inbox writer's channel closed before answering"
+                    slot[1] = reason or "the inbox writer's channel closed before answering"
                     slot[0].set()
 
     def close(self) -> None:
@@ -164,6 +178,7 @@ class SSHTransport:
         Running jobs import these files from the shared filesystem, so a changed file is
         written beside its target and renamed over it, and an unchanged one is left alone.
         """
+        self.check_python()
         sftp = self.connection.sftp()
         try:
             for path in [self.cluster_dir, *self._dirs()]:
@@ -181,6 +196,27 @@ class SSHTransport:
             ) from exc
         finally:
             sftp.close()
+
+    def check_python(self) -> None:
+        """Fail early, and clearly, if ``cluster.python`` does not run or is older than 3.8."""
+        code = "import sys; print('%d.%d' % sys.version_info[:2])"
+        try:
+            out = self.connection.run([self.python, "-c", code])
+        except BackendError as exc:
+            raise BackendError(
+                f"cluster.python {self.python!r} cannot run on {self.connection.alias}: {exc}",
+                stderr=exc.stderr,
+                code=errors.SSH,
+            ) from exc
+        version = out.decode("utf-8", "replace").strip()
+        major, _, minor = version.partition(".")
+        if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < MIN_PYTHON:
+            raise BackendError(
+                f"cluster.python {self.python!r} on {self.connection.alias} is Python "
+                f"{version or '?'}; codeswarm's cluster scripts need 3.8 or newer. Set "
+                "cluster.python to one that is (an absolute path works).",
+                code=errors.SSH,
+            )
 
     def _dirs(self) -> list[str]:
         names = ["hpc", "logs", "swarms", "mailbox"]
@@ -200,12 +236,14 @@ class SSHTransport:
             *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         )
         channel = self.connection.stream(argv)
+        stream = ChannelStream(channel, shlex.join(argv), self.connection.alias)
         try:
             channel.sendall(json.dumps(start).encode() + b"\n")
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            reason = exit_report(channel, stream.command, stream.alias) or describe(exc)
             channel.close()
-            raise BackendError(f"starting the follower: {describe(exc)}", code=errors.SSH) from exc
-        return ChannelStream(channel)
+            raise BackendError(f"starting the follower: {reason}", code=errors.SSH) from exc
+        return stream
 
     def close(self) -> None:
         self.writer.close()
