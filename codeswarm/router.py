@@ -21,6 +21,7 @@ from codeswarm.backends.local import LocalScheduler, LocalTransport
 from codeswarm.codex_binary import find_codex
 from codeswarm.config import Config
 from codeswarm.cursor import CursorStore
+from codeswarm.hpc.private import private_dir
 from codeswarm.protocol import make_event
 from codeswarm.registry import SwarmRegistry
 from codeswarm.timer import Timer
@@ -81,6 +82,7 @@ class Router:
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
+        private_dir(config.router.state_dir)  # made 0700, and tightened if it was not
         registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         registry.all()  # a damaged registry is the caller's error now, not a dead actor later
         settings = worker_settings(config)

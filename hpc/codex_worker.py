@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 
-from . import codex_protocol, records
+from . import codex_protocol, private, records
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -476,6 +476,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    # Prompts and answers end up in files this worker and codex create: keep them private.
+    os.umask(private.UMASK)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -497,6 +499,8 @@ def main(argv=None):
         log.error("%s", exc)
         return 2
     base = os.path.dirname(os.path.abspath(args.mailbox))
+    for shared in ("workspaces", "codex-home"):
+        private.private_dir(os.path.join(base, shared))
     workspace = args.workspace or os.path.join(base, "workspaces", key)
     codex_home = args.codex_home or os.path.join(base, "codex-home", key)
     worker = Worker(args.mailbox, args.job_id, args.node_id, workspace, codex_home, agent, settings)

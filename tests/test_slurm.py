@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from codeswarm.backends import BackendError
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import parse_config
-from codeswarm.model_server import last_user_text
+from codeswarm.hpc import records
+from codeswarm.model_server import Reply, last_user_text
 from tests.support.cluster import minicluster_up
 from tests.support.daemon import Daemon
+from tests.support.modes import loose_modes
 from tests.support.worker import agent_settings
 
 pytestmark = pytest.mark.integration
@@ -194,6 +197,10 @@ def test_daemon_runs_a_two_node_slurm_swarm(slurm_config, cluster_codex, model_s
         assert {e["reason"] for e in exited if e["type"] == "node_exited"} == {"sigterm"}
     finally:
         d.close()
+    # The cluster user's umask is 022; what the job and codex wrote is private all the same
+    # (but for codex's anonymous installation_id, which codex itself makes 0644).
+    cluster_dir = Path(json.loads(config_file.read_text())["cluster"]["workspace_root"])
+    assert loose_modes(cluster_dir / "codeswarm", skip=("installation_id",)) == []
 
 
 def test_a_hung_writer_or_slow_command_fails_alone_and_leaks_nothing(slurm_config, tmp_path):
@@ -387,3 +394,61 @@ def test_a_wrong_cluster_python_names_the_command_its_status_and_stderr(slurm_co
         follower.close()
     finally:
         transport.close()
+
+
+def test_prepare_makes_everything_private_and_tightens_what_was_there(slurm_config, minicluster):
+    config = parse_config(slurm_config())
+    cluster_dir = Path(config.cluster.cluster_dir)
+    owner = pwd.getpwnam(minicluster["MINICLUSTER_USER"])
+    # An older install, as the cluster user left it: loose directories and a loose script.
+    loose = [
+        cluster_dir,
+        cluster_dir / "hpc",
+        cluster_dir / "mailbox",
+        cluster_dir / "mailbox/inbox",
+    ]
+    script = cluster_dir / "hpc" / "records.py"
+    for path in loose:
+        path.mkdir()
+    script.write_bytes(Path(records.__file__).read_bytes())
+    for path, mode in [*((p, 0o755) for p in loose), (script, 0o644)]:
+        path.chmod(mode)
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(connection, str(cluster_dir), "python3", 0.02, 1.0)
+    try:
+        transport.prepare()
+        transport.write_file(f"{cluster_dir}/swarms/sw-x/worker.json", b"{}")
+        transport.append_inbox("9", 0, [b'{"type":"interrupt"}\n'])
+    finally:
+        transport.close()
+    assert (cluster_dir / "hpc" / "__pycache__").is_dir()
+    assert loose_modes(cluster_dir) == []
+
+
+def test_scancel_mid_turn_fails_the_turn_with_node_exiting(
+    slurm_config, cluster_codex, model_server, tmp_path
+):
+    model_server.add_rule("hang", Reply(hang=True))
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
+        swarm_id = d.wait_event("swarm_launched", request_id="L")["swarm"]["swarm_id"]
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm_id,
+                "nodes": 0,
+                "content": "hang please",
+                "injection_id": "running",
+            }
+        )
+        d.wait_event("turn_started", injection_id="running", timeout=120)
+        d.send({"command": "terminate", "swarm_id": swarm_id})
+        d.wait_event("node_exited", timeout=60)
+        failed = d.wait_event("inject_failed", injection_id="running", timeout=30)
+        assert failed["error"] == "node_exiting", failed
+    finally:
+        d.close()

@@ -11,6 +11,7 @@ import json
 import os
 import posixpath
 import shlex
+import stat
 import threading
 from importlib import resources
 from typing import Any
@@ -20,6 +21,7 @@ import paramiko
 from codeswarm.backends import BackendError, follower_args
 from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe, exit_report
 from codeswarm.hpc import records
+from codeswarm.hpc.private import DIR_MODE, FILE_MODE
 from codeswarm.protocol import errors
 
 MIN_PYTHON = (3, 8)
@@ -173,7 +175,8 @@ class SSHTransport:
         )
 
     def prepare(self) -> None:
-        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700).
+        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox: directories 0700 and
+        files 0600, those already there tightened.
 
         Running jobs import these files from the shared filesystem, so a changed file is
         written beside its target and renamed over it, and an unchanged one is left alone.
@@ -219,7 +222,8 @@ class SSHTransport:
             )
 
     def _dirs(self) -> list[str]:
-        names = ["hpc", "logs", "swarms", "mailbox"]
+        # hpc/__pycache__ is made here: Python would make it under the login shell's umask
+        names = ["hpc", "hpc/__pycache__", "logs", "swarms", "mailbox"]
         names += [posixpath.join("mailbox", d) for d in records.MAILBOX_DIRS]
         return [posixpath.join(self.cluster_dir, name) for name in names]
 
@@ -262,22 +266,28 @@ class SSHTransport:
 
 
 def _mkdir(sftp: paramiko.SFTPClient, path: str) -> None:
+    """Make ``path`` a 0700 directory: sftp-server's umask may loosen a new one."""
     try:
-        sftp.stat(path)
+        mode = sftp.stat(path).st_mode
     except FileNotFoundError:
-        sftp.mkdir(path, 0o700)
+        sftp.mkdir(path, DIR_MODE)
+        mode = sftp.stat(path).st_mode
+    if stat.S_IMODE(mode or 0) != DIR_MODE:
+        sftp.chmod(path, DIR_MODE)
 
 
 def _replace(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:
-    """Put ``data`` at ``path`` (0600) by rename, unless it is there already."""
+    """Put ``data`` at ``path`` (0600) by rename, unless it is there already (then 0600)."""
     try:
         with sftp.open(path, "rb") as f:
             if f.read() == data:
+                if stat.S_IMODE(f.stat().st_mode or 0) != FILE_MODE:
+                    sftp.chmod(path, FILE_MODE)
                 return
     except FileNotFoundError:
         pass
     tmp = f"{path}.tmp.{os.getpid()}"
     with sftp.open(tmp, "wb") as f:
+        f.chmod(FILE_MODE)  # before the data goes in
         f.write(data)
-    sftp.chmod(tmp, 0o600)
     sftp.posix_rename(tmp, path)
