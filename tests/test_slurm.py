@@ -24,7 +24,7 @@ from codeswarm.model_server import Reply, last_user_text
 from tests.support.cluster import minicluster_up
 from tests.support.daemon import Daemon
 from tests.support.modes import loose_modes
-from tests.support.worker import agent_settings
+from tests.support.worker import ROOT, agent_settings
 
 pytestmark = pytest.mark.integration
 
@@ -452,3 +452,41 @@ def test_scancel_mid_turn_fails_the_turn_with_node_exiting(
         assert failed["error"] == "node_exiting", failed
     finally:
         d.close()
+
+
+@pytest.mark.timeout(900)
+def test_codex_version_is_installed_once_on_the_login_node_and_run(
+    slurm_config, model_server, tmp_path
+):
+    version = json.loads((ROOT / "package.json").read_text())["dependencies"]["@openai/codex"]
+    agent = agent_settings("unused", model_server.url)["agent"]
+    agent = {k: agent[k] for k in ("model", "sandbox", "config")}
+    data = slurm_config(agent={**agent, "codex_version": version})
+    config_file = tmp_path / "slurm.json"
+    config_file.write_text(json.dumps(data))
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=900)  # npm fetches about 170 MB the first time
+        d.send({"command": "launch", "nodes": 1, "prompt": "hello", "request_id": "L"})
+        swarm_id = d.wait_event("swarm_launched", request_id="L")["swarm"]["swarm_id"]
+        started = d.wait_event("node_started", timeout=120)
+        d.wait_event("usage", timeout=120)
+        d.send({"command": "terminate", "swarm_id": swarm_id})
+    finally:
+        d.close()
+    assert started["node_id"] == 0
+    config = parse_config(data)
+    root = Path(config.cluster.cluster_dir) / "codex"
+    assert sorted(p.name for p in root.iterdir()) == [".lock", version]
+    # The next router finds it installed: no second npm run, the same binary.
+    transport = SSHTransport(
+        SSHConnection(config.ssh), config.cluster.cluster_dir, "python3", 0.02, 1.0, version
+    )
+    try:
+        before = time.monotonic()
+        transport.prepare()
+        assert time.monotonic() - before < 30
+    finally:
+        transport.close()
+    assert transport.installed_codex.startswith(f"{root}/{version}/node_modules/@openai/codex-")
+    assert sorted(p.name for p in root.iterdir()) == [".lock", version]

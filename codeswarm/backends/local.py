@@ -87,6 +87,7 @@ class LocalTransport:
     def __init__(self, cluster_dir: str, poll_seconds: float, idle_poll_seconds: float) -> None:
         self.cluster_dir = Path(cluster_dir)
         self.mailbox = str(self.cluster_dir / "mailbox")
+        self.installed_codex: str | None = None  # the local backend installs no codex
         self.poll_seconds = poll_seconds
         self.idle_poll_seconds = idle_poll_seconds
 

@@ -25,6 +25,7 @@ from codeswarm.hpc.private import DIR_MODE, FILE_MODE
 from codeswarm.protocol import errors
 
 MIN_PYTHON = (3, 8)
+CODEX_INSTALL_TIMEOUT = 900.0  # npm fetches about 170 MB the first time
 
 
 class ChannelStream:
@@ -161,8 +162,11 @@ class SSHTransport:
         python: str,
         poll_seconds: float,
         idle_poll_seconds: float,
+        codex_version: str | None = None,
     ) -> None:
         self.connection = connection
+        self.codex_version = codex_version
+        self.installed_codex: str | None = None
         self.cluster_dir = cluster_dir
         self.mailbox = posixpath.join(cluster_dir, "mailbox")
         self.python = python
@@ -199,6 +203,24 @@ class SSHTransport:
             ) from exc
         finally:
             sftp.close()
+        if self.codex_version:
+            self.installed_codex = self.install_codex(self.codex_version)
+
+    def install_codex(self, version: str) -> str:
+        """Install ``@openai/codex@<version>`` under ``<cluster_dir>/codex`` with npm on the
+        login node, once (``hpc.codex_install``); the path of its binary."""
+        root = posixpath.join(self.cluster_dir, "codex")
+        argv = self.hpc_command("codex_install", "--dir", root, "--version", version)
+        try:
+            out = self.connection.run(argv, timeout=CODEX_INSTALL_TIMEOUT)
+        except BackendError as exc:
+            raise BackendError(
+                f"cannot install @openai/codex@{version} (agent.codex_version) on "
+                f"{self.connection.alias}: {exc.stderr or exc}",
+                stderr=exc.stderr,
+                code=errors.SSH,
+            ) from exc
+        return out.decode("utf-8", "replace").strip()
 
     def check_python(self) -> None:
         """Fail early, and clearly, if ``cluster.python`` does not run or is older than 3.8."""
