@@ -19,3 +19,8 @@ def private_dir(path):
     if stat.S_IMODE(os.stat(path).st_mode) != DIR_MODE:
         os.chmod(path, DIR_MODE)
     return path
+
+
+def private_file(path, flags):
+    """An ``opener`` for ``open()`` that creates files 0600, whatever the umask."""
+    return os.open(path, flags, FILE_MODE)

@@ -19,13 +19,8 @@ from typing import Any
 
 from codeswarm.backends import BackendError, Submitted, follower_args
 from codeswarm.hpc import mailbox_io, records
-from codeswarm.hpc.private import FILE_MODE, private_dir
+from codeswarm.hpc.private import FILE_MODE, private_dir, private_file
 from codeswarm.registry import SwarmRecord
-
-
-def private_file(path: str | os.PathLike[str], flags: int) -> int:
-    """An ``opener`` for ``open()`` that creates files 0600, whatever the umask."""
-    return os.open(path, flags, FILE_MODE)
 
 
 def install_hpc(cluster_dir: Path) -> None:
