@@ -363,6 +363,13 @@ def _cross_field(loaded: Mapping[str, Any], data: Mapping[str, Any]) -> list[tup
         if hi < lo:
             msg = f"must be at least {section}.{fast} ({lo}) (got {hi})"
             errors.append((f"{section}.{slow}", msg))
+    agent = loaded.get("agent") or {}
+    if agent.get("codex_version") is not None:
+        if agent.get("codex_path", "codex") != "codex":
+            errors.append(("agent.codex_version", "set agent.codex_path or this, not both"))
+        if loaded.get("backend", "slurm") == "local":
+            msg = "is for backend slurm; the local backend runs the repository's pinned codex"
+            errors.append(("agent.codex_version", msg))
     shadowed = {"model": "model", "approval_policy": "approval_policy", "sandbox_mode": "sandbox"}
     for key, own in shadowed.items():  # one place to set each, no silent override
         if key in (loaded.get("agent") or {}).get("config", {}):

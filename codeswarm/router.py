@@ -22,6 +22,7 @@ from codeswarm.backends.local import LocalScheduler, LocalTransport
 from codeswarm.codex_binary import find_codex
 from codeswarm.config import Config
 from codeswarm.cursor import CursorStore
+from codeswarm.hpc.private import private_dir
 from codeswarm.protocol import make_event
 from codeswarm.registry import SwarmRegistry
 from codeswarm.timer import Timer
@@ -32,11 +33,16 @@ STARTUP_SECONDS = 60.0
 SLURM_POLL_SECONDS = 5.0  # one squeue a poll for every job; kind to the controller
 
 
-def worker_settings(config: Config) -> dict[str, Any]:
-    """What every worker of a swarm reads from its ``--settings`` file."""
+def worker_settings(config: Config, installed_codex: str | None = None) -> dict[str, Any]:
+    """What every worker of a swarm reads from its ``--settings`` file.
+
+    ``installed_codex`` is the binary the transport installed for ``agent.codex_version``.
+    """
     data = config.to_dict()
     agent = dict(data["agent"])
-    if config.backend == "local" and agent["codex_path"] == "codex":
+    if installed_codex:
+        agent["codex_path"] = installed_codex
+    elif config.backend == "local" and agent["codex_path"] == "codex":
         agent["codex_path"] = find_codex()
     return {"agent": agent, "worker": data["worker"]}
 
@@ -51,7 +57,9 @@ def build_backend(config: Config) -> tuple[Any, Any, float]:
         from codeswarm.backends.ssh_transport import SSHTransport
 
         connection = SSHConnection(config.ssh)
-        transport = SSHTransport(connection, cluster_dir, config.cluster.python, poll, idle)
+        transport = SSHTransport(
+            connection, cluster_dir, config.cluster.python, poll, idle, config.agent.codex_version
+        )
         scheduler = SlurmScheduler(transport, config.slurm, config.cluster.python)
         return transport, scheduler, SLURM_POLL_SECONDS
     transport = LocalTransport(cluster_dir, poll, idle)
@@ -81,11 +89,12 @@ class Router:
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
+        private_dir(config.router.state_dir)  # made 0700, and tightened if it was not
         self.registry = registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
         registry.all()  # a damaged registry is the caller's error now, not a dead actor later
-        settings = worker_settings(config)
         try:
             transport.prepare()
+            settings = worker_settings(config, transport.installed_codex)
         except BaseException:
             transport.close()
             raise

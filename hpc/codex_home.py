@@ -9,6 +9,8 @@ import json
 import os
 import re
 
+from .private import private_dir
+
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # Settings that keep codex from reaching the internet at start-up or sourcing a login shell on
@@ -73,7 +75,7 @@ def prepare_codex_home(path, agent):
     Approval policy and sandbox travel in ``thread/start`` instead: config.toml spells them
     differently and rejects values (``untrusted``) that the protocol accepts.
     """
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    private_dir(path)
     settings = dict(QUIET_DEFAULTS)
     if agent.get("model"):
         settings["model"] = agent["model"]

@@ -1,8 +1,8 @@
 """What the worker says to ``codex app-server``: pure functions, no process, no I/O.
 
-Facts behind them are in docs/codex-app-server.md of the shared design notes: a turn blocks
-until every request codex sends is answered, and per-turn usage is the difference of the
-running totals codex reports.
+Facts behind them are in the repository's docs/codex-app-server.md: a turn blocks until every
+request codex sends is answered, and per-turn usage is the difference of the running totals
+codex reports.
 """
 
 METHOD_NOT_FOUND = -32601

@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from . import codex_protocol, records, worker_settings
+from . import codex_protocol, private, records, worker_settings
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -33,6 +33,10 @@ log = logging.getLogger("codeswarm.worker")
 
 HANDLED_KEPT = 1000
 EXIT_INTERRUPT_GRACE = 3.0
+# scancel and Slurm's time limit signal every process of the job step at once, in no set
+# order: codex may die just before the worker's own SIGTERM arrives. A codex exit is judged
+# only after this long, so that a node going down is not reported as a crash.
+CODEX_EXIT_GRACE = 1.0
 
 
 class Turn:
@@ -80,6 +84,7 @@ class Worker:
         self.usage_total = None
         self.failures = 0
         self.restart_at = None
+        self.codex_lost = None  # (judge at, exit code, stderr tail) of a codex that exited
         self.stop_reason = None
         self.draining = False
         self.state_dirty = False
@@ -181,6 +186,8 @@ class Worker:
         if idle and now - self.last_inbox_poll >= self.poll_delay:
             self.last_inbox_poll = now
             self.read_inbox()
+        if self.codex_lost is not None and now >= self.codex_lost[0] and self.stop_reason is None:
+            self.codex_crashed(*self.codex_lost[1:])
         if self.restart_at is not None and now >= self.restart_at and self.stop_reason is None:
             self.restart_at = None
             self.start_codex()
@@ -196,8 +203,9 @@ class Worker:
         else:
             self.poll_delay = min(self.poll_delay * 2, self.settings["poll_idle_seconds"])
         delay = self.poll_delay
-        if self.restart_at is not None:
-            delay = min(delay, max(0.0, self.restart_at - time.monotonic()))
+        for due in (self.restart_at, self.codex_lost and self.codex_lost[0]):
+            if due is not None:
+                delay = min(delay, max(0.0, due - time.monotonic()))
         return delay
 
     def handle(self, item):
@@ -274,6 +282,15 @@ class Worker:
 
     def codex_exited(self, code):
         tail = self.codex.exited()
+        if self.stop_reason is None:
+            self.codex_lost = (time.monotonic() + CODEX_EXIT_GRACE, code, tail)
+        elif self.turn is not None and self.exit_deadline is not None:
+            # no turn/completed will come: finished() fails the turn with node_exiting now
+            self.exit_deadline = time.monotonic()
+
+    def codex_crashed(self, code, tail):
+        """codex exited and the node is not stopping: fail the turn, restart with backoff."""
+        self.codex_lost = None
         if self.turn is not None:
             self.fail(
                 self.turn.injection_id,
@@ -281,11 +298,7 @@ class Worker:
                 "codex exited (code %s) during the turn" % code,
                 stderr=tail,
             )
-            self.turn = None
-            self.state["in_flight"] = None
-            self.save_state()
-        if self.stop_reason is not None:
-            return
+            self.end_turn()
         self.failures += 1
         if self.failures > self.settings["codex_restart_max"]:
             self.agent_error("codex failed %d times in a row; giving up" % self.failures, tail)
@@ -434,6 +447,8 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    # Prompts and answers end up in files this worker and codex create: keep them private.
+    os.umask(private.UMASK)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -455,6 +470,8 @@ def main(argv=None):
         log.error("%s", exc)
         return 2
     base = os.path.dirname(os.path.abspath(args.mailbox))
+    for shared in ("workspaces", "codex-home"):
+        private.private_dir(os.path.join(base, shared))
     workspace = args.workspace or os.path.join(base, "workspaces", key)
     codex_home = args.codex_home or os.path.join(base, "codex-home", key)
     worker = Worker(args.mailbox, args.job_id, args.node_id, workspace, codex_home, agent, settings)

@@ -11,16 +11,14 @@ import json
 import os
 
 from . import records
-
-FILE_MODE = 0o600
-DIR_MODE = 0o700
+from .private import FILE_MODE, private_dir
 
 
 def ensure_mailbox(root):
     """Create the mailbox directories, private to their owner (other users must not inject)."""
+    private_dir(root)
     for name in records.MAILBOX_DIRS:
-        path = os.path.join(root, name)
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        private_dir(os.path.join(root, name))
 
 
 def append_lines(path, data):

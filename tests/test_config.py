@@ -302,6 +302,16 @@ INVALID = [
         "worker.poll_idle_seconds: must be at least worker.poll_active_seconds",
     ),
     ("bad mem", _with("slurm", mem="lots"), "slurm.mem: must be a Slurm memory size"),
+    (
+        "codex_version beside a codex_path",
+        _with("agent", codex_path="/opt/codex", codex_version="0.171.0"),
+        "agent.codex_version: set agent.codex_path or this, not both",
+    ),
+    (
+        "codex_version on the local backend",
+        {"backend": "local", "agent": {"codex_version": "0.171.0"}},
+        "agent.codex_version: is for backend slurm",
+    ),
     ("top level not an object", [SLURM_BASE], "x.json: must be an object"),
 ]
 

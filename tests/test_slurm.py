@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,12 @@ from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
-from codeswarm.model_server import last_user_text
+from codeswarm.hpc import follower_wire, records
+from codeswarm.model_server import Reply, last_user_text
 from tests.support.cluster import minicluster_up
 from tests.support.daemon import Daemon
-from tests.support.worker import agent_settings
+from tests.support.modes import loose_modes
+from tests.support.worker import ROOT, agent_settings
 
 pytestmark = pytest.mark.integration
 
@@ -196,6 +199,10 @@ def test_daemon_runs_a_two_node_slurm_swarm(slurm_config, cluster_codex, model_s
         assert {e["reason"] for e in exited if e["type"] == "node_exited"} == {"sigterm"}
     finally:
         d.close()
+    # The cluster user's umask is 022; what the job and codex wrote is private all the same
+    # (but for codex's anonymous installation_id, which codex itself makes 0644).
+    cluster_dir = Path(json.loads(config_file.read_text())["cluster"]["workspace_root"])
+    assert loose_modes(cluster_dir / "codeswarm", skip=("installation_id",)) == []
 
 
 def test_a_hung_writer_or_slow_command_fails_alone_and_leaks_nothing(slurm_config, tmp_path):
@@ -362,8 +369,6 @@ def test_a_stopped_controller_holds_up_nothing_but_the_launch(
     slurm_config, cluster_codex, model_server, tmp_path, minicluster
 ):
     """slurmctld stopped for 20 s: events flow, pings answer, no swarm ends, the launch waits."""
-    from codeswarm.model_server import Reply
-
     deltas = 1100  # 55 s of streaming at 50 ms a delta: 20 s before the stop, 20 s in it
     model_server.add_rule("stream", Reply(text="x" * deltas, deltas=deltas, delay_seconds=0.05))
     config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
@@ -482,3 +487,136 @@ def test_prune_and_lost_launches_over_ssh(slurm_config):
         assert connection.run(["ls", f"{mailbox}/inbox"]).split() == [b"19_0.jsonl"]
     finally:
         transport.close()
+
+
+def test_prepare_refuses_a_cluster_python_that_fails_or_is_older_than_38(slurm_config):
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    old = f"{config.cluster.workspace_root}/python36"
+    connection.run(["sh", "-c", f"printf '#!/bin/sh\\necho 3.6\\n' > {old}; chmod +x {old}"])
+    try:
+        bad = "/nonexistent/python3"
+        with pytest.raises(BackendError) as failed:
+            SSHTransport(connection, config.cluster.cluster_dir, bad, 0.02, 1.0).prepare()
+        assert f"cluster.python {bad!r}" in str(failed.value)
+        assert "exited 127" in str(failed.value) and bad in failed.value.stderr
+        with pytest.raises(BackendError, match=r"is Python 3\.6.*3\.8 or newer"):
+            SSHTransport(connection, config.cluster.cluster_dir, old, 0.02, 1.0).prepare()
+    finally:
+        connection.close()
+
+
+def test_a_wrong_cluster_python_names_the_command_its_status_and_stderr(slurm_config):
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0).prepare()
+    bad = "/nonexistent/python3"
+    transport = SSHTransport(connection, config.cluster.cluster_dir, bad, 0.02, 1.0)
+    try:
+        with pytest.raises(BackendError) as write:
+            transport.append_inbox("5", 0, [b'{"type":"interrupt"}\n'])
+        message = str(write.value)
+        assert f"{bad} -m hpc.inbox_writer" in message and "exited 127" in message, message
+        assert "No such file or directory" in message, message
+        follower = transport.start_follower(follower_wire.encode_header({}, [], False))
+        with pytest.raises(OSError, match=f"{bad} -m hpc.outbox_follower.* exited 127"):
+            follower.read(4096)
+        follower.close()
+    finally:
+        transport.close()
+
+
+def test_prepare_makes_everything_private_and_tightens_what_was_there(slurm_config, minicluster):
+    config = parse_config(slurm_config())
+    cluster_dir = Path(config.cluster.cluster_dir)
+    owner = pwd.getpwnam(minicluster["MINICLUSTER_USER"])
+    # An older install, as the cluster user left it: loose directories and a loose script.
+    loose = [
+        cluster_dir,
+        cluster_dir / "hpc",
+        cluster_dir / "mailbox",
+        cluster_dir / "mailbox/inbox",
+    ]
+    script = cluster_dir / "hpc" / "records.py"
+    for path in loose:
+        path.mkdir()
+    script.write_bytes(Path(records.__file__).read_bytes())
+    for path, mode in [*((p, 0o755) for p in loose), (script, 0o644)]:
+        path.chmod(mode)
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(connection, str(cluster_dir), "python3", 0.02, 1.0)
+    try:
+        transport.prepare()
+        transport.write_file(f"{cluster_dir}/swarms/sw-x/worker.json", b"{}")
+        transport.append_inbox("9", 0, [b'{"type":"interrupt"}\n'])
+    finally:
+        transport.close()
+    assert (cluster_dir / "hpc" / "__pycache__").is_dir()
+    assert loose_modes(cluster_dir) == []
+
+
+def test_scancel_mid_turn_fails_the_turn_with_node_exiting(
+    slurm_config, cluster_codex, model_server, tmp_path
+):
+    model_server.add_rule("hang", Reply(hang=True))
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
+        swarm_id = d.wait_event("swarm_launched", request_id="L")["swarm"]["swarm_id"]
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm_id,
+                "nodes": 0,
+                "content": "hang please",
+                "injection_id": "running",
+            }
+        )
+        d.wait_event("turn_started", injection_id="running", timeout=120)
+        d.send({"command": "terminate", "swarm_id": swarm_id})
+        d.wait_event("node_exited", timeout=60)
+        failed = d.wait_event("inject_failed", injection_id="running", timeout=30)
+        assert failed["error"] == "node_exiting", failed
+    finally:
+        d.close()
+
+
+@pytest.mark.timeout(900)
+def test_codex_version_is_installed_once_on_the_login_node_and_run(
+    slurm_config, model_server, tmp_path
+):
+    version = json.loads((ROOT / "package.json").read_text())["dependencies"]["@openai/codex"]
+    agent = agent_settings("unused", model_server.url)["agent"]
+    agent = {k: agent[k] for k in ("model", "sandbox", "config")}
+    data = slurm_config(agent={**agent, "codex_version": version})
+    config_file = tmp_path / "slurm.json"
+    config_file.write_text(json.dumps(data))
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=900)  # npm fetches about 170 MB the first time
+        d.send({"command": "launch", "nodes": 1, "prompt": "hello", "request_id": "L"})
+        swarm_id = d.wait_event("swarm_launched", request_id="L")["swarm"]["swarm_id"]
+        started = d.wait_event("node_started", timeout=120)
+        d.wait_event("usage", timeout=120)
+        d.send({"command": "terminate", "swarm_id": swarm_id})
+    finally:
+        d.close()
+    assert started["node_id"] == 0
+    config = parse_config(data)
+    root = Path(config.cluster.cluster_dir) / "codex"
+    assert sorted(p.name for p in root.iterdir()) == [".lock", version]
+    # The next router finds it installed: no second npm run, the same binary.
+    transport = SSHTransport(
+        SSHConnection(config.ssh), config.cluster.cluster_dir, "python3", 0.02, 1.0, version
+    )
+    try:
+        before = time.monotonic()
+        transport.prepare()
+        assert time.monotonic() - before < 30
+    finally:
+        transport.close()
+    assert transport.installed_codex.startswith(f"{root}/{version}/node_modules/@openai/codex-")
+    assert sorted(p.name for p in root.iterdir()) == [".lock", version]

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -160,6 +161,27 @@ def test_sigterm_mid_turn_archives_and_exits_quickly(worker, model_server):
     queued = [e for e in events if e.get("injection_id") == "queued"]
     assert [e["type"] for e in queued] == ["inject_delivered", "inject_failed"]
     assert queued[-1]["error"] == "node_exiting"
+
+
+@pytest.mark.parametrize("codex_first_by", [0.0, 0.3], ids=["together", "codex-first"])
+def test_scancel_mid_turn_is_node_exiting_not_a_crash(worker, model_server, codex_first_by):
+    """scancel and Slurm's time limit signal every process of the step, codex included, in
+    no set order: codex dying then is the node going down, not the agent crashing."""
+    model_server.add_rule("hang", Reply(hang=True))
+    run = worker().start()
+    run.inject("running", "hang please")
+    run.wait_event("turn_started", "running")
+
+    os.killpg(run.codex_pid(), signal.SIGTERM)  # codex leads its own process group
+    time.sleep(codex_first_by)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(15) == 0
+
+    events = [json.loads(line) for line in run.archive.read_text().splitlines()]
+    failed = [e for e in events if e["type"] == "inject_failed"]
+    assert [(e["injection_id"], e["error"]) for e in failed] == [("running", "node_exiting")]
+    assert not [e for e in events if e["type"] == "error"], events
+    assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "sigterm"
 
 
 def test_interrupt_stops_the_turn_and_keeps_the_queue(worker, model_server):

@@ -22,6 +22,7 @@ class FollowerStream(Protocol):
 
 class Transport(Protocol):
     mailbox: str
+    installed_codex: str | None  # the codex binary prepare() installed (agent.codex_version)
 
     def prepare(self) -> None:
         """Install the hpc/ scripts and create the mailbox, before any launch."""

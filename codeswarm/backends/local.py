@@ -19,13 +19,18 @@ from typing import Any
 from codeswarm.backends import Submitted, follower_args
 from codeswarm.errors import BackendError
 from codeswarm.hpc import mailbox_io, prune, records, worker_settings
+from codeswarm.hpc.private import FILE_MODE, private_dir, private_file
 from codeswarm.registry import SwarmRecord
 
 
 def install_hpc(cluster_dir: Path) -> None:
-    """Copy the packaged hpc/ scripts to ``<cluster_dir>/hpc`` (as a launch does on a cluster)."""
+    """Copy the packaged hpc/ scripts to ``<cluster_dir>/hpc`` (as a launch does on a cluster).
+
+    ``hpc/__pycache__`` is made here, private: Python would make it under the worker's umask.
+    """
     target = cluster_dir / "hpc"
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(target / "__pycache__")
+    private_dir(target)
     for entry in resources.files("codeswarm.hpc").iterdir():
         if entry.name.endswith(".py"):
             data = entry.read_bytes()
@@ -33,15 +38,18 @@ def install_hpc(cluster_dir: Path) -> None:
             if not path.exists() or path.read_bytes() != data:
                 # running workers import these files: rename a new copy over, never rewrite
                 tmp = path.with_name(f".{path.name}.{os.getpid()}")
-                tmp.write_bytes(data)
+                with open(tmp, "wb", opener=private_file) as f:
+                    f.write(data)
                 os.replace(tmp, path)
+            elif path.stat().st_mode & 0o777 != FILE_MODE:
+                path.chmod(FILE_MODE)
 
 
 class LocalProcess:
     """A child process whose stdin we hold open: closing it ends the follower."""
 
     def __init__(self, argv: list[str], cwd: Path, stderr: Path) -> None:
-        with open(stderr, "ab") as err:
+        with open(stderr, "ab", opener=private_file) as err:
             self.process = subprocess.Popen(
                 argv, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
             )
@@ -74,13 +82,14 @@ class LocalTransport:
     def __init__(self, cluster_dir: str, poll_seconds: float, idle_poll_seconds: float) -> None:
         self.cluster_dir = Path(cluster_dir)
         self.mailbox = str(self.cluster_dir / "mailbox")
+        self.installed_codex: str | None = None  # the local backend installs no codex
         self.poll_seconds = poll_seconds
         self.idle_poll_seconds = idle_poll_seconds
 
     def prepare(self) -> None:
-        self.cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.cluster_dir)
         mailbox_io.ensure_mailbox(self.mailbox)
-        (self.cluster_dir / "logs").mkdir(exist_ok=True, mode=0o700)
+        private_dir(self.cluster_dir / "logs")
         install_hpc(self.cluster_dir)
 
     def close(self) -> None:
@@ -144,11 +153,12 @@ class LocalScheduler:
     ) -> Submitted:
         job_id = f"local-{uuid.uuid4().hex[:10]}"
         swarm_dir = self.cluster_dir / "swarms" / swarm_id
-        swarm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(swarm_dir.parent)
+        private_dir(swarm_dir)
         settings_path = swarm_dir / "worker.json"
         data = worker_settings.encode_settings(settings["agent"], settings["worker"])
-        settings_path.write_bytes(data)
-        os.chmod(settings_path, 0o600)
+        with open(settings_path, "wb", opener=private_file) as f:
+            f.write(data)
         pids = []
         for node_id in range(nodes):
             log = self.cluster_dir / "logs" / f"{records.node_key(job_id, node_id)}.worker.log"
@@ -166,7 +176,7 @@ class LocalScheduler:
                 str(settings_path),
             ]
             try:
-                with open(log, "ab") as out:
+                with open(log, "ab", opener=private_file) as out:
                     child = subprocess.Popen(
                         argv,
                         cwd=self.cluster_dir,

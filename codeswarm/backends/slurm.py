@@ -80,8 +80,16 @@ def batch_script(
 
 
 def sbatch_argv(cluster_dir: str) -> list[str]:
-    """sbatch reading the script on stdin, its output in ``<cluster_dir>/logs``."""
+    """sbatch reading the script on stdin, its output in ``<cluster_dir>/logs``.
+
+    It runs under umask 077: Slurm creates the output file, and runs the job, with the umask
+    sbatch had, and the output holds the workers' logs.
+    """
     return [
+        "sh",
+        "-c",
+        'umask 077 && exec "$@"',
+        "sh",
         "sbatch",
         "--parsable",
         f"--output={posixpath.join(cluster_dir, 'logs', 'slurm-%j.out')}",

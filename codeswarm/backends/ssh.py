@@ -241,6 +241,22 @@ class SSHConnection:
             self.close_locked()
 
 
+def exit_report(channel: paramiko.Channel, command: str, alias: str, wait: float = 2.0) -> str:
+    """How a long-lived command ended, once its output has: "`cmd` on alias exited N: stderr".
+
+    Empty when it exited 0, or gave no status (killed by a signal, or closed from this side).
+    """
+    channel.status_event.wait(wait)  # exit-status follows the end of output
+    status = channel.exit_status
+    if status in (0, -1):
+        return ""
+    stderr = b""
+    while channel.recv_stderr_ready():
+        stderr += channel.recv_stderr(65536)
+    text = stderr.decode("utf-8", "replace").strip()
+    return f"`{command}` on {alias} exited {status}: {text[-500:]}"
+
+
 def _drain(channel: paramiko.Channel, into: list[bytes]) -> None:
     """Read a command's stderr while its stdout is read, so neither pipe fills up."""
     with contextlib.suppress(OSError, EOFError, paramiko.SSHException):

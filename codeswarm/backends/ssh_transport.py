@@ -10,6 +10,8 @@ import itertools
 import json
 import os
 import posixpath
+import shlex
+import stat
 import threading
 from importlib import resources
 from typing import Any
@@ -17,21 +19,30 @@ from typing import Any
 import paramiko
 
 from codeswarm.backends import follower_args
-from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe
+from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe, exit_report
 from codeswarm.errors import BackendError
 from codeswarm.hpc import inbox_writer_wire, records
+from codeswarm.hpc.private import DIR_MODE, FILE_MODE
 from codeswarm.protocol import errors
 from codeswarm.registry import SwarmRecord
 
+MIN_PYTHON = (3, 8)
+CODEX_INSTALL_TIMEOUT = 900.0  # npm fetches about 170 MB the first time
+
 
 class ChannelStream:
-    """The follower's channel as a FollowerStream."""
+    """The follower's channel as a FollowerStream; a follower that fails is a read error."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: paramiko.Channel, command: str, alias: str) -> None:
         self.channel = channel
+        self.command = command
+        self.alias = alias
 
     def read(self, size: int) -> bytes:
-        return self.channel.recv(size)
+        data = self.channel.recv(size)
+        if not data and (failure := exit_report(self.channel, self.command, self.alias)):
+            raise OSError(failure)
+        return data
 
     def close(self) -> None:
         self.channel.close()
@@ -69,8 +80,9 @@ class InboxWriter:
             with self._send_lock:
                 channel.sendall(frame)
         except (OSError, paramiko.SSHException) as exc:
-            self._broken(channel)
-            raise BackendError(f"inbox write to {key}: {describe(exc)}", code=errors.SSH) from exc
+            reason = self._ended(channel) or describe(exc)
+            self._broken(channel, reason)
+            raise BackendError(f"inbox write to {key}: {reason}", code=errors.SSH) from exc
         if not done.wait(self.timeout):
             self._broken(channel)
             raise BackendError(
@@ -104,7 +116,8 @@ class InboxWriter:
             except (OSError, EOFError, paramiko.SSHException):
                 break
             if not chunk:
-                break
+                self._broken(channel, self._ended(channel))
+                return
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for raw in lines:
@@ -117,8 +130,12 @@ class InboxWriter:
                     slot[0].set()
         self._broken(channel)
 
-    def _broken(self, channel: paramiko.Channel) -> None:
-        """Close ``channel`` and fail every write still waiting on it."""
+    def _ended(self, channel: paramiko.Channel) -> str:
+        """Why the writer's channel ended, if its command failed (e.g. no such python)."""
+        return exit_report(channel, shlex.join(self.argv), self.connection.alias)
+
+    def _broken(self, channel: paramiko.Channel, reason: str = "") -> None:
+        """Close ``channel`` and fail every write still waiting on it, with ``reason``."""
         channel.close()
         with self._lock:
             if self._channel is channel:
@@ -126,7 +143,7 @@ class InboxWriter:
             for request_id, (owner, slot) in list(self._waiting.items()):
                 if owner is channel:
                     del self._waiting[request_id]
-                    slot[1] = "the inbox writer's channel closed before answering"
+                    slot[1] = reason or "the inbox writer's channel closed before answering"
                     slot[0].set()
 
     def close(self) -> None:
@@ -146,8 +163,11 @@ class SSHTransport:
         python: str,
         poll_seconds: float,
         idle_poll_seconds: float,
+        codex_version: str | None = None,
     ) -> None:
         self.connection = connection
+        self.codex_version = codex_version
+        self.installed_codex: str | None = None
         self.cluster_dir = cluster_dir
         self.mailbox = posixpath.join(cluster_dir, "mailbox")
         self.python = python
@@ -160,11 +180,13 @@ class SSHTransport:
         )
 
     def prepare(self) -> None:
-        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox, all private (0700).
+        """Copy hpc/ to ``<cluster_dir>/hpc`` and create the mailbox: directories 0700 and
+        files 0600, those already there tightened.
 
         Running jobs import these files from the shared filesystem, so a changed file is
         written beside its target and renamed over it, and an unchanged one is left alone.
         """
+        self.check_python()
         sftp = self.connection.sftp()
         try:
             for path in [self.cluster_dir, *self._dirs()]:
@@ -182,9 +204,49 @@ class SSHTransport:
             ) from exc
         finally:
             sftp.close()
+        if self.codex_version:
+            self.installed_codex = self.install_codex(self.codex_version)
+
+    def install_codex(self, version: str) -> str:
+        """Install ``@openai/codex@<version>`` under ``<cluster_dir>/codex`` with npm on the
+        login node, once (``hpc.codex_install``); the path of its binary."""
+        root = posixpath.join(self.cluster_dir, "codex")
+        argv = self.hpc_command("codex_install", "--dir", root, "--version", version)
+        try:
+            out = self.connection.run(argv, timeout=CODEX_INSTALL_TIMEOUT)
+        except BackendError as exc:
+            raise BackendError(
+                f"cannot install @openai/codex@{version} (agent.codex_version) on "
+                f"{self.connection.alias}: {exc.stderr or exc}",
+                stderr=exc.stderr,
+                code=errors.SSH,
+            ) from exc
+        return out.decode("utf-8", "replace").strip()
+
+    def check_python(self) -> None:
+        """Fail early, and clearly, if ``cluster.python`` does not run or is older than 3.8."""
+        code = "import sys; print('%d.%d' % sys.version_info[:2])"
+        try:
+            out = self.connection.run([self.python, "-c", code])
+        except BackendError as exc:
+            raise BackendError(
+                f"cluster.python {self.python!r} cannot run on {self.connection.alias}: {exc}",
+                stderr=exc.stderr,
+                code=errors.SSH,
+            ) from exc
+        version = out.decode("utf-8", "replace").strip()
+        major, _, minor = version.partition(".")
+        if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < MIN_PYTHON:
+            raise BackendError(
+                f"cluster.python {self.python!r} on {self.connection.alias} is Python "
+                f"{version or '?'}; codeswarm's cluster scripts need 3.8 or newer. Set "
+                "cluster.python to one that is (an absolute path works).",
+                code=errors.SSH,
+            )
 
     def _dirs(self) -> list[str]:
-        names = ["hpc", "logs", "swarms", "mailbox"]
+        # hpc/__pycache__ is made here: Python would make it under the login shell's umask
+        names = ["hpc", "hpc/__pycache__", "logs", "swarms", "mailbox"]
         names += [posixpath.join("mailbox", d) for d in records.MAILBOX_DIRS]
         return [posixpath.join(self.cluster_dir, name) for name in names]
 
@@ -201,12 +263,14 @@ class SSHTransport:
             *follower_args(self.mailbox, self.poll_seconds, self.idle_poll_seconds),
         )
         channel = self.connection.stream(argv)
+        stream = ChannelStream(channel, shlex.join(argv), self.connection.alias)
         try:
             channel.sendall(header)
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            reason = exit_report(channel, stream.command, stream.alias) or describe(exc)
             channel.close()
-            raise BackendError(f"starting the follower: {describe(exc)}", code=errors.SSH) from exc
-        return ChannelStream(channel)
+            raise BackendError(f"starting the follower: {reason}", code=errors.SSH) from exc
+        return stream
 
     def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
         listed = [{"swarm_id": s.swarm_id, "job_id": s.job_id, "nodes": s.nodes} for s in swarms]
@@ -235,22 +299,28 @@ class SSHTransport:
 
 
 def _mkdir(sftp: paramiko.SFTPClient, path: str) -> None:
+    """Make ``path`` a 0700 directory: sftp-server's umask may loosen a new one."""
     try:
-        sftp.stat(path)
+        mode = sftp.stat(path).st_mode
     except FileNotFoundError:
-        sftp.mkdir(path, 0o700)
+        sftp.mkdir(path, DIR_MODE)
+        mode = sftp.stat(path).st_mode
+    if stat.S_IMODE(mode or 0) != DIR_MODE:
+        sftp.chmod(path, DIR_MODE)
 
 
 def _replace(sftp: paramiko.SFTPClient, path: str, data: bytes) -> None:
-    """Put ``data`` at ``path`` (0600) by rename, unless it is there already."""
+    """Put ``data`` at ``path`` (0600) by rename, unless it is there already (then 0600)."""
     try:
         with sftp.open(path, "rb") as f:
             if f.read() == data:
+                if stat.S_IMODE(f.stat().st_mode or 0) != FILE_MODE:
+                    sftp.chmod(path, FILE_MODE)
                 return
     except FileNotFoundError:
         pass
     tmp = f"{path}.tmp.{os.getpid()}"
     with sftp.open(tmp, "wb") as f:
+        f.chmod(FILE_MODE)  # before the data goes in
         f.write(data)
-    sftp.chmod(tmp, 0o600)
     sftp.posix_rename(tmp, path)
