@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from codeswarm.errors import RegistryError
+from codeswarm.hpc.private import private_file
 
 
 class CursorStore:
@@ -73,8 +74,7 @@ class CursorStore:
         if not self.dirty or not self.persist:
             return
         tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
+        with open(tmp, "w", opener=private_file) as out:
             out.write(json.dumps({"cursor": self.offsets, "seqs": self.seqs}))
         os.replace(tmp, self.path)
         self.dirty = False

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from codeswarm.errors import RegistryError
+from codeswarm.hpc.private import private_dir, private_file
 
 LIVE_STATES = ("pending", "running")
 FINAL_STATES = ("exited", "terminated", "failed")
@@ -90,17 +91,14 @@ class SwarmRegistry:
     """Swarm records in ``<state_dir>/swarms.json`` for one mailbox (one cluster)."""
 
     def __init__(self, state_dir: str | os.PathLike[str], mailbox: str) -> None:
-        self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
+        self.dir = Path(private_dir(state_dir))
         self.path = self.dir / "swarms.json"
         self.mailbox = mailbox
         self.version_at_unlock: tuple[int, int, int] = (0, 0, 0)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
-        fd = os.open(self.dir / "swarms.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "r+") as lock:
+        with open(self.dir / "swarms.lock", "a", opener=private_file) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 data = self._read()
@@ -108,8 +106,7 @@ class SwarmRegistry:
                 yield data
                 if json.dumps(data, sort_keys=True) != before:
                     tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    with os.fdopen(fd, "w") as out:
+                    with open(tmp, "w", opener=private_file) as out:
                         out.write(json.dumps(data, indent=1, sort_keys=True))
                     os.replace(tmp, self.path)
                 self.version_at_unlock = self.version()

@@ -51,5 +51,4 @@ def test_a_local_swarm_leaves_only_private_files(config_file, tmp_path, umask_02
     assert (cluster_dir / "mailbox" / "archive").exists()
     # codex itself makes its anonymous installation_id 0644, inside the 0700 CODEX_HOME
     assert loose_modes(cluster_dir, skip=("installation_id",)) == []
-    # registry.py opens swarms.lock itself (0644 under this umask, in a 0700 directory)
-    assert loose_modes(state_dir, skip=("swarms.lock",)) == []
+    assert loose_modes(state_dir) == []
