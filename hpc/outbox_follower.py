@@ -145,6 +145,9 @@ class Follower:
             filtering = archived and not self.archive_seen
             if archived and entries is not None:
                 self.archive_seen = True
+                # A months-long follower keeps only what is still on disk: archives removed
+                # (``codeswarm prune``) leave this set.
+                self.skip &= {(entry.name, entry.inode()) for entry in entries}
             for entry in entries or ():
                 name = entry.name
                 if archived and (name, entry.inode()) in self.skip:
@@ -169,7 +172,9 @@ class Follower:
                 more = True
                 waiting.add(key)
             if archived and done:
+                # Never read again: its offset is not needed any more either.
                 self.skip.add((entry.name, entry.inode()))
+                self.offsets.pop("%s:%d" % (key, entry.inode()), None)
             if self.pending_bytes > WRITE_BATCH:
                 self.flush()
         self.first_poll_done = True

@@ -397,3 +397,26 @@ def test_ten_quick_writers_arrive_exactly_once_in_order(follower, mailbox):
     assert len(run.lines()) == 1000
     for key in keys:
         assert raw(run.lines(), key) == [event(i, key).rstrip(b"\n") for i in range(100)]
+
+
+def test_a_long_running_follower_keeps_state_only_for_files_still_there(mailbox):
+    from codeswarm.hpc.outbox_follower import Follower
+
+    written: list[bytes] = []
+    follower = Follower(str(mailbox), {}, [], written.append)
+    follower.poll()  # the first listing: from now on every new archive is followed
+    for job in range(50):
+        outbox = mailbox / "outbox" / f"{job}_0.jsonl"
+        append(outbox, event(0) + event(1))
+        follower.poll()
+        mailbox_io.archive_outbox(str(mailbox), str(job), 0)
+        follower.poll()
+    follower.flush()
+    records = b"".join(written).splitlines()
+    assert sum(r.startswith(b"L\t") for r in records) == 100  # every line once
+    assert len(follower.offsets) == 0  # finished archives need no offset
+    assert len(follower.skip) == 50
+    for path in (mailbox / "archive").iterdir():
+        path.unlink()  # codeswarm prune
+    follower.poll()
+    assert follower.skip == set()
