@@ -11,17 +11,22 @@ from typing import Any
 
 import pykka
 
+COMPACT_AFTER = 64  # cancelled timers tolerated in the heap before it is compacted
+
 
 class TimerHandle:
     """Returned by ``call_later``; ``cancel()`` stops a timer that has not fired yet."""
 
-    __slots__ = ("cancelled",)
+    __slots__ = ("cancelled", "timer")
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Timer) -> None:
         self.cancelled = False
+        self.timer = timer
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.timer._cancelled()
 
 
 class Timer:
@@ -32,18 +37,34 @@ class Timer:
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
+        self._cancelled_count = 0
         self._thread = threading.Thread(target=self._run, name="codeswarm-timer", daemon=True)
         self._thread.start()
 
     def call_later(self, delay: float, ref: Any, message: Any) -> TimerHandle:
         """After ``delay`` seconds, ``ref.tell(message)`` unless cancelled or the ref is dead."""
-        handle = TimerHandle()
+        handle = TimerHandle(self)
         with self._cond:
             heapq.heappush(
                 self._heap, (time.monotonic() + delay, next(self._order), handle, ref, message)
             )
             self._cond.notify()
         return handle
+
+    def _cancelled(self) -> None:
+        """Drop cancelled timers once they are half the heap.
+
+        Most timers are cancelled long before they are due (an injection's timeout, once the
+        worker has read it), and each holds an actor's ref: without this a busy router would
+        keep every finished NodeActor's inbox alive until its timeout passed.
+        """
+        with self._cond:
+            self._cancelled_count += 1
+            count = self._cancelled_count
+            if count > COMPACT_AFTER and 2 * count > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled_count = 0
 
     def _run(self) -> None:
         while True:
@@ -54,6 +75,8 @@ class Timer:
                 if self._stopped:
                     return
                 _, _, handle, ref, message = heapq.heappop(self._heap)
+                if handle.cancelled:
+                    self._cancelled_count = max(0, self._cancelled_count - 1)
             if not handle.cancelled:
                 with contextlib.suppress(pykka.ActorDeadError):
                     ref.tell(message)

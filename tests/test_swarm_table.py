@@ -242,3 +242,18 @@ def test_a_job_queued_by_a_launch_reported_failed_is_found_and_cancelled(caplog)
         jobs.stop()
         inbox.stop()
         timer.stop()
+
+
+def test_cancelled_timers_do_not_pile_up_until_they_are_due():
+    from codeswarm.timer import COMPACT_AFTER, Timer
+
+    timer = Timer()
+    try:
+        keep = timer.call_later(3600, ref=None, message="kept")
+        handles = [timer.call_later(3600, ref=None, message=n) for n in range(1000)]
+        for handle in handles:
+            handle.cancel()
+        assert len(timer._heap) <= COMPACT_AFTER + 1
+        assert any(entry[2] is keep for entry in timer._heap)
+    finally:
+        timer.stop()
