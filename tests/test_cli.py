@@ -85,7 +85,7 @@ def test_help_shows_examples():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "codeswarm launch --nodes 2" in result.output
-    for verb in ("daemon", "launch", "list", "status", "inject", "attach", "terminate"):
+    for verb in ("daemon", "launch", "list", "status", "inject", "attach", "terminate", "prune"):
         assert verb in result.output
     assert "Example" in CliRunner().invoke(main, ["inject", "--help"]).output
 
