@@ -6,7 +6,11 @@ node, and is terminated; the router must then release it. Printed after the firs
 still follows, and the size of the follower header it would send (target: threads and RSS
 within 10% of the baseline, header under 4 KB).
 
-Run: .venv/bin/python benchmarks/swarm_lifecycle.py [--swarms 1000] [--wave 25]
+Ended swarms keep their registry records until ``codeswarm prune``; ``--prune`` prunes after
+every wave, as a daemon's operator would (``codeswarm prune --older-than 0``), to show what of
+the growth is those records.
+
+Run: .venv/bin/python benchmarks/swarm_lifecycle.py [--swarms 1000] [--wave 25] [--prune]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from codeswarm.config import parse_config  # noqa: E402
 from codeswarm.embed import Codeswarm  # noqa: E402
+from codeswarm.prune import prune as prune_swarms  # noqa: E402
 from tests.support.simulated_workers import SimulatedScheduler  # noqa: E402
 
 NODES = 4
@@ -49,7 +54,7 @@ def wait_for(swarms: Codeswarm, want: dict[str, int], timeout: float = 120.0) ->
             break
 
 
-def wave(swarms: Codeswarm, scheduler: SimulatedScheduler, count: int) -> None:
+def wave(swarms: Codeswarm, scheduler: SimulatedScheduler, count: int, prune: bool) -> None:
     launched = [swarms.launch(nodes=NODES)["swarm_id"] for _ in range(count)]
     wait_for(swarms, {"node_started": NODES * count})
     for swarm_id in launched:
@@ -65,6 +70,8 @@ def wave(swarms: Codeswarm, scheduler: SimulatedScheduler, count: int) -> None:
             raise TimeoutError("finished swarms were not released")
         time.sleep(0.1)
     scheduler.children = [child for child in scheduler.children if child.poll() is None]
+    if prune:
+        prune_swarms(swarms.router.registry, swarms.router.transport, older_than=0)
 
 
 def figures(swarms: Codeswarm) -> dict[str, float]:
@@ -84,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--swarms", type=int, default=1000)
     parser.add_argument("--wave", type=int, default=25, help="swarms live at once")
+    parser.add_argument("--prune", action="store_true", help="prune ended swarms every wave")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config(
@@ -96,17 +104,18 @@ def main() -> None:
         scheduler = SimulatedScheduler(config.cluster.cluster_dir)
         started = time.monotonic()
         with Codeswarm(config, scheduler=scheduler) as swarms:
-            wave(swarms, scheduler, 10)
+            wave(swarms, scheduler, 10, args.prune)
             baseline = figures(swarms)
             done = 10
             while done < args.swarms:
                 count = min(args.wave, args.swarms - done)
-                wave(swarms, scheduler, count)
+                wave(swarms, scheduler, count, args.prune)
                 done += count
                 print(f"  {done} swarms, {time.monotonic() - started:.0f} s", file=sys.stderr)
             final = figures(swarms)
         scheduler.close()
-    print(f"{args.swarms} swarms of {NODES} nodes launched, answered and terminated")
+    pruned = ", pruned every wave" if args.prune else ", ended ones kept in the registry"
+    print(f"{args.swarms} swarms of {NODES} nodes launched, answered and terminated{pruned}")
     print(f"{'':24}{'after 10 (baseline)':>22}{f'after {args.swarms}':>16}{'change':>10}")
     for key, label in (
         ("threads", "threads"),
