@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from codeswarm.errors import RegistryError
+from codeswarm.hpc import follower_wire
 from codeswarm.hpc.private import private_file
 
 
@@ -43,6 +44,8 @@ class CursorStore:
                     isinstance(v, int) and not isinstance(v, bool) for v in table.values()
                 ):
                     raise ValueError(f"{name} is not an object of integers")
+            # what the follower will be sent must be what it accepts
+            follower_wire.parse_header(follower_wire.encode_header(offsets, [], False))
         except (ValueError, AttributeError) as exc:
             raise RegistryError(
                 f"{self.path} is damaged ({exc}); move it aside to replay every swarm's "

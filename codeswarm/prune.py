@@ -26,8 +26,14 @@ def parse_age(text: str) -> float:
 
 
 def finished_before(swarms: list[SwarmRecord], cutoff: float) -> list[SwarmRecord]:
-    """Swarms in a final state that ended (or, for old records, were created) before ``cutoff``."""
-    return [s for s in swarms if s.is_final() and (s.ended or s.created) <= cutoff]
+    """Ended swarms whose every node has exited, that ended before ``cutoff``.
+
+    A terminated swarm's workers may still be shutting down: its files stay until the
+    scheduler reports every node gone. Old records without ``ended`` use ``created``.
+    """
+    return [
+        s for s in swarms if s.is_final() and s.all_exited() and (s.ended or s.created) <= cutoff
+    ]
 
 
 def prune(

@@ -94,13 +94,21 @@ class SwarmRegistry:
         self.dir = Path(private_dir(state_dir))
         self.path = self.dir / "swarms.json"
         self.mailbox = mailbox
-        self.version_at_unlock: tuple[int, int, int] = (0, 0, 0)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+    def _locked(
+        self, versions: list[tuple[int, int, int]] | None = None
+    ) -> Iterator[dict[str, dict[str, Any]]]:
+        """The records, read and (if changed) written back under the lock.
+
+        ``versions`` receives the file's version as it was read and as it was left, both
+        taken under the lock.
+        """
         with open(self.dir / "swarms.lock", "a", opener=private_file) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                if versions is not None:
+                    versions.append(self.version())
                 data = self._read()
                 before = json.dumps(data, sort_keys=True)
                 yield data
@@ -109,7 +117,8 @@ class SwarmRegistry:
                     with open(tmp, "w", opener=private_file) as out:
                         out.write(json.dumps(data, indent=1, sort_keys=True))
                     os.replace(tmp, self.path)
-                self.version_at_unlock = self.version()
+                if versions is not None:
+                    versions.append(self.version())
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -172,8 +181,8 @@ class SwarmRegistry:
         the lock), so that a writer that had read the "before" need not read its own write.
         """
         stored: dict[str, SwarmRecord | None] = {}
-        with self._locked() as data:
-            before = self.version()
+        versions: list[tuple[int, int, int]] = []
+        with self._locked(versions) as data:
             for swarm_id, change in changes.items():
                 if swarm_id not in data:
                     stored[swarm_id] = None
@@ -181,7 +190,7 @@ class SwarmRegistry:
                 record = change(SwarmRecord(**data[swarm_id]))
                 data[swarm_id] = asdict(record)
                 stored[swarm_id] = record
-        return stored, (before, self.version_at_unlock)
+        return stored, (versions[0], versions[1])
 
     def remove(self, swarm_ids: list[str]) -> None:
         with self._locked() as data:

@@ -35,8 +35,10 @@ def test_ages():
 
 
 def test_only_final_swarms_that_ended_before_the_cutoff_are_chosen():
-    def record(job_id, state, ended=None, created=100.0):
-        return SwarmRecord(f"sw-{job_id}", job_id, "local", "/mb", 1, created, state, ended=ended)
+    def record(job_id, state, ended=None, created=100.0, node="exited"):
+        return SwarmRecord(
+            f"sw-{job_id}", job_id, "local", "/mb", 1, created, state, {"0": node}, ended=ended
+        )
 
     swarms = [
         record("1", "terminated", ended=150.0),
@@ -44,6 +46,7 @@ def test_only_final_swarms_that_ended_before_the_cutoff_are_chosen():
         record("3", "running"),
         record("4", "exited", ended=None, created=120.0),
         record("5", "pending", created=10.0),
+        record("6", "terminated", ended=150.0, node="running"),  # still shutting down
     ]
     assert [s.job_id for s in finished_before(swarms, 200.0)] == ["1", "4"]
 
@@ -78,8 +81,8 @@ def test_prune_removes_finished_swarms_files_and_records_and_keeps_running_ones(
                     break
             swarms.terminate(done["swarm_id"])
             deadline = time.monotonic() + 30
-            while swarms.router.registry.get(done["swarm_id"]).ended is None:
-                assert time.monotonic() < deadline, "the swarm never ended"
+            while not swarms.router.registry.get(done["swarm_id"]).all_exited():
+                assert time.monotonic() < deadline, "the swarm's nodes never ended"
                 time.sleep(0.1)
             while not list((cluster / "mailbox" / "archive").glob(f"{done['job_id']}_1*")):
                 assert time.monotonic() < deadline, "the outbox was never archived"

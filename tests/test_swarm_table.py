@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -149,10 +150,9 @@ class FailingScheduler:
 
 
 def test_poll_failures_back_off_and_are_reported_once(tmp_path, caplog):
-    registry = SwarmRegistry(tmp_path, "/mb")
-    registry.put(record())
     scheduler = FailingScheduler()
-    poller = JobPollerActor(scheduler, registry, supervisor=None, timer=None, poll_seconds=5.0)
+    poller = JobPollerActor(scheduler, supervisor=None, timer=None, poll_seconds=5.0)
+    poller.live = [record()]
     with caplog.at_level(logging.WARNING, logger="codeswarm.actors.jobs"):
         assert [poller.poll() for _ in range(6)] == [None] * 6
         scheduler.failing = False
@@ -175,6 +175,10 @@ def test_a_damaged_cursor_is_a_clear_error_like_a_damaged_registry(tmp_path):
     cursor.path.write_text('{"cursor": {"7_0:12": "x"}}')
     with pytest.raises(RegistryError, match="damaged"):
         CursorStore(tmp_path, "/mb")
+    for entry in ({"12_0:5": -1}, {"not a key": 3}):
+        cursor.path.write_text(json.dumps({"cursor": entry}))
+        with pytest.raises(RegistryError, match="damaged"):
+            CursorStore(tmp_path, "/mb")
 
 
 def test_forgetting_a_job_drops_its_offsets_and_returns_its_seqs(tmp_path):

@@ -19,14 +19,13 @@ from codeswarm.actors.messages import (
     Cancelled,
     Launched,
     LaunchFailed,
+    LiveSwarms,
     Polled,
     PollJobs,
     Submit,
     Sweep,
 )
 from codeswarm.backends import Scheduler
-from codeswarm.errors import BackendError, RegistryError
-from codeswarm.registry import SwarmRegistry
 from codeswarm.timer import Timer
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,10 @@ def backoff(poll_seconds: float, failures: int) -> float:
 
 
 class JobPollerActor(pykka.ThreadingActor):
-    """One scheduler call a cycle for every swarm not yet known to be over.
+    """One scheduler call a cycle for every swarm the supervisor follows and has not seen end.
+
+    The supervisor says which (``LiveSwarms``): it, not the registry, knows which swarms
+    still have NodeActors waiting to hear that their nodes are gone.
 
     A failing scheduler is polled less and less often (up to once a minute) and reported
     once when it starts failing and once when it answers again, not on every cycle.
@@ -49,14 +51,13 @@ class JobPollerActor(pykka.ThreadingActor):
     def __init__(
         self,
         scheduler: Scheduler,
-        registry: SwarmRegistry,
         supervisor: Any,
         timer: Timer,
         poll_seconds: float,
     ) -> None:
         super().__init__()
         self.scheduler = scheduler
-        self.registry = registry
+        self.live: list[Any] = []
         self.supervisor = supervisor
         self.timer = timer
         self.poll_seconds = poll_seconds
@@ -66,7 +67,9 @@ class JobPollerActor(pykka.ThreadingActor):
         self.timer.call_later(self.poll_seconds, self.actor_ref, PollJobs())
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, PollJobs):
+        if isinstance(message, LiveSwarms):
+            self.live = message.swarms
+        elif isinstance(message, PollJobs):
             states = self.poll()
             with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
                 self.supervisor.tell(Polled(states))
@@ -76,9 +79,8 @@ class JobPollerActor(pykka.ThreadingActor):
 
     def poll(self) -> dict[str, dict[int, str]] | None:
         try:
-            live = [swarm for swarm in self.registry.all() if not swarm.all_exited()]
-            states = self.scheduler.poll(live) if live else {}
-        except (BackendError, RegistryError) as exc:
+            states = self.scheduler.poll(self.live) if self.live else {}
+        except Exception as exc:  # a poll that fails for any reason is retried, never fatal
             self.failures += 1
             if self.failures == 1:
                 log.warning(
@@ -130,7 +132,7 @@ class SchedulerActor(pykka.ThreadingActor):
             submitted = self.scheduler.submit(
                 message.swarm_id, command.nodes, message.settings, **options
             )
-        except BackendError as exc:
+        except Exception as exc:  # answered as a failed launch, whatever went wrong
             if not self.unsettled:
                 self.timer.call_later(self.sweep_seconds, self.actor_ref, Sweep())
             self.unsettled[message.swarm_id] = time.monotonic() + UNSETTLED_SECONDS
@@ -141,7 +143,7 @@ class SchedulerActor(pykka.ThreadingActor):
         for swarm_id, until in list(self.unsettled.items()):
             try:
                 job_id = self.scheduler.cancel_unregistered(swarm_id)
-            except BackendError as exc:
+            except Exception as exc:
                 log.debug("cannot look for the job of failed launch %s yet: %s", swarm_id, exc)
                 job_id = None
             if job_id is not None:
@@ -159,6 +161,6 @@ class SchedulerActor(pykka.ThreadingActor):
     def cancel(self, message: Cancel) -> Cancelled:
         try:
             self.scheduler.cancel(message.swarm)
-        except BackendError as exc:
+        except Exception as exc:  # answered as a failed terminate, whatever went wrong
             return Cancelled(message.swarm.swarm_id, message.request_id, exc)
         return Cancelled(message.swarm.swarm_id, message.request_id, None)

@@ -100,6 +100,12 @@ class PollJobs(NamedTuple):
     urgent: bool = False
 
 
+class LiveSwarms(NamedTuple):
+    """The swarms the poller must poll: followed, and not yet seen to end."""
+
+    swarms: list[Any]
+
+
 class Polled(NamedTuple):
     """The scheduler's view, job id -> node id -> state; None if the poll failed."""
 

@@ -33,6 +33,7 @@ from codeswarm.actors.messages import (
     InterruptNode,
     Launched,
     LaunchFailed,
+    LiveSwarms,
     NodeStarted,
     Polled,
     PollJobs,
@@ -110,8 +111,9 @@ class SupervisorActor(pykka.ThreadingActor):
         if self.follow is not None:
             self.start_follower()
         self.poller = JobPollerActor.start(
-            self.scheduler, self.registry, self.actor_ref, self.timer, self.poll_seconds
+            self.scheduler, self.actor_ref, self.timer, self.poll_seconds
         )
+        self.tell_live_swarms()
         self.jobs = SchedulerActor.start(self.scheduler, self.actor_ref, self.timer)
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
@@ -141,8 +143,12 @@ class SupervisorActor(pykka.ThreadingActor):
                 message=f"the router failed and is stopping: {exc_info[1]!r} (a bug; see its log)",
             )
         )
-        self.on_stop()
-        self.stop_requested.set()
+        try:
+            self.on_stop()
+        except Exception:
+            log.exception("stopping after the failure failed too")
+        finally:
+            self.stop_requested.set()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Started):
@@ -188,8 +194,16 @@ class SupervisorActor(pykka.ThreadingActor):
         for job_id in self.table.expire_held(now):
             log.warning("dropped the held lines of job %s: no registry has shown it", job_id)
         self.write_registry()
-        self.cursor.save()
+        try:
+            self.cursor.save()
+        except OSError as exc:  # a full or vanished state dir: keep routing, save later
+            self.registry_trouble(RegistryError(f"cannot save the cursor: {exc}"))
+        self.tell_live_swarms()
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
+
+    def tell_live_swarms(self) -> None:
+        live = [self.table.records[job] for job in sorted(self.table.followed)]
+        self.poller.tell(LiveSwarms([record for record in live if not record.all_exited()]))
 
     # ---- registry ---------------------------------------------------------------------------
 
@@ -200,7 +214,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         try:
             stored = self.registry.all()
-        except RegistryError as exc:
+        except (RegistryError, OSError) as exc:
             self.registry_trouble(exc)
             return
         self.registry_version = version
@@ -225,7 +239,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         try:
             stored, (before, after) = self.registry.update_all(changes)
-        except RegistryError as exc:
+        except (RegistryError, OSError) as exc:
             self.registry_trouble(exc)
             return
         for job_id, record in mine.items():
@@ -234,7 +248,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self.registry_version = after
         self.registry_problem = ""
 
-    def registry_trouble(self, exc: RegistryError) -> None:
+    def registry_trouble(self, exc: Exception) -> None:
         if str(exc) != self.registry_problem:
             self.registry_problem = str(exc)
             log.error("%s", exc)
@@ -502,6 +516,7 @@ class SupervisorActor(pykka.ThreadingActor):
         """Answer status and list after a fresh scheduler poll, or sooner if it is slow."""
         token = next(self.answer_tokens)
         self.answers[token] = command
+        self.tell_live_swarms()
         self.poller.tell(PollJobs(urgent=True))
         self.timer.call_later(FRESH_STATE_SECONDS, self.actor_ref, AnswerDue(token))
 
