@@ -329,6 +329,7 @@ def test_the_daemon_rides_out_the_login_node_dropping(
 ):
     config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
     d = Daemon(config_file, tmp_path / "daemon.stderr")
+    dropped = False
     try:
         d.wait_event("ready", timeout=60)
         d.send({"command": "launch", "nodes": 1, "request_id": "L"})
@@ -348,16 +349,20 @@ def test_the_daemon_rides_out_the_login_node_dropping(
         inject("a")
         d.wait_event("usage", injection_id="a", timeout=120)
         drop_login_node(minicluster)
+        dropped = True
         inject("b")
         failed = d.wait_event("inject_failed", injection_id="b", timeout=120)
         assert failed["error"] == "ssh" and "codeswarm-minicluster" in failed["message"]
         minicluster_up()
+        dropped = False
         inject("c")
         d.wait_event("usage", injection_id="c", timeout=120)
         d.send({"command": "ping", "request_id": "alive"})
         d.wait_event("pong", request_id="alive")
         d.send({"command": "terminate", "swarm_id": swarm_id})
     finally:
+        if dropped:
+            minicluster_up()  # the tests after this one need the login node back
         d.close()
 
 

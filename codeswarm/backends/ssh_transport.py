@@ -143,7 +143,10 @@ class InboxWriter:
             for request_id, (owner, slot) in list(self._waiting.items()):
                 if owner is channel:
                     del self._waiting[request_id]
-                    slot[1] = reason or "the inbox writer's channel closed before answering"
+                    slot[1] = reason or (
+                        f"the inbox writer's channel to {self.connection.alias} closed before "
+                        "answering (the login node dropped the session?)"
+                    )
                     slot[0].set()
 
     def close(self) -> None:
