@@ -22,8 +22,9 @@ from codeswarm.backends.local import LocalScheduler, LocalTransport
 from codeswarm.codex_binary import find_codex
 from codeswarm.config import Config
 from codeswarm.cursor import CursorStore
+from codeswarm.errors import CommandError, ConfigError
 from codeswarm.hpc.private import private_dir
-from codeswarm.protocol import make_event
+from codeswarm.protocol import errors, make_event
 from codeswarm.registry import SwarmRegistry
 from codeswarm.timer import Timer
 
@@ -89,9 +90,14 @@ class Router:
         transport, default_scheduler, poll_seconds = build_backend(config)
         self.transport = transport
         scheduler = scheduler or default_scheduler
-        private_dir(config.router.state_dir)  # made 0700, and tightened if it was not
-        self.registry = registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
-        registry.all()  # a damaged registry is the caller's error now, not a dead actor later
+        try:
+            private_dir(config.router.state_dir)  # made 0700, and tightened if it was not
+            self.registry = registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
+            registry.all()  # a damaged registry is the caller's error now, not a dead actor later
+        except OSError as exc:
+            transport.close()
+            problem = f"cannot use {config.router.state_dir}: {exc.strerror or exc}"
+            raise ConfigError("config", [("router.state_dir", problem)]) from None
         try:
             transport.prepare()
             settings = worker_settings(config, transport.installed_codex)
@@ -124,7 +130,16 @@ class Router:
             raise
 
     def tell(self, message: Any) -> None:
-        self.supervisor.tell(message)
+        """Hand ``message`` to the supervisor; CommandError once the router has stopped."""
+        try:
+            self.supervisor.tell(message)
+        except pykka.ActorDeadError:
+            stopped = make_event(
+                "error",
+                error=errors.INTERNAL,
+                message="the router has stopped (see the log for why); start a new one",
+            )
+            raise CommandError(stopped) from None
 
     def stop(self) -> None:
         self.supervisor.stop()

@@ -98,13 +98,14 @@ def test_two_node_swarm_answers_both_inject_spellings_and_all(daemon):
     assert d.process.wait(10) == 0
 
 
+@pytest.mark.timeout(300)  # a loaded 2-core CI machine once took 122 s
 def test_ten_thousand_malformed_lines_each_get_an_error_and_ping_still_works(daemon):
     d = daemon()
     bad = ["{", "[]", '{"command":"nope"}', '{"command":"inject"}', "\x00\x01", '"x"'] * 1667
     bad = bad[:10_000]
     writer = threading.Thread(target=lambda: d.send(*bad, {"command": "ping", "request_id": "p"}))
     writer.start()
-    d.wait_event("pong", request_id="p", timeout=120)
+    d.wait_event("pong", request_id="p", timeout=240)
     writer.join()
     errors = [e for e in d.events if e["type"] == "error"]
     assert len(errors) == 10_000

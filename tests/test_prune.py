@@ -97,8 +97,10 @@ def test_prune_removes_finished_swarms_files_and_records_and_keeps_running_ones(
             main, ["prune", "--older-than", "0", "--dry-run", "--config", str(config_file)]
         )
         assert dry.exit_code == 0, dry.output
-        assert dry.output.strip() == f"would remove {done['swarm_id']} (job {done['job_id']}, " \
+        assert (
+            dry.output.strip() == f"would remove {done['swarm_id']} (job {done['job_id']}, "
             "terminated)"
+        )
         assert sorted(str(p) for p in cluster.rglob(f"*{done['job_id']}_*")) == ours
 
         young = runner.invoke(main, ["prune", "--older-than", "1h", "--config", str(config_file)])

@@ -387,6 +387,9 @@ def test_a_router_failure_reaches_every_caller_at_once(simulated, monkeypatch):
         list(swarms.events())
     assert time.monotonic() - started < 5
     assert swarms.router.stop_requested.wait(10)
+    assert swarms.router.supervisor.actor_stopped.wait(10)
+    with pytest.raises(CommandError, match="internal: the router has stopped"):
+        swarms.list(timeout=5)
 
 
 def test_an_error_answer_raises_command_error_and_silence_no_answer_error(simulated):
@@ -399,3 +402,13 @@ def test_an_error_answer_raises_command_error_and_silence_no_answer_error(simula
     assert refused.value.event["error"] == "unknown_swarm"
     with pytest.raises(NoAnswerError, match="may still take effect"):
         swarms.call(Ping(request_id="p1"), "swarm_status", timeout=0.3)  # pong is no status
+
+
+def test_an_unusable_state_dir_is_a_config_error_that_names_it(tmp_path):
+    from codeswarm.errors import ConfigError
+
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    with pytest.raises(ConfigError, match=r"router\.state_dir: cannot use .*state"):
+        Codeswarm(local_config(tmp_path))
+    assert pykka.ActorRegistry.get_all() == []
