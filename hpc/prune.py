@@ -10,9 +10,9 @@ cluster directory. Standard library only, Python >= 3.8.
 """
 
 import argparse
-import glob
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -28,6 +28,7 @@ def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
         os.path.join(cluster_dir, "swarms", swarm_id),
         os.path.join(cluster_dir, "logs", "slurm-%s.out" % job_id),
     ]
+    archive = os.path.join(mailbox, records.ARCHIVE_DIR)
     for node_id in range(nodes):
         key = records.node_key(job_id, node_id)
         paths += [
@@ -36,13 +37,31 @@ def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
             os.path.join(mailbox, records.STATE_DIR, records.state_name(job_id, node_id)),
             os.path.join(cluster_dir, "workspaces", key),
             os.path.join(cluster_dir, "codex-home", key),
+            os.path.join(archive, records.record_name(job_id, node_id)),
         ]
-        archive = os.path.join(mailbox, records.ARCHIVE_DIR)
-        paths.append(os.path.join(archive, records.record_name(job_id, node_id)))
-        paths += sorted(glob.glob(os.path.join(archive, glob.escape(key) + ".r*.jsonl")))
-        for logs in (os.path.join(mailbox, records.LOG_DIR), os.path.join(cluster_dir, "logs")):
-            paths += sorted(glob.glob(os.path.join(logs, glob.escape(key) + ".*")))
+    paths += _node_files(archive, job_id, nodes, r"\.r.*" + re.escape(records.RECORD_SUFFIX))
+    for logs in (os.path.join(mailbox, records.LOG_DIR), os.path.join(cluster_dir, "logs")):
+        paths += _node_files(logs, job_id, nodes, r"\..*")
     return paths
+
+
+def _node_files(directory, job_id, nodes, rest):
+    """Files in ``directory`` named ``<job_id>_<node><rest>`` for the swarm's nodes, sorted.
+
+    One listing a directory, not a glob a node: glob caches a compiled pattern for each key
+    (up to 32,768 of them), and a daemon that prunes for months sees new keys every swarm.
+    """
+    named = re.compile(re.escape(job_id) + "_(0|[1-9][0-9]*)" + rest, re.DOTALL)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = named.fullmatch(name)
+        if match and int(match.group(1)) < nodes:
+            found.append(os.path.join(directory, name))
+    return found
 
 
 def remove(path):

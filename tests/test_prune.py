@@ -51,6 +51,24 @@ def test_only_final_swarms_that_ended_before_the_cutoff_are_chosen():
     assert [s.job_id for s in finished_before(swarms, 200.0)] == ["1", "4"]
 
 
+def test_a_swarms_paths_are_its_own_nodes_files_and_no_other_jobs(tmp_path):
+    archive = tmp_path / "mailbox" / "archive"
+    logs = tmp_path / "mailbox" / "logs"
+    archive.mkdir(parents=True)
+    logs.mkdir()
+    for name in ("12_0.r1.jsonl", "12_1.r2.jsonl", "12_2.r1.jsonl", "123_0.r1.jsonl", "12_0.x"):
+        (archive / name).touch()
+    for name in ("12_1.codex.log", "12_10.codex.log", "1_2.codex.log", "12_1"):
+        (logs / name).touch()
+    paths = hpc_prune.swarm_paths(str(tmp_path), "sw-12", "12", 2)
+    found = {Path(p).relative_to(tmp_path).as_posix() for p in paths if Path(p).exists()}
+    assert found == {
+        "mailbox/archive/12_0.r1.jsonl",
+        "mailbox/archive/12_1.r2.jsonl",
+        "mailbox/logs/12_1.codex.log",
+    }
+
+
 def test_hostile_ids_never_name_a_path_outside_the_cluster_dir(tmp_path):
     with pytest.raises(records.RecordError):
         hpc_prune.swarm_paths(str(tmp_path), "../../etc", "7", 1)
