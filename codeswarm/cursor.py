@@ -10,18 +10,23 @@ swarms still being followed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from codeswarm.errors import RegistryError
+from codeswarm.errors import RegistryError, UserError
 from codeswarm.hpc import follower_wire
 from codeswarm.hpc.private import private_file
 
 
 class CursorStore:
-    """Offsets by file identity (``<JOB>_<NODE>:<inode>``) for one mailbox."""
+    """Offsets by file identity (``<JOB>_<NODE>:<inode>``) for one mailbox.
+
+    A store that persists holds a lock beside its file while it is open: two routers saving
+    one cursor would each skip the events the other had emitted.
+    """
 
     def __init__(
         self, state_dir: str | os.PathLike[str], mailbox: str, persist: bool = True
@@ -32,8 +37,38 @@ class CursorStore:
         self.offsets: dict[str, int] = {}
         self.seqs: dict[str, int] = {}
         self.dirty = False
-        if persist and self.path.exists():
-            self.offsets, self.seqs = self._load()
+        self._lock: int | None = None
+        if persist:
+            self._lock = self._take_lock(Path(state_dir) / f"cursor-{digest}.lock")
+            if self.path.exists():
+                try:
+                    self.offsets, self.seqs = self._load()
+                except RegistryError:
+                    self.close()
+                    raise
+
+    def _take_lock(self, path: Path) -> int:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"another router (pid {holder}) follows this mailbox with state in "
+                f"{path.parent}; stop it (one daemon per cluster), or give this one its own "
+                "router.state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def close(self) -> None:
+        """Release the lock; the store saves nothing more."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+        self.persist = False
 
     def _load(self) -> tuple[dict[str, int], dict[str, int]]:
         try:

@@ -94,24 +94,29 @@ class Router:
             private_dir(config.router.state_dir)  # made 0700, and tightened if it was not
             self.registry = registry = SwarmRegistry(config.router.state_dir, transport.mailbox)
             registry.all()  # a damaged registry is the caller's error now, not a dead actor later
+            cursor = CursorStore(
+                config.router.state_dir, transport.mailbox, persist=follow == "resume"
+            )
         except OSError as exc:
             transport.close()
             problem = f"cannot use {config.router.state_dir}: {exc.strerror or exc}"
             raise ConfigError("config", [("router.state_dir", problem)]) from None
+        except BaseException:
+            transport.close()
+            raise
         try:
             transport.prepare()
             settings = worker_settings(config, transport.installed_codex)
         except BaseException:
             transport.close()
+            cursor.close()
             raise
         self.timer = Timer()
         self.supervisor = SupervisorActor.start(
             transport=transport,
             scheduler=scheduler,
             registry=registry,
-            cursor=CursorStore(
-                config.router.state_dir, transport.mailbox, persist=follow == "resume"
-            ),
+            cursor=cursor,
             sink=sink,
             timer=self.timer,
             worker_settings=settings,

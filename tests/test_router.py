@@ -34,10 +34,10 @@ def simulated(tmp_path):
     threads_before = set(threading.enumerate())
     made = []
 
-    def make(**router) -> tuple[Codeswarm, SimulatedScheduler]:
+    def make(follow: str | None = "resume", **router) -> tuple[Codeswarm, SimulatedScheduler]:
         config = local_config(tmp_path, **router)
         scheduler = SimulatedScheduler(config.cluster.cluster_dir)
-        swarms = Codeswarm(config, scheduler=scheduler)
+        swarms = Codeswarm(config, scheduler=scheduler, follow=follow)
         made.append((swarms, scheduler))
         return swarms, scheduler
 
@@ -333,7 +333,7 @@ def test_a_finished_swarm_releases_its_actors_and_cursor_and_stays_listed(simula
 
 def test_a_swarm_another_process_launches_is_served_with_every_event(simulated):
     serving, _ = simulated()  # the daemon: follows the mailbox
-    launcher, _ = simulated()  # a CLI call on the same state dir
+    launcher, _ = simulated(follow=None)  # a CLI call on the same state dir
     swarm = launcher.launch(nodes=2)
     request = serving.inject(swarm["swarm_id"], "burst 20", nodes="all")
     events = collect(
@@ -412,3 +412,12 @@ def test_an_unusable_state_dir_is_a_config_error_that_names_it(tmp_path):
     with pytest.raises(ConfigError, match=r"router\.state_dir: cannot use .*state"):
         Codeswarm(local_config(tmp_path))
     assert pykka.ActorRegistry.get_all() == []
+
+
+def test_a_second_router_following_the_same_mailbox_and_state_is_refused(simulated):
+    from codeswarm.errors import UserError
+
+    simulated()
+    with pytest.raises(UserError, match=r"another router \(pid \d+\) follows this mailbox"):
+        simulated()
+    simulated(follow=None)  # a CLI call that only acts is welcome

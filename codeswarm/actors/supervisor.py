@@ -125,7 +125,10 @@ class SupervisorActor(pykka.ThreadingActor):
             if ref is not None:
                 ref.stop()
         self.write_registry()
-        self.cursor.save()
+        try:
+            self.cursor.save()
+        finally:
+            self.cursor.close()
         self.transport.close()
         for future in stopping:
             try:
