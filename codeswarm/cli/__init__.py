@@ -22,6 +22,7 @@ from codeswarm import __version__
 from codeswarm.cli.render import EventRenderer, print_swarm
 from codeswarm.config import Config, default_local_config, load_config
 from codeswarm.errors import CodeswarmError, CommandError
+from codeswarm.protocol.subscription import pattern_problem
 
 
 class CodeswarmGroup(click.Group):
@@ -281,16 +282,16 @@ def attach(
       codeswarm attach sw-1a2b3c4d5e --events '*' --json --config configs/hpcfund.json
     """
     types = None if patterns is None else [p.strip() for p in patterns.split(",") if p.strip()]
+    for pattern in types or []:
+        problem = pattern_problem(pattern)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--events")
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     renderer = EventRenderer(color=color)
     with swarms_for(config_path, debug, follow="end") as swarms:
         swarms.status(swarm_id)
         try:
-            events = swarms.events(timeout=idle_exit, types=types)
-        except CommandError as exc:
-            raise click.BadParameter(exc.event["message"], param_hint="--events") from None
-        try:
-            for event in events:
+            for event in swarms.events(timeout=idle_exit, types=types):
                 if event.get("swarm_id") != swarm_id:
                     continue
                 if as_json:
