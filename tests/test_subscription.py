@@ -2,6 +2,8 @@
 
 import io
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +165,14 @@ def test_the_embedded_queue_keeps_subscribed_events_and_waiters_get_every_answer
         "assistant",
         "inject_ack",
     ]
+
+
+def test_the_protocol_page_lists_every_event_type_and_the_answers():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    section = page.split("## Subscriptions", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| group | types |", 1)[1]
+    assert sorted(re.findall(r"`([a-z_]+)`", table)) == sorted(EVENT_TYPES)
+    answers = section.split("**Answers always come**", 1)[1].split(". ", 1)[0]
+    assert set(re.findall(r"`([a-z_]+)`", answers)) == ANSWER_TYPES
+    example = Subscription(["item_*", "plan_updated"]).resolved()
+    assert f'"events":{json.dumps(example, separators=(",", ":"))}' in section
