@@ -108,7 +108,7 @@ CASES = [
             "ts": 1.0,
             "swarm": {"swarm_id": "sw-1", "job_id": "41", "state": "running", "nodes": [{}]},
         },
-        ["[codeswarm] swarm sw-1 running (job 41, 1 nodes)"],
+        ["[codeswarm] swarm sw-1 running (job 41, 1 node)"],
     ),
     (
         {

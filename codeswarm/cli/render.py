@@ -210,10 +210,10 @@ class EventRenderer:
         return [self.faint(f"  | {clean(line)}") for line in stderr[-STDERR_TAIL_LINES:]]
 
     def swarm_line(self, swarm: dict[str, Any]) -> str:
-        nodes = swarm.get("nodes") or []
+        count = len(swarm.get("nodes") or [])
         return (
             f"swarm {clean(swarm.get('swarm_id'))} {clean(swarm.get('state'))} "
-            f"(job {clean(swarm.get('job_id'))}, {len(nodes)} nodes)"
+            f"(job {clean(swarm.get('job_id'))}, {count} node{'s' if count != 1 else ''})"
         )
 
     def approval_list(self, event: dict[str, Any]) -> list[str]:
