@@ -20,25 +20,28 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from codeswarm.actors.messages import CommandReceived, Emit
 from codeswarm.config import Config, default_local_config
 from codeswarm.errors import CommandError, NoAnswerError
-from codeswarm.protocol import commands, decode_object, errors
+from codeswarm.protocol import Subscription, commands, decode_object, errors
 from codeswarm.router import Router
 
 
 class EventQueue:
     """A sink for the router's events: one queue for the caller, plus per-request waiters.
 
-    When the router fails, its ``internal`` error reaches every waiter at once, and every
-    later call, instead of leaving callers blocked until their timeouts.
+    The caller's queue keeps only the events its subscription wants (so unread deltas it did
+    not ask for cost no memory); waiters get every answer. When the router fails, its
+    ``internal`` error reaches every waiter at once, and every later call, instead of leaving
+    callers blocked until their timeouts.
     """
 
     def __init__(self) -> None:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.subscription = Subscription()
         self._waiters: dict[Any, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.failure: dict[str, Any] | None = None
@@ -57,7 +60,8 @@ class EventQueue:
                 waiter = self._waiters.get(event.get("request_id"))
             if waiter is not None:
                 waiter.put(event)
-            self.events.put(event)
+            if self.subscription.wants(event):
+                self.events.put(event)
 
     def expect(self, request_id: Any) -> queue.Queue[dict[str, Any]]:
         with self._lock:
@@ -184,11 +188,31 @@ class Codeswarm:
         command = _command("terminate", swarm_id=swarm_id)
         self.call(command, "swarm_terminated", timeout)
 
-    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Every event, in order; ends when ``timeout`` seconds pass without one.
+    def subscribe(self, types: Iterable[str]) -> list[str]:
+        """Receive from ``events()`` only these event types or globs; returns the known types
+        they select. Answers to commands come whatever the subscription (see
+        ``codeswarm.protocol.subscription``); the default leaves out command and reasoning
+        deltas.
 
-        Raises CommandError once the router has failed (after the events before it).
+        Raises CommandError (``invalid_field``) for a pattern that matches no event type.
         """
+        command = _command("subscribe", events=[types] if isinstance(types, str) else list(types))
+        self.sink.subscription = Subscription(command.events)
+        return self.sink.subscription.resolved()
+
+    def events(
+        self, timeout: float | None = None, types: Iterable[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every subscribed event, in order; ends when ``timeout`` seconds pass without one.
+
+        ``types`` subscribes at once (see ``subscribe``). Iterating raises CommandError once the
+        router has failed (after the events before it).
+        """
+        if types is not None:
+            self.subscribe(types)
+        return self._stream(timeout)
+
+    def _stream(self, timeout: float | None) -> Iterator[dict[str, Any]]:
         while True:
             if self.sink.failure is not None and self.sink.events.empty():
                 raise CommandError(self.sink.failure)
@@ -198,7 +222,8 @@ class Codeswarm:
                 return
             if event is self.sink.failure:
                 raise CommandError(event)
-            yield event
+            if self.sink.subscription.wants(event):  # queued before a narrower subscribe
+                yield event
 
     def close(self) -> None:
         self.router.stop()

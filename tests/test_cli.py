@@ -48,6 +48,24 @@ def test_launch_inject_attach_status_terminate(config_file):
             stderr=subprocess.PIPE,
             text=True,
         )
+        watch = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "codeswarm",
+                "attach",
+                swarm_id,
+                "--events",
+                "assistant,turn_complete",
+                "--idle-exit",
+                "5",
+                "--config",
+                str(config_file),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1.5)
         injected = run(config_file, "inject", swarm_id, "--prompt", "second", "--nodes", "0,1")
         assert injected.returncode == 0, injected.stderr
@@ -60,6 +78,15 @@ def test_launch_inject_attach_status_terminate(config_file):
             mine = [e["type"] for e in events if e.get("injection_id") == injection_id]
             assert mine[0] == "inject_delivered" and mine[-1] == "usage", mine
         assert all(e["swarm_id"] == swarm_id for e in events)
+        shown, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+        lines = shown.splitlines()
+        for node in ("[n0]", "[n1]"):  # piped: plain text, each line its node's
+            assert f"{node} turn completed" in lines, shown
+        assert "\x1b" not in shown
+        assert all(line.startswith(("[n0] ", "[n1] ")) for line in lines), shown
+        left_out = ("tokens:", "prompt ", "turn started")  # usage, inject_*, turn_started
+        assert not [line for line in lines if line[5:].startswith(left_out)], shown
 
         status = json.loads(run(config_file, "status", swarm_id, "--json").stdout)
         assert [n["state"] for n in status["nodes"]] == ["running", "running"]
@@ -71,6 +98,12 @@ def test_unknown_swarm_says_what_to_do(config_file):
     result = run(config_file, "status", "sw-nope")
     assert result.returncode == 1
     assert "no swarm sw-nope" in result.stderr and "codeswarm list" in result.stderr
+
+
+def test_attach_refuses_an_event_pattern_that_matches_nothing():
+    result = CliRunner().invoke(main, ["attach", "sw-any", "--events", "assistant,tool_*"])
+    assert result.exit_code == 2
+    assert "--events" in result.output and "'tool_*' matches no event type" in result.output
 
 
 def test_bad_config_names_the_field(tmp_path):

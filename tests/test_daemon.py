@@ -156,6 +156,73 @@ def test_lone_surrogates_are_refused_and_a_running_turn_and_ping_go_on(daemon, m
     assert {e.get("request_id") for e in mine} == {"other"}
 
 
+@pytest.mark.integration
+def test_subscribe_narrows_what_the_client_gets_and_answers_still_come(daemon):
+    d = daemon()
+    d.send({"command": "subscribe", "events": ["assistant", "turn_[sc]*"], "request_id": "narrow"})
+    answer = d.wait_event("subscribed", request_id="narrow")
+    assert answer["events"] == ["turn_started", "assistant", "turn_complete"]
+    d.send({"command": "subscribe", "events": ["assistant", "tool_*"], "request_id": "bad"})
+    error = d.wait_event("error", request_id="bad")
+    assert (error["error"], error["field"]) == ("invalid_field", "events")
+    assert "'tool_*' matches no event type" in error["message"]
+
+    d.send({"command": "launch", "nodes": 1, "request_id": "launch"})
+    swarm_id = d.wait_event("swarm_launched", request_id="launch")["swarm"]["swarm_id"]
+    d.send(
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 0,
+            "content": "Hi",
+            "request_id": "one",
+        }
+    )
+    d.wait_event("turn_complete", request_id="one", timeout=120)
+    # The bad subscribe changed nothing: only answers and the narrow set came. Every event left
+    # out here (node_started, inject_delivered, assistant_delta) comes before turn_complete.
+    assert [e["type"] for e in d.events if e.get("request_id") == "one"] == [
+        "inject_ack",
+        "turn_started",
+        "assistant",
+        "turn_complete",
+    ]
+    assert not [e for e in d.events if e["type"] in ("node_started", "inject_delivered", "usage")]
+
+    d.send({"command": "subscribe", "events": ["*"], "request_id": "all"})
+    d.wait_event("subscribed", request_id="all")
+    d.send(
+        {
+            "command": "inject",
+            "swarm_id": swarm_id,
+            "nodes": 0,
+            "content": "Hi",
+            "request_id": "two",
+        }
+    )
+    d.wait_event("usage", request_id="two", timeout=120)
+    second = [e["type"] for e in d.events if e.get("request_id") == "two"]
+    assert second[:3] == LIFECYCLE_HEAD and second[-3:] == LIFECYCLE_TAIL, second
+    assert "assistant_delta" in second
+
+
+def test_a_bad_subscribe_is_an_error_and_the_daemon_goes_on(daemon):
+    d = daemon()
+    d.send(
+        {"command": "subscribe", "events": ["turn_finished"], "request_id": 1},
+        {"command": "subscribe", "events": "assistant", "request_id": 2},
+        {"command": "subscribe", "request_id": 3},
+        {"command": "subscribe", "events": [], "request_id": 4},
+        {"command": "ping", "request_id": 5},
+    )
+    d.wait_event("pong", request_id=5)
+    errors = {e["request_id"]: e for e in d.events if e["type"] == "error"}
+    assert "'turn_finished' matches no event type; known types: ready, " in errors[1]["message"]
+    assert (errors[2]["error"], errors[3]["error"]) == ("invalid_field", "missing_field")
+    assert d.wait_event("subscribed", request_id=4)["events"] == []
+    assert d.process.poll() is None
+
+
 def test_eof_on_stdin_ends_the_daemon_quickly(daemon):
     d = daemon()
     started = time.monotonic()

@@ -421,3 +421,30 @@ def test_a_second_router_following_the_same_mailbox_and_state_is_refused(simulat
     with pytest.raises(UserError, match=r"another router \(pid \d+\) follows this mailbox"):
         simulated()
     simulated(follow=None)  # a CLI call that only acts is welcome
+
+
+def test_events_takes_a_subscription_and_calls_still_get_their_answers(simulated):
+    from codeswarm.errors import CommandError
+
+    swarms, _ = simulated()
+    with pytest.raises(CommandError) as refused:
+        swarms.events(types=["assistant", "tool_*"])
+    assert refused.value.event["field"] == "events"
+    assert "'tool_*' matches no event type" in refused.value.event["message"]
+    assert swarms.subscribe(["assistant", "usage"]) == ["assistant", "usage"]
+    swarm = swarms.launch(nodes=2)
+    request = swarms.inject(swarm["swarm_id"], "hello", nodes="all")
+    events = collect(
+        swarms,
+        lambda evs: sum(e["type"] == "usage" and e.get("request_id") == request for e in evs) == 2,
+    )
+    assert {e["type"] for e in events} == {"swarm_launched", "inject_ack", "assistant", "usage"}
+    every = list(swarms.events(timeout=0.5, types=["*"]))  # left-out events were not kept
+    assert "turn_complete" not in {e["type"] for e in every}
+    request = swarms.inject(swarm["swarm_id"], "again", nodes=0)
+    events = collect(swarms, lambda evs: any(e["type"] == "usage" for e in evs))
+    assert [e["type"] for e in events if e.get("request_id") == request][:3] == [
+        "inject_ack",
+        "inject_delivered",
+        "turn_started",
+    ]

@@ -1,4 +1,8 @@
-"""ProtocolActor: JSON lines in from a stream it is given, events out, one flushed line each."""
+"""ProtocolActor: JSON lines in from a stream it is given, events out, one flushed line each.
+
+It holds the connection's subscription: ``subscribe`` is answered here, and every event on its
+way out passes the filter, the default one from the first line.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,15 @@ from typing import Any, BinaryIO
 import pykka
 
 from codeswarm.actors.messages import Attach, CommandReceived, Emit, InputClosed
-from codeswarm.protocol import decode_line, encode_events, error_event, errors
+from codeswarm.protocol import (
+    Subscribe,
+    Subscription,
+    decode_line,
+    encode_events,
+    error_event,
+    errors,
+    make_event,
+)
 from codeswarm.protocol.codec import MAX_LINE_BYTES
 
 log = logging.getLogger(__name__)
@@ -73,10 +85,20 @@ class ProtocolActor(pykka.ThreadingActor):
         self.output = output_stream
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self.subscription = Subscription()
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Emit):
-            self.write(message.events)
+            self.write(self.subscription.select(message.events))
+        elif isinstance(message, Subscribe):
+            self.subscription = Subscription(message.events)
+            answer = make_event(
+                "subscribed",
+                patterns=list(message.events),
+                events=self.subscription.resolved(),
+                request_id=message.request_id,
+            )
+            self.write([answer])
         elif isinstance(message, Attach):
             self.thread = threading.Thread(
                 target=self.read, args=(message.supervisor,), name="protocol-reader", daemon=True
@@ -116,6 +138,8 @@ class ProtocolActor(pykka.ThreadingActor):
             result = decode_line(line)
             if isinstance(result, dict):
                 self.actor_ref.tell(Emit([result]))
+            elif isinstance(result, Subscribe):
+                self.actor_ref.tell(result)
             else:
                 supervisor.tell(CommandReceived(result))
         if not self.stopping.is_set():

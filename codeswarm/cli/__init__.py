@@ -19,9 +19,10 @@ from typing import Any
 import click
 
 from codeswarm import __version__
-from codeswarm.cli.render import print_event, print_swarm
+from codeswarm.cli.render import EventRenderer, print_swarm
 from codeswarm.config import Config, default_local_config, load_config
 from codeswarm.errors import CodeswarmError, CommandError
+from codeswarm.protocol.subscription import pattern_problem
 
 
 class CodeswarmGroup(click.Group):
@@ -248,32 +249,58 @@ def inject(
 @click.argument("swarm_id")
 @click.option("--json", "as_json", is_flag=True, help="Print every event as a JSON line.")
 @click.option(
+    "--events",
+    "patterns",
+    metavar="PATTERN,...",
+    help="Only these event types or globs, e.g. 'item_*,turn_complete' or '*' for all "
+    "(default: all but command_output_delta and reasoning_delta).",
+)
+@click.option(
     "--idle-exit",
     type=click.FloatRange(min=0.1),
     help="Exit after this many seconds without an event (default: run until Ctrl-C).",
 )
 @config_option
 def attach(
-    swarm_id: str, as_json: bool, idle_exit: float | None, config_path: str | None, debug: bool
+    swarm_id: str,
+    as_json: bool,
+    patterns: str | None,
+    idle_exit: float | None,
+    config_path: str | None,
+    debug: bool,
 ) -> None:
-    """Stream a swarm's events from now on: answers as text, or every event with --json.
+    """Stream a swarm's events from now on: for a person, or every event with --json.
+
+    Each line starts with its node ([n3]); commands show as `$ command` with their exit
+    code, file changes as `M src/x.py +12 -3`, approval requests with the command that
+    answers them. Colours when stdout is a terminal (set NO_COLOR to turn them off).
 
     \b
-    Example:
-      codeswarm attach sw-1a2b3c4d5e --config configs/hpcfund.json --json
+    Examples:
+      codeswarm attach sw-1a2b3c4d5e
+      codeswarm attach sw-1a2b3c4d5e --events 'item_*,turn_complete'
+      codeswarm attach sw-1a2b3c4d5e --events '*' --json --config configs/hpcfund.json
     """
+    types = None if patterns is None else [p.strip() for p in patterns.split(",") if p.strip()]
+    for pattern in types or []:
+        problem = pattern_problem(pattern)
+        if problem:
+            raise click.BadParameter(problem, param_hint="--events")
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    renderer = EventRenderer(color=color)
     with swarms_for(config_path, debug, follow="end") as swarms:
         swarms.status(swarm_id)
         try:
-            for event in swarms.events(timeout=idle_exit):
+            for event in swarms.events(timeout=idle_exit, types=types):
                 if event.get("swarm_id") != swarm_id:
                     continue
                 if as_json:
                     click.echo(json.dumps(event))
                 else:
-                    print_event(event)
+                    click.echo(renderer.render(event), nl=False, color=color)
         except KeyboardInterrupt:
             pass
+        click.echo(renderer.finish(), nl=False)
 
 
 @main.command()

@@ -16,9 +16,11 @@ from codeswarm.protocol.commands import (
     Ping,
     Shutdown,
     Status,
+    Subscribe,
     Terminate,
 )
 from codeswarm.protocol.events import EVENT_SCHEMAS, event_errors, make_event
+from codeswarm.protocol.subscription import Subscription
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -30,6 +32,8 @@ __all__ = [
     "Ping",
     "Shutdown",
     "Status",
+    "Subscribe",
+    "Subscription",
     "Terminate",
     "decode_line",
     "decode_object",

@@ -20,8 +20,11 @@ from marshmallow import (
 )
 
 from codeswarm.protocol.fields import Content, NodeSelector, RequestId, SafeId, SlurmTime
+from codeswarm.protocol.subscription import pattern_problem
 
 Nodes = tuple[int, ...] | Literal["all"]
+MAX_PATTERNS = 256
+MAX_PATTERN_CHARS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +87,20 @@ class Shutdown:
     request_id: str | int | None = None
 
 
-Command = Inject | Interrupt | Launch | ListSwarms | Status | Terminate | Ping | Shutdown
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Receive only events whose type matches one of ``events`` (answers always come).
+
+    It concerns the connection, not the swarms: the daemon's ProtocolActor answers it.
+    """
+
+    events: tuple[str, ...]
+    request_id: str | int | None = None
+
+
+Command = (
+    Inject | Interrupt | Launch | ListSwarms | Status | Terminate | Ping | Shutdown | Subscribe
+)
 
 
 class CommandSchema(Schema):
@@ -187,6 +203,26 @@ class ShutdownSchema(CommandSchema):
         return Shutdown(request_id=data.get("request_id"))
 
 
+def _patterns(value: list[str]) -> None:
+    for pattern in value:
+        problem = pattern_problem(pattern)
+        if problem:
+            raise ValidationError(problem)
+
+
+class SubscribeSchema(CommandSchema):
+    events = fields.List(
+        fields.String(validate=validate.Length(min=1, max=MAX_PATTERN_CHARS)),
+        required=True,
+        validate=[validate.Length(max=MAX_PATTERNS), _patterns],
+        metadata={"description": "event types or fnmatch globs over `type`; [] keeps answers only"},
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Subscribe:
+        return Subscribe(events=tuple(data["events"]), request_id=data.get("request_id"))
+
+
 COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "inject": InjectSchema,
     "interrupt": InterruptSchema,
@@ -196,4 +232,5 @@ COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "terminate": TerminateSchema,
     "ping": PingSchema,
     "shutdown": ShutdownSchema,
+    "subscribe": SubscribeSchema,
 }

@@ -150,11 +150,23 @@ class ShuttingDownSchema(EventSchema):
     pass
 
 
+class SubscribedSchema(EventSchema):
+    patterns = fields.List(
+        fields.String(), required=True, metadata={"description": "as the client gave them"}
+    )
+    events = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "the known event types they select; answers come as well"},
+    )
+
+
 EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "ready": ReadySchema,
     "error": ErrorSchema,
     "pong": PongSchema,
     "shutting_down": ShuttingDownSchema,
+    "subscribed": SubscribedSchema,
     "inject_ack": InjectAckSchema,
     "inject_delivered": InjectionEventSchema,
     "turn_started": TurnStartedSchema,

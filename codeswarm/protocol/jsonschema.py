@@ -49,6 +49,12 @@ def _field_schema(field: fields.Field) -> dict[str, Any]:
             out["pattern"] = rule.regex.pattern
         elif isinstance(rule, validate.Equal):
             out["const"] = rule.comparable
+        elif isinstance(rule, validate.Length):
+            unit = "Items" if out.get("type") == "array" else "Length"
+            if rule.min is not None:
+                out[f"min{unit}"] = rule.min
+            if rule.max is not None:
+                out[f"max{unit}"] = rule.max
     if field.allow_none:
         out = {"anyOf": [out, {"type": "null"}]}
     if field.metadata.get("description"):
