@@ -169,6 +169,7 @@ def test_a_damaged_cursor_is_a_clear_error_like_a_damaged_registry(tmp_path):
     cursor = CursorStore(tmp_path, "/mb")
     cursor.advance("7_0", {"7_0:12": 100}, 4)
     cursor.save()
+    cursor.close()
     cursor.path.write_text('{"cursor": {"7_0:12": "x"}')
     with pytest.raises(RegistryError, match=r"damaged.*move it aside"):
         CursorStore(tmp_path, "/mb")
