@@ -404,6 +404,19 @@ def test_an_error_answer_raises_command_error_and_silence_no_answer_error(simula
         swarms.call(Ping(request_id="p1"), "swarm_status", timeout=0.3)  # pong is no status
 
 
+def test_a_command_no_router_handler_takes_is_an_error_not_a_dead_router(simulated):
+    from codeswarm.errors import CommandError
+    from codeswarm.protocol import Ping
+    from codeswarm.protocol.commands import Subscribe
+
+    swarms, _ = simulated()
+    with pytest.raises(CommandError) as refused:  # subscribe is the daemon connection's
+        swarms.call(Subscribe(events=("assistant",), request_id="s1"), "subscribed", timeout=5)
+    assert refused.value.event["error"] == "unknown_command"
+    assert "Subscribe" in refused.value.event["message"]
+    assert swarms.call(Ping(request_id="p1"), "pong", timeout=5)["request_id"] == "p1"
+
+
 def test_an_unusable_state_dir_is_a_config_error_that_names_it(tmp_path):
     from codeswarm.errors import ConfigError
 

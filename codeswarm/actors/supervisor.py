@@ -377,7 +377,17 @@ class SupervisorActor(pykka.ThreadingActor):
             commands.Terminate: self.terminate,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
-        }[type(command)]
+        }.get(type(command))
+        if handler is None:
+            # A command the protocol knows but no door routes here (subscribe is the
+            # ProtocolActor's): a clear error for that client, never a dead router.
+            name = type(command).__name__
+            self.error(
+                errors.UNKNOWN_COMMAND,
+                f"the router does not handle {name} commands",
+                getattr(command, "request_id", None),
+            )
+            return
         handler(command)
 
     def error(self, code: str, message: str, request_id: Any, **fields: Any) -> None:
