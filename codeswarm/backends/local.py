@@ -174,6 +174,8 @@ class LocalScheduler:
                 str(node_id),
                 "--settings",
                 str(settings_path),
+                "--swarm-id",
+                swarm_id,
             ]
             try:
                 with open(log, "ab", opener=private_file) as out:
