@@ -18,7 +18,7 @@ from typing import Any
 
 from codeswarm.backends import Submitted, follower_args
 from codeswarm.errors import BackendError
-from codeswarm.hpc import mailbox_io, prune, records, worker_settings
+from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
 from codeswarm.hpc.private import FILE_MODE, private_dir, private_file
 from codeswarm.registry import SwarmRecord
 
@@ -113,6 +113,12 @@ class LocalTransport:
         except (OSError, records.RecordError) as exc:
             raise BackendError(f"cannot remove swarm files in {self.cluster_dir}: {exc}") from exc
         return removed
+
+    def read_diffs(self, job_id: str, nodes: list[int], stat_only: bool) -> list[dict[str, Any]]:
+        try:
+            return diff.read_diffs(self.mailbox, job_id, nodes, stat_only)
+        except (OSError, records.RecordError) as exc:
+            raise BackendError(f"cannot read the diffs of job {job_id}: {exc}") from exc
 
     def start_follower(self, header: bytes) -> LocalProcess:
         argv = [

@@ -351,6 +351,15 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
         click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
 
 
+def _add_commands() -> None:
+    from codeswarm.cli.diff import diff
+
+    main.add_command(diff)
+
+
+_add_commands()
+
+
 @main.command()
 @click.argument("swarm_id")
 @config_option
