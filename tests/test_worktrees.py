@@ -91,10 +91,11 @@ def test_a_node_whose_worktree_cannot_be_made_exits_saying_why(codex_bin, model_
     run = WorkerRun(tmp_path, settings).start()
     try:
         events = run.wait_event("node_exited", timeout=30)
+        code = run.process.wait(timeout=10)
     finally:
         run.stop()
     exited = events[-1]
     assert exited["reason"].startswith("worktree_failed: git rev-parse --git-common-dir failed")
     assert "not a git repository" in exited["reason"]
     assert [e["type"] for e in events] == ["node_started", "node_exited"]
-    assert run.process.wait(timeout=10) == 0
+    assert code == 0
