@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from codeswarm.hpc import diff, git_worktree, workdir
 from codeswarm.hpc.git_worktree import WorktreeError, branch_name
+from tests.support.worker import ROOT
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -157,3 +159,35 @@ def test_read_diffs_reports_each_node_and_keeps_the_first_base(repo, tmp_path):
         "node_id": 1,
         "error": "node 1 has no git worktree (set agent.repo in the config)",
     }
+
+
+def test_prune_commits_each_nodes_work_removes_its_worktree_and_keeps_its_branch(repo, tmp_path):
+    cluster = tmp_path / "cluster"
+    mailbox = cluster / "mailbox"
+    (mailbox / "state").mkdir(parents=True)
+    trees = [cluster / "workspaces" / f"12_{node}" for node in (0, 1)]
+    for node, tree in enumerate(trees):
+        branch = branch_name("sw-12", node)
+        workdir.prepare_worktree(str(mailbox), "12", node, str(repo), str(tree), branch)
+    (trees[0] / "app.py").write_text("print('unfinished')\n")
+    (trees[0] / "new.txt").write_text("new\n")
+    listed = json.dumps([{"swarm_id": "sw-12", "job_id": "12", "nodes": 2}])
+    done = subprocess.run(
+        [sys.executable, "-m", "hpc.prune", "--cluster-dir", str(cluster)],
+        input=listed,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    removed = json.loads(done.stdout)["removed"]
+    assert removed[:2] == [str(tree) for tree in trees]
+    assert str(mailbox / "state" / "12_0.worktree.json") in removed
+    assert not any(tree.exists() for tree in trees)
+    assert list(git_worktree.worktrees(str(repo))) == [str(repo.resolve())]
+    assert git(repo, "show", "codeswarm/sw-12/0:app.py") == "print('unfinished')\n"
+    assert git(repo, "show", "codeswarm/sw-12/0:new.txt") == "new\n"
+    assert git(repo, "log", "-1", "--format=%an %s", "codeswarm/sw-12/0").startswith(
+        "codeswarm codeswarm: work left uncommitted"
+    )
+    assert git(repo, "rev-parse", "codeswarm/sw-12/1") == git(repo, "rev-parse", "main")

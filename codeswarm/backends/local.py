@@ -19,6 +19,7 @@ from typing import Any
 from codeswarm.backends import Submitted, follower_args
 from codeswarm.errors import BackendError
 from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
+from codeswarm.hpc.git_worktree import WorktreeError
 from codeswarm.hpc.private import FILE_MODE, private_dir, private_file
 from codeswarm.registry import SwarmRecord
 
@@ -106,11 +107,10 @@ class LocalTransport:
         removed = {}
         try:
             for swarm in swarms:
-                paths = prune.swarm_paths(
+                removed[swarm.swarm_id] = prune.prune_swarm(
                     str(self.cluster_dir), swarm.swarm_id, swarm.job_id, swarm.nodes
                 )
-                removed[swarm.swarm_id] = [path for path in paths if prune.remove(path)]
-        except (OSError, records.RecordError) as exc:
+        except (OSError, records.RecordError, WorktreeError) as exc:
             raise BackendError(f"cannot remove swarm files in {self.cluster_dir}: {exc}") from exc
         return removed
 

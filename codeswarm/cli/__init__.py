@@ -317,7 +317,10 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
 
     A swarm that has exited or been terminated stays in `codeswarm list` until pruned. This
     removes its registry record, its mailbox files (inbox, outbox, archives, state, logs)
-    and each agent's working directory and CODEX_HOME. Running swarms are never touched.
+    and each agent's working directory and CODEX_HOME. A node's git worktree (agent.repo)
+    is committed first (what it left uncommitted goes onto its branch) and then removed;
+    its branch codeswarm/SWARM_ID/N stays in the repository. Running swarms are never
+    touched.
 
     \b
     Example:
