@@ -83,6 +83,7 @@ def main() -> None:
       codeswarm launch --nodes 2 --prompt "You are a distributed agent."
       codeswarm inject sw-1a2b3c4d5e --prompt "Optimize GEMM tiling."
       codeswarm attach sw-1a2b3c4d5e
+      codeswarm diff sw-1a2b3c4d5e --stat      (with agent.repo in the config)
       codeswarm terminate sw-1a2b3c4d5e
     Add --config configs/<cluster>.json to run on a cluster.
     """
