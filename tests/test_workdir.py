@@ -161,26 +161,54 @@ def test_read_diffs_reports_each_node_and_keeps_the_first_base(repo, tmp_path):
     }
 
 
-def test_prune_commits_each_nodes_work_removes_its_worktree_and_keeps_its_branch(repo, tmp_path):
+PY38 = Path.home() / ".pyenv" / "versions" / "3.8.18" / "bin" / "python3.8"
+PYTHONS = [sys.executable] + ([str(PY38)] if PY38.exists() else [])
+
+
+def hpc(python: str, *argv: str, stdin: str = "") -> str:
+    done = subprocess.run(
+        [python, *argv], input=stdin, capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("python", PYTHONS, ids=lambda p: "py38" if p == str(PY38) else "py")
+def test_diff_then_prune_on_the_cluster_side_keeps_each_nodes_work_on_its_branch(
+    repo, tmp_path, python
+):
     cluster = tmp_path / "cluster"
     mailbox = cluster / "mailbox"
     (mailbox / "state").mkdir(parents=True)
     trees = [cluster / "workspaces" / f"12_{node}" for node in (0, 1)]
     for node, tree in enumerate(trees):
-        branch = branch_name("sw-12", node)
-        workdir.prepare_worktree(str(mailbox), "12", node, str(repo), str(tree), branch)
+        code = (
+            "import sys; from hpc import workdir as w; a = sys.argv; "
+            "w.prepare_worktree(a[1], a[2], int(a[3]), *a[4:])"
+        )
+        hpc(
+            python,
+            "-c",
+            code,
+            str(mailbox),
+            "12",
+            str(node),
+            str(repo),
+            str(tree),
+            f"codeswarm/sw-12/{node}",
+        )
     (trees[0] / "app.py").write_text("print('unfinished')\n")
     (trees[0] / "new.txt").write_text("new\n")
+    asked = json.dumps({"job_id": "12", "nodes": [0, 1], "stat": False})
+    (zero, one) = json.loads(hpc(python, "-m", "hpc.diff", "--mailbox", str(mailbox), stdin=asked))[
+        "nodes"
+    ]
+    assert "+print('unfinished')" in zero["diff"] and "+new" in zero["diff"]
+    assert one["files"] == [] and one["diff"] == ""
     listed = json.dumps([{"swarm_id": "sw-12", "job_id": "12", "nodes": 2}])
-    done = subprocess.run(
-        [sys.executable, "-m", "hpc.prune", "--cluster-dir", str(cluster)],
-        input=listed,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
-    removed = json.loads(done.stdout)["removed"]
+    removed = json.loads(
+        hpc(python, "-m", "hpc.prune", "--cluster-dir", str(cluster), stdin=listed)
+    )["removed"]
     assert removed[:2] == [str(tree) for tree in trees]
     assert str(mailbox / "state" / "12_0.worktree.json") in removed
     assert not any(tree.exists() for tree in trees)
