@@ -226,7 +226,12 @@ class DiffSchema(_SwarmSchema):
     nodes = NodeSelector(
         metadata={"description": 'a node index, a list of them, or "all" (default)'}
     )
-    stat = fields.Boolean(metadata={"description": "true: changed files and line counts only"})
+    stat = fields.Boolean(
+        truthy={True},
+        falsy={False},
+        error_messages={"invalid": "must be true or false"},
+        metadata={"description": "true: changed files and line counts only"},
+    )
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Diff:
