@@ -255,6 +255,13 @@ def test_refused_host_keys_leave_no_connection_behind(slurm_config, tmp_path):
     assert threading.active_count() <= before
 
 
+def launch_when_ready(d: Daemon, nodes: int) -> dict:
+    """The swarm a daemon launched once it was ready."""
+    d.wait_event("ready", timeout=60)
+    d.send({"command": "launch", "nodes": nodes, "request_id": "L"})
+    return d.wait_event("swarm_launched", request_id="L")["swarm"]
+
+
 def requeue(d: Daemon, job_id: str, env: dict[str, str]) -> None:
     """What a node failure does: Slurm stops the job and queues it again. Its BeginTime
     delay (about two minutes) is lifted so the test does not wait for it."""
@@ -286,9 +293,7 @@ def test_a_requeued_job_resumes_without_replaying_prompts(
     env = {**os.environ, "SLURM_CONF": f"{minicluster['MINICLUSTER_DIR']}/etc/slurm.conf"}
     d = Daemon(config_file, tmp_path / "daemon.stderr")
     try:
-        d.wait_event("ready", timeout=60)
-        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
-        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        swarm = launch_when_ready(d, nodes=1)
         d.send(
             {
                 "command": "inject",
@@ -355,9 +360,7 @@ def test_a_requeued_node_keeps_its_worktree_and_branch(
     model_server.add_rule("make a file", Reply(text="made"))
     d = Daemon(config_file, tmp_path / "daemon.stderr")
     try:
-        d.wait_event("ready", timeout=60)
-        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
-        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        swarm = launch_when_ready(d, nodes=1)
         d.send(
             {
                 "command": "inject",

@@ -20,15 +20,19 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout
 
 
-@pytest.fixture
-def repo(tmp_path) -> Path:
-    path = tmp_path / "repo"
+def make_repo(path: Path) -> Path:
+    """A repository with one commit of ``app.py``."""
     path.mkdir()
     git(path, "init", "-q", "-b", "main")
-    (path / "app.py").write_text("print('one')\n")
+    (path / "app.py").write_text("print('base')\n")
     git(path, "add", "app.py")
-    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
     return path
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")
 
 
 @pytest.mark.parametrize(

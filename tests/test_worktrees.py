@@ -13,18 +13,9 @@ from codeswarm.config import load_config
 from codeswarm.embed import Codeswarm
 from codeswarm.model_server import Reply
 from tests.support.worker import WorkerRun, agent_settings
-from tests.test_workdir import git
+from tests.test_workdir import git, make_repo
 
 pytestmark = pytest.mark.integration
-
-
-def make_repo(path: Path) -> Path:
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    (path / "app.py").write_text("print('base')\n")
-    git(path, "add", "app.py")
-    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
-    return path
 
 
 def test_two_nodes_edit_the_same_file_each_on_its_own_branch(config_file, model_server, tmp_path):
