@@ -55,7 +55,9 @@ def prune_swarm(cluster_dir, swarm_id, job_id, nodes):
     removed = []
     for node_id in range(nodes):
         record = workdir.read_record(mailbox, job_id, node_id)
-        if record and git_worktree.retire(record["repo"], record["path"], record["branch"]):
+        if record is None or not os.path.isdir(record["repo"]):
+            continue  # no worktree, or its repository is gone: nothing of it to keep
+        if git_worktree.retire(record["repo"], record["path"], record["branch"]):
             removed.append(record["path"])
     paths = swarm_paths(cluster_dir, swarm_id, job_id, nodes)
     return removed + [path for path in paths if remove(path)]

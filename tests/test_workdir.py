@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from codeswarm.hpc import diff, git_worktree, workdir
+from codeswarm.hpc import prune as hpc_prune
 from codeswarm.hpc.git_worktree import WorktreeError, branch_name
 from tests.support.worker import ROOT
 
@@ -223,3 +225,13 @@ def test_diff_then_prune_on_the_cluster_side_keeps_each_nodes_work_on_its_branch
         "codeswarm codeswarm: work left uncommitted"
     )
     assert git(repo, "rev-parse", "codeswarm/sw-12/1") == git(repo, "rev-parse", "main")
+
+
+def test_prune_goes_on_when_a_nodes_repository_is_gone(repo, tmp_path):
+    cluster = tmp_path / "cluster"
+    (cluster / "mailbox" / "state").mkdir(parents=True)
+    tree = cluster / "workspaces" / "12_0"
+    workdir.prepare_worktree(str(cluster / "mailbox"), "12", 0, str(repo), str(tree), "b/0")
+    shutil.rmtree(repo)
+    removed = hpc_prune.prune_swarm(str(cluster), "sw-12", "12", 1)
+    assert str(tree) in removed and not tree.exists()
