@@ -122,8 +122,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
     def on_stop(self) -> None:
-        # The scheduler's actors may be inside a hung call (sbatch waiting on a stopped
-        # controller): closing the transport ends that call, then they stop.
+        # The scheduler's actors and the diff reader may be inside a hung call (sbatch waiting
+        # on a stopped controller): closing the transport ends that call, then they stop.
         stopping = [
             ref.stop(block=False) for ref in (self.jobs, self.poller, self.diffs) if ref is not None
         ]
