@@ -487,6 +487,8 @@ def main(argv=None):
         agent["codex_path"] = args.codex_path
     try:
         key = records.node_key(args.job_id, args.node_id)
+        if args.swarm_id is not None:  # it names a git branch and fills agent.workdir
+            records.check_id(args.swarm_id, "swarm_id")
     except records.RecordError as exc:
         log.error("%s", exc)
         return 2
