@@ -6,6 +6,7 @@ happens under a POSIX lock on a file in its git directory (``lockf``, which NFS 
 Standard library only, Python >= 3.8.
 """
 
+import codecs
 import contextlib
 import fcntl
 import os
@@ -15,6 +16,7 @@ import tempfile
 
 LOCK_NAME = "codeswarm-worktrees.lock"
 ERROR_TAIL = 2000
+MAX_FILES = 1000
 COMMITTER = ["-c", "user.name=codeswarm", "-c", "user.email=codeswarm@localhost"]
 
 
@@ -77,6 +79,7 @@ def ensure(repo, path, branch):
     with HEAD. A branch that exists already (a pruned node's work) is checked out again.
     """
     with repo_lock(repo):
+        git(repo, "worktree", "prune")  # a worktree whose directory was removed: forgotten
         listed = worktrees(repo)
         ref = "refs/heads/" + branch
         real = os.path.realpath(path)
@@ -84,7 +87,6 @@ def ensure(repo, path, branch):
             raise WorktreeError("%s is a worktree on %s, not on %s" % (path, listed[real], ref))
         exists = git(repo, "rev-parse", "--verify", "--quiet", ref, ok=(0, 1)).strip()
         if real not in listed:
-            git(repo, "worktree", "prune")  # a worktree removed by hand stays registered
             if os.path.isdir(path) and os.listdir(path):
                 raise WorktreeError(
                     "%s exists and is not empty: cannot make a worktree there" % path
@@ -103,6 +105,7 @@ def changes(path, base, limit, stat_only):
     Returns ``{"files": [{"path", "added", "deleted"}], "diff": text, "truncated": bool}``;
     the diff (left out when ``stat_only``) holds at most ``limit`` bytes of git's output
     and a marker saying how much was cut. ``added``/``deleted`` are None for binary files.
+    Past ``MAX_FILES`` files, ``files_omitted`` counts the rest.
     """
     scratch = tempfile.mkdtemp(prefix="codeswarm-diff-")
     try:
@@ -120,7 +123,9 @@ def changes(path, base, limit, stat_only):
                         "deleted": None if deleted == "-" else int(deleted),
                     }
                 )
-        result = {"files": files, "truncated": False}
+        result = {"files": files[:MAX_FILES], "truncated": False}
+        if len(files) > MAX_FILES:
+            result["files_omitted"] = len(files) - MAX_FILES
         if not stat_only:
             argv = ["diff", "--cached", "--no-renames", "--no-color", "--no-ext-diff", base]
             text, total = _bounded(path, argv, env, limit)
@@ -152,7 +157,8 @@ def _bounded(cwd, args, env, limit):
             err.seek(0)
             stderr = err.read().decode("utf-8", "replace").strip()[-ERROR_TAIL:]
             raise WorktreeError("git %s failed in %s: %s" % (" ".join(args), cwd, stderr))
-    return kept.decode("utf-8", "ignore" if total > limit else "replace"), total
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    return decoder.decode(kept, final=total <= limit), total  # a cut character is left out
 
 
 def retire(repo, path, branch):

@@ -8,6 +8,7 @@ import pytest
 
 from codeswarm.actors.messages import CommandReceived
 from codeswarm.backends.local import LocalTransport
+from codeswarm.cli.diff import full_diff, stat_table
 from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm, _command
 from codeswarm.errors import CommandError
@@ -85,3 +86,38 @@ def test_a_slow_diff_holds_up_nothing_else(swarms, monkeypatch):
     release.set()
     answer = waiter.get(timeout=30)
     assert answer["type"] == "swarm_diff" and answer["nodes"] == [{"node_id": 0, "error": "slow"}]
+
+
+def test_the_cli_prints_a_table_and_diffs_under_node_headers():
+    nodes = [
+        {
+            "node_id": 0,
+            "branch": "codeswarm/sw-1/0",
+            "base": "0123456789abcdef",
+            "files": [
+                {"path": "a.py", "added": 3, "deleted": 1},
+                {"path": "b.bin", "added": None, "deleted": None},
+            ],
+            "files_omitted": 4,
+            "diff": "diff --git a/a.py b/a.py\n",
+        },
+        {
+            "node_id": 1,
+            "branch": "codeswarm/sw-1/1",
+            "base": "0123456789abcdef",
+            "files": [],
+            "diff": "",
+        },
+        {"node_id": 2, "error": "node 2 has no git worktree"},
+    ]
+    assert stat_table(nodes).splitlines() == [
+        "NODE  BRANCH                        FILES  +   -",
+        "0     codeswarm/sw-1/0              6      +3  -1",
+        "1     codeswarm/sw-1/1              0      +0  -0",
+        "2     (node 2 has no git worktree)",
+    ]
+    assert full_diff(nodes) == (
+        "# node 0: codeswarm/sw-1/0 against 0123456789ab\ndiff --git a/a.py b/a.py\n"
+        "# node 1: codeswarm/sw-1/1 against 0123456789ab\n(no changes)\n"
+        "# node 2: node 2 has no git worktree\n"
+    )

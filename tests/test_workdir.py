@@ -235,3 +235,30 @@ def test_prune_goes_on_when_a_nodes_repository_is_gone(repo, tmp_path):
     shutil.rmtree(repo)
     removed = hpc_prune.prune_swarm(str(cluster), "sw-12", "12", 1)
     assert str(tree) in removed and not tree.exists()
+
+
+def test_a_worktree_removed_by_hand_is_made_again_on_its_branch(repo, tmp_path):
+    path = tmp_path / "wt"
+    git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
+    (path / "app.py").write_text("print('committed')\n")
+    git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "work")
+    shutil.rmtree(path)
+    path.mkdir()  # as the worker makes it before asking for the worktree
+    git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
+    assert (path / "app.py").read_text() == "print('committed')\n"
+
+
+def test_many_files_are_counted_past_the_limit_and_a_cut_never_splits_a_character(
+    repo, tmp_path, monkeypatch
+):
+    path = tmp_path / "wt"
+    base = git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
+    for n in range(5):
+        (path / f"n{n}.txt").write_text("é" * 400 + "\n")
+    monkeypatch.setattr(git_worktree, "MAX_FILES", 3)
+    full = git_worktree.changes(str(path), base, 1 << 20, stat_only=False)
+    assert len(full["files"]) == 3 and full["files_omitted"] == 2
+    for limit in range(300, 320):
+        cut = git_worktree.changes(str(path), base, limit, stat_only=False)
+        shown = cut["diff"].split("\n[codeswarm: diff truncated")[0]
+        assert "\ufffd" not in shown and full["diff"].startswith(shown)

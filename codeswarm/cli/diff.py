@@ -22,9 +22,8 @@ def stat_table(nodes: list[dict[str, Any]]) -> str:
         files = node["files"]
         added = sum(f["added"] or 0 for f in files)
         deleted = sum(f["deleted"] or 0 for f in files)
-        rows.append(
-            (str(node["node_id"]), node["branch"], str(len(files)), f"+{added}", f"-{deleted}")
-        )
+        count = str(len(files) + node.get("files_omitted", 0))
+        rows.append((str(node["node_id"]), node["branch"], count, f"+{added}", f"-{deleted}"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(line.rstrip() for line in lines) + "\n"
