@@ -29,6 +29,7 @@ from codeswarm.errors import ConfigError
 # The worker and the follower run on clusters without codeswarm, so their defaults are defined
 # in hpc/ and read from there.
 from codeswarm.hpc.outbox_follower import DEFAULTS as _FOLLOWER
+from codeswarm.hpc.workdir import template_problem
 from codeswarm.hpc.worker_settings import AGENT_DEFAULTS as _AGENT
 from codeswarm.hpc.worker_settings import WORKER_DEFAULTS as _WORKER
 
@@ -77,6 +78,13 @@ _MEM = _re(r"\d+[KMGTkmgt]?", 'must be a Slurm memory size such as "4000" or "16
 _OPTION = _rule(lambda v: v.startswith("--"), "must start with '--' (one sbatch option an item)")
 _VERSION = _re(r"\w[\w.+-]*", 'must be an npm version or tag such as "0.46.0"')
 _ENV = r"[A-Za-z_][A-Za-z0-9_]*"
+_ABSOLUTE = _rule(lambda v: v.startswith("/"), "must be an absolute path (~ is not expanded)")
+
+
+def _template(value: str) -> None:
+    problem = template_problem(value)
+    if problem:
+        raise ValidationError(problem)
 
 
 def _choice(*choices: str) -> OneOf:
@@ -253,6 +261,8 @@ class AgentConfig:
         default_factory=dict, metadata={"schema": _Object(_env_errors)}
     )
     approval_decision: str = _k(_str(_choice("accept", "decline")), _AGENT["approval_decision"])
+    workdir: str | None = _k(_str(_template), _AGENT["workdir"])
+    repo: str | None = _k(_str(_ABSOLUTE), _AGENT["repo"])
 
 
 @dataclass(frozen=True)
@@ -370,6 +380,14 @@ def _cross_field(loaded: Mapping[str, Any], data: Mapping[str, Any]) -> list[tup
         if loaded.get("backend", "slurm") == "local":
             msg = "is for backend slurm; the local backend runs the repository's pinned codex"
             errors.append(("agent.codex_version", msg))
+    workdir = agent.get("workdir")
+    if (
+        agent.get("repo")
+        and workdir
+        and not ("{node_id}" in workdir and ("{swarm_id}" in workdir or "{job_id}" in workdir))
+    ):
+        msg = "must hold {node_id} and {swarm_id} or {job_id} with agent.repo: one worktree a node"
+        errors.append(("agent.workdir", msg))
     shadowed = {"model": "model", "approval_policy": "approval_policy", "sandbox_mode": "sandbox"}
     for key, own in shadowed.items():  # one place to set each, no silent override
         if key in (loaded.get("agent") or {}).get("config", {}):

@@ -188,6 +188,19 @@ class Codeswarm:
         command = _command("terminate", swarm_id=swarm_id)
         self.call(command, "swarm_terminated", timeout)
 
+    def diff(
+        self,
+        swarm_id: str,
+        nodes: int | list[int] | str = "all",
+        stat: bool = False,
+        timeout: float = 120.0,
+    ) -> list[dict]:
+        """Each node's changes in its git worktree (``agent.repo``) against the commit its
+        branch started from: the ``nodes`` of a ``swarm_diff`` event. With ``stat`` only the
+        changed files and their line counts. A node without a worktree has an ``error``."""
+        command = _command("diff", swarm_id=swarm_id, nodes=nodes, stat=stat)
+        return self.call(command, "swarm_diff", timeout)["nodes"]
+
     def subscribe(self, types: Iterable[str]) -> list[str]:
         """Receive from ``events()`` only these event types or globs; returns the known types
         they select. Answers to commands come whatever the subscription (see

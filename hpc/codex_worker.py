@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from . import codex_protocol, private, records, worker_settings
+from . import codex_protocol, git_worktree, private, records, workdir, worker_settings
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -50,8 +50,12 @@ class Turn:
 
 
 class Worker:
-    def __init__(self, mailbox, job_id, node_id, workspace, codex_home, agent, settings):
+    def __init__(
+        self, mailbox, job_id, node_id, workspace, codex_home, agent, settings, worktree=None
+    ):
         self.mailbox = mailbox
+        self.workspace = workspace
+        self.worktree = worktree  # (repo, branch) when the node works in a git worktree
         self.job_id = records.check_id(job_id, "job_id")
         self.node_id = records.check_node_id(node_id)
         self.settings = settings
@@ -115,11 +119,25 @@ class Worker:
             )
             self.state["in_flight"] = None
             self.save_state()
-        self.start_codex()
+        if self.worktree is not None:
+            self.prepare_worktree()
+        if self.stop_reason is None:
+            self.start_codex()
         while not self.finished():
             self.step()
         self.finish()
         return 0
+
+    def prepare_worktree(self):
+        """Check out the node's branch before codex starts; without it the node ends."""
+        repo, branch = self.worktree
+        try:
+            workdir.prepare_worktree(
+                self.mailbox, self.job_id, self.node_id, repo, self.workspace, branch
+            )
+        except (git_worktree.WorktreeError, OSError) as exc:
+            log.error("cannot make the node's worktree: %s", exc)
+            self.request_stop("worktree_failed: %s" % exc)
 
     def finished(self):
         if self.stop_reason is None:
@@ -438,6 +456,9 @@ def parse_args(argv):
         "--codex-home",
         help="this node's CODEX_HOME (default: <mailbox>/../codex-home/<JOB>_<NODE>)",
     )
+    parser.add_argument(
+        "--swarm-id", help="the swarm's id: names the node's git branch, fills {swarm_id}"
+    )
     parser.add_argument("--settings", help="JSON file with 'agent' and 'worker' settings")
     parser.add_argument("--codex-path", help="the codex binary (overrides the settings file)")
     args = parser.parse_args(argv)
@@ -466,15 +487,27 @@ def main(argv=None):
         agent["codex_path"] = args.codex_path
     try:
         key = records.node_key(args.job_id, args.node_id)
+        if args.swarm_id is not None:  # it names a git branch and fills agent.workdir
+            records.check_id(args.swarm_id, "swarm_id")
     except records.RecordError as exc:
         log.error("%s", exc)
         return 2
     base = os.path.dirname(os.path.abspath(args.mailbox))
     for shared in ("workspaces", "codex-home"):
         private.private_dir(os.path.join(base, shared))
+    if (agent["repo"] or agent["workdir"]) and not args.swarm_id:
+        log.error("agent.repo and agent.workdir need --swarm-id")
+        return 2
     workspace = args.workspace or os.path.join(base, "workspaces", key)
+    if agent["workdir"] and not args.workspace:
+        workspace = workdir.expand(agent["workdir"], args.swarm_id, args.job_id, args.node_id)
     codex_home = args.codex_home or os.path.join(base, "codex-home", key)
-    worker = Worker(args.mailbox, args.job_id, args.node_id, workspace, codex_home, agent, settings)
+    worktree = None
+    if agent["repo"]:
+        worktree = (agent["repo"], git_worktree.branch_name(args.swarm_id, args.node_id))
+    worker = Worker(
+        args.mailbox, args.job_id, args.node_id, workspace, codex_home, agent, settings, worktree
+    )
     for reason in early_signals:
         worker.request_stop(reason)
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.request_stop("sigterm"))

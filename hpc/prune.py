@@ -1,7 +1,9 @@
 """Remove finished swarms' files from a cluster directory (run by ``codeswarm prune``).
 
 Run as ``python3 -m hpc.prune --cluster-dir DIR`` with a JSON list on stdin, one object per
-swarm: ``{"swarm_id": ..., "job_id": ..., "nodes": N}``. For each it removes the swarm's
+swarm: ``{"swarm_id": ..., "job_id": ..., "nodes": N}``. For each it first retires each node's
+git worktree (``agent.repo``: uncommitted work is committed to the node's branch, the worktree
+removed, the branch kept), then removes the swarm's
 mailbox files (inbox, outbox, every archived run, state, logs), each node's workspace and
 CODEX_HOME, the swarm's settings and batch script, and its job's output; then prints one JSON
 line per swarm: ``{"swarm_id": ..., "removed": <paths removed>}``. Ids are checked as every
@@ -16,7 +18,7 @@ import re
 import shutil
 import sys
 
-from . import records
+from . import git_worktree, records, workdir
 
 
 def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
@@ -35,6 +37,7 @@ def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
             os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id)),
             os.path.join(mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)),
             os.path.join(mailbox, records.STATE_DIR, records.state_name(job_id, node_id)),
+            workdir.record_path(mailbox, job_id, node_id),
             os.path.join(cluster_dir, "workspaces", key),
             os.path.join(cluster_dir, "codex-home", key),
             os.path.join(archive, records.record_name(job_id, node_id)),
@@ -43,6 +46,21 @@ def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
     for logs in (os.path.join(mailbox, records.LOG_DIR), os.path.join(cluster_dir, "logs")):
         paths += _node_files(logs, job_id, nodes, r"\..*")
     return paths
+
+
+def prune_swarm(cluster_dir, swarm_id, job_id, nodes):
+    """Retire the swarm's worktrees, then remove its files; every path removed."""
+    records.check_id(job_id, "job_id")
+    mailbox = os.path.join(cluster_dir, "mailbox")
+    removed = []
+    for node_id in range(nodes):
+        record = workdir.read_record(mailbox, job_id, node_id)
+        if record is None or not os.path.isdir(record["repo"]):
+            continue  # no worktree, or its repository is gone: nothing of it to keep
+        if git_worktree.retire(record["repo"], record["path"], record["branch"]):
+            removed.append(record["path"])
+    paths = swarm_paths(cluster_dir, swarm_id, job_id, nodes)
+    return removed + [path for path in paths if remove(path)]
 
 
 def _node_files(directory, job_id, nodes, rest):
@@ -85,16 +103,15 @@ def main(argv=None):
     try:
         swarms = json.loads(sys.stdin.read())
         for swarm in swarms:
-            paths = swarm_paths(
+            removed = prune_swarm(
                 args.cluster_dir, swarm["swarm_id"], swarm["job_id"], int(swarm["nodes"])
             )
-            removed = [path for path in paths if remove(path)]
             sys.stdout.write(json.dumps({"swarm_id": swarm["swarm_id"], "removed": removed}))
             sys.stdout.write("\n")
     except (ValueError, KeyError, TypeError, records.RecordError) as exc:
         sys.stderr.write("hpc.prune: bad input: %s\n" % exc)
         return 2
-    except OSError as exc:
+    except (OSError, git_worktree.WorktreeError) as exc:
         sys.stderr.write("hpc.prune: %s\n" % exc)
         return 1
     return 0

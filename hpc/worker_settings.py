@@ -18,6 +18,8 @@ AGENT_DEFAULTS = {
     "approval_decision": "decline",
     "config": {},
     "env": {},
+    "workdir": None,
+    "repo": None,
 }
 WORKER_DEFAULTS = {
     "poll_active_seconds": 0.005,

@@ -122,6 +122,16 @@ CASES = [
         {"type": "swarm_terminated", "ts": 1.0, "swarm_id": "sw-1"},
         ["[sw-1] swarm sw-1 terminated"],
     ),
+    (
+        {
+            "type": "swarm_diff",
+            "ts": 1.0,
+            "swarm_id": "sw-1",
+            "job_id": "41",
+            "nodes": [{"node_id": 0}, {"node_id": 2}],
+        },
+        ["[sw-1] diff read, node 0, 2"],
+    ),
     (ev("item_started", item=command(status="in_progress", exit_code=None)), ["[n3] $ pytest -q"]),
     (
         ev(

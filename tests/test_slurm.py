@@ -255,6 +255,36 @@ def test_refused_host_keys_leave_no_connection_behind(slurm_config, tmp_path):
     assert threading.active_count() <= before
 
 
+def launch_when_ready(d: Daemon, nodes: int) -> dict:
+    """The swarm a daemon launched once it was ready."""
+    d.wait_event("ready", timeout=60)
+    d.send({"command": "launch", "nodes": nodes, "request_id": "L"})
+    return d.wait_event("swarm_launched", request_id="L")["swarm"]
+
+
+def requeue(d: Daemon, job_id: str, env: dict[str, str]) -> None:
+    """What a node failure does: Slurm stops the job and queues it again. Its BeginTime
+    delay (about two minutes) is lifted so the test does not wait for it."""
+    subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
+    d.wait_event("node_exited", timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T %r"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if state == "PENDING BeginTime":
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True
+            )
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.5)
+    d.wait_for(lambda evs: sum(e["type"] == "node_started" for e in evs) == 2, timeout=120)
+
+
 @pytest.mark.timeout(300)
 def test_a_requeued_job_resumes_without_replaying_prompts(
     slurm_config, cluster_codex, model_server, tmp_path, minicluster
@@ -263,9 +293,7 @@ def test_a_requeued_job_resumes_without_replaying_prompts(
     env = {**os.environ, "SLURM_CONF": f"{minicluster['MINICLUSTER_DIR']}/etc/slurm.conf"}
     d = Daemon(config_file, tmp_path / "daemon.stderr")
     try:
-        d.wait_event("ready", timeout=60)
-        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
-        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        swarm = launch_when_ready(d, nodes=1)
         d.send(
             {
                 "command": "inject",
@@ -276,28 +304,7 @@ def test_a_requeued_job_resumes_without_replaying_prompts(
             }
         )
         d.wait_event("usage", injection_id="before", timeout=120)
-        # What a node failure does: Slurm stops the job and queues it again. Its BeginTime
-        # delay (about two minutes) is lifted so the test does not wait for it.
-        subprocess.run(["scontrol", "requeue", swarm["job_id"]], check=True, env=env)
-        d.wait_event("node_exited", timeout=60)
-        deadline = time.monotonic() + 60
-        while True:
-            state = subprocess.run(
-                ["squeue", "-h", "-j", swarm["job_id"], "-o", "%T %r"],
-                env=env,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-            if state == "PENDING BeginTime":
-                subprocess.run(
-                    ["scontrol", "update", f"JobId={swarm['job_id']}", "StartTime=now"],
-                    env=env,
-                    check=True,
-                )
-                break
-            assert time.monotonic() < deadline, state
-            time.sleep(0.5)
-        d.wait_for(lambda evs: sum(e["type"] == "node_started" for e in evs) == 2, timeout=120)
+        requeue(d, swarm["job_id"], env)
         d.send(
             {
                 "command": "inject",
@@ -312,6 +319,72 @@ def test_a_requeued_job_resumes_without_replaying_prompts(
         assert seqs == sorted(set(seqs)), "seq must continue across runs"
         prompts = [last_user_text(body) for body in model_server.requests]
         assert prompts == ["before the requeue", "after the requeue"]
+        d.send({"command": "terminate", "swarm_id": swarm["swarm_id"]})
+    finally:
+        d.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_requeued_node_keeps_its_worktree_and_branch(
+    slurm_config, cluster_codex, model_server, tmp_path, minicluster
+):
+    user = minicluster["MINICLUSTER_USER"]
+    env = {**os.environ, "SLURM_CONF": f"{minicluster['MINICLUSTER_DIR']}/etc/slurm.conf"}
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    data = json.loads(config_file.read_text())
+    repo = f"{data['cluster']['workspace_root']}/repo"
+    home = minicluster["MINICLUSTER_HOME"]
+
+    def git(*argv: str) -> str:
+        done = run_as(user, "env", f"HOME={home}", "git", *argv)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    git("init", "-q", "-b", "main", repo)
+    git(
+        "-C",
+        repo,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "base",
+    )
+    data["agent"]["repo"] = repo
+    config_file.write_text(json.dumps(data))
+    model_server.add_rule("make a file", Reply(tool_call_cmd="echo before > made.txt"))
+    model_server.add_rule("make a file", Reply(text="made"))
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        swarm = launch_when_ready(d, nodes=1)
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm["swarm_id"],
+                "nodes": 0,
+                "content": "make a file",
+                "injection_id": "make",
+            }
+        )
+        d.wait_event("usage", injection_id="make", timeout=120)
+        d.send({"command": "diff", "swarm_id": swarm["swarm_id"], "request_id": "D1"})
+        (before,) = d.wait_event("swarm_diff", request_id="D1")["nodes"]
+        assert before["branch"] == f"codeswarm/{swarm['swarm_id']}/0"
+        assert before["files"] == [{"path": "made.txt", "added": 1, "deleted": 0}]
+        assert "+before" in before["diff"]
+        requeue(d, swarm["job_id"], env)
+        d.send({"command": "diff", "swarm_id": swarm["swarm_id"], "request_id": "D2"})
+        (after,) = d.wait_event("swarm_diff", request_id="D2")["nodes"]
+        assert after == before  # the same worktree, branch, base and uncommitted work
+        exits = [e["reason"] for e in d.events if e["type"] == "node_exited"]
+        assert exits == ["sigterm"]
+        listed = git("-C", repo, "worktree", "list", "--porcelain")
+        assert listed.count("worktree ") == 2, listed
+        assert f"branch refs/heads/{before['branch']}" in listed
         d.send({"command": "terminate", "swarm_id": swarm["swarm_id"]})
     finally:
         d.close()

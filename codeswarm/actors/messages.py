@@ -152,3 +152,10 @@ class AnswerDue(NamedTuple):
     """A status or list answer may wait no longer for a fresh scheduler poll."""
 
     token: int
+
+
+class ReadDiffs(NamedTuple):
+    """Read these nodes' worktree diffs and answer the client with ``swarm_diff``."""
+
+    swarm: Any  # registry.SwarmRecord
+    command: Command

@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 
 from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.diffs import DiffReaderActor
 from codeswarm.actors.follower import FollowerActor
 from codeswarm.actors.jobs import JobPollerActor, SchedulerActor
 from codeswarm.actors.messages import (
@@ -38,6 +39,7 @@ from codeswarm.actors.messages import (
     Polled,
     PollJobs,
     Progress,
+    ReadDiffs,
     Started,
     StartFollower,
     Submit,
@@ -101,6 +103,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.follower: Any = None
         self.poller: Any = None
         self.jobs: Any = None
+        self.diffs: Any = None
         self.generation = 0
         self.follower_failures = 0
 
@@ -115,12 +118,15 @@ class SupervisorActor(pykka.ThreadingActor):
         )
         self.tell_live_swarms()
         self.jobs = SchedulerActor.start(self.scheduler, self.actor_ref, self.timer)
+        self.diffs = DiffReaderActor.start(self.transport, self.sink)
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
     def on_stop(self) -> None:
-        # The scheduler's actors may be inside a hung call (sbatch waiting on a stopped
-        # controller): closing the transport ends that call, then they stop.
-        stopping = [ref.stop(block=False) for ref in (self.jobs, self.poller) if ref is not None]
+        # The scheduler's actors and the diff reader may be inside a hung call (sbatch waiting
+        # on a stopped controller): closing the transport ends that call, then they stop.
+        stopping = [
+            ref.stop(block=False) for ref in (self.jobs, self.poller, self.diffs) if ref is not None
+        ]
         for ref in (self.follower, *self.nodes.values()):
             if ref is not None:
                 ref.stop()
@@ -377,6 +383,7 @@ class SupervisorActor(pykka.ThreadingActor):
             commands.Terminate: self.terminate,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
+            commands.Diff: self.diff,
         }.get(type(command))
         if handler is None:
             # A command the protocol knows but no door routes here (subscribe is the
@@ -572,6 +579,11 @@ class SupervisorActor(pykka.ThreadingActor):
         self.emit(
             make_event("swarm_terminated", request_id=message.request_id, swarm_id=message.swarm_id)
         )
+
+    def diff(self, command: commands.Diff) -> None:
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is not None:
+            self.diffs.tell(ReadDiffs(record, command))
 
     def shutdown(self, command: commands.Shutdown) -> None:
         self.emit(make_event("shutting_down", request_id=command.request_id))

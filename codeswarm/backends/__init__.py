@@ -36,6 +36,9 @@ class Transport(Protocol):
     def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
         """Remove finished swarms' files with ``hpc.prune``: swarm id -> paths removed."""
 
+    def read_diffs(self, job_id: str, nodes: list[int], stat_only: bool) -> list[dict[str, Any]]:
+        """Each node's changes in its git worktree, read with ``hpc.diff`` (bounded in size)."""
+
     def close(self) -> None:
         """Release connections; called once the actors are stopped."""
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from codeswarm.backends import Submitted, follower_args
 from codeswarm.errors import BackendError
-from codeswarm.hpc import mailbox_io, prune, records, worker_settings
+from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
+from codeswarm.hpc.git_worktree import WorktreeError
 from codeswarm.hpc.private import FILE_MODE, private_dir, private_file
 from codeswarm.registry import SwarmRecord
 
@@ -106,13 +107,18 @@ class LocalTransport:
         removed = {}
         try:
             for swarm in swarms:
-                paths = prune.swarm_paths(
+                removed[swarm.swarm_id] = prune.prune_swarm(
                     str(self.cluster_dir), swarm.swarm_id, swarm.job_id, swarm.nodes
                 )
-                removed[swarm.swarm_id] = [path for path in paths if prune.remove(path)]
-        except (OSError, records.RecordError) as exc:
+        except (OSError, records.RecordError, WorktreeError) as exc:
             raise BackendError(f"cannot remove swarm files in {self.cluster_dir}: {exc}") from exc
         return removed
+
+    def read_diffs(self, job_id: str, nodes: list[int], stat_only: bool) -> list[dict[str, Any]]:
+        try:
+            return diff.read_diffs(self.mailbox, job_id, nodes, stat_only)
+        except (OSError, records.RecordError) as exc:
+            raise BackendError(f"cannot read the diffs of job {job_id}: {exc}") from exc
 
     def start_follower(self, header: bytes) -> LocalProcess:
         argv = [
@@ -174,6 +180,8 @@ class LocalScheduler:
                 str(node_id),
                 "--settings",
                 str(settings_path),
+                "--swarm-id",
+                swarm_id,
             ]
             try:
                 with open(log, "ab", opener=private_file) as out:

@@ -71,6 +71,8 @@ def batch_script(
         posixpath.join(cluster_dir, "mailbox"),
         "--settings",
         settings_path,
+        "--swarm-id",
+        swarm_id,
     ]
     lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in options)]
     lines += ["set -u", *slurm.setup]

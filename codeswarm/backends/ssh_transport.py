@@ -285,6 +285,11 @@ class SSHTransport:
             removed[answer["swarm_id"]] = answer["removed"]
         return removed
 
+    def read_diffs(self, job_id: str, nodes: list[int], stat_only: bool) -> list[dict[str, Any]]:
+        asked = json.dumps({"job_id": job_id, "nodes": nodes, "stat": stat_only}).encode()
+        out = self.connection.run(self.hpc_command("diff", "--mailbox", self.mailbox), stdin=asked)
+        return json.loads(out)["nodes"]
+
     def close(self) -> None:
         self.writer.close()
         self.connection.close()

@@ -83,6 +83,7 @@ def main() -> None:
       codeswarm launch --nodes 2 --prompt "You are a distributed agent."
       codeswarm inject sw-1a2b3c4d5e --prompt "Optimize GEMM tiling."
       codeswarm attach sw-1a2b3c4d5e
+      codeswarm diff sw-1a2b3c4d5e --stat      (with agent.repo in the config)
       codeswarm terminate sw-1a2b3c4d5e
     Add --config configs/<cluster>.json to run on a cluster.
     """
@@ -317,7 +318,10 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
 
     A swarm that has exited or been terminated stays in `codeswarm list` until pruned. This
     removes its registry record, its mailbox files (inbox, outbox, archives, state, logs)
-    and each agent's working directory and CODEX_HOME. Running swarms are never touched.
+    and each agent's working directory and CODEX_HOME. A node's git worktree (agent.repo)
+    is committed first (what it left uncommitted goes onto its branch) and then removed;
+    its branch codeswarm/SWARM_ID/N stays in the repository. Running swarms are never
+    touched.
 
     \b
     Example:
@@ -349,6 +353,15 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
         click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
     if not pruned:
         click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
+
+
+def _add_commands() -> None:
+    from codeswarm.cli.diff import diff
+
+    main.add_command(diff)
+
+
+_add_commands()
 
 
 @main.command()

@@ -76,6 +76,10 @@ class EventRenderer:
             "swarm_status": lambda e: self.swarm_line(e.get("swarm") or {}),
             "swarm_list": lambda e: [self.swarm_line(s) for s in e.get("swarms") or []],
             "swarm_terminated": lambda e: f"swarm {clean(e.get('swarm_id'))} terminated",
+            "swarm_diff": lambda e: (
+                "diff read, node "
+                + ", ".join(clean(n.get("node_id")) for n in e.get("nodes") or [])
+            ),
             "item_started": lambda e: activity.item_lines(e, self.paint),
             "item_completed": lambda e: activity.item_lines(e, self.paint),
             "turn_diff": lambda e: activity.turn_diff_line(e, self.paint),

@@ -98,8 +98,27 @@ class Subscribe:
     request_id: str | int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """Each selected node's changes in its git worktree against the commit it started from."""
+
+    swarm_id: str
+    nodes: Nodes = "all"
+    stat: bool = False
+    request_id: str | int | None = None
+
+
 Command = (
-    Inject | Interrupt | Launch | ListSwarms | Status | Terminate | Ping | Shutdown | Subscribe
+    Inject
+    | Interrupt
+    | Launch
+    | ListSwarms
+    | Status
+    | Terminate
+    | Ping
+    | Shutdown
+    | Subscribe
+    | Diff
 )
 
 
@@ -203,6 +222,27 @@ class ShutdownSchema(CommandSchema):
         return Shutdown(request_id=data.get("request_id"))
 
 
+class DiffSchema(_SwarmSchema):
+    nodes = NodeSelector(
+        metadata={"description": 'a node index, a list of them, or "all" (default)'}
+    )
+    stat = fields.Boolean(
+        truthy={True},
+        falsy={False},
+        error_messages={"invalid": "must be true or false"},
+        metadata={"description": "true: changed files and line counts only"},
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Diff:
+        return Diff(
+            swarm_id=data["swarm_id"],
+            nodes=data.get("nodes", "all"),
+            stat=data.get("stat", False),
+            request_id=data.get("request_id"),
+        )
+
+
 def _patterns(value: list[str]) -> None:
     for pattern in value:
         problem = pattern_problem(pattern)
@@ -233,4 +273,5 @@ COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "ping": PingSchema,
     "shutdown": ShutdownSchema,
     "subscribe": SubscribeSchema,
+    "diff": DiffSchema,
 }

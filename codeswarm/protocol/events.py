@@ -161,6 +161,30 @@ class SubscribedSchema(EventSchema):
     )
 
 
+class FileChangeSchema(Schema):
+    path = fields.String(required=True)
+    added = fields.Integer(required=True, allow_none=True, metadata={"description": "null: binary"})
+    deleted = fields.Integer(required=True, allow_none=True)
+
+
+class NodeDiffSchema(Schema):
+    node_id = NodeId(required=True)
+    branch = fields.String(metadata={"description": "codeswarm/<swarm_id>/<node_id>"})
+    base = fields.String(metadata={"description": "the commit the branch started from"})
+    path = fields.String(metadata={"description": "the worktree, on the cluster"})
+    files = fields.List(fields.Nested(FileChangeSchema), metadata={"description": "at most 1000"})
+    files_omitted = fields.Integer(metadata={"description": "changed files past the first 1000"})
+    diff = fields.String(metadata={"description": "unified diff against base; absent with stat"})
+    truncated = fields.Boolean(metadata={"description": "the diff was cut; it ends in a marker"})
+    error = fields.String(metadata={"description": "why this node has no diff (no worktree, git)"})
+
+
+class SwarmDiffSchema(EventSchema):
+    swarm_id = SafeId(required=True)
+    job_id = SafeId(required=True)
+    nodes = fields.List(fields.Nested(NodeDiffSchema), required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "ready": ReadySchema,
     "error": ErrorSchema,
@@ -182,6 +206,7 @@ EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "swarm_status": SwarmStatusSchema,
     "swarm_list": SwarmListSchema,
     "swarm_terminated": SwarmTerminatedSchema,
+    "swarm_diff": SwarmDiffSchema,
 }
 
 

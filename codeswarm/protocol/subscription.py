@@ -53,6 +53,7 @@ ANSWER_TYPES = frozenset(
         "swarm_status",
         "swarm_list",
         "swarm_terminated",
+        "swarm_diff",
         "inject_ack",
         "inject_failed",
         "interrupt_ack",

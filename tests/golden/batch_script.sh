@@ -12,4 +12,4 @@ set -u
 module load python/3.11
 export PYTHONPATH='/work1/me/work space/codeswarm'
 cd '/work1/me/work space/codeswarm'
-exec srun --kill-on-bad-exit=0 python3 -m hpc.codex_worker --mailbox '/work1/me/work space/codeswarm/mailbox' --settings '/work1/me/work space/codeswarm/swarms/sw-abc/worker.json'
+exec srun --kill-on-bad-exit=0 python3 -m hpc.codex_worker --mailbox '/work1/me/work space/codeswarm/mailbox' --settings '/work1/me/work space/codeswarm/swarms/sw-abc/worker.json' --swarm-id sw-abc

@@ -99,6 +99,8 @@ class WorkerRun:
             str(self.settings_path),
             "--codex-home",
             str(self.codex_home),
+            "--swarm-id",
+            "sw-test",
         ]
         with open(self.stderr_path, "ab") as stderr:
             self.process = subprocess.Popen(argv, cwd=ROOT, stderr=stderr, stdin=subprocess.DEVNULL)
