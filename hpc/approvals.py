@@ -17,7 +17,11 @@ REQUEST_KINDS = {
     "item/commandExecution/requestApproval": "command",
     "item/fileChange/requestApproval": "file_change",
 }
-CODEX_DECISIONS = {"accept": "accept", "accept_for_session": "acceptForSession", "decline": "decline"}
+CODEX_DECISIONS = {
+    "accept": "accept",
+    "accept_for_session": "acceptForSession",
+    "decline": "decline",
+}
 CHANGE_KINDS = ("add", "delete", "update")
 
 

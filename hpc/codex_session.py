@@ -17,7 +17,9 @@ WORKER_VERSION = "0.1"
 
 
 class CodexSession:
-    def __init__(self, agent, codex_home, workspace, log_path, events, report, on_thread, on_request):
+    def __init__(
+        self, agent, codex_home, workspace, log_path, events, report, on_thread, on_request
+    ):
         self.agent = agent
         self.codex_home = codex_home
         self.workspace = workspace

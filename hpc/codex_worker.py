@@ -293,7 +293,7 @@ class Worker:
         self.save_state()
 
     def server_request(self, message):
-        """An approval request of the running turn waits for the client; others are codex_session's."""
+        """A running turn's approval request waits for the client; the session answers others."""
         if message["method"] not in approvals.REQUEST_KINDS or self.turn is None:
             return False
         self.approvals.request(message, self.turn.injection_id)

@@ -23,7 +23,7 @@ def turn_request(kind, thread_id, content):
 
 
 def started_turn_id(result):
-    """The turn id in codex's answer to a turn request (compaction names none: turn/started will)."""
+    """The turn id in codex's answer (compaction names none: its turn/started will)."""
     return ((result or {}).get("turn") or {}).get("id")
 
 
