@@ -14,8 +14,8 @@ from . import records
 
 # codex's v2 requests this module answers, and the kind each one reports.
 REQUEST_KINDS = {
-    "item/commandExecution/requestApproval": "command",
-    "item/fileChange/requestApproval": "file_change",
+    "item/commandExecution/requestApproval": records.APPROVAL_COMMAND,
+    "item/fileChange/requestApproval": records.APPROVAL_FILE_CHANGE,
 }
 CODEX_DECISIONS = {
     "accept": "accept",
@@ -42,14 +42,19 @@ def change_summary(change):
 
 
 class Approvals:
-    """Pending approvals of one worker; ``emit`` writes events, ``respond`` answers codex."""
+    """Pending approvals of one worker; ``emit`` writes events, ``respond`` answers codex.
 
-    def __init__(self, state, agent, emit, respond):
+    ``save`` writes the state before each event, so a client that reads the state file after
+    an event (``approvals``) finds what the event said.
+    """
+
+    def __init__(self, state, agent, emit, respond, save):
         self.state = state
         self.timeout = float(agent["approval_timeout_seconds"])
         self.default = agent["approval_decision"]
         self._write = emit
         self.respond = respond
+        self.save = save
         self.waiting = {}  # approval_id -> (codex request id, monotonic deadline)
         self.changes = {}  # fileChange item id -> its changes, from item/started
 
@@ -79,7 +84,7 @@ class Approvals:
             "default_decision": self.default,
             "expires_at": round(time.time() + self.timeout, 3),
         }
-        if fields["approval_kind"] == "command":
+        if fields["approval_kind"] == records.APPROVAL_COMMAND:
             fields["command"] = params.get("command")
             fields["cwd"] = params.get("cwd")
         else:
@@ -87,6 +92,7 @@ class Approvals:
         fields = {key: value for key, value in fields.items() if value is not None}
         self.state["approvals"][approval_id] = fields
         self.waiting[approval_id] = (message["id"], time.monotonic() + self.timeout)
+        self.save()
         self.emit("approval_request", approval_id=approval_id, **fields)
 
     def answer(self, record):
@@ -106,14 +112,13 @@ class Approvals:
         self._resolved(approval_id, request, record["decision"], "client", record.get("request_id"))
 
     def expire(self):
-        """Apply the configured decision to every request whose time is up; True if any was."""
+        """Apply the configured decision to every request whose time is up."""
         now = time.monotonic()
         due = [key for key, (_, deadline) in self.waiting.items() if deadline <= now]
         for approval_id in due:
             self._answer_codex(approval_id, self.default)
             request = self.state["approvals"][approval_id]
             self._resolved(approval_id, request, self.default, "timeout")
-        return bool(due)
 
     def next_due(self):
         """When the next request times out (monotonic), or None."""
@@ -132,6 +137,7 @@ class Approvals:
     def _resolved(self, approval_id, request, decision, by, request_id=None):
         self.waiting.pop(approval_id, None)
         del self.state["approvals"][approval_id]
+        self.save()
         self.emit(
             "approval_resolved",
             approval_id=approval_id,

@@ -82,7 +82,9 @@ class Worker:
             on_thread=self.thread_open,
             on_request=self.server_request,
         )
-        self.approvals = approvals.Approvals(self.state, agent, self.emit, self.codex.respond)
+        self.approvals = approvals.Approvals(
+            self.state, agent, self.emit, self.codex.respond, self.save_state
+        )
         self.steering = steering.Steering(self.emit, self.codex.call)
         self.usage_total = None
         self.failures = 0
@@ -196,8 +198,7 @@ class Worker:
             self.restart_at = None
             self.start_codex()
         self.start_next_turn()
-        if self.approvals.expire():
-            self.state_dirty = True
+        self.approvals.expire()
         if self.state_dirty:
             self.save_state()
 
@@ -263,7 +264,6 @@ class Worker:
             self.interrupt()
         elif kind == records.INBOX_APPROVE:
             self.approvals.answer(record)
-            self.state_dirty = True
         elif kind == records.INBOX_STEER:
             turn = self.turn if self.codex.ready else None
             self.steering.steer(record, turn, self.state["thread_id"])
@@ -297,7 +297,6 @@ class Worker:
         if message["method"] not in approvals.REQUEST_KINDS or self.turn is None:
             return False
         self.approvals.request(message, self.turn.injection_id)
-        self.save_state()
         return True
 
     def agent_error(self, message, stderr=None):

@@ -50,6 +50,10 @@ INBOX_TYPES = (
 INJECTION_TYPES = (INBOX_USER, INBOX_REVIEW, INBOX_COMPACT)
 # The answers a client gives to an approval request; the worker maps them to codex's words.
 APPROVAL_DECISIONS = ("accept", "accept_for_session", "decline")
+# What an approval request is about (``approval_request.approval_kind``).
+APPROVAL_COMMAND = "command"
+APPROVAL_FILE_CHANGE = "file_change"
+APPROVAL_KINDS = (APPROVAL_COMMAND, APPROVAL_FILE_CHANGE)
 
 # What a worker writes to its outbox: the event type and the fields it must carry beyond
 # the envelope (type, job_id, node_id, seq, ts).
@@ -350,6 +354,18 @@ def upgrade_state(state):
     if isinstance(state, dict) and state.get("version") == 1:
         state = dict(state, version=STATE_VERSION, approvals={}, next_approval=1)
     return state
+
+
+def pending_approvals(data):
+    """The pending approvals (approval_id -> fields) in a state file's bytes; RecordError if bad."""
+    try:
+        state = upgrade_state(json.loads(data.decode("utf-8")))
+    except ValueError as exc:
+        raise RecordError("state file is not JSON: %s" % exc) from None
+    problem = state_problem(state)
+    if problem:
+        raise RecordError("state file %s" % problem)
+    return state["approvals"]
 
 
 def state_problem(state):
