@@ -31,7 +31,7 @@ from codeswarm.router import Router
 
 Nodes = int | list[int] | str
 # The events that answer a command on one node; an ``error`` naming a node answers it too.
-NODE_ANSWERS = ("inject_ack", "inject_failed", "interrupt_ack", "command_ack")
+NODE_ANSWERS = ("inject_ack", "inject_failed", "interrupt_ack", "approve_ack", "steer_ack")
 
 
 class EventQueue:
@@ -169,7 +169,7 @@ class Codeswarm:
     ) -> list[dict]:
         """Answer ``approval_id`` (accept, accept_for_session or decline) on each node.
 
-        Returns each node's ``command_ack`` or ``error``; ``approval_resolved`` follows in
+        Returns each node's ``approve_ack`` or ``error``; ``approval_resolved`` follows in
         ``events()`` (or an ``unknown_approval`` error from a node that has no such request).
         """
         command = _command(
@@ -185,7 +185,7 @@ class Codeswarm:
         steer_id: str | None = None,
         timeout: float = 60.0,
     ) -> list[dict]:
-        """Add input to each node's running turn; returns each node's ``command_ack`` or
+        """Add input to each node's running turn; returns each node's ``steer_ack`` or
         ``error``. ``steer_applied`` or ``steer_failed`` (no running turn) follow in events."""
         command = _command(
             "steer", swarm_id=swarm_id, content=content, nodes=nodes, steer_id=steer_id

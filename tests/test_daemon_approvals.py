@@ -76,7 +76,7 @@ def test_one_approve_answers_the_same_request_on_every_node(daemon, model_server
     d.send({**approve, "decision": "accept", "request_id": "yes"})
     events = d.wait_for(lambda evs: len(of(evs, "usage")) == 2, timeout=90)
 
-    assert sorted(e["node_id"] for e in of(events, "command_ack", request_id="yes")) == [0, 1]
+    assert sorted(e["node_id"] for e in of(events, "approve_ack", request_id="yes")) == [0, 1]
     resolved = of(events, "approval_resolved", request_id="yes")
     assert sorted((e["node_id"], e["decision"], e["by"]) for e in resolved) == [
         (0, "accept", "client"),
@@ -131,7 +131,7 @@ def test_steer_reaches_the_running_turn_and_fails_without_one(daemon, model_serv
     )
     failed = d.wait_event("steer_failed", request_id="s0")
     assert failed["error"] == "no_running_turn"
-    assert of(d.events, "command_ack", request_id="s0")[0]["steer_id"] == failed["steer_id"]
+    assert of(d.events, "steer_ack", request_id="s0")[0]["steer_id"] == failed["steer_id"]
 
     model_server.add_rule("SLOW", Reply(text="a slow answer", deltas=6, delay_seconds=0.5))
     d.send({"command": "inject", "swarm_id": sid, "nodes": 0, "content": "SLOW work"})

@@ -54,7 +54,7 @@ class Injection(NamedTuple):
 
 
 class NodeCommand(NamedTuple):
-    """An inbox record for a running node (approve, steer), answered with ``command_ack``."""
+    """An inbox record for a running node (approve, steer), answered with ``<command>_ack``."""
 
     command: str
     record: dict[str, Any]

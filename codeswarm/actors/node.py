@@ -74,8 +74,8 @@ class NodeActor(pykka.ThreadingActor):
         elif isinstance(message, InterruptNode):
             self.deliver(records.inbox_interrupt(), message.request_id, "interrupt_ack", {})
         elif isinstance(message, NodeCommand):
-            ack = dict(message.ack, command=message.command)
-            self.deliver(message.record, message.request_id, "command_ack", ack)
+            ack = f"{message.command}_ack"  # approve_ack, steer_ack
+            self.deliver(message.record, message.request_id, ack, message.ack)
 
     def on_stop(self) -> None:
         for handle in self.timers.values():

@@ -1,7 +1,7 @@
 """Approvals and steering on the router's side: what each node is told, and the pending list.
 
 ``approve`` and ``steer`` become inbox records written to each selected running node (acked
-per node with ``command_ack``; the worker answers with ``approval_resolved`` or
+per node with ``approve_ack`` or ``steer_ack``; the worker answers with ``approval_resolved`` or
 ``steer_applied``/``steer_failed``). ``approvals`` is answered from the workers' state files,
 which hold every pending request: the one source a short-lived CLI router and a daemon share,
 with no outbox to replay.

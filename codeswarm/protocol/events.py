@@ -103,10 +103,14 @@ class ReviewSchema(InjectionEventSchema):
     review = fields.String(required=True, metadata={"description": "codex's findings"})
 
 
-class CommandAckSchema(NodeEventSchema):
-    command = fields.String(required=True, validate=validate.OneOf(("approve", "steer")))
-    approval_id = SafeId(metadata={"description": "approve: the approval answered"})
-    steer_id = SafeId(metadata={"description": "steer: the id steer_applied/failed will carry"})
+class ApproveAckSchema(NodeEventSchema):
+    approval_id = SafeId(required=True, metadata={"description": "the approval answered"})
+
+
+class SteerAckSchema(NodeEventSchema):
+    steer_id = SafeId(
+        required=True, metadata={"description": "the id steer_applied or steer_failed will carry"}
+    )
 
 
 class ChangeSchema(Schema):
@@ -263,7 +267,8 @@ EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "usage": UsageSchema,
     "inject_failed": InjectFailedSchema,
     "interrupt_ack": InterruptAckSchema,
-    "command_ack": CommandAckSchema,
+    "approve_ack": ApproveAckSchema,
+    "steer_ack": SteerAckSchema,
     "review": ReviewSchema,
     "approval_request": ApprovalRequestSchema,
     "approval_resolved": ApprovalResolvedSchema,
