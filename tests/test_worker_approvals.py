@@ -8,7 +8,7 @@ import pytest
 
 from codeswarm.hpc import records
 from codeswarm.model_server import Reply, last_user_text
-from tests.support.worker import WorkerRun, agent_settings
+from tests.support.worker import WorkerRun
 
 pytestmark = pytest.mark.integration
 
@@ -17,18 +17,9 @@ ESCALATE = {"sandbox_permissions": "require_escalated", "justification": "write 
 
 
 @pytest.fixture
-def worker(tmp_path, codex_bin, model_server):
-    runs: list[WorkerRun] = []
-
-    def make(**agent) -> WorkerRun:
-        agent = {"approval_policy": "on-request", "sandbox": "workspace-write", **agent}
-        run = WorkerRun(tmp_path, agent_settings(codex_bin, model_server.url, **agent))
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        run.stop()
+def asking(worker):
+    """A worker whose codex asks before it leaves the sandbox."""
+    return lambda **agent: worker(approval_policy="on-request", sandbox="workspace-write", **agent)
 
 
 def marker(run: WorkerRun):
@@ -48,8 +39,8 @@ def of(events, kind):
     return [e for e in events if e["type"] == kind]
 
 
-def test_an_accepted_request_runs_the_command(worker, model_server):
-    run = worker().start()
+def test_an_accepted_request_runs_the_command(asking, model_server):
+    run = asking().start()
     request = ask_to_touch(run, model_server)
 
     assert request["approval_kind"] == "command"
@@ -69,8 +60,8 @@ def test_an_accepted_request_runs_the_command(worker, model_server):
     assert run.state["approvals"] == {}
 
 
-def test_a_declined_request_does_not_run(worker, model_server):
-    run = worker().start()
+def test_a_declined_request_does_not_run(asking, model_server):
+    run = asking().start()
     request = ask_to_touch(run, model_server)
     run.write(records.inbox_approve(request["approval_id"], "decline"))
     events = run.wait_event("usage", "i1")
@@ -80,8 +71,8 @@ def test_a_declined_request_does_not_run(worker, model_server):
     assert not marker(run).exists()
 
 
-def test_silence_applies_the_configured_decision(worker, model_server):
-    run = worker(approval_timeout_seconds=0.5, approval_decision="accept").start()
+def test_silence_applies_the_configured_decision(asking, model_server):
+    run = asking(approval_timeout_seconds=0.5, approval_decision="accept").start()
     request = ask_to_touch(run, model_server)
     events = run.wait_event("usage", "i1")
 
@@ -91,8 +82,8 @@ def test_silence_applies_the_configured_decision(worker, model_server):
     assert marker(run).exists()
 
 
-def test_an_answer_for_no_pending_request_is_an_error(worker, model_server):
-    run = worker().start()
+def test_an_answer_for_no_pending_request_is_an_error(asking, model_server):
+    run = asking().start()
     run.write(records.inbox_approve("ap-9", "accept", request_id=3))
     events = run.wait_for(lambda evs: of(evs, "error"))
 
@@ -104,8 +95,8 @@ def test_an_answer_for_no_pending_request_is_an_error(worker, model_server):
     )
 
 
-def test_a_restarted_worker_settles_what_its_old_codex_asked(worker, model_server):
-    run = worker().start()
+def test_a_restarted_worker_settles_what_its_old_codex_asked(asking, model_server):
+    run = asking().start()
     request = ask_to_touch(run, model_server)
     run.stop()
     assert request["approval_id"] in run.state["approvals"]
@@ -120,7 +111,7 @@ def test_a_restarted_worker_settles_what_its_old_codex_asked(worker, model_serve
 
 
 def test_steer_reaches_the_model_in_the_running_turn(worker, model_server):
-    run = worker(approval_policy="never").start()
+    run = worker().start()
     model_server.add_rule("SLOW", Reply(text="a slow answer", deltas=6, delay_seconds=0.5))
     run.inject("i1", "SLOW work")
     run.wait_event("assistant_delta", "i1")
@@ -139,7 +130,7 @@ def test_steer_reaches_the_model_in_the_running_turn(worker, model_server):
 
 
 def test_steer_with_no_running_turn_fails_and_starts_nothing(worker, model_server):
-    run = worker(approval_policy="never").start()
+    run = worker().start()
     run.wait_event("node_started")
     run.write(records.inbox_steer("s1", "anything"))
     events = run.wait_event("steer_failed")
@@ -151,7 +142,7 @@ def test_steer_with_no_running_turn_fails_and_starts_nothing(worker, model_serve
 
 
 def test_review_runs_as_a_turn_and_reports_its_findings(worker, model_server):
-    run = worker(approval_policy="never").start()
+    run = worker().start()
     model_server.add_rule("Review", Reply(text="P1: the marker is missing"))
     run.write(records.inbox_injection(records.INBOX_REVIEW, "rv1", ""))
     events = run.wait_event("usage", "rv1")
@@ -162,7 +153,7 @@ def test_review_runs_as_a_turn_and_reports_its_findings(worker, model_server):
 
 
 def test_compact_completes_as_a_turn(worker, model_server):
-    run = worker(approval_policy="never").start()
+    run = worker().start()
     run.inject("i1", "hello")
     run.write(records.inbox_injection(records.INBOX_COMPACT, "c1", ""))
     events = run.wait_event("usage", "c1")
