@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
 from codeswarm.hpc import records
 from codeswarm.model_server import Reply, last_user_text
-from tests.support.worker import WorkerRun
+from tests.support.worker import WorkerRun, python38
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +40,12 @@ def of(events, kind):
     return [e for e in events if e["type"] == kind]
 
 
-def test_an_accepted_request_runs_the_command(asking, model_server):
-    run = asking().start()
+@pytest.mark.parametrize("python", ["py", "py38"])
+def test_an_accepted_request_runs_the_command(asking, model_server, python):
+    interpreter = sys.executable if python == "py" else python38()
+    if interpreter is None:
+        pytest.skip("no Python 3.8 interpreter on this machine")
+    run = asking().start(python=interpreter)
     request = ask_to_touch(run, model_server)
 
     assert request["approval_kind"] == "command"
