@@ -261,6 +261,7 @@ class AgentConfig:
         default_factory=dict, metadata={"schema": _Object(_env_errors)}
     )
     approval_decision: str = _k(_str(_choice("accept", "decline")), _AGENT["approval_decision"])
+    approval_timeout_seconds: float = _k(_secs(), _AGENT["approval_timeout_seconds"])
     workdir: str | None = _k(_str(_template), _AGENT["workdir"])
     repo: str | None = _k(_str(_ABSOLUTE), _AGENT["repo"])
 

@@ -29,6 +29,10 @@ from codeswarm.errors import CommandError, NoAnswerError
 from codeswarm.protocol import Subscription, commands, decode_object, errors
 from codeswarm.router import Router
 
+Nodes = int | list[int] | str
+# The events that answer a command on one node; an ``error`` naming a node answers it too.
+NODE_ANSWERS = ("inject_ack", "inject_failed", "interrupt_ack", "approve_ack", "steer_ack")
+
 
 class EventQueue:
     """A sink for the router's events: one queue for the caller, plus per-request waiters.
@@ -130,7 +134,7 @@ class Codeswarm:
         self,
         swarm_id: str,
         content: str,
-        nodes: int | list[int] | str = "all",
+        nodes: Nodes = "all",
         injection_id: str | None = None,
     ) -> str:
         """Send a prompt; returns the request_id that every resulting event carries."""
@@ -142,12 +146,86 @@ class Codeswarm:
         self,
         swarm_id: str,
         content: str,
-        nodes: int | list[int] | str = "all",
+        nodes: Nodes = "all",
         injection_id: str | None = None,
         timeout: float = 60.0,
     ) -> list[dict]:
         """Send a prompt and return each node's ``inject_ack`` or ``inject_failed``."""
         command = self._inject_command(swarm_id, content, nodes, injection_id)
+        return self._per_node(command, swarm_id, nodes, timeout)
+
+    def approvals(self, swarm_id: str, nodes: Nodes = "all", timeout: float = 30.0) -> list[dict]:
+        """The pending approval requests of a swarm's nodes (each with its ``node_id``)."""
+        command = _command("approvals", swarm_id=swarm_id, nodes=nodes)
+        return self.call(command, "approval_list", timeout)["approvals"]
+
+    def approve(
+        self,
+        swarm_id: str,
+        approval_id: str,
+        decision: str,
+        nodes: Nodes = "all",
+        timeout: float = 60.0,
+    ) -> list[dict]:
+        """Answer ``approval_id`` (accept, accept_for_session or decline) on each node.
+
+        Returns each node's ``approve_ack`` or ``error``; ``approval_resolved`` follows in
+        ``events()`` (or an ``unknown_approval`` error from a node that has no such request).
+        """
+        command = _command(
+            "approve", swarm_id=swarm_id, approval_id=approval_id, decision=decision, nodes=nodes
+        )
+        return self._per_node(command, swarm_id, nodes, timeout)
+
+    def steer(
+        self,
+        swarm_id: str,
+        content: str,
+        nodes: Nodes = "all",
+        steer_id: str | None = None,
+        timeout: float = 60.0,
+    ) -> list[dict]:
+        """Add input to each node's running turn; returns each node's ``steer_ack`` or
+        ``error``. ``steer_applied`` or ``steer_failed`` (no running turn) follow in events."""
+        command = _command(
+            "steer", swarm_id=swarm_id, content=content, nodes=nodes, steer_id=steer_id
+        )
+        return self._per_node(command, swarm_id, nodes, timeout)
+
+    def interrupt(self, swarm_id: str, nodes: Nodes = "all", timeout: float = 60.0) -> list[dict]:
+        """Stop each node's running turn; returns each node's ``interrupt_ack`` or ``error``."""
+        command = _command("interrupt", swarm_id=swarm_id, nodes=nodes)
+        return self._per_node(command, swarm_id, nodes, timeout)
+
+    def review(
+        self,
+        swarm_id: str,
+        nodes: Nodes = "all",
+        instructions: str | None = None,
+        injection_id: str | None = None,
+        timeout: float = 60.0,
+    ) -> list[dict]:
+        """Queue a review of each node's working tree (its findings come as ``review``
+        events); returns each node's ``inject_ack`` or ``inject_failed``."""
+        command = _command(
+            "review",
+            swarm_id=swarm_id,
+            nodes=nodes,
+            instructions=instructions,
+            injection_id=injection_id,
+        )
+        return self._per_node(command, swarm_id, nodes, timeout)
+
+    def compact(self, swarm_id: str, nodes: Nodes = "all", timeout: float = 60.0) -> list[dict]:
+        """Queue a compaction of each node's thread; returns each node's ``inject_ack`` or
+        ``inject_failed``."""
+        command = _command("compact", swarm_id=swarm_id, nodes=nodes)
+        return self._per_node(command, swarm_id, nodes, timeout)
+
+    def _per_node(
+        self, command: commands.Command, swarm_id: str, nodes: Nodes, timeout: float
+    ) -> list[dict]:
+        """Send a command aimed at nodes and return one answer per node, by node."""
         if nodes == "all":
             count = len(self.status(swarm_id, timeout)["nodes"])
         else:
@@ -161,7 +239,7 @@ class Codeswarm:
 
     @staticmethod
     def _inject_command(
-        swarm_id: str, content: str, nodes: int | list[int] | str, injection_id: str | None
+        swarm_id: str, content: str, nodes: Nodes, injection_id: str | None
     ) -> commands.Inject:
         return _command(
             "inject", swarm_id=swarm_id, content=content, nodes=nodes, injection_id=injection_id
@@ -169,12 +247,13 @@ class Codeswarm:
 
     @staticmethod
     def _answers(waiter: queue.Queue[dict[str, Any]], count: int, timeout: float) -> list[dict]:
-        answers: list[dict] = []
+        """The first answer of each node (an ``error`` naming a node is its answer)."""
+        answers: dict[int, dict] = {}
         while len(answers) < count:
-            event = _next(waiter, timeout)
-            if event["type"] in ("inject_ack", "inject_failed"):
-                answers.append(event)
-        return answers
+            event = _next(waiter, timeout, per_node=True)
+            if event["type"] in NODE_ANSWERS or event["type"] == "error":
+                answers.setdefault(event["node_id"], event)
+        return [answers[node_id] for node_id in sorted(answers)]
 
     def list(self, timeout: float = 30.0) -> list[dict]:
         command = _command("list")
@@ -248,14 +327,17 @@ class Codeswarm:
         self.close()
 
 
-def _next(waiter: queue.Queue[dict[str, Any]], timeout: float) -> dict[str, Any]:
-    """The next event answering a command; CommandError if it is an ``error``."""
+def _next(
+    waiter: queue.Queue[dict[str, Any]], timeout: float, per_node: bool = False
+) -> dict[str, Any]:
+    """The next event answering a command; CommandError if it is an ``error`` (``per_node``:
+    one that names no node)."""
     try:
         event = waiter.get(timeout=timeout)
     except queue.Empty:
         message = f"no answer from the router in {timeout:g} s; the command may still take effect"
         raise NoAnswerError(message) from None
-    if event["type"] == "error":
+    if event["type"] == "error" and not (per_node and "node_id" in event):
         raise CommandError(event)
     return event
 

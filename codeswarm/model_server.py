@@ -56,6 +56,8 @@ class Reply:
     hang: stream the deltas, then neither finish nor close until stop() or client disconnect.
     http_status: answer with that status and a JSON error body instead of a stream.
     failed: end the stream with `response.failed` instead of `response.completed`.
+    tool_call_args: more arguments of the shell call (`{"sandbox_permissions": "require_escalated"}`
+    makes codex ask for approval under `on-request`).
     """
 
     text: str | None = None
@@ -66,6 +68,7 @@ class Reply:
     failed: bool = False
     error_message: str = "scripted failure"
     tool_call_cmd: str | None = None
+    tool_call_args: JSON | None = None
     usage: Usage | None = None
 
     @classmethod
@@ -222,7 +225,7 @@ class _Stream:
                 "id": f"fc_{self.n}",
                 "call_id": f"call_{self.n}",
                 "name": "exec_command",
-                "arguments": json.dumps({"cmd": cmd}),
+                "arguments": json.dumps({"cmd": cmd, **(reply.tool_call_args or {})}),
                 "status": "completed",
             }
             self.event("response.output_item.added", output_index=len(output), item=item)

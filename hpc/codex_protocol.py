@@ -28,8 +28,9 @@ def answer_for(method, decision):
     """The result for a request codex sent, given ``decision`` ("accept" or "decline").
 
     None means the worker does not know the request: answer it with METHOD_NOT_FOUND.
-    There is nobody to ask on a compute node, so questions get empty answers and permission
-    requests grant nothing beyond the sandbox.
+    Approvals of a running turn go to the client (``hpc.approvals``); this answers the rest
+    at once: an approval outside any turn gets ``decision``, questions get empty answers and
+    permission requests grant nothing beyond the sandbox.
     """
     accept = decision == "accept"
     if method in ("item/commandExecution/requestApproval", "item/fileChange/requestApproval"):

@@ -17,7 +17,9 @@ WORKER_VERSION = "0.1"
 
 
 class CodexSession:
-    def __init__(self, agent, codex_home, workspace, log_path, events, report, on_thread):
+    def __init__(
+        self, agent, codex_home, workspace, log_path, events, report, on_thread, on_request
+    ):
         self.agent = agent
         self.codex_home = codex_home
         self.workspace = workspace
@@ -25,6 +27,7 @@ class CodexSession:
         self.events = events
         self.report = report  # report(message, stderr=None): an agent_error event
         self.on_thread = on_thread  # on_thread(thread_id): the thread is open
+        self.on_request = on_request  # on_request(message): True if the worker answers it later
         self.generation = 0
         self.process = None
         self.ready = False
@@ -79,6 +82,11 @@ class CodexSession:
 
     def call(self, method, params, callback):
         self.pending[self.process.request(method, params)] = callback
+
+    def respond(self, request_id, result):
+        """Answer a request codex sent (one the worker took through ``on_request``)."""
+        if self.process is not None:
+            self.process.respond(request_id, result)
 
     def exited(self):
         """Clean up after the process ended; returns the tail of its stderr."""
@@ -140,6 +148,8 @@ class CodexSession:
             self.process.kill()
 
     def _answer(self, message):
+        if self.on_request(message):
+            return
         result = codex_protocol.answer_for(message["method"], self.agent["approval_decision"])
         if result is None:
             self.process.respond_error(

@@ -18,7 +18,16 @@ import socket
 import sys
 import time
 
-from . import codex_protocol, git_worktree, private, records, workdir, worker_settings
+from . import (
+    approvals,
+    codex_protocol,
+    git_worktree,
+    private,
+    records,
+    steering,
+    workdir,
+    worker_settings,
+)
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -74,7 +83,7 @@ class Worker:
             mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)
         )
         self.events = queue.SimpleQueue()
-        self.queue = collections.deque()  # (line start offset, injection_id, content)
+        self.queue = collections.deque()  # (line start offset, injection_id, content, kind)
         self.turn = None
         self.codex = CodexSession(
             agent,
@@ -84,7 +93,12 @@ class Worker:
             self.events,
             report=self.agent_error,
             on_thread=self.thread_open,
+            on_request=self.server_request,
         )
+        self.approvals = approvals.Approvals(
+            self.state, agent, self.emit, self.codex.respond, self.save_state
+        )
+        self.steering = steering.Steering(self.emit, self.codex.call)
         self.usage_total = None
         self.failures = 0
         self.restart_at = None
@@ -111,6 +125,7 @@ class Worker:
     def run(self):
         host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         self.emit("node_started", pid=os.getpid(), host=host)
+        self.approvals.restarted()
         if self.state["in_flight"]:
             self.fail(
                 self.state["in_flight"],
@@ -159,7 +174,7 @@ class Worker:
         log.info("stopping: %s", self.stop_reason)
         self.exit_deadline = time.monotonic() + EXIT_INTERRUPT_GRACE
         while self.queue:
-            _, injection_id, _ = self.queue.popleft()
+            injection_id = self.queue.popleft()[1]
             self.fail(
                 injection_id,
                 records.FAILED_NODE_EXITING,
@@ -210,6 +225,7 @@ class Worker:
             self.restart_at = None
             self.start_codex()
         self.start_next_turn()
+        self.approvals.expire()
         if self.state_dirty:
             self.save_state()
 
@@ -221,7 +237,11 @@ class Worker:
         else:
             self.poll_delay = min(self.poll_delay * 2, self.settings["poll_idle_seconds"])
         delay = self.poll_delay
-        for due in (self.restart_at, self.codex_lost and self.codex_lost[0]):
+        for due in (
+            self.restart_at,
+            self.codex_lost and self.codex_lost[0],
+            self.approvals.next_due(),
+        ):
             if due is not None:
                 delay = min(delay, max(0.0, due - time.monotonic()))
         return delay
@@ -269,6 +289,11 @@ class Worker:
             self.draining = True
         elif kind == records.INBOX_INTERRUPT:
             self.interrupt()
+        elif kind == records.INBOX_APPROVE:
+            self.approvals.answer(record)
+        elif kind == records.INBOX_STEER:
+            turn = self.turn if self.codex.ready else None
+            self.steering.steer(record, turn, self.state["thread_id"])
         else:
             injection_id = record["injection_id"]
             queued = any(entry[1] == injection_id for entry in self.queue)
@@ -281,7 +306,7 @@ class Worker:
                     injection_id=injection_id,
                 )
                 return
-            self.queue.append((start, injection_id, record["content"]))
+            self.queue.append((start, injection_id, record["content"], kind))
             self.emit("inject_delivered", injection_id=injection_id)
 
     # ---- codex ------------------------------------------------------------------------------
@@ -293,6 +318,13 @@ class Worker:
     def thread_open(self, thread_id):
         self.state["thread_id"] = thread_id
         self.save_state()
+
+    def server_request(self, message):
+        """A running turn's approval request waits for the client; the session answers others."""
+        if message["method"] not in approvals.REQUEST_KINDS or self.turn is None:
+            return False
+        self.approvals.request(message, self.turn.injection_id)
+        return True
 
     def agent_error(self, message, stderr=None):
         fields = {"stderr": stderr} if stderr else {}
@@ -332,14 +364,14 @@ class Worker:
     def start_next_turn(self):
         if not self.codex.ready or self.turn is not None or not self.queue or self.stop_reason:
             return
-        _, injection_id, content = self.queue.popleft()
+        _, injection_id, content, kind = self.queue.popleft()
         self.turn = Turn(injection_id, self.usage_total)
         self.state["in_flight"] = injection_id
         self.mark_handled(injection_id)
         self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
         self.save_state()
-        params = {"threadId": self.state["thread_id"], "input": [{"type": "text", "text": content}]}
-        self.codex.call("turn/start", params, self.turn_accepted)
+        method, params = steering.turn_request(kind, self.state["thread_id"], content)
+        self.codex.call(method, params, self.turn_accepted)
 
     def turn_accepted(self, result, error):
         if self.turn is None:
@@ -353,7 +385,7 @@ class Worker:
             self.end_turn()
             return
         if self.turn.turn_id is None:
-            self.turn.turn_id = result["turn"]["id"]
+            self.turn.turn_id = steering.started_turn_id(result)
         if self.turn.interrupt_wanted:
             self.interrupt()
 
@@ -383,6 +415,11 @@ class Worker:
         turn = self.turn
         if turn is None:
             return
+        item = params.get("item") or {}
+        if method == "item/started":
+            self.approvals.note_item(item)
+        elif method == "item/completed" and steering.review_text(item) is not None:
+            self.emit("review", injection_id=turn.injection_id, review=steering.review_text(item))
         if method == "turn/started":
             turn.turn_id = params["turn"]["id"]
             self.emit("turn_started", injection_id=turn.injection_id, turn_id=turn.turn_id)
@@ -410,6 +447,7 @@ class Worker:
             self.end_turn()
 
     def end_turn(self):
+        self.approvals.turn_ended()
         self.turn = None
         self.state["in_flight"] = None
         self.save_state()

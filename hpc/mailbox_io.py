@@ -146,6 +146,7 @@ class StateStore:
                 state = json.load(f)
         except FileNotFoundError:
             return records.new_state()
+        state = records.upgrade_state(state)
         problem = records.state_problem(state)
         if problem:
             raise records.RecordError("%s: %s" % (self.path, problem))

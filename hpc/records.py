@@ -33,7 +33,27 @@ STATE_SUFFIX = ".json"
 INBOX_USER = "user"
 INBOX_INTERRUPT = "interrupt"
 INBOX_SHUTDOWN = "shutdown"
-INBOX_TYPES = (INBOX_USER, INBOX_INTERRUPT, INBOX_SHUTDOWN)
+INBOX_REVIEW = "review"  # an injection: codex reviews the working tree instead of a prompt
+INBOX_COMPACT = "compact"  # an injection: codex compacts the thread
+INBOX_APPROVE = "approve"
+INBOX_STEER = "steer"
+INBOX_TYPES = (
+    INBOX_USER,
+    INBOX_INTERRUPT,
+    INBOX_SHUTDOWN,
+    INBOX_REVIEW,
+    INBOX_COMPACT,
+    INBOX_APPROVE,
+    INBOX_STEER,
+)
+# Inbox records the worker queues as turns, each with an injection_id.
+INJECTION_TYPES = (INBOX_USER, INBOX_REVIEW, INBOX_COMPACT)
+# The answers a client gives to an approval request; the worker maps them to codex's words.
+APPROVAL_DECISIONS = ("accept", "accept_for_session", "decline")
+# What an approval request is about (``approval_request.approval_kind``).
+APPROVAL_COMMAND = "command"
+APPROVAL_FILE_CHANGE = "file_change"
+APPROVAL_KINDS = (APPROVAL_COMMAND, APPROVAL_FILE_CHANGE)
 
 # What a worker writes to its outbox: the event type and the fields it must carry beyond
 # the envelope (type, job_id, node_id, seq, ts).
@@ -53,6 +73,11 @@ OUTBOX_EVENT_FIELDS = {
         "total_tokens",
     ),
     "inject_failed": ("injection_id", "error", "message"),
+    "review": ("injection_id", "review"),
+    "approval_request": ("approval_id", "approval_kind", "injection_id", "expires_at"),
+    "approval_resolved": ("approval_id", "decision", "by"),
+    "steer_applied": ("steer_id", "injection_id", "turn_id"),
+    "steer_failed": ("steer_id", "error", "message"),
     "error": ("error", "message"),
     "node_exited": ("reason",),
 }
@@ -73,10 +98,26 @@ WORKER_FAILURE_CODES = (
 ERROR_INVALID_INBOX_LINE = "invalid_inbox_line"
 ERROR_AGENT = "agent_error"
 ERROR_WORKER = "worker_error"
-WORKER_ERROR_CODES = (ERROR_INVALID_INBOX_LINE, ERROR_AGENT, ERROR_WORKER)
+ERROR_UNKNOWN_APPROVAL = "unknown_approval"
+WORKER_ERROR_CODES = (ERROR_INVALID_INBOX_LINE, ERROR_AGENT, ERROR_WORKER, ERROR_UNKNOWN_APPROVAL)
+# Who settled an approval (``approval_resolved.by``), and why a steer failed.
+RESOLVED_BY = ("client", "timeout", "turn_ended")
+STEER_NO_TURN = "no_running_turn"
+STEER_REFUSED = "agent_error"
 
-STATE_VERSION = 1
-STATE_FIELDS = ("version", "inbox_offset", "thread_id", "handled", "in_flight", "next_seq")
+# Version 2 added the pending approvals (``approvals``: approval_id -> its approval_request
+# fields) and the counter their ids come from; a version 1 file is upgraded on load.
+STATE_VERSION = 2
+STATE_FIELDS = (
+    "version",
+    "inbox_offset",
+    "thread_id",
+    "handled",
+    "in_flight",
+    "next_seq",
+    "approvals",
+    "next_approval",
+)
 
 
 class RecordError(ValueError):
@@ -156,6 +197,63 @@ def inbox_user(injection_id, content):
     return {"type": INBOX_USER, "injection_id": injection_id, "content": content}
 
 
+def inbox_injection(kind, injection_id, content):
+    """A prompt (``user``), a ``review`` (content: instructions, may be empty) or a ``compact``."""
+    if kind not in INJECTION_TYPES:
+        raise RecordError("not an injection record type: %r" % (kind,))
+    record = inbox_user(injection_id, content)
+    record["type"] = kind
+    return record
+
+
+def _request_id_problem(value):
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    if isinstance(value, str) and len(value) <= ID_MAX_LENGTH:
+        return None
+    return "request_id must be a string of at most %d characters, an integer or null" % (
+        ID_MAX_LENGTH
+    )
+
+
+def inbox_approve(approval_id, decision, request_id=None):
+    """The client's answer to an approval request; the worker echoes ``request_id``."""
+    record = {
+        "type": INBOX_APPROVE,
+        "approval_id": approval_id,
+        "decision": decision,
+        "request_id": request_id,
+    }
+    _check_approve(record)
+    return record
+
+
+def inbox_steer(steer_id, content, request_id=None):
+    """Input for the running turn; the worker echoes ``steer_id`` and ``request_id``."""
+    record = {"type": INBOX_STEER, "steer_id": steer_id, "content": content}
+    record["request_id"] = request_id
+    _check_steer(record)
+    return record
+
+
+def _check_approve(record):
+    check_id(record.get("approval_id"), "approval_id")
+    if record.get("decision") not in APPROVAL_DECISIONS:
+        raise RecordError("decision must be one of %s" % ", ".join(APPROVAL_DECISIONS))
+    problem = _request_id_problem(record.get("request_id"))
+    if problem:
+        raise RecordError(problem)
+
+
+def _check_steer(record):
+    check_id(record.get("steer_id"), "steer_id")
+    if not isinstance(record.get("content"), str) or not record["content"]:
+        raise RecordError("content must be a non-empty string")
+    problem = _request_id_problem(record.get("request_id"))
+    if problem:
+        raise RecordError(problem)
+
+
 def inbox_interrupt():
     return {"type": INBOX_INTERRUPT}
 
@@ -175,10 +273,14 @@ def parse_inbox_line(line):
     kind = record.get("type")
     if kind not in INBOX_TYPES:
         raise RecordError("unknown inbox record type %r" % (kind,))
-    if kind == INBOX_USER:
+    if kind in INJECTION_TYPES:
         check_id(record.get("injection_id"), "injection_id")
         if not isinstance(record.get("content"), str):
             raise RecordError("content must be a string")
+    elif kind == INBOX_APPROVE:
+        _check_approve(record)
+    elif kind == INBOX_STEER:
+        _check_steer(record)
     return record
 
 
@@ -242,7 +344,28 @@ def new_state():
         "handled": [],
         "in_flight": None,
         "next_seq": 0,
+        "approvals": {},
+        "next_approval": 1,
     }
+
+
+def upgrade_state(state):
+    """A state record of an older version in today's shape (others are returned as they are)."""
+    if isinstance(state, dict) and state.get("version") == 1:
+        state = dict(state, version=STATE_VERSION, approvals={}, next_approval=1)
+    return state
+
+
+def pending_approvals(data):
+    """The pending approvals (approval_id -> fields) in a state file's bytes; RecordError if bad."""
+    try:
+        state = upgrade_state(json.loads(data.decode("utf-8")))
+    except ValueError as exc:
+        raise RecordError("state file is not JSON: %s" % exc) from None
+    problem = state_problem(state)
+    if problem:
+        raise RecordError("state file %s" % problem)
+    return state["approvals"]
 
 
 def state_problem(state):
@@ -264,4 +387,9 @@ def state_problem(state):
         return "handled must be a list of injection ids"
     if state["in_flight"] is not None and id_problem(state["in_flight"]):
         return "in_flight must be an injection id or null"
+    if not isinstance(state["approvals"], dict) or any(id_problem(i) for i in state["approvals"]):
+        return "approvals must map approval ids to requests"
+    counter = state["next_approval"]
+    if isinstance(counter, bool) or not isinstance(counter, int) or counter < 1:
+        return "next_approval must be a positive integer"
     return None

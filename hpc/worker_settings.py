@@ -16,6 +16,7 @@ AGENT_DEFAULTS = {
     "approval_policy": "never",
     "sandbox": "workspace-write",
     "approval_decision": "decline",
+    "approval_timeout_seconds": 600.0,
     "config": {},
     "env": {},
     "workdir": None,

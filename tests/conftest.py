@@ -11,7 +11,7 @@ from codeswarm.codex_binary import find_codex
 from codeswarm.errors import CodexNotFoundError
 from codeswarm.model_server import ModelServer
 from tests.support.cluster import ClusterError, minicluster_up
-from tests.support.worker import CODEX_HOMES, agent_settings
+from tests.support.worker import CODEX_HOMES, WorkerRun, agent_settings
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,21 @@ def codex_bin() -> str:
 def model_server():
     with ModelServer() as server:
         yield server
+
+
+@pytest.fixture
+def worker(tmp_path, codex_bin, model_server):
+    """make(**agent) -> a WorkerRun of the real codex on the model server (not yet started)."""
+    runs: list[WorkerRun] = []
+
+    def make(**agent) -> WorkerRun:
+        run = WorkerRun(tmp_path, agent_settings(codex_bin, model_server.url, **agent))
+        runs.append(run)
+        return run
+
+    yield make
+    for run in runs:
+        run.stop()
 
 
 @pytest.fixture

@@ -118,9 +118,45 @@ def test_help_shows_examples():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     assert "codeswarm launch --nodes 2" in result.output
-    for verb in ("daemon", "launch", "list", "status", "inject", "attach", "terminate", "prune"):
+    verbs = ("daemon", "launch", "list", "status", "inject", "attach", "terminate", "prune")
+    steering = ("approvals", "approve", "steer", "interrupt", "review", "compact")
+    for verb in verbs + steering:
         assert verb in result.output
-    assert "Example" in CliRunner().invoke(main, ["inject", "--help"]).output
+    for verb in ("inject", *steering):
+        assert "Example" in CliRunner().invoke(main, [verb, "--help"]).output
+
+
+@pytest.mark.integration
+def test_steering_verbs_answer_per_node_and_fail_per_node(config_file):
+    launched = run(config_file, "launch", "--nodes", "1")
+    assert launched.returncode == 0, launched.stderr
+    swarm_id = launched.stdout.strip()
+    try:
+        deadline = time.monotonic() + 60
+        while json.loads(run(config_file, "status", swarm_id, "--json").stdout)["state"] != (
+            "running"
+        ):
+            assert time.monotonic() < deadline, "the node did not start"
+            time.sleep(0.2)
+        reviewed = run(config_file, "review", swarm_id, "--nodes", "0")
+        compacted = run(config_file, "compact", swarm_id, "--json")
+        steered = run(config_file, "steer", swarm_id, "--prompt", "left", "--steer-id", "s1")
+        stray = run(config_file, "interrupt", swarm_id, "--nodes", "0,3")
+        listed = run(config_file, "approvals", swarm_id)
+
+        assert reviewed.returncode == 0, reviewed.stderr
+        assert reviewed.stdout.startswith("node 0: inj-")
+        assert json.loads(compacted.stdout)["type"] == "inject_ack"
+        assert (steered.returncode, steered.stdout) == (0, "node 0: s1\n"), steered.stderr
+        assert stray.returncode == 1
+        assert stray.stdout == "node 0: sent\n"
+        assert f"node 3: failed: no node 3 in {swarm_id}" in stray.stderr
+        assert (listed.returncode, listed.stdout) == (0, "")
+        assert f"no pending approvals in {swarm_id}" in listed.stderr
+        refused = run(config_file, "approve", swarm_id, "ap-1", "--decision", "maybe")
+        assert refused.returncode == 2 and "maybe" in refused.stderr
+    finally:
+        run(config_file, "terminate", swarm_id)
 
 
 @pytest.mark.integration

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeswarm.hpc import records
+from codeswarm.hpc.mailbox_io import StateStore
 from codeswarm.protocol import event_errors
 
 HPC_DIR = Path(records.__file__).parent
@@ -157,7 +158,16 @@ def _sample_fields(kind):
         "output_tokens": 3,
         "reasoning_output_tokens": 0,
         "total_tokens": 13,
-        "error": "agent_crashed" if kind == "inject_failed" else "invalid_inbox_line",
+        "error": {"inject_failed": "agent_crashed", "steer_failed": "no_running_turn"}.get(
+            kind, "invalid_inbox_line"
+        ),
+        "approval_id": "ap-1",
+        "approval_kind": "command",
+        "expires_at": 1796173129.5,
+        "decision": "accept",
+        "by": "client",
+        "steer_id": "st-1",
+        "review": "P1: a finding",
         "message": "codex exited",
         "reason": "sigterm",
     }
@@ -216,7 +226,10 @@ STATE_CASES = [
     ({**records.new_state(), "in_flight": "inj-1", "next_seq": 4}, True),
     ({**records.new_state(), "inbox_offset": -1}, False),
     ({**records.new_state(), "inbox_offset": True}, False),
-    ({**records.new_state(), "version": 2}, False),
+    ({**records.new_state(), "version": 3}, False),
+    ({**records.new_state(), "approvals": {"ap-1": {"approval_kind": "command"}}}, True),
+    ({**records.new_state(), "approvals": {"a b": {}}}, False),
+    ({**records.new_state(), "next_approval": 0}, False),
     ({**records.new_state(), "handled": ["../x"]}, False),
     ({**records.new_state(), "in_flight": "a b"}, False),
     ({**records.new_state(), "thread_id": 5}, False),
@@ -227,6 +240,52 @@ STATE_CASES = [
 @pytest.mark.parametrize(("state", "valid"), STATE_CASES)
 def test_state_check(state, valid):
     assert (records.state_problem(state) is None) == valid
+
+
+def test_a_version_1_state_is_upgraded_with_no_pending_approvals(tmp_path):
+    old = {k: v for k, v in records.new_state().items() if k not in ("approvals", "next_approval")}
+    old.update(version=1, inbox_offset=42, thread_id="t-1", handled=["a"], next_seq=9)
+    path = tmp_path / "4242_0.json"
+    path.write_text(json.dumps(old))
+
+    state = StateStore(str(path)).load()
+
+    assert state == {**old, "version": 2, "approvals": {}, "next_approval": 1}
+    assert records.pending_approvals(path.read_bytes()) == {}
+
+
+def test_pending_approvals_refuses_a_damaged_state_file():
+    with pytest.raises(records.RecordError):
+        records.pending_approvals(b"{not json")
+    with pytest.raises(records.RecordError):
+        records.pending_approvals(json.dumps({**records.new_state(), "approvals": []}).encode())
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"approval_id": "ap-1", "decision": "maybe"}, "decision"),
+        ({"approval_id": "a/b", "decision": "accept"}, "approval_id"),
+        ({"approval_id": "ap-1", "decision": "accept", "request_id": ["x"]}, "request_id"),
+    ],
+)
+def test_bad_approve_records_are_refused(record, problem):
+    with pytest.raises(records.RecordError, match=problem):
+        records.parse_inbox_line(json.dumps({"type": "approve", **record}))
+
+
+def test_steer_review_and_compact_records_round_trip():
+    for record in (
+        records.inbox_steer("st-1", "go left", request_id=4),
+        records.inbox_injection(records.INBOX_REVIEW, "rv-1", ""),
+        records.inbox_injection(records.INBOX_COMPACT, "cp-1", ""),
+        records.inbox_approve("ap-2", "accept_for_session", "r"),
+    ):
+        assert records.parse_inbox_line(records.encode_line(record)) == record
+    with pytest.raises(records.RecordError):
+        records.inbox_steer("st-1", "")
+    with pytest.raises(records.RecordError):
+        records.inbox_injection(records.INBOX_APPROVE, "x", "")
 
 
 def test_hpc_is_standard_library_python_38():

@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from codeswarm.model_server import Reply, default_usage, last_user_text
 from tests.support.worker import (
-    WorkerRun,
-    agent_settings,
     kill_quietly,
     lifecycle_ok,
+    python38,
     turn_events,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def worker(tmp_path, codex_bin, model_server):
-    runs: list[WorkerRun] = []
-
-    def make(**agent) -> WorkerRun:
-        run = WorkerRun(tmp_path, agent_settings(codex_bin, model_server.url, **agent))
-        runs.append(run)
-        return run
-
-    yield make
-    for run in runs:
-        run.stop()
 
 
 def seqs(events):
@@ -200,16 +182,23 @@ def test_interrupt_stops_the_turn_and_keeps_the_queue(worker, model_server):
 
 
 @pytest.mark.parametrize(("decision", "ran"), [("accept", True), ("decline", False)])
-def test_approval_requests_are_answered_per_policy(worker, model_server, tmp_path, decision, ran):
+def test_unanswered_approval_requests_get_the_configured_decision(
+    worker, model_server, tmp_path, decision, ran
+):
     marker = tmp_path / f"marker-{decision}"
     model_server.add_rule("make the marker", Reply(tool_call_cmd=f"touch {marker}"))
     model_server.add_rule("make the marker", Reply(text="done"))
-    run = worker(approval_policy="untrusted", approval_decision=decision).start()
+    agent = {"approval_decision": decision, "approval_timeout_seconds": 0.2}
+    run = worker(approval_policy="untrusted", **agent).start()
     run.inject("tool", "make the marker")
     events = run.wait_event("usage", "tool", timeout=60)
-    assert lifecycle_ok(turn_events(events, "tool"))
+    asked = [e["type"] for e in events if e["type"].startswith("approval_")]
+    assert asked == ["approval_request", "approval_resolved"]  # untrusted: touch is not "safe"
+    resolved = next(e for e in events if e["type"] == "approval_resolved")
+    assert (resolved["decision"], resolved["by"]) == (decision, "timeout")
+    others = [t for t in turn_events(events, "tool") if not t.startswith("approval_")]
+    assert lifecycle_ok(others)
     assert marker.exists() == ran
-    assert "answered item/commandExecution/requestApproval" in run.stderr()
 
 
 def test_inbox_line_written_in_two_halves_is_read_once_whole(worker, model_server):
@@ -274,16 +263,8 @@ def test_shutdown_message_finishes_earlier_prompts_then_exits(worker, model_serv
     assert [last_user_text(b) for b in model_server.requests] == ["answer me first"]
 
 
-def _python38() -> str | None:
-    found = shutil.which("python3.8") and os.popen("python3.8 -c 'print(1)' 2>/dev/null").read()
-    if found:
-        return shutil.which("python3.8")
-    candidates = glob.glob(str(Path.home() / ".pyenv/versions/3.8.*/bin/python3.8"))
-    return candidates[0] if candidates else None
-
-
 def test_worker_runs_on_python_38(worker):
-    python = _python38()
+    python = python38()
     if python is None:
         pytest.skip("no Python 3.8 interpreter on this machine")
     run = worker().start(python=python)

@@ -177,7 +177,7 @@ class NodeCorrelation:
             request_id = entry.injection.request_id
             self._check_order(entry, kind)
         if request_id is not None:
-            event["request_id"] = request_id
+            event.setdefault("request_id", request_id)  # an approve's or steer's own comes first
         if kind in FINAL:
             self._finish(injection_id, request_id)
         return [event]

@@ -50,6 +50,25 @@ class Injection(NamedTuple):
     injection_id: str
     content: str
     request_id: Any = None
+    kind: str = "user"  # the inbox record type: user, review or compact
+
+
+class NodeCommand(NamedTuple):
+    """An inbox record for a running node (approve, steer), answered with ``<command>_ack``."""
+
+    command: str
+    record: dict[str, Any]
+    ack: dict[str, Any]
+    request_id: Any = None
+
+
+class ListApprovals(NamedTuple):
+    """Read the pending approvals of ``nodes`` of a swarm and answer with ``approval_list``."""
+
+    swarm_id: str
+    job_id: str
+    nodes: list[int]
+    request_id: Any = None
 
 
 class Inject(NamedTuple):

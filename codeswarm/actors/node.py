@@ -15,6 +15,7 @@ from codeswarm.actors.messages import (
     Injection,
     InjectTimeout,
     InterruptNode,
+    NodeCommand,
     NodeGone,
     NodePending,
     NodeRunning,
@@ -71,7 +72,10 @@ class NodeActor(pykka.ThreadingActor):
             if self.node.state != "exited":
                 self.emit(self.node.gone(message.reason))
         elif isinstance(message, InterruptNode):
-            self.interrupt(message.request_id)
+            self.deliver(records.inbox_interrupt(), message.request_id, "interrupt_ack", {})
+        elif isinstance(message, NodeCommand):
+            ack = f"{message.command}_ack"  # approve_ack, steer_ack
+            self.deliver(message.record, message.request_id, ack, message.ack)
 
     def on_stop(self) -> None:
         for handle in self.timers.values():
@@ -116,7 +120,7 @@ class NodeActor(pykka.ThreadingActor):
         if not injections:
             return
         lines = [
-            records.encode_line(records.inbox_user(i.injection_id, i.content)).encode()
+            records.encode_line(records.inbox_injection(i.kind, i.injection_id, i.content)).encode()
             for i in injections
         ]
         try:
@@ -133,25 +137,27 @@ class NodeActor(pykka.ThreadingActor):
         if self.node.state == "running":
             self.start_clocks([i.injection_id for i in injections])
 
-    def interrupt(self, request_id: Any) -> None:
+    def deliver(self, record: dict, request_id: Any, ack: str, fields: dict[str, Any]) -> None:
+        """Write a record for the running worker (interrupt, approve, steer), then ack it.
+
+        A node that is not running has no turn to act on: the record is not written, and the
+        error names the node (``node_gone`` once it has exited).
+        """
         if self.node.state != "running":
-            self.emit(
-                [
-                    self.node.event(
-                        "error",
-                        request_id,
-                        error=errors.INVALID_FIELD,
-                        message=f"node {self.node.node_id} is {self.node.state}",
-                    )
-                ]
-            )
+            code = errors.NODE_GONE if self.node.state == "exited" else errors.INVALID_FIELD
+            message = f"node {self.node.node_id} is {self.node.state}: it runs no turn"
+            self.emit([self.node.event("error", request_id, error=code, message=message, **fields)])
             return
-        line = records.encode_line(records.inbox_interrupt()).encode()
+        line = records.encode_line(record).encode()
         try:
             self.transport.append_inbox(self.node.job_id, self.node.node_id, [line])
         except BackendError as exc:
             self.emit(
-                [self.node.event("error", request_id, error=errors.BACKEND, message=str(exc))]
+                [
+                    self.node.event(
+                        "error", request_id, error=errors.BACKEND, message=str(exc), **fields
+                    )
+                ]
             )
             return
-        self.emit([self.node.event("interrupt_ack", request_id)])
+        self.emit([self.node.event(ack, request_id, **fields)])

@@ -34,7 +34,9 @@ from codeswarm.actors.messages import (
     InterruptNode,
     Launched,
     LaunchFailed,
+    ListApprovals,
     LiveSwarms,
+    NodeCommand,
     NodeStarted,
     Polled,
     PollJobs,
@@ -47,6 +49,7 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeActor
+from codeswarm.actors.steering import ApprovalsActor, node_command
 from codeswarm.actors.swarms import SwarmTable, job_of, written_over
 from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
@@ -104,6 +107,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.poller: Any = None
         self.jobs: Any = None
         self.diffs: Any = None
+        self.approvals: Any = None
         self.generation = 0
         self.follower_failures = 0
 
@@ -119,13 +123,16 @@ class SupervisorActor(pykka.ThreadingActor):
         self.tell_live_swarms()
         self.jobs = SchedulerActor.start(self.scheduler, self.actor_ref, self.timer)
         self.diffs = DiffReaderActor.start(self.transport, self.sink)
+        self.approvals = ApprovalsActor.start(self.transport, self.sink)
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
     def on_stop(self) -> None:
-        # The scheduler's actors and the diff reader may be inside a hung call (sbatch waiting
-        # on a stopped controller): closing the transport ends that call, then they stop.
+        # The scheduler's actors and the readers may be inside a hung call (sbatch waiting on
+        # a stopped controller): closing the transport ends that call, then they stop.
         stopping = [
-            ref.stop(block=False) for ref in (self.jobs, self.poller, self.diffs) if ref is not None
+            ref.stop(block=False)
+            for ref in (self.jobs, self.poller, self.diffs, self.approvals)
+            if ref is not None
         ]
         for ref in (self.follower, *self.nodes.values()):
             if ref is not None:
@@ -377,6 +384,9 @@ class SupervisorActor(pykka.ThreadingActor):
         handler = {
             commands.Inject: self.inject,
             commands.Interrupt: self.interrupt,
+            commands.Approve: self.node_command,
+            commands.Steer: self.node_command,
+            commands.ListApprovals: self.list_approvals,
             commands.Launch: self.launch,
             commands.ListSwarms: self.wait_for_poll,
             commands.Status: self.wait_for_poll,
@@ -419,7 +429,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self.error(errors.UNKNOWN_SWARM, f"no swarm {swarm_id}", request_id, field="swarm_id")
         return record
 
-    def resolve(self, command: commands.Inject | commands.Interrupt) -> tuple[Any, list[int]]:
+    def resolve(self, command: Any) -> tuple[Any, list[int]]:
         """The swarm and nodes a targeted command names; an unknown swarm_id is reported."""
         if command.swarm_id is not None:
             swarm = self.known_swarm(command.swarm_id, command.request_id)
@@ -459,7 +469,8 @@ class SupervisorActor(pykka.ThreadingActor):
             if swarm is not None and swarm.is_final():
                 code, why = errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
             elif swarm is not None and self.tell_node(
-                key, Inject(Injection(injection_id, command.content, command.request_id))
+                key,
+                Inject(Injection(injection_id, command.content, command.request_id, command.kind)),
             ):
                 continue
             else:
@@ -478,6 +489,20 @@ class SupervisorActor(pykka.ThreadingActor):
             )
 
     def interrupt(self, command: commands.Interrupt) -> None:
+        self.tell_nodes(command, InterruptNode(command.request_id))
+
+    def node_command(self, command: commands.Approve | commands.Steer) -> None:
+        self.tell_nodes(command, NodeCommand(*node_command(command), command.request_id))
+
+    def list_approvals(self, command: commands.ListApprovals) -> None:
+        swarm, nodes = self.resolve(command)
+        if swarm is not None:
+            self.approvals.tell(
+                ListApprovals(swarm.swarm_id, swarm.job_id, nodes, command.request_id)
+            )
+
+    def tell_nodes(self, command: Any, message: Any) -> None:
+        """Tell each node a command names; a node that is gone or unknown fails on its own."""
         swarm, nodes = self.resolve(command)
         if swarm is None:
             if command.job_id is not None:
@@ -491,12 +516,20 @@ class SupervisorActor(pykka.ThreadingActor):
         for node_id in nodes:
             key = records.node_key(swarm.job_id, node_id)
             if swarm.is_final():
-                problem = f"swarm {swarm.swarm_id} has {swarm.state}"
-            elif not self.tell_node(key, InterruptNode(command.request_id)):
-                problem = f"no node {node_id} in {swarm.swarm_id}"
+                code, problem = errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
+            elif not self.tell_node(key, message):
+                code, problem = errors.UNKNOWN_TARGET, f"no node {node_id} in {swarm.swarm_id}"
             else:
                 continue
-            self.error(errors.INVALID_FIELD, problem, command.request_id, field="nodes")
+            self.error(
+                code,
+                problem,
+                command.request_id,
+                field="nodes",
+                swarm_id=swarm.swarm_id,
+                job_id=swarm.job_id,
+                node_id=node_id,
+            )
 
     def launch(self, command: commands.Launch) -> None:
         swarm_id = f"sw-{uuid.uuid4().hex[:10]}"

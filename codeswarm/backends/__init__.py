@@ -30,6 +30,9 @@ class Transport(Protocol):
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         """Append whole lines to a node's inbox, atomically with respect to other writers."""
 
+    def read_states(self, job_id: str, node_ids: list[int]) -> dict[int, bytes]:
+        """The workers' state files of these nodes, those that exist (pending approvals)."""
+
     def start_follower(self, header: bytes) -> FollowerStream:
         """Start ``hpc.outbox_follower`` and send it ``header`` (``follower_wire``) first."""
 

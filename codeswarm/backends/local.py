@@ -103,6 +103,21 @@ class LocalTransport:
         except OSError as exc:
             raise BackendError(f"cannot write inbox {path}: {exc}") from exc
 
+    def read_states(self, job_id: str, node_ids: list[int]) -> dict[int, bytes]:
+        found = {}
+        for node_id in node_ids:
+            path = os.path.join(
+                self.mailbox, records.STATE_DIR, records.state_name(job_id, node_id)
+            )
+            try:
+                with open(path, "rb") as f:
+                    found[node_id] = f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BackendError(f"cannot read {path}: {exc}") from exc
+        return found
+
     def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
         removed = {}
         try:

@@ -275,6 +275,27 @@ class SSHTransport:
             raise BackendError(f"starting the follower: {reason}", code=errors.SSH) from exc
         return stream
 
+    def read_states(self, job_id: str, node_ids: list[int]) -> dict[int, bytes]:
+        """The workers' state files, over one SFTP session."""
+        found = {}
+        state_dir = posixpath.join(self.mailbox, records.STATE_DIR)
+        sftp = self.connection.sftp()
+        try:
+            for node_id in node_ids:
+                path = posixpath.join(state_dir, records.state_name(job_id, node_id))
+                try:
+                    with sftp.open(path, "rb") as f:
+                        found[node_id] = f.read()
+                except FileNotFoundError:
+                    continue
+        except SFTP_ERRORS as exc:
+            raise BackendError(
+                f"cannot read {state_dir}: {describe(exc)}", code=errors.SSH
+            ) from exc
+        finally:
+            sftp.close()
+        return found
+
     def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
         listed = [{"swarm_id": s.swarm_id, "job_id": s.job_id, "nodes": s.nodes} for s in swarms]
         argv = self.hpc_command("prune", "--cluster-dir", self.cluster_dir)

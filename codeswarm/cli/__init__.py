@@ -372,3 +372,9 @@ def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:
     with swarms_for(config_path, debug) as swarms:
         swarms.terminate(swarm_id)
     click.echo(f"terminating {swarm_id}", err=True)
+
+
+from codeswarm.cli.steering import COMMANDS  # noqa: E402 (its verbs use the helpers above)
+
+for _verb in COMMANDS:
+    main.add_command(_verb)

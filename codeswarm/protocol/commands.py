@@ -19,6 +19,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from codeswarm.hpc import records
 from codeswarm.protocol.fields import Content, NodeSelector, RequestId, SafeId, SlurmTime
 from codeswarm.protocol.subscription import pattern_problem
 
@@ -29,13 +30,51 @@ MAX_PATTERN_CHARS = 128
 
 @dataclass(frozen=True, slots=True)
 class Inject:
-    """Send ``content`` to each selected node of a swarm (or job) as one injection per node."""
+    """Send ``content`` to each selected node of a swarm (or job) as one injection per node.
+
+    ``kind`` says what the worker does with it: a prompt (``user``), a ``review`` of the
+    working tree (content: instructions, may be empty) or a ``compact`` of the thread.
+    """
 
     content: str
     nodes: Nodes
     swarm_id: str | None = None
     job_id: str | None = None
     injection_id: str | None = None
+    request_id: str | int | None = None
+    kind: str = records.INBOX_USER
+
+
+@dataclass(frozen=True, slots=True)
+class Approve:
+    """Answer the pending approval ``approval_id`` on each selected node."""
+
+    approval_id: str
+    decision: str
+    nodes: Nodes
+    swarm_id: str | None = None
+    job_id: str | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Steer:
+    """Add ``content`` to the running turn of each selected node; no running turn fails."""
+
+    content: str
+    nodes: Nodes
+    swarm_id: str | None = None
+    job_id: str | None = None
+    steer_id: str | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListApprovals:
+    """The pending approvals of a swarm's selected nodes, read from their workers' state."""
+
+    swarm_id: str
+    nodes: Nodes = "all"
     request_id: str | int | None = None
 
 
@@ -111,6 +150,9 @@ class Diff:
 Command = (
     Inject
     | Interrupt
+    | Approve
+    | Steer
+    | ListApprovals
     | Launch
     | ListSwarms
     | Status
@@ -175,6 +217,53 @@ class InterruptSchema(_TargetedSchema):
         return Interrupt(**self._target(data))
 
 
+class ReviewSchema(_TargetedSchema):
+    instructions = Content(metadata={"description": "what to review for; default: the changes"})
+    injection_id = SafeId(metadata={"description": "client-chosen; makes a retry idempotent"})
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Inject:
+        return Inject(
+            content=data.get("instructions", ""),
+            injection_id=data.get("injection_id"),
+            kind=records.INBOX_REVIEW,
+            **self._target(data),
+        )
+
+
+class CompactSchema(_TargetedSchema):
+    injection_id = SafeId(metadata={"description": "client-chosen; makes a retry idempotent"})
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Inject:
+        return Inject(
+            content="",
+            injection_id=data.get("injection_id"),
+            kind=records.INBOX_COMPACT,
+            **self._target(data),
+        )
+
+
+class ApproveSchema(_TargetedSchema):
+    approval_id = SafeId(required=True, metadata={"description": "from `approval_request`"})
+    decision = fields.String(required=True, validate=validate.OneOf(records.APPROVAL_DECISIONS))
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Approve:
+        return Approve(
+            approval_id=data["approval_id"], decision=data["decision"], **self._target(data)
+        )
+
+
+class SteerSchema(_TargetedSchema):
+    content = Content(required=True)
+    steer_id = SafeId(metadata={"description": "client-chosen; echoed by steer_applied/failed"})
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Steer:
+        return Steer(content=data["content"], steer_id=data.get("steer_id"), **self._target(data))
+
+
 class LaunchSchema(CommandSchema):
     nodes = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=4096))
     prompt = Content()
@@ -202,6 +291,18 @@ class TerminateSchema(_SwarmSchema):
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Terminate:
         return Terminate(swarm_id=data["swarm_id"], request_id=data.get("request_id"))
+
+
+class ApprovalsSchema(_SwarmSchema):
+    nodes = NodeSelector(metadata={"description": 'a node index, a list of them, or "all"'})
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> ListApprovals:
+        return ListApprovals(
+            swarm_id=data["swarm_id"],
+            nodes=data.get("nodes", "all"),
+            request_id=data.get("request_id"),
+        )
 
 
 class ListSchema(CommandSchema):
@@ -266,6 +367,11 @@ class SubscribeSchema(CommandSchema):
 COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "inject": InjectSchema,
     "interrupt": InterruptSchema,
+    "approve": ApproveSchema,
+    "approvals": ApprovalsSchema,
+    "steer": SteerSchema,
+    "review": ReviewSchema,
+    "compact": CompactSchema,
     "launch": LaunchSchema,
     "list": ListSchema,
     "status": StatusSchema,

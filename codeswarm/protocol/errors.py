@@ -26,18 +26,21 @@ INPUT_ERROR_CODES = (
     INVALID_FIELD,
     LINE_TOO_LONG,
 )
+# Why a command failed on one node (an ``error`` event naming the node), and why an injection
+# failed (``inject_failed.error``).
+NODE_GONE = "node_gone"
+UNKNOWN_TARGET = "unknown_target"
 ERROR_CODES = (
     *INPUT_ERROR_CODES,
     UNKNOWN_SWARM,
+    NODE_GONE,
+    UNKNOWN_TARGET,
     BACKEND,
     INTERNAL,
     UNENCODABLE_EVENT,
     *records.WORKER_ERROR_CODES,
 )
 
-# Why an injection failed (``inject_failed.error``).
 TIMEOUT = "timeout"
 SSH = "ssh"
-NODE_GONE = "node_gone"
-UNKNOWN_TARGET = "unknown_target"
 FAILURE_CODES = (TIMEOUT, SSH, BACKEND, NODE_GONE, UNKNOWN_TARGET, *records.WORKER_FAILURE_CODES)

@@ -99,6 +99,97 @@ class InjectFailedSchema(InjectionEventSchema):
     stderr = fields.String(metadata={"description": "the tail of the failing process's stderr"})
 
 
+class ReviewSchema(InjectionEventSchema):
+    review = fields.String(required=True, metadata={"description": "codex's findings"})
+
+
+class ApproveAckSchema(NodeEventSchema):
+    approval_id = SafeId(required=True, metadata={"description": "the approval answered"})
+
+
+class SteerAckSchema(NodeEventSchema):
+    steer_id = SafeId(
+        required=True, metadata={"description": "the id steer_applied or steer_failed will carry"}
+    )
+
+
+class ChangeSchema(Schema):
+    path = fields.String(required=True)
+    change = fields.String(required=True, validate=validate.OneOf(("add", "delete", "update")))
+    move_path = fields.String()
+    additions = fields.Integer(required=True)
+    deletions = fields.Integer(required=True)
+    diff = fields.String(required=True, metadata={"description": "unified diff"})
+
+
+class PendingApprovalSchema(Schema):
+    """What a pending approval asks; ``approval_request`` and ``approval_list`` both carry it."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    approval_id = SafeId(required=True)
+    approval_kind = fields.String(required=True, validate=validate.OneOf(records.APPROVAL_KINDS))
+    injection_id = SafeId(required=True)
+    turn_id = fields.String()
+    command = fields.String(metadata={"description": "approval_kind command: the command line"})
+    cwd = fields.String(metadata={"description": "approval_kind command: where it would run"})
+    changes = fields.List(
+        fields.Nested(ChangeSchema), metadata={"description": "approval_kind file_change"}
+    )
+    reason = fields.String(metadata={"description": "why codex asks"})
+    default_decision = fields.String(
+        validate=validate.OneOf(records.APPROVAL_DECISIONS),
+        metadata={"description": "agent.approval_decision: what silence decides"},
+    )
+    expires_at = fields.Float(
+        required=True, metadata={"description": "when silence decides (seconds since the epoch)"}
+    )
+
+
+class ApprovalRequestSchema(NodeEventSchema, PendingApprovalSchema):
+    pass
+
+
+class ApprovalResolvedSchema(NodeEventSchema):
+    approval_id = SafeId(required=True)
+    injection_id = SafeId()
+    decision = fields.String(required=True, validate=validate.OneOf(records.APPROVAL_DECISIONS))
+    by = fields.String(
+        required=True,
+        validate=validate.OneOf(records.RESOLVED_BY),
+        metadata={
+            "description": "client: an approve; timeout: agent.approval_decision; "
+            "turn_ended: the turn ended (or the worker restarted) first"
+        },
+    )
+
+
+class ListedApprovalSchema(PendingApprovalSchema):
+    job_id = SafeId(required=True)
+    node_id = NodeId(required=True)
+
+
+class ApprovalListSchema(EventSchema):
+    swarm_id = SafeId(required=True)
+    approvals = fields.List(fields.Nested(ListedApprovalSchema), required=True)
+
+
+class SteerAppliedSchema(NodeEventSchema):
+    steer_id = SafeId(required=True)
+    injection_id = SafeId(required=True)
+    turn_id = fields.String(required=True)
+
+
+class SteerFailedSchema(NodeEventSchema):
+    steer_id = SafeId(required=True)
+    injection_id = SafeId()
+    error = fields.String(
+        required=True, validate=validate.OneOf((records.STEER_NO_TURN, records.STEER_REFUSED))
+    )
+    message = fields.String(required=True)
+
+
 class NodeStartedSchema(NodeEventSchema):
     host = fields.String(required=True)
     pid = fields.Integer(required=True)
@@ -200,6 +291,14 @@ EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "usage": UsageSchema,
     "inject_failed": InjectFailedSchema,
     "interrupt_ack": InterruptAckSchema,
+    "approve_ack": ApproveAckSchema,
+    "steer_ack": SteerAckSchema,
+    "review": ReviewSchema,
+    "approval_request": ApprovalRequestSchema,
+    "approval_resolved": ApprovalResolvedSchema,
+    "approval_list": ApprovalListSchema,
+    "steer_applied": SteerAppliedSchema,
+    "steer_failed": SteerFailedSchema,
     "node_started": NodeStartedSchema,
     "node_exited": NodeExitedSchema,
     "swarm_launched": SwarmLaunchedSchema,

@@ -15,7 +15,7 @@ from typing import Any
 
 from codeswarm.protocol.events import EVENT_SCHEMAS
 
-# The activity, approval and steering events of issue 8 whose schemas are added to
+# The activity events of issue 8 whose schemas are added to
 # events.EVENT_SCHEMAS on other branches; known here so that a client can subscribe to them now.
 ISSUE8_TYPES = (
     "item_started",
@@ -26,11 +26,6 @@ ISSUE8_TYPES = (
     "plan_updated",
     "rate_limits",
     "model_rerouted",
-    "approval_request",
-    "approval_resolved",
-    "approval_list",
-    "steer_applied",
-    "steer_failed",
 )
 EVENT_TYPES: tuple[str, ...] = (
     *EVENT_SCHEMAS,
@@ -57,7 +52,12 @@ ANSWER_TYPES = frozenset(
         "inject_ack",
         "inject_failed",
         "interrupt_ack",
+        "approve_ack",
+        "steer_ack",
         "approval_list",
+        "approval_resolved",
+        "steer_applied",
+        "steer_failed",
     }
 )
 
