@@ -19,6 +19,7 @@ import sys
 import time
 
 from . import codex_protocol, private, records, worker_settings
+from .activity import Activity, error_fields
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -80,6 +81,9 @@ class Worker:
             self.events,
             report=self.agent_error,
             on_thread=self.thread_open,
+        )
+        self.activity = Activity(
+            self.emit, os.path.join(mailbox, records.LOG_DIR, key), settings["max_event_bytes"]
         )
         self.usage_total = None
         self.failures = 0
@@ -364,6 +368,7 @@ class Worker:
             return
         turn = self.turn
         if turn is None:
+            self.activity.handle(method, params, None)
             return
         if method == "turn/started":
             turn.turn_id = params["turn"]["id"]
@@ -376,12 +381,12 @@ class Worker:
             self.emit("assistant", injection_id=turn.injection_id, content=params["item"]["text"])
         elif method == "turn/completed":
             done = params.get("turn") or {}
-            error = (done.get("error") or {}).get("message")
             self.emit(
                 "turn_complete",
                 injection_id=turn.injection_id,
+                turn_id=done.get("id"),
                 status=done.get("status", "completed"),
-                error=error,
+                **error_fields(done.get("error")),
             )
             self.emit(
                 "usage",
@@ -390,8 +395,11 @@ class Worker:
             )
             self.failures = 0
             self.end_turn()
+        else:
+            self.activity.handle(method, params, turn.injection_id)
 
     def end_turn(self):
+        self.activity.turn_ended()
         self.turn = None
         self.state["in_flight"] = None
         self.save_state()
