@@ -33,6 +33,7 @@ ITEM_KINDS = {
 }
 REVIEW_PHASES = {"enteredReviewMode": "entered", "exitedReviewMode": "exited"}
 CHANGE_KINDS = ("add", "delete", "update")
+PLAN_STATUSES = ("pending", "in_progress", "completed")
 MARKER = "\n[codeswarm: truncated at %d bytes; the full text is in %s]\n"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")

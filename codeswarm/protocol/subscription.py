@@ -15,17 +15,9 @@ from typing import Any
 
 from codeswarm.protocol.events import EVENT_SCHEMAS
 
-# The activity, approval and steering events of issue 8 whose schemas are added to
-# events.EVENT_SCHEMAS on other branches; known here so that a client can subscribe to them now.
+# The approval and steering events of issue 8 whose schemas are added to events.EVENT_SCHEMAS
+# on another branch; known here so that a client can subscribe to them now.
 ISSUE8_TYPES = (
-    "item_started",
-    "item_completed",
-    "command_output_delta",
-    "reasoning_delta",
-    "turn_diff",
-    "plan_updated",
-    "rate_limits",
-    "model_rerouted",
     "approval_request",
     "approval_resolved",
     "approval_list",
