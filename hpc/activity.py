@@ -18,6 +18,16 @@ TURN_DIFF = "turn_diff"
 PLAN_UPDATED = "plan_updated"
 RATE_LIMITS = "rate_limits"
 MODEL_REROUTED = "model_rerouted"
+EVENT_TYPES = (
+    ITEM_STARTED,
+    ITEM_COMPLETED,
+    COMMAND_OUTPUT_DELTA,
+    REASONING_DELTA,
+    TURN_DIFF,
+    PLAN_UPDATED,
+    RATE_LIMITS,
+    MODEL_REROUTED,
+)
 
 ITEM_KINDS = {
     "commandExecution": "command",
