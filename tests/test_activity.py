@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from codeswarm.cli.render import EventRenderer
 from codeswarm.hpc import records
 from codeswarm.hpc.activity import MARKER, Activity, error_fields, snake, unified_diff
 from codeswarm.model_server import Reply
@@ -214,6 +215,23 @@ def test_plans_reroutes_reasoning_and_rate_limits(activity):
     (rate,) = out.of("rate_limits")  # the repeat is not news
     assert rate["rate_limits"] == limits["rateLimits"] and "injection_id" not in rate
     assert out.of("item_started") == []
+
+
+def test_what_the_worker_writes_renders_for_a_person(activity):
+    act, out = activity
+    done = command_item("completed", aggregatedOutput="no such file\n", exitCode=2, durationMs=1500)
+    act.handle("item/completed", {**TURN, "item": done}, "inj")
+    change = {"path": "src/x.py", "kind": {"type": "add"}, "diff": "a\nb\n"}
+    item = {"type": "fileChange", "id": "c2", "changes": [change], "status": "completed"}
+    act.handle("item/completed", {**TURN, "item": item}, "inj")
+    act.handle("turn/completed", {**TURN}, "inj")  # the worker's business, not activity's
+    renderer = EventRenderer(color=False)
+    text = "".join(renderer.render(e) for e in out.events)
+    assert text == (
+        "[n2] $ /bin/bash -lc 'echo hello'  (exit 2, 1.5s)\n"
+        "[n2]   | no such file\n"
+        "[n2] A src/x.py +2\n"
+    )
 
 
 # ---- real codex, the bundled model server, the real worker --------------------------------
