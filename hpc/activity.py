@@ -82,7 +82,8 @@ def unified_diff(path, kind, diff):
         return diff
     lines = diff.splitlines(True)
     sign, span = ("+", "-0,0 +1,%d") if kind == "add" else ("-", "-1,%d +0,0")
-    old, new = ("/dev/null", "b/" + path) if kind == "add" else ("a/" + path, "/dev/null")
+    a, b = (path, path) if path.startswith("/") else ("a/" + path, "b/" + path)
+    old, new = ("/dev/null", b) if kind == "add" else (a, "/dev/null")
     body = "".join(sign + line if line.endswith("\n") else sign + line + "\n" for line in lines)
     return "--- %s\n+++ %s\n@@ %s @@\n%s" % (old, new, span % len(lines), body)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ from codeswarm.hpc import records
 from codeswarm.hpc.activity import MARKER, Activity, error_fields, snake, unified_diff
 from codeswarm.model_server import Reply
 from codeswarm.protocol import event_errors
-from tests.support.worker import WorkerRun, agent_settings, lifecycle_ok, turn_events
+from tests.support.worker import (
+    WorkerRun,
+    agent_settings,
+    lifecycle_ok,
+    python38,
+    turn_events,
+)
 
 TURN = {"threadId": "th", "turnId": "t-1"}
 
@@ -157,13 +164,13 @@ def test_file_changes_become_unified_diffs_with_counts(activity):
     assert add == {
         "path": "/w/new.txt",
         "change": "add",
-        "diff": "--- /dev/null\n+++ b//w/new.txt\n@@ -0,0 +1,2 @@\n+one\n+two\n",
+        "diff": "--- /dev/null\n+++ /w/new.txt\n@@ -0,0 +1,2 @@\n+one\n+two\n",
         "additions": 2,
         "deletions": 0,
     }
     assert (upd["change"], upd["move_path"], upd["diff"]) == ("update", "/w/y.py", update)
     assert (upd["additions"], upd["deletions"]) == (1, 1)
-    assert delete["diff"].startswith("--- a//w/old.txt\n+++ /dev/null\n@@ -1,1 +0,0 @@\n-gone")
+    assert delete["diff"].startswith("--- /w/old.txt\n+++ /dev/null\n@@ -1,1 +0,0 @@\n-gone")
     assert (delete["additions"], delete["deletions"]) == (0, 1)
 
 
@@ -241,13 +248,13 @@ def test_what_the_worker_writes_renders_for_a_person(activity):
 def node(tmp_path, codex_bin, model_server):
     runs: list[WorkerRun] = []
 
-    def make(max_event_bytes: int | None = None) -> WorkerRun:
+    def make(max_event_bytes: int | None = None, python: str = sys.executable) -> WorkerRun:
         settings = agent_settings(codex_bin, model_server.url)
         if max_event_bytes is not None:
             settings["worker"]["max_event_bytes"] = max_event_bytes
         run = WorkerRun(tmp_path, settings)
         runs.append(run)
-        return run.start()
+        return run.start(python)
 
     yield make
     for run in runs:
@@ -274,10 +281,14 @@ def completed(events: list[dict], kind: str) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_echo_hello_is_a_command_item_with_its_output(node, model_server):
+@pytest.mark.parametrize("python", ["current", "3.8"])
+def test_echo_hello_is_a_command_item_with_its_output(node, model_server, python):
+    interpreter = sys.executable if python == "current" else python38()
+    if interpreter is None:
+        pytest.skip("no Python 3.8 interpreter on this machine")
     model_server.add_rule("say hello", Reply(tool_call_cmd="echo hello"))
     model_server.add_rule("say hello", Reply(text="said"))
-    run = node()
+    run = node(python=interpreter)
     events = turn(run, "hi", "say hello")
     (item,) = completed(events, "command")
     assert "echo hello" in item["command"] and item["exit_code"] == 0

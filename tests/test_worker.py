@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +15,7 @@ from tests.support.worker import (
     agent_settings,
     kill_quietly,
     lifecycle_ok,
+    python38,
     turn_events,
 )
 
@@ -274,16 +272,8 @@ def test_shutdown_message_finishes_earlier_prompts_then_exits(worker, model_serv
     assert [last_user_text(b) for b in model_server.requests] == ["answer me first"]
 
 
-def _python38() -> str | None:
-    found = shutil.which("python3.8") and os.popen("python3.8 -c 'print(1)' 2>/dev/null").read()
-    if found:
-        return shutil.which("python3.8")
-    candidates = glob.glob(str(Path.home() / ".pyenv/versions/3.8.*/bin/python3.8"))
-    return candidates[0] if candidates else None
-
-
 def test_worker_runs_on_python_38(worker):
-    python = _python38()
+    python = python38()
     if python is None:
         pytest.skip("no Python 3.8 interpreter on this machine")
     run = worker().start(python=python)

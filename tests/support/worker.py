@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -183,6 +184,15 @@ class WorkerRun:
             self.process.kill()
             self.process.wait(10)
         shutil.rmtree(self.codex_home, ignore_errors=True)
+
+
+def python38() -> str | None:
+    """A Python 3.8 interpreter, the oldest the worker supports, if this machine has one."""
+    found = shutil.which("python3.8") and os.popen("python3.8 -c 'print(1)' 2>/dev/null").read()
+    if found:
+        return shutil.which("python3.8")
+    candidates = glob.glob(str(Path.home() / ".pyenv/versions/3.8.*/bin/python3.8"))
+    return candidates[0] if candidates else None
 
 
 def turn_events(events: list[dict[str, Any]], injection_id: str) -> list[str]:
