@@ -359,11 +359,14 @@ class Worker:
             return
         if method == "error":
             error = params.get("error") or {}
+            typed = error_fields(error)
+            typed.pop("error", None)  # codex's message is this event's message
             self.emit(
                 "error",
                 error=records.ERROR_AGENT,
                 message=error.get("message", ""),
                 will_retry=bool(params.get("willRetry")),
+                **typed,
             )
             return
         turn = self.turn

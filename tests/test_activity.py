@@ -345,10 +345,13 @@ def test_a_reasoning_summary_streams_and_completes(node, model_server):
 @pytest.mark.integration
 def test_a_full_context_window_fails_the_turn_with_its_code(node, model_server):
     model_server.add_rule("long", Reply(failed=True, error_code="context_length_exceeded"))
-    events = turn_until_complete(node(), "ctx", "long story")
+    run = node()
+    events = turn_until_complete(run, "ctx", "long story")
     (done,) = [e for e in events if e["type"] == "turn_complete"]
     assert done["status"] == "failed" and done["error_code"] == "context_window_exceeded"
     assert done["error"]
+    errors = [e for e in run.events() if e["type"] == "error"]
+    assert [e.get("error_code") for e in errors] == ["context_window_exceeded"]
 
 
 def turn_until_complete(run: WorkerRun, injection_id: str, prompt: str) -> list[dict]:

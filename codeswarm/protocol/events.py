@@ -54,6 +54,8 @@ class ErrorSchema(EventSchema):
     line = fields.String(metadata={"description": "an excerpt of the offending input"})
     field = fields.String(metadata={"description": "the offending field, dotted"})
     stderr = fields.String(metadata={"description": "the tail of the failing process's stderr"})
+    error_code = fields.String(metadata={"description": "agent_error: codex's typed error"})
+    http_status_code = fields.Integer(metadata={"description": "with an HTTP error_code"})
     job_id = SafeId()
     node_id = NodeId()
     seq = fields.Integer()
