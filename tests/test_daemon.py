@@ -306,17 +306,14 @@ def test_a_command_reaches_the_client_as_items_and_its_output_only_when_asked(da
     d = daemon()
     d.send({"command": "launch", "nodes": 1, "request_id": "launch"})
     swarm_id = d.wait_event("swarm_launched", request_id="launch")["swarm"]["swarm_id"]
-    d.send(
-        {
-            "command": "inject",
-            "swarm_id": swarm_id,
-            "nodes": 0,
-            "content": "run it",
-            "request_id": "a",
-        }
-    )
-    d.wait_event("usage", timeout=90, request_id="a")
-    mine = [e for e in d.events if e.get("request_id") == "a"]
+
+    def run_it(request_id: str) -> list[dict]:
+        inject = {"command": "inject", "swarm_id": swarm_id, "nodes": 0, "content": "run it"}
+        d.send({**inject, "request_id": request_id})
+        d.wait_event("usage", timeout=90, request_id=request_id)
+        return [e for e in d.events if e.get("request_id") == request_id]
+
+    mine = run_it("a")
     (item,) = [e["item"] for e in mine if e["type"] == "item_completed"]
     assert item["kind"] == "command" and "sleep 0.3; echo hello" in item["command"]
     assert item["exit_code"] == 0 and "hello" in item["output"]
@@ -325,17 +322,5 @@ def test_a_command_reaches_the_client_as_items_and_its_output_only_when_asked(da
 
     d.send({"command": "subscribe", "events": ["*"], "request_id": "all"})
     d.wait_event("subscribed", request_id="all")
-    d.send(
-        {
-            "command": "inject",
-            "swarm_id": swarm_id,
-            "nodes": 0,
-            "content": "run it",
-            "request_id": "b",
-        }
-    )
-    d.wait_event("usage", timeout=90, request_id="b")
-    deltas = [
-        e for e in d.events if e.get("request_id") == "b" and e["type"] == "command_output_delta"
-    ]
+    deltas = [e for e in run_it("b") if e["type"] == "command_output_delta"]
     assert "hello" in "".join(e["delta"] for e in deltas)
