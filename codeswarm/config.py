@@ -230,7 +230,7 @@ class SlurmConfig:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Worker polling (fast while active, backing off when idle) and codex restarts."""
+    """Worker polling (fast while active, backing off when idle), codex restarts, event bounds."""
 
     poll_active_seconds: float = _k(_secs(), _WORKER["poll_active_seconds"])
     poll_idle_seconds: float = _k(_secs(), _WORKER["poll_idle_seconds"])
@@ -239,6 +239,9 @@ class WorkerConfig:
         _secs(_NON_NEGATIVE), _WORKER["codex_restart_backoff_seconds"]
     )
     codex_restart_max: int = _k(_int(_NON_NEGATIVE), _WORKER["codex_restart_max"])
+    max_event_bytes: int = _k(
+        _int(_rule(lambda v: v >= 1024, "must be at least 1024")), _WORKER["max_event_bytes"]
+    )
 
 
 @dataclass(frozen=True)

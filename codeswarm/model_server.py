@@ -55,7 +55,10 @@ class Reply:
     text=None means the default echo text (no text at all when tool_call_cmd is set).
     hang: stream the deltas, then neither finish nor close until stop() or client disconnect.
     http_status: answer with that status and a JSON error body instead of a stream.
-    failed: end the stream with `response.failed` instead of `response.completed`.
+    failed: end the stream with `response.failed` instead of `response.completed`, its error
+    code `error_code` (codex types some: `context_length_exceeded` is a full context window).
+    tool_call_cmd: a shell tool call; codex runs `apply_patch <<'EOF' ... EOF` as a patch.
+    reasoning: a reasoning summary streamed before the text, in `deltas` pieces.
     tool_call_args: more arguments of the shell call (`{"sandbox_permissions": "require_escalated"}`
     makes codex ask for approval under `on-request`).
     """
@@ -67,8 +70,10 @@ class Reply:
     http_status: int | None = None
     failed: bool = False
     error_message: str = "scripted failure"
+    error_code: str = "server_error"
     tool_call_cmd: str | None = None
     tool_call_args: JSON | None = None
+    reasoning: str | None = None
     usage: Usage | None = None
 
     @classmethod
@@ -204,18 +209,22 @@ class _Stream:
         output: list[JSON] = []
         text = default_text(self.body) if reply.text is None and cmd is None else reply.text
         chunks = split_text(text or "", reply.deltas)
+        if reply.reasoning is not None:
+            output.append(self.reasoning(reply.reasoning, len(output)))
         if text is not None and (text or cmd is None):
             # codex drops deltas that arrive before output_item.added announces their item.
             added = {**self.message_item(""), "content": [], "status": "in_progress"}
-            self.event("response.output_item.added", output_index=0, item=added)
+            self.event("response.output_item.added", output_index=len(output), item=added)
             for chunk in chunks:
                 if reply.delay_seconds and self.owner._stopping.wait(reply.delay_seconds):
                     return
-                ids = {"item_id": f"msg_{self.n}", "output_index": 0, "content_index": 0}
+                ids = {"item_id": f"msg_{self.n}", "output_index": len(output), "content_index": 0}
                 self.event("response.output_text.delta", **ids, delta=chunk)
             if not reply.hang:
                 output.append(self.message_item(text))
-                self.event("response.output_item.done", output_index=0, item=output[-1])
+                self.event(
+                    "response.output_item.done", output_index=len(output) - 1, item=output[-1]
+                )
         if reply.hang:
             self.wait_forever()
             return
@@ -232,12 +241,30 @@ class _Stream:
             self.event("response.output_item.done", output_index=len(output), item=item)
             output.append(item)
         if reply.failed:
-            error = {"code": "server_error", "message": reply.error_message}
+            error = {"code": reply.error_code, "message": reply.error_message}
             self.event("response.failed", response={**response, "status": "failed", "error": error})
             return
         usage = reply.usage or default_usage(self.body, len(chunks))
         done = {**response, "status": "completed", "output": output, "usage": usage.to_json()}
         self.event("response.completed", response=done)
+
+    def reasoning(self, summary: str, index: int) -> JSON:
+        """Stream one reasoning item with a one-part summary; return the finished item."""
+        item_id = f"rs_{self.n}"
+        started = {"type": "reasoning", "id": item_id, "summary": []}
+        self.event("response.output_item.added", output_index=index, item=started)
+        part = {"item_id": item_id, "output_index": index, "summary_index": 0}
+        self.event(
+            "response.reasoning_summary_part.added",
+            **part,
+            part={"type": "summary_text", "text": ""},
+        )
+        for chunk in split_text(summary, self.reply.deltas):
+            self.event("response.reasoning_summary_text.delta", **part, delta=chunk)
+        self.event("response.reasoning_summary_text.done", **part, text=summary)
+        done = {**started, "summary": [{"type": "summary_text", "text": summary}]}
+        self.event("response.output_item.done", output_index=index, item=done)
+        return done
 
     def message_item(self, text: str) -> JSON:
         content = [{"type": "output_text", "text": text, "annotations": []}]

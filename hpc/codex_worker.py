@@ -28,6 +28,7 @@ from . import (
     workdir,
     worker_settings,
 )
+from .activity import Activity, error_fields
 from .codex_session import CodexSession
 from .mailbox_io import (
     InboxReader,
@@ -99,6 +100,9 @@ class Worker:
             self.state, agent, self.emit, self.codex.respond, self.save_state
         )
         self.steering = steering.Steering(self.emit, self.codex.call)
+        self.activity = Activity(
+            self.emit, os.path.join(mailbox, records.LOG_DIR, key), settings["max_event_bytes"]
+        )
         self.usage_total = None
         self.failures = 0
         self.restart_at = None
@@ -405,15 +409,19 @@ class Worker:
             return
         if method == "error":
             error = params.get("error") or {}
+            typed = error_fields(error)
+            typed.pop("error", None)  # codex's message is this event's message
             self.emit(
                 "error",
                 error=records.ERROR_AGENT,
                 message=error.get("message", ""),
                 will_retry=bool(params.get("willRetry")),
+                **typed,
             )
             return
         turn = self.turn
         if turn is None:
+            self.activity.handle(method, params, None)
             return
         item = params.get("item") or {}
         if method == "item/started":
@@ -431,12 +439,12 @@ class Worker:
             self.emit("assistant", injection_id=turn.injection_id, content=params["item"]["text"])
         elif method == "turn/completed":
             done = params.get("turn") or {}
-            error = (done.get("error") or {}).get("message")
             self.emit(
                 "turn_complete",
                 injection_id=turn.injection_id,
+                turn_id=done.get("id"),
                 status=done.get("status", "completed"),
-                error=error,
+                **error_fields(done.get("error")),
             )
             self.emit(
                 "usage",
@@ -445,9 +453,12 @@ class Worker:
             )
             self.failures = 0
             self.end_turn()
+        else:
+            self.activity.handle(method, params, turn.injection_id)
 
     def end_turn(self):
         self.approvals.turn_ended()
+        self.activity.turn_ended()
         self.turn = None
         self.state["in_flight"] = None
         self.save_state()

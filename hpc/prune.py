@@ -40,6 +40,7 @@ def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
             workdir.record_path(mailbox, job_id, node_id),
             os.path.join(cluster_dir, "workspaces", key),
             os.path.join(cluster_dir, "codex-home", key),
+            os.path.join(mailbox, records.LOG_DIR, key),  # outputs too large for an event
             os.path.join(archive, records.record_name(job_id, node_id)),
         ]
     paths += _node_files(archive, job_id, nodes, r"\.r.*" + re.escape(records.RECORD_SUFFIX))

@@ -80,6 +80,14 @@ OUTBOX_EVENT_FIELDS = {
     "steer_failed": ("steer_id", "error", "message"),
     "error": ("error", "message"),
     "node_exited": ("reason",),
+    "item_started": ("injection_id", "turn_id", "item"),
+    "item_completed": ("injection_id", "turn_id", "item"),
+    "command_output_delta": ("injection_id", "turn_id", "item_id", "delta"),
+    "reasoning_delta": ("injection_id", "turn_id", "item_id", "delta"),
+    "turn_diff": ("injection_id", "turn_id", "diff"),
+    "plan_updated": ("injection_id", "turn_id", "plan"),
+    "rate_limits": ("rate_limits",),
+    "model_rerouted": ("injection_id", "turn_id", "from_model", "to_model", "reason"),
 }
 OUTBOX_ENVELOPE = ("type", "job_id", "node_id", "seq", "ts")
 TURN_STATUSES = ("completed", "interrupted", "failed")

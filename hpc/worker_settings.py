@@ -28,6 +28,7 @@ WORKER_DEFAULTS = {
     "active_window_seconds": 2.0,
     "codex_restart_backoff_seconds": 1.0,
     "codex_restart_max": 5,
+    "max_event_bytes": 65536,
 }
 
 

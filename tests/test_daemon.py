@@ -294,3 +294,33 @@ def test_bad_config_is_reported_on_stderr_with_exit_1(tmp_path):
     assert d.process.wait(30) == 1
     assert "router.inject_timeout_seconds" in d.stderr()
     assert d.lines.get(timeout=5) is None
+
+
+@pytest.mark.integration
+def test_a_command_reaches_the_client_as_items_and_its_output_only_when_asked(daemon, model_server):
+    # codex asks again after the command: the second rule answers that. codex may drop the
+    # output of a command that ends at once from its stream (not from the item): wait first.
+    for _ in range(2):
+        model_server.add_rule("run it", Reply(tool_call_cmd="sleep 0.3; echo hello"))
+        model_server.add_rule("run it", Reply(text="ran"))
+    d = daemon()
+    d.send({"command": "launch", "nodes": 1, "request_id": "launch"})
+    swarm_id = d.wait_event("swarm_launched", request_id="launch")["swarm"]["swarm_id"]
+
+    def run_it(request_id: str) -> list[dict]:
+        inject = {"command": "inject", "swarm_id": swarm_id, "nodes": 0, "content": "run it"}
+        d.send({**inject, "request_id": request_id})
+        d.wait_event("usage", timeout=90, request_id=request_id)
+        return [e for e in d.events if e.get("request_id") == request_id]
+
+    mine = run_it("a")
+    (item,) = [e["item"] for e in mine if e["type"] == "item_completed"]
+    assert item["kind"] == "command" and "sleep 0.3; echo hello" in item["command"]
+    assert item["exit_code"] == 0 and "hello" in item["output"]
+    assert all(e["swarm_id"] == swarm_id for e in mine if e["type"].startswith("item_"))
+    assert "command_output_delta" not in [e["type"] for e in mine]  # not in the default set
+
+    d.send({"command": "subscribe", "events": ["*"], "request_id": "all"})
+    d.wait_event("subscribed", request_id="all")
+    deltas = [e for e in run_it("b") if e["type"] == "command_output_delta"]
+    assert "hello" in "".join(e["delta"] for e in deltas)

@@ -58,14 +58,17 @@ def test_a_swarms_paths_are_its_own_nodes_files_and_no_other_jobs(tmp_path):
     logs.mkdir()
     for name in ("12_0.r1.jsonl", "12_1.r2.jsonl", "12_2.r1.jsonl", "123_0.r1.jsonl", "12_0.x"):
         (archive / name).touch()
-    for name in ("12_1.codex.log", "12_10.codex.log", "1_2.codex.log", "12_1"):
+    for name in ("12_1.codex.log", "12_10.codex.log", "1_2.codex.log", "12_1x"):
         (logs / name).touch()
+    for name in ("12_1", "12_10"):  # a node's outputs too large for an event
+        (logs / name).mkdir()
     paths = hpc_prune.swarm_paths(str(tmp_path), "sw-12", "12", 2)
     found = {Path(p).relative_to(tmp_path).as_posix() for p in paths if Path(p).exists()}
     assert found == {
         "mailbox/archive/12_0.r1.jsonl",
         "mailbox/archive/12_1.r2.jsonl",
         "mailbox/logs/12_1.codex.log",
+        "mailbox/logs/12_1",
     }
 
 

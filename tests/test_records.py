@@ -170,6 +170,13 @@ def _sample_fields(kind):
         "review": "P1: a finding",
         "message": "codex exited",
         "reason": "sigterm",
+        "item": {"id": "call_1", "kind": "command", "command": "ls", "cwd": "/w"},
+        "item_id": "call_1",
+        "diff": "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n",
+        "plan": [{"step": "read", "status": "in_progress"}],
+        "rate_limits": {"primary": {"usedPercent": 12, "windowDurationMins": 300}},
+        "from_model": "gpt-a",
+        "to_model": "gpt-b",
     }
     return {name: values[name] for name in records.OUTBOX_EVENT_FIELDS[kind]}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from codeswarm.hpc import records
+from codeswarm.hpc import activity, records
 from codeswarm.protocol.errors import ERROR_CODES, FAILURE_CODES
 from codeswarm.protocol.fields import NodeId, RequestId, SafeId
 
@@ -54,6 +54,8 @@ class ErrorSchema(EventSchema):
     line = fields.String(metadata={"description": "an excerpt of the offending input"})
     field = fields.String(metadata={"description": "the offending field, dotted"})
     stderr = fields.String(metadata={"description": "the tail of the failing process's stderr"})
+    error_code = fields.String(metadata={"description": "agent_error: codex's typed error"})
+    http_status_code = fields.Integer(metadata={"description": "with an HTTP error_code"})
     job_id = SafeId()
     node_id = NodeId()
     seq = fields.Integer()
@@ -82,7 +84,110 @@ class AssistantSchema(InjectionEventSchema):
 
 class TurnCompleteSchema(InjectionEventSchema):
     status = fields.String(required=True, validate=validate.OneOf(records.TURN_STATUSES))
-    error = fields.String(allow_none=True)
+    turn_id = fields.String()
+    error = fields.String(allow_none=True, metadata={"description": "codex's message"})
+    error_code = fields.String(
+        metadata={
+            "description": "codex's typed error (codexErrorInfo) in snake_case, such as "
+            "context_window_exceeded, usage_limit_exceeded, http_connection_failed"
+        }
+    )
+    http_status_code = fields.Integer(metadata={"description": "with an HTTP error_code"})
+
+
+class TurnEventSchema(InjectionEventSchema):
+    turn_id = fields.String(required=True)
+
+
+class ChangeSchema(Schema):
+    path = fields.String(required=True)
+    change = fields.String(required=True, validate=validate.OneOf(activity.CHANGE_KINDS))
+    move_path = fields.String(metadata={"description": "the new path of a renamed file"})
+    diff = fields.String(required=True, metadata={"description": "unified diff"})
+    additions = fields.Integer(required=True)
+    deletions = fields.Integer(required=True)
+
+
+class ItemSchema(Schema):
+    """One unit of an agent's work; which fields it has depends on ``kind``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    id = fields.String(required=True, metadata={"description": "codex's item id"})
+    kind = fields.String(
+        required=True, validate=validate.OneOf(tuple(dict.fromkeys(activity.ITEM_KINDS.values())))
+    )
+    status = fields.String(
+        metadata={"description": "in_progress, completed, failed or declined (commands, changes)"}
+    )
+    command = fields.String(metadata={"description": "command: codex's full shell line"})
+    cwd = fields.String(metadata={"description": "command"})
+    exit_code = fields.Integer(metadata={"description": "command, when completed"})
+    duration_ms = fields.Integer(metadata={"description": "command, tool_call, when completed"})
+    output = fields.String(metadata={"description": "command: stdout and stderr, bounded"})
+    output_truncated = fields.Boolean(metadata={"description": "command: output was cut"})
+    output_path = fields.String(metadata={"description": "command: the file with all of it"})
+    changes = fields.List(fields.Nested(ChangeSchema), metadata={"description": "file_change"})
+    diff_truncated = fields.Boolean(metadata={"description": "file_change: diffs were cut"})
+    diff_path = fields.String(metadata={"description": "file_change: the file with all of them"})
+    tool = fields.String(metadata={"description": "tool_call"})
+    server = fields.String(metadata={"description": "tool_call: the MCP server or namespace"})
+    arguments = fields.Raw(metadata={"description": "tool_call"})
+    error = fields.String(metadata={"description": "tool_call: why it failed"})
+    query = fields.String(metadata={"description": "web_search"})
+    summary = fields.List(fields.String(), metadata={"description": "reasoning"})
+    text = fields.String(metadata={"description": "plan"})
+    phase = fields.String(validate=validate.OneOf(("entered", "exited")))
+    review = fields.String(metadata={"description": "review"})
+
+
+class ItemEventSchema(TurnEventSchema):
+    item = fields.Nested(ItemSchema, required=True)
+
+
+class CommandOutputDeltaSchema(TurnEventSchema):
+    item_id = fields.String(required=True)
+    delta = fields.String(required=True)
+    truncated = fields.Boolean(
+        metadata={"description": "the output reached worker.max_event_bytes: no more deltas"}
+    )
+    output_path = fields.String(metadata={"description": "with truncated: the file with all of it"})
+
+
+class ReasoningDeltaSchema(TurnEventSchema):
+    item_id = fields.String(required=True)
+    delta = fields.String(required=True)
+    summary_index = fields.Integer()
+
+
+class TurnDiffSchema(TurnEventSchema):
+    diff = fields.String(required=True, metadata={"description": "the turn's unified diff so far"})
+    diff_truncated = fields.Boolean()
+    diff_path = fields.String(metadata={"description": "with diff_truncated: all of it"})
+
+
+class PlanStepSchema(Schema):
+    step = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(activity.PLAN_STATUSES))
+
+
+class PlanUpdatedSchema(TurnEventSchema):
+    explanation = fields.String()
+    plan = fields.List(fields.Nested(PlanStepSchema), required=True)
+
+
+class RateLimitsSchema(NodeEventSchema):
+    injection_id = SafeId(metadata={"description": "the turn running, if any"})
+    rate_limits = fields.Dict(
+        required=True, metadata={"description": "codex's RateLimitSnapshot, as codex sends it"}
+    )
+
+
+class ModelReroutedSchema(TurnEventSchema):
+    from_model = fields.String(required=True)
+    to_model = fields.String(required=True)
+    reason = fields.String(required=True, metadata={"description": "snake_case, from codex"})
 
 
 class UsageSchema(InjectionEventSchema):
@@ -306,6 +411,14 @@ EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "swarm_list": SwarmListSchema,
     "swarm_terminated": SwarmTerminatedSchema,
     "swarm_diff": SwarmDiffSchema,
+    "item_started": ItemEventSchema,
+    "item_completed": ItemEventSchema,
+    "command_output_delta": CommandOutputDeltaSchema,
+    "reasoning_delta": ReasoningDeltaSchema,
+    "turn_diff": TurnDiffSchema,
+    "plan_updated": PlanUpdatedSchema,
+    "rate_limits": RateLimitsSchema,
+    "model_rerouted": ModelReroutedSchema,
 }
 
 

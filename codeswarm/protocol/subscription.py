@@ -15,22 +15,7 @@ from typing import Any
 
 from codeswarm.protocol.events import EVENT_SCHEMAS
 
-# The activity events of issue 8 whose schemas are added to
-# events.EVENT_SCHEMAS on other branches; known here so that a client can subscribe to them now.
-ISSUE8_TYPES = (
-    "item_started",
-    "item_completed",
-    "command_output_delta",
-    "reasoning_delta",
-    "turn_diff",
-    "plan_updated",
-    "rate_limits",
-    "model_rerouted",
-)
-EVENT_TYPES: tuple[str, ...] = (
-    *EVENT_SCHEMAS,
-    *(kind for kind in ISSUE8_TYPES if kind not in EVENT_SCHEMAS),
-)
+EVENT_TYPES: tuple[str, ...] = tuple(EVENT_SCHEMAS)
 
 # High-volume streams a person watching does not want; a program asks for them by name.
 HIGH_VOLUME_TYPES = ("command_output_delta", "reasoning_delta")

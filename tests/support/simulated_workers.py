@@ -2,7 +2,9 @@
 
 It speaks the real mailbox format through hpc/'s own reader and writer, so the router cannot
 tell it from real workers, but it costs one process for a whole job: what the scale tests and
-benchmarks need on a 2-core machine. A prompt ``burst N`` answers with N deltas.
+benchmarks need on a 2-core machine. A prompt ``burst N`` answers with N deltas; ``command N
+SIZE`` runs a simulated command whose N output lines of SIZE bytes go through the worker's own
+activity translation (``hpc/activity.py``, bounded by ``worker.max_event_bytes``).
 
 Run: python -m tests.support.simulated_workers --mailbox DIR --job-id J --nodes N
 """
@@ -21,7 +23,8 @@ from typing import Any
 
 from codeswarm.backends import Submitted
 from codeswarm.backends.local import pid_state
-from codeswarm.hpc import mailbox_io, records
+from codeswarm.hpc import mailbox_io, records, worker_settings
+from codeswarm.hpc.activity import Activity
 from codeswarm.registry import SwarmRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +37,11 @@ class SimulatedNode:
         self.outbox = mailbox_io.OutboxWriter(
             os.path.join(mailbox, "outbox", key + ".jsonl"), job_id, node_id, 0
         )
+        self.activity = Activity(
+            self.outbox.write,
+            os.path.join(mailbox, "logs", key),
+            worker_settings.WORKER_DEFAULTS["max_event_bytes"],
+        )
         self.outbox.write("node_started", pid=os.getpid(), host="simulated")
 
     def answer(self, deltas: int) -> bool:
@@ -44,12 +52,16 @@ class SimulatedNode:
                 continue
             injection_id = record["injection_id"]
             content = record["content"]
-            count = int(content.split()[1]) if content.startswith("burst ") else deltas
+            words = content.split()
+            count = int(words[1]) if words[0] in ("burst", "command") else deltas
             write = self.outbox.write
             write("inject_delivered", injection_id=injection_id)
             write("turn_started", injection_id=injection_id, turn_id="t-" + injection_id)
-            for n in range(count):
-                write("assistant_delta", injection_id=injection_id, delta=f"d{n} ")
+            if words[0] == "command":
+                self.command(injection_id, count, int(words[2]))
+            else:
+                for n in range(count):
+                    write("assistant_delta", injection_id=injection_id, delta=f"d{n} ")
             write("assistant", injection_id=injection_id, content="done")
             write("turn_complete", injection_id=injection_id, status="completed")
             write(
@@ -62,6 +74,20 @@ class SimulatedNode:
                 total_tokens=1 + count,
             )
         return bool(lines)
+
+    def command(self, injection_id: str, lines: int, size: int) -> None:
+        """codex's notifications for one command printing ``lines`` lines of ``size`` bytes."""
+        turn = {"threadId": "th", "turnId": "t-" + injection_id}
+        item = {"type": "commandExecution", "id": "call_1", "command": "cat", "cwd": "/"}
+        handle = self.activity.handle
+        handle("item/started", {**turn, "item": {**item, "status": "inProgress"}}, injection_id)
+        line = "x" * (size - 1) + "\n"
+        delta = {**turn, "itemId": "call_1", "delta": line}
+        for _ in range(lines):
+            handle("item/commandExecution/outputDelta", delta, injection_id)
+        done = {**item, "status": "completed", "exitCode": 0, "durationMs": 1}
+        handle("item/completed", {**turn, "item": {**done, "aggregatedOutput": line}}, injection_id)
+        self.activity.turn_ended()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from codeswarm.hpc import records
+from codeswarm.hpc import activity, records
 
 ROOT = Path(__file__).resolve().parents[2]
 # codex refuses a CODEX_HOME under /tmp; tests keep theirs here and remove them afterwards.
@@ -202,7 +202,9 @@ def turn_events(events: list[dict[str, Any]], injection_id: str) -> list[str]:
 
 
 def lifecycle_ok(types: list[str]) -> bool:
-    """inject_delivered, turn_started, assistant_delta*, assistant, turn_complete, usage."""
+    """inject_delivered, turn_started, assistant_delta*, assistant, turn_complete, usage;
+    activity events (commands, diffs, plans...) may come anywhere between."""
+    types = [t for t in types if t not in activity.EVENT_TYPES]
     if types[:2] != ["inject_delivered", "turn_started"] or types[-3:] != [
         "assistant",
         "turn_complete",
