@@ -423,11 +423,8 @@ class Worker:
         if turn is None:
             self.activity.handle(method, params, None)
             return
-        item = params.get("item") or {}
         if method == "item/started":
-            self.approvals.note_item(item)
-        elif method == "item/completed" and steering.review_text(item) is not None:
-            self.emit("review", injection_id=turn.injection_id, review=steering.review_text(item))
+            self.approvals.note_item(params.get("item") or {})
         if method == "turn/started":
             turn.turn_id = params["turn"]["id"]
             self.emit("turn_started", injection_id=turn.injection_id, turn_id=turn.turn_id)

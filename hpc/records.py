@@ -73,7 +73,6 @@ OUTBOX_EVENT_FIELDS = {
         "total_tokens",
     ),
     "inject_failed": ("injection_id", "error", "message"),
-    "review": ("injection_id", "review"),
     "approval_request": ("approval_id", "approval_kind", "injection_id", "expires_at"),
     "approval_resolved": ("approval_id", "decision", "by"),
     "steer_applied": ("steer_id", "injection_id", "turn_id"),

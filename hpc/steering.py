@@ -27,13 +27,6 @@ def started_turn_id(result):
     return ((result or {}).get("turn") or {}).get("id")
 
 
-def review_text(item):
-    """The findings of a finished review, or None for any other item."""
-    if item.get("type") == "exitedReviewMode":
-        return item.get("review") or ""
-    return None
-
-
 class Steering:
     """Applies ``steer`` inbox records; ``emit`` writes events, ``call`` sends codex a request."""
 

@@ -154,10 +154,16 @@ def test_review_and_compact_run_as_turns(daemon, model_server):
     sid = swarm["swarm_id"]
     model_server.add_rule("Review", Reply(text="P2: no tests"))
     d.send({"command": "review", "swarm_id": sid, "nodes": "all", "request_id": "rv"})
-    review = d.wait_event("review", request_id="rv")
+    reviewed = d.wait_event("turn_complete", request_id="rv")
     d.send({"command": "compact", "swarm_id": sid, "nodes": 0, "request_id": "cp"})
     done = d.wait_event("turn_complete", request_id="cp")
 
-    assert review["review"] == "P2: no tests"
+    (found,) = [
+        e["item"]
+        for e in of(d.events, "item_completed", request_id="rv")
+        if e["item"]["kind"] == "review"
+    ]
+    assert (found["phase"], found["review"]) == ("exited", "P2: no tests")
+    assert reviewed["status"] == "completed"
     assert of(d.events, "inject_ack", request_id="rv")[0]["node_id"] == 0
     assert done["status"] == "completed"

@@ -167,7 +167,6 @@ def _sample_fields(kind):
         "decision": "accept",
         "by": "client",
         "steer_id": "st-1",
-        "review": "P1: a finding",
         "message": "codex exited",
         "reason": "sigterm",
         "item": {"id": "call_1", "kind": "command", "command": "ls", "cwd": "/w"},

@@ -71,10 +71,6 @@ CASES = [
     (ev("interrupt_ack"), ["[n3] interrupt sent"]),
     (ev("approve_ack", approval_id="ap-1"), ["[n3] answer to ap-1 sent"]),
     (ev("steer_ack", steer_id="s1"), ["[n3] steer s1 sent"]),
-    (
-        ev("review", review="P1: x leaks\nP2: no tests"),
-        ["[n3] review:", "[n3] P1: x leaks", "[n3] P2: no tests"],
-    ),
     (ev("node_started", host="gpu7", pid=99), ["[n3] node started on gpu7 (pid 99)"]),
     (ev("node_exited", reason="sigterm"), ["[n3] node exited (sigterm)"]),
     (

@@ -61,7 +61,6 @@ class EventRenderer:
             "interrupt_ack": lambda e: self.paint("interrupt sent", fg="yellow"),
             "approve_ack": lambda e: self.faint(f"answer to {clean(e.get('approval_id'))} sent"),
             "steer_ack": lambda e: self.faint(f"steer {clean(e.get('steer_id'))} sent"),
-            "review": lambda e: ["review:", *map(clean, str(e.get("review") or "").splitlines())],
             "node_started": lambda e: self.paint(
                 f"node started on {clean(e.get('host'))} (pid {clean(e.get('pid'))})", fg="green"
             ),

@@ -204,10 +204,6 @@ class InjectFailedSchema(InjectionEventSchema):
     stderr = fields.String(metadata={"description": "the tail of the failing process's stderr"})
 
 
-class ReviewSchema(InjectionEventSchema):
-    review = fields.String(required=True, metadata={"description": "codex's findings"})
-
-
 class ApproveAckSchema(NodeEventSchema):
     approval_id = SafeId(required=True, metadata={"description": "the approval answered"})
 
@@ -398,7 +394,6 @@ EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
     "interrupt_ack": InterruptAckSchema,
     "approve_ack": ApproveAckSchema,
     "steer_ack": SteerAckSchema,
-    "review": ReviewSchema,
     "approval_request": ApprovalRequestSchema,
     "approval_resolved": ApprovalResolvedSchema,
     "approval_list": ApprovalListSchema,
