@@ -27,6 +27,8 @@ _MISSING_MESSAGE = "Missing data for required field."
 
 _schemas: dict[str, CommandSchema] = {verb: cls() for verb, cls in COMMAND_SCHEMAS.items()}
 _request_id_field = RequestId()
+# One encoder for every event: json.dumps with options builds a new one per call.
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 # What an unencodable event's replacement keeps, so the client can tell which one it lost.
 _CORRELATION_FIELDS = ("request_id", "swarm_id", "job_id", "node_id", "injection_id")
 
@@ -190,8 +192,7 @@ def encode_event(event: dict[str, Any]) -> bytes:
         ValueError: a lone surrogate (UnicodeEncodeError), NaN or infinity, a reference cycle.
         TypeError: a value JSON has no type for.
     """
-    text = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (text + "\n").encode("utf-8")
+    return (_encoder.encode(event) + "\n").encode("utf-8")
 
 
 def _encodes(value: Any) -> bool:
@@ -218,7 +219,13 @@ def encode_events(events: list[dict[str, Any]]) -> tuple[bytes, list[str]]:
 
     An event that cannot be encoded is replaced by an ``unencodable_event`` error carrying its
     correlation fields; the others are sent as they are. The problems are for the log.
+    The batch is encoded at once, and again event by event only when that fails.
     """
+    try:
+        text = "\n".join(map(_encoder.encode, events))
+        return (text + "\n").encode("utf-8") if events else b"", []
+    except (TypeError, ValueError, RecursionError):
+        pass
     lines: list[bytes] = []
     problems: list[str] = []
     for event in events:
