@@ -236,11 +236,16 @@ def _job_id_problem(job_id):
 
 
 def parse_outbox_line(line):
-    """Decode one outbox line into an event dict; RecordError says what is wrong with it."""
+    """Decode one outbox line into an event dict; RecordError says what is wrong with it.
+
+    A line is UTF-8, as the worker writes it (the router passes its bytes on to clients).
+    """
     try:
+        if isinstance(line, bytes):
+            line = line.decode("utf-8")
         event = json.loads(line)
     except ValueError as exc:
-        raise RecordError("outbox line is not JSON: %s" % exc) from None
+        raise RecordError("outbox line is not UTF-8 JSON: %s" % exc) from None
     problem = outbox_event_problem(event)
     if problem:
         raise RecordError("outbox event %s" % problem)

@@ -29,6 +29,9 @@ _schemas: dict[str, CommandSchema] = {verb: cls() for verb, cls in COMMAND_SCHEM
 _request_id_field = RequestId()
 # One encoder for every event: json.dumps with options builds a new one per call.
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Bytes after which a worker's line is not passed on as it is: JSON constants and escaped
+# surrogates, which the encoder refuses (so the event becomes an ``unencodable_event`` error).
+_NOT_PASSED_ON = (b"NaN", b"Infinity", b"\\ud", b"\\uD")
 # What an unencodable event's replacement keeps, so the client can tell which one it lost.
 _CORRELATION_FIELDS = ("request_id", "swarm_id", "job_id", "node_id", "injection_id")
 
@@ -185,6 +188,44 @@ def decode_object(data: dict[str, Any], line: str | bytes = "") -> Command | dic
         return error_event(errors.INVALID_FIELD, f"{verb}: {detail}", line, name, request_id)
 
 
+class EncodedEvent(dict):
+    """An event that carries its protocol line, made once from the bytes it was decoded from."""
+
+    __slots__ = ("line",)
+    line: bytes
+
+
+def extended(raw: bytes, event: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """``event``, decoded from the UTF-8 JSON object ``raw``, with the fields ``added``.
+
+    Encoding a routed worker event again costs more than routing it, so its line is ``raw``
+    with ``added`` spliced in, unless ``raw`` holds what the encoder would refuse or a field
+    that ``added`` replaces: then the event is encoded on its way out like any other.
+    """
+    passed_on = (
+        event
+        and raw.endswith(b"}")
+        and event.keys().isdisjoint(added)
+        and not any(marker in raw for marker in _NOT_PASSED_ON)
+    )
+    if not passed_on:
+        event.update(added)
+        return event
+    try:
+        extra = _encoder.encode(added).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        event.update(added)
+        return event
+    encoded = EncodedEvent(event)
+    encoded.update(added)
+    encoded.line = raw[:-1] + b"," + extra[1:] + b"\n" if added else raw + b"\n"
+    return encoded
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return event.line if isinstance(event, EncodedEvent) else encode_event(event)
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     """One event as one protocol line: compact UTF-8 JSON ending in a newline.
 
@@ -219,18 +260,17 @@ def encode_events(events: list[dict[str, Any]]) -> tuple[bytes, list[str]]:
 
     An event that cannot be encoded is replaced by an ``unencodable_event`` error carrying its
     correlation fields; the others are sent as they are. The problems are for the log.
-    The batch is encoded at once, and again event by event only when that fails.
+    An event decoded from a worker's line keeps that line (``extended``).
     """
     try:
-        text = "\n".join(map(_encoder.encode, events))
-        return (text + "\n").encode("utf-8") if events else b"", []
+        return b"".join(map(_line, events)), []
     except (TypeError, ValueError, RecursionError):
-        pass
+        pass  # find the culprits one by one
     lines: list[bytes] = []
     problems: list[str] = []
     for event in events:
         try:
-            lines.append(encode_event(event))
+            lines.append(_line(event))
         except (TypeError, ValueError, RecursionError) as exc:
             kind = _escaped(str(event.get("type")))
             problem = f"{kind} event: {_escaped(str(exc))}"
