@@ -251,7 +251,7 @@ def report_throughput(bench: Bench, nodes: int, per_node: int) -> None:
     swarm = bench.launch(nodes)
     with bench.output.cond:
         before = len(bench.output.lines)
-    started = time.time()
+    started, cpu = time.time(), os.times()
     bench.router.tell(
         CommandReceived(
             commands.Inject(content=f"burst {per_node}", nodes="all", swarm_id=swarm["swarm_id"])
@@ -260,11 +260,14 @@ def report_throughput(bench: Bench, nodes: int, per_node: int) -> None:
     expected = nodes * (per_node + 6)
     last = bench.output.wait_count(before + expected, timeout=300)
     rate = expected / (last - started)
+    used = os.times()
+    user, system = ((a - b) / expected * 1e6 for a, b in zip(used[:2], cpu[:2], strict=True))
     alone = follower_alone(bench.mailbox, expected)
     print(
         f"events/s through worker output, follower, router and output, {nodes} nodes "
         f"streaming: {rate:,.0f} (target 50,000; 200,000 in issue 10); "
-        f"follower alone: {alone:,.0f} lines/s"
+        f"follower alone: {alone:,.0f} lines/s; router process CPU per event: "
+        f"{user:.1f} us user, {system:.1f} us system"
     )
 
 

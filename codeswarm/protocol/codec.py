@@ -10,6 +10,7 @@ an ``error`` event too, so that it costs no other event its place on the line.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from typing import Any
 
@@ -31,7 +32,7 @@ _request_id_field = RequestId()
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 # Bytes after which a worker's line is not passed on as it is: JSON constants and escaped
 # surrogates, which the encoder refuses (so the event becomes an ``unencodable_event`` error).
-_NOT_PASSED_ON = (b"NaN", b"Infinity", b"\\ud", b"\\uD")
+_NOT_PASSED_ON = re.compile(rb"NaN|Infinity|\\u[dD]")
 # What an unencodable event's replacement keeps, so the client can tell which one it lost.
 _CORRELATION_FIELDS = ("request_id", "swarm_id", "job_id", "node_id", "injection_id")
 
@@ -206,7 +207,7 @@ def extended(raw: bytes, event: dict[str, Any], added: dict[str, Any]) -> dict[s
         event
         and raw.endswith(b"}")
         and event.keys().isdisjoint(added)
-        and not any(marker in raw for marker in _NOT_PASSED_ON)
+        and not _NOT_PASSED_ON.search(raw)
     )
     if not passed_on:
         event.update(added)
