@@ -5,7 +5,7 @@ import json
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import Injection
 from codeswarm.hpc import records
-from codeswarm.protocol import event_errors
+from codeswarm.protocol import encode_event, encode_events, event_errors
 
 
 def node(state="running"):
@@ -134,3 +134,13 @@ def test_a_requeued_node_runs_again_after_it_exited():
     assert n.started() == []  # what the NodeActor does on node_started
     assert n.state == "running"
     assert n.inject(injection("again")) == ([], [injection("again")])
+
+
+def test_a_routed_worker_event_is_sent_as_its_outbox_line_with_the_ids_added():
+    n = node()
+    n.written(injection())
+    raw = line("assistant_delta", 1, injection_id="i1", delta='é \u2028 "x"')
+    (event,) = n.worker_line(raw)
+    data, problems = encode_events([event])
+    assert data == raw[:-2] + b',"swarm_id":"sw-1","request_id":"r1"}\n' and problems == []
+    assert data == encode_event(event)
