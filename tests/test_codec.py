@@ -22,7 +22,7 @@ from codeswarm.protocol import (
     encode_events,
     event_errors,
 )
-from codeswarm.protocol.codec import EXCERPT_CHARS, MAX_LINE_BYTES, EncodedEvent, extended
+from codeswarm.protocol.codec import EXCERPT_CHARS, MAX_LINE_BYTES, EncodedEvent, routed
 from codeswarm.protocol.fields import MAX_CONTENT_CHARS
 
 SEED_INJECT_BY_JOB = '{"action":"inject","job_id":"272900","node_id":0,"content":"Hello"}'
@@ -441,15 +441,12 @@ def test_ten_thousand_random_and_malformed_lines_decode_without_exception():
 
 # ---- a worker's line passed on with fields spliced in --------------------------------------
 
-ADDED = st.fixed_dictionaries(
-    {"swarm_id": st.text(max_size=20)},
-    optional={"request_id": st.integers() | st.text(max_size=20)},
-)
+IDS = st.tuples(st.text(max_size=20) | st.none(), st.none() | st.integers() | st.text(max_size=20))
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.dictionaries(TEXT, JSON_VALUES, min_size=1, max_size=5), ADDED, st.booleans())
-def test_a_passed_on_line_says_what_encoding_the_event_would_say(fields, added, compact):
+@given(st.dictionaries(TEXT, JSON_VALUES, min_size=1, max_size=5), IDS, st.booleans())
+def test_a_passed_on_line_says_what_encoding_the_event_would_say(fields, ids, compact):
     """Whatever the worker's line holds, the client reads the event the router routed."""
     fields.pop("swarm_id", None)
     fields.pop("request_id", None)
@@ -459,7 +456,9 @@ def test_a_passed_on_line_says_what_encoding_the_event_would_say(fields, added, 
         raw = json.dumps(decoded, ensure_ascii=not compact, separators=separators).encode()
     except UnicodeEncodeError:  # a lone surrogate: a worker writes it escaped
         raw = json.dumps(decoded, separators=separators).encode()
-    event = extended(raw, json.loads(raw), added)
+    swarm_id, request_id = ids
+    event = routed(raw, json.loads(raw), swarm_id, request_id)
+    added = {"swarm_id": swarm_id, **({} if request_id is None else {"request_id": request_id})}
     assert event == {**decoded, **added}
     data, problems = encode_events([event])
     try:
@@ -487,7 +486,7 @@ def test_a_passed_on_line_says_what_encoding_the_event_would_say(fields, added, 
     ids=["nan", "infinity", "surrogate", "upper-case surrogate", "replaced field", "trailing"],
 )
 def test_a_line_the_encoder_would_refuse_or_change_is_encoded_again(raw):
-    event = extended(raw, json.loads(raw), {"swarm_id": "sw-1"})
+    event = routed(raw, json.loads(raw), "sw-1", None)
     assert not isinstance(event, EncodedEvent) and event["swarm_id"] == "sw-1"
     data, problems = encode_events([event])
     sent = json.loads(data)
@@ -497,7 +496,7 @@ def test_a_line_the_encoder_would_refuse_or_change_is_encoded_again(raw):
 
 def test_passed_on_and_encoded_events_keep_their_order_in_one_batch():
     raw = b'{"type":"assistant_delta","delta":"a"}'
-    spliced = extended(raw, json.loads(raw), {"swarm_id": "s", "request_id": 1})
+    spliced = routed(raw, json.loads(raw), "s", 1)
     plain = {"type": "pong", "ts": 1.0}
     refused = {"type": "pong", "ts": 1.0, "request_id": "x" + SURROGATE}
     data, problems = encode_events([spliced, plain, refused, spliced])
@@ -509,3 +508,13 @@ def test_passed_on_and_encoded_events_keep_their_order_in_one_batch():
         == {"type": "assistant_delta", "delta": "a", "swarm_id": "s", "request_id": 1}
     )
     assert len(problems) == 1
+
+
+def test_ids_that_compare_equal_keep_their_own_encoding():
+    """The spliced ids are remembered: 1 and True are equal keys, but not the same JSON."""
+    raw = b'{"type":"assistant_delta","delta":"a"}'
+    sent = [
+        json.loads(encode_events([routed(raw, json.loads(raw), "s", value)])[0])["request_id"]
+        for value in (1, True, 1)
+    ]
+    assert [type(value) for value in sent] == [int, bool, int]

@@ -14,7 +14,7 @@ from typing import Any
 from codeswarm.actors.messages import Injection
 from codeswarm.hpc import records
 from codeswarm.protocol import errors, make_event
-from codeswarm.protocol.codec import extended
+from codeswarm.protocol.codec import routed
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class NodeCorrelation:
             return []
         self.last_seq = event["seq"]
         kind = event["type"]
-        added: dict[str, Any] = {"swarm_id": self.swarm_id}
+        request_id = None
         injection_id = event.get("injection_id")
         if kind not in ("node_started", "node_exited") and injection_id is not None:
             entry = self.open.get(injection_id)
@@ -172,14 +172,12 @@ class NodeCorrelation:
             else:
                 request_id = entry.injection.request_id
                 self._check_order(entry, kind)
-            if request_id is not None:
-                added["request_id"] = request_id
             if kind in FINAL:
                 self._finish(injection_id, request_id)
-        routed = extended(raw, event, added)
+        event = routed(raw, event, self.swarm_id, request_id)
         if kind == "node_exited":
-            return [routed, *self.gone(event["reason"])]
-        return [routed]
+            return [event, *self.gone(event["reason"])]
+        return [event]
 
     def _check_order(self, entry: Open, kind: str) -> None:
         stage = STAGES.get(kind)

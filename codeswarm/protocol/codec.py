@@ -9,6 +9,7 @@ an ``error`` event too, so that it costs no other event its place on the line.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import deque
@@ -196,31 +197,43 @@ class EncodedEvent(dict):
     line: bytes
 
 
-def extended(raw: bytes, event: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
-    """``event``, decoded from the UTF-8 JSON object ``raw``, with the fields ``added``.
+def routed(raw: bytes, event: dict[str, Any], swarm_id: Any, request_id: Any) -> dict[str, Any]:
+    """``event``, decoded from a worker's UTF-8 JSON line ``raw``, with the router's ids added.
 
-    Encoding a routed worker event again costs more than routing it, so its line is ``raw``
-    with ``added`` spliced in, unless ``raw`` holds what the encoder would refuse or a field
-    that ``added`` replaces: then the event is encoded on its way out like any other.
+    ``swarm_id`` always, ``request_id`` unless None. Encoding a routed event again costs more
+    than routing it, so its line is ``raw`` with the ids spliced in, unless ``raw`` holds what
+    the encoder would refuse or an id field it would replace: then the event is encoded on
+    its way out like any other.
     """
+    added = {"swarm_id": swarm_id}
+    if request_id is not None:
+        added["request_id"] = request_id
     passed_on = (
         event
         and raw.endswith(b"}")
         and event.keys().isdisjoint(added)
         and not _NOT_PASSED_ON.search(raw)
     )
-    if not passed_on:
-        event.update(added)
-        return event
     try:
-        extra = _encoder.encode(added).encode("utf-8")
+        suffix = _ids_suffix(swarm_id, request_id) if passed_on else b""
     except (TypeError, ValueError, RecursionError):
+        suffix = b""
+    if not suffix:
         event.update(added)
         return event
     encoded = EncodedEvent(event)
     encoded.update(added)
-    encoded.line = raw[:-1] + b"," + extra[1:] + b"\n" if added else raw + b"\n"
+    encoded.line = raw[:-1] + suffix
     return encoded
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _ids_suffix(swarm_id: Any, request_id: Any) -> bytes:
+    """``,"swarm_id":..,"request_id":..}`` and a newline: the same few for a node's events."""
+    fields = {"swarm_id": swarm_id}
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return b"," + _encoder.encode(fields)[1:].encode("utf-8") + b"\n"
 
 
 def _line(event: dict[str, Any]) -> bytes:
@@ -261,7 +274,7 @@ def encode_events(events: list[dict[str, Any]]) -> tuple[bytes, list[str]]:
 
     An event that cannot be encoded is replaced by an ``unencodable_event`` error carrying its
     correlation fields; the others are sent as they are. The problems are for the log.
-    An event decoded from a worker's line keeps that line (``extended``).
+    An event decoded from a worker's line keeps that line (``routed``).
     """
     try:
         return b"".join(map(_line, events)), []
