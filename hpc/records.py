@@ -218,7 +218,7 @@ def outbox_event_problem(event):
         fields = OUTBOX_ENVELOPE + OUTBOX_EVENT_FIELDS[kind]
         return "lacks %s" % ", ".join(name for name in fields if name not in event)
     job_id = event["job_id"]
-    problem = "must be a string" if not isinstance(job_id, str) else _job_id_problem(job_id)
+    problem = _job_id_problem(job_id) if isinstance(job_id, str) else id_problem(job_id)
     if problem:
         return "job_id " + problem
     problem = node_id_problem(event["node_id"])
