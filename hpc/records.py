@@ -6,6 +6,7 @@ record's builder beside its parser: inbox lines (the router writes, the worker r
 events (the worker writes, the router reads) and the worker's state file.
 """
 
+import functools
 import json
 import re
 import time
@@ -89,6 +90,10 @@ OUTBOX_EVENT_FIELDS = {
     "model_rerouted": ("injection_id", "turn_id", "from_model", "to_model", "reason"),
 }
 OUTBOX_ENVELOPE = ("type", "job_id", "node_id", "seq", "ts")
+# Every field each outbox event must carry: the router checks these on each line it routes.
+_OUTBOX_REQUIRED = {
+    kind: frozenset(OUTBOX_ENVELOPE + fields) for kind, fields in OUTBOX_EVENT_FIELDS.items()
+}
 TURN_STATUSES = ("completed", "interrupted", "failed")
 
 # Codes a worker writes: ``inject_failed.error`` and ``error.error``.
@@ -314,13 +319,15 @@ def outbox_event_problem(event):
     """Say what is wrong with a decoded outbox event, or None: the follower's sanity check."""
     if not isinstance(event, dict):
         return "not a JSON object"
-    required = OUTBOX_EVENT_FIELDS.get(event.get("type"))
+    kind = event.get("type")
+    required = _OUTBOX_REQUIRED.get(kind) if isinstance(kind, str) else None
     if required is None:
-        return "unknown outbox event type %r" % (event.get("type"),)
-    missing = [name for name in OUTBOX_ENVELOPE + tuple(required) if name not in event]
-    if missing:
-        return "lacks %s" % ", ".join(missing)
-    problem = id_problem(event["job_id"])
+        return "unknown outbox event type %r" % (kind,)
+    if not event.keys() >= required:
+        fields = OUTBOX_ENVELOPE + OUTBOX_EVENT_FIELDS[kind]
+        return "lacks %s" % ", ".join(name for name in fields if name not in event)
+    job_id = event["job_id"]
+    problem = _job_id_problem(job_id) if isinstance(job_id, str) else id_problem(job_id)
     if problem:
         return "job_id " + problem
     problem = node_id_problem(event["node_id"])
@@ -331,12 +338,23 @@ def outbox_event_problem(event):
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _job_id_problem(job_id):
+    """``id_problem`` for a string, remembered: a router checks a few job ids on every line."""
+    return id_problem(job_id)
+
+
 def parse_outbox_line(line):
-    """Decode one outbox line into an event dict; RecordError says what is wrong with it."""
+    """Decode one outbox line into an event dict; RecordError says what is wrong with it.
+
+    A line is UTF-8, as the worker writes it (the router passes its bytes on to clients).
+    """
     try:
+        if isinstance(line, bytes):
+            line = line.decode("utf-8")
         event = json.loads(line)
     except ValueError as exc:
-        raise RecordError("outbox line is not JSON: %s" % exc) from None
+        raise RecordError("outbox line is not UTF-8 JSON: %s" % exc) from None
     problem = outbox_event_problem(event)
     if problem:
         raise RecordError("outbox event %s" % problem)

@@ -22,7 +22,7 @@ from codeswarm.protocol import (
     encode_events,
     event_errors,
 )
-from codeswarm.protocol.codec import EXCERPT_CHARS, MAX_LINE_BYTES
+from codeswarm.protocol.codec import EXCERPT_CHARS, MAX_LINE_BYTES, EncodedEvent, routed
 from codeswarm.protocol.fields import MAX_CONTENT_CHARS
 
 SEED_INJECT_BY_JOB = '{"action":"inject","job_id":"272900","node_id":0,"content":"Hello"}'
@@ -437,3 +437,84 @@ def test_ten_thousand_random_and_malformed_lines_decode_without_exception():
             outcomes["command"] += 1
     assert sum(outcomes.values()) == 10_000
     assert outcomes["error"] > 5_000 and outcomes["command"] > 100
+
+
+# ---- a worker's line passed on with fields spliced in --------------------------------------
+
+IDS = st.tuples(st.text(max_size=20) | st.none(), st.none() | st.integers() | st.text(max_size=20))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.dictionaries(TEXT, JSON_VALUES, min_size=1, max_size=5), IDS, st.booleans())
+def test_a_passed_on_line_says_what_encoding_the_event_would_say(fields, ids, compact):
+    """Whatever the worker's line holds, the client reads the event the router routed."""
+    fields.pop("swarm_id", None)
+    fields.pop("request_id", None)
+    decoded = {"type": "assistant_delta", **fields}
+    separators = (",", ":") if compact else (", ", ": ")
+    try:
+        raw = json.dumps(decoded, ensure_ascii=not compact, separators=separators).encode()
+    except UnicodeEncodeError:  # a lone surrogate: a worker writes it escaped
+        raw = json.dumps(decoded, separators=separators).encode()
+    swarm_id, request_id = ids
+    event = routed(raw, json.loads(raw), swarm_id, request_id)
+    added = {"swarm_id": swarm_id, **({} if request_id is None else {"request_id": request_id})}
+    assert event == {**decoded, **added}
+    data, problems = encode_events([event])
+    try:
+        expected = encode_event({**decoded, **added})
+    except ValueError:  # a lone surrogate: the event is refused however it is encoded
+        assert not isinstance(event, EncodedEvent)
+        assert json.loads(data)["error"] == "unencodable_event" and problems
+        return
+    assert data.endswith(b"\n") and data.count(b"\n") == 1 and problems == []
+    assert json.loads(data) == json.loads(expected)
+    if compact and isinstance(event, EncodedEvent):
+        assert data == expected  # the worker's own encoding: byte for byte the same
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"assistant_delta","delta":NaN}',
+        b'{"type":"assistant_delta","delta":-Infinity}',
+        b'{"type":"assistant_delta","delta":"\\udc80"}',
+        b'{"type":"assistant_delta","delta":"\\uD800"}',
+        b'{"type":"assistant_delta","swarm_id":"forged"}',
+        b'{"type":"assistant_delta"} ',
+    ],
+    ids=["nan", "infinity", "surrogate", "upper-case surrogate", "replaced field", "trailing"],
+)
+def test_a_line_the_encoder_would_refuse_or_change_is_encoded_again(raw):
+    event = routed(raw, json.loads(raw), "sw-1", None)
+    assert not isinstance(event, EncodedEvent) and event["swarm_id"] == "sw-1"
+    data, problems = encode_events([event])
+    sent = json.loads(data)
+    assert sent["swarm_id"] == "sw-1"
+    assert (sent["type"] == "error") == bool(problems)
+
+
+def test_passed_on_and_encoded_events_keep_their_order_in_one_batch():
+    raw = b'{"type":"assistant_delta","delta":"a"}'
+    spliced = routed(raw, json.loads(raw), "s", 1)
+    plain = {"type": "pong", "ts": 1.0}
+    refused = {"type": "pong", "ts": 1.0, "request_id": "x" + SURROGATE}
+    data, problems = encode_events([spliced, plain, refused, spliced])
+    lines = [json.loads(line) for line in data.splitlines()]
+    assert [e["type"] for e in lines] == ["assistant_delta", "pong", "error", "assistant_delta"]
+    assert (
+        lines[0]
+        == lines[3]
+        == {"type": "assistant_delta", "delta": "a", "swarm_id": "s", "request_id": 1}
+    )
+    assert len(problems) == 1
+
+
+def test_ids_that_compare_equal_keep_their_own_encoding():
+    """The spliced ids are remembered: 1 and True are equal keys, but not the same JSON."""
+    raw = b'{"type":"assistant_delta","delta":"a"}'
+    sent = [
+        json.loads(encode_events([routed(raw, json.loads(raw), "s", value)])[0])["request_id"]
+        for value in (1, True, 1)
+    ]
+    assert [type(value) for value in sent] == [int, bool, int]

@@ -1,11 +1,12 @@
-"""NodeCorrelation: the injection rules of one node, without threads."""
+"""NodeCorrelation, and the NodeActor that drives it: one node's rules, without threads."""
 
 import json
 
 from codeswarm.actors.correlation import NodeCorrelation
-from codeswarm.actors.messages import Injection
+from codeswarm.actors.messages import Emit, Injection, Progress, WorkerLines
+from codeswarm.actors.node import NodeActor
 from codeswarm.hpc import records
-from codeswarm.protocol import event_errors
+from codeswarm.protocol import encode_event, encode_events, event_errors
 
 
 def node(state="running"):
@@ -134,3 +135,51 @@ def test_a_requeued_node_runs_again_after_it_exited():
     assert n.started() == []  # what the NodeActor does on node_started
     assert n.state == "running"
     assert n.inject(injection("again")) == ([], [injection("again")])
+
+
+def test_a_routed_worker_event_is_sent_as_its_outbox_line_with_the_ids_added():
+    n = node()
+    n.written(injection())
+    raw = line("assistant_delta", 1, injection_id="i1", delta='é \u2028 "x"')
+    (event,) = n.worker_line(raw)
+    data, problems = encode_events([event])
+    assert data == raw[:-2] + b',"swarm_id":"sw-1","request_id":"r1"}\n' and problems == []
+    assert data == encode_event(event)
+
+
+class Recorder:
+    """Stands for the sink and the supervisor: what they were told, in one order."""
+
+    def __init__(self, told: list) -> None:
+        self.told = told
+
+    def tell(self, message) -> None:
+        self.told.append(message)
+
+
+def test_a_batch_is_emitted_in_order_before_the_cursor_may_pass_it():
+    n = node()
+    n.written(injection())
+    told: list = []
+    actor = NodeActor(n, None, Recorder(told), None, 5.0, Recorder(told))
+    batch = [
+        line("turn_started", 1, injection_id="i1", turn_id="t"),
+        line("assistant_delta", 2, injection_id="i1", delta="a"),
+        b"{not json",
+        line("assistant_delta", 2, injection_id="i1", delta="a"),  # a repeat: dropped
+        line("assistant_delta", 3, injection_id="i1", delta="b"),
+    ]
+    offsets = [100 * (k + 1) for k in range(len(batch))]
+    actor.on_receive(
+        WorkerLines([("77_0:9", o, raw) for o, raw in zip(offsets, batch, strict=True)])
+    )
+    emit, progress = told
+    assert isinstance(emit, Emit) and isinstance(progress, Progress)
+    assert [(e["type"], e.get("seq")) for e in emit.events] == [
+        ("turn_started", 1),
+        ("assistant_delta", 2),
+        ("error", None),
+        ("assistant_delta", 3),
+    ]
+    assert json.loads(encode_events(emit.events)[0].splitlines()[3])["delta"] == "b"
+    assert progress == Progress("77_0", {"77_0:9": offsets[-1]}, 3)

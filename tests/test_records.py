@@ -212,9 +212,20 @@ def test_outbox_events_missing_a_field_fail_both_sides(kind, drop):
 
 
 @pytest.mark.parametrize(
-    "line", [b"{nope", b"[]", b"\xff\xfe", b'{"type":"assistant","seq":1}', b""]
+    "line",
+    [
+        b"{nope",
+        b"[]",
+        b"\xff\xfe",
+        b'{"type":"assistant","seq":1}',
+        b"",
+        records.encode_line(
+            records.outbox_event("error", "7", 0, 1, error="e", message="m")
+        ).encode("utf-16"),
+    ],
 )
 def test_outbox_lines_that_are_no_event_are_refused(line):
+    """Not even JSON in UTF-16: the router passes a line's bytes on to clients, as UTF-8."""
     with pytest.raises(records.RecordError):
         records.parse_outbox_line(line)
 

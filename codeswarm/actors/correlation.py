@@ -14,6 +14,7 @@ from typing import Any
 from codeswarm.actors.messages import Injection
 from codeswarm.hpc import records
 from codeswarm.protocol import errors, make_event
+from codeswarm.protocol.codec import routed
 
 log = logging.getLogger(__name__)
 
@@ -161,25 +162,23 @@ class NodeCorrelation:
         if event["seq"] <= self.last_seq:
             return []
         self.last_seq = event["seq"]
-        event["swarm_id"] = self.swarm_id
         kind = event["type"]
-        if kind == "node_started":
-            return [event]
+        request_id = None
+        injection_id = event.get("injection_id")
+        if kind not in ("node_started", "node_exited") and injection_id is not None:
+            entry = self.open.get(injection_id)
+            if entry is None:
+                request_id = self.recent.get(injection_id)
+            else:
+                request_id = entry.injection.request_id
+                self._check_order(entry, kind)
+            if kind in FINAL:
+                self._finish(injection_id, request_id)
+        if "request_id" in event:  # an approve's or steer's own comes first
+            request_id = None
+        event = routed(raw, event, self.swarm_id, request_id)
         if kind == "node_exited":
             return [event, *self.gone(event["reason"])]
-        injection_id = event.get("injection_id")
-        if injection_id is None:
-            return [event]
-        entry = self.open.get(injection_id)
-        if entry is None:
-            request_id = self.recent.get(injection_id)
-        else:
-            request_id = entry.injection.request_id
-            self._check_order(entry, kind)
-        if request_id is not None:
-            event.setdefault("request_id", request_id)  # an approve's or steer's own comes first
-        if kind in FINAL:
-            self._finish(injection_id, request_id)
         return [event]
 
     def _check_order(self, entry: Open, kind: str) -> None:

@@ -9,7 +9,9 @@ an ``error`` event too, so that it costs no other event its place on the line.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections import deque
 from typing import Any
 
@@ -27,6 +29,11 @@ _MISSING_MESSAGE = "Missing data for required field."
 
 _schemas: dict[str, CommandSchema] = {verb: cls() for verb, cls in COMMAND_SCHEMAS.items()}
 _request_id_field = RequestId()
+# One encoder for every event: json.dumps with options builds a new one per call.
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Bytes after which a worker's line is not passed on as it is: JSON constants and escaped
+# surrogates, which the encoder refuses (so the event becomes an ``unencodable_event`` error).
+_NOT_PASSED_ON = re.compile(rb"NaN|Infinity|\\u[dD]")
 # What an unencodable event's replacement keeps, so the client can tell which one it lost.
 _CORRELATION_FIELDS = ("request_id", "swarm_id", "job_id", "node_id", "injection_id")
 
@@ -183,6 +190,56 @@ def decode_object(data: dict[str, Any], line: str | bytes = "") -> Command | dic
         return error_event(errors.INVALID_FIELD, f"{verb}: {detail}", line, name, request_id)
 
 
+class EncodedEvent(dict):
+    """An event that carries its protocol line, made once from the bytes it was decoded from."""
+
+    __slots__ = ("line",)
+    line: bytes
+
+
+def routed(raw: bytes, event: dict[str, Any], swarm_id: Any, request_id: Any) -> dict[str, Any]:
+    """``event``, decoded from a worker's UTF-8 JSON line ``raw``, with the router's ids added.
+
+    ``swarm_id`` always, ``request_id`` unless None. Encoding a routed event again costs more
+    than routing it, so its line is ``raw`` with the ids spliced in, unless ``raw`` holds what
+    the encoder would refuse or an id field it would replace: then the event is encoded on
+    its way out like any other.
+    """
+    added = {"swarm_id": swarm_id}
+    if request_id is not None:
+        added["request_id"] = request_id
+    passed_on = (
+        event
+        and raw.endswith(b"}")
+        and event.keys().isdisjoint(added)
+        and not _NOT_PASSED_ON.search(raw)
+    )
+    try:
+        suffix = _ids_suffix(swarm_id, request_id) if passed_on else b""
+    except (TypeError, ValueError, RecursionError):
+        suffix = b""
+    if not suffix:
+        event.update(added)
+        return event
+    encoded = EncodedEvent(event)
+    encoded.update(added)
+    encoded.line = raw[:-1] + suffix
+    return encoded
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _ids_suffix(swarm_id: Any, request_id: Any) -> bytes:
+    """``,"swarm_id":..,"request_id":..}`` and a newline: the same few for a node's events."""
+    fields = {"swarm_id": swarm_id}
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return b"," + _encoder.encode(fields)[1:].encode("utf-8") + b"\n"
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return event.line if isinstance(event, EncodedEvent) else encode_event(event)
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
     """One event as one protocol line: compact UTF-8 JSON ending in a newline.
 
@@ -190,8 +247,7 @@ def encode_event(event: dict[str, Any]) -> bytes:
         ValueError: a lone surrogate (UnicodeEncodeError), NaN or infinity, a reference cycle.
         TypeError: a value JSON has no type for.
     """
-    text = json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (text + "\n").encode("utf-8")
+    return (_encoder.encode(event) + "\n").encode("utf-8")
 
 
 def _encodes(value: Any) -> bool:
@@ -218,12 +274,17 @@ def encode_events(events: list[dict[str, Any]]) -> tuple[bytes, list[str]]:
 
     An event that cannot be encoded is replaced by an ``unencodable_event`` error carrying its
     correlation fields; the others are sent as they are. The problems are for the log.
+    An event decoded from a worker's line keeps that line (``routed``).
     """
+    try:
+        return b"".join(map(_line, events)), []
+    except (TypeError, ValueError, RecursionError):
+        pass  # find the culprits one by one
     lines: list[bytes] = []
     problems: list[str] = []
     for event in events:
         try:
-            lines.append(encode_event(event))
+            lines.append(_line(event))
         except (TypeError, ValueError, RecursionError) as exc:
             kind = _escaped(str(event.get("type")))
             problem = f"{kind} event: {_escaped(str(exc))}"
