@@ -164,7 +164,15 @@ def test_compact_completes_as_a_turn(worker, model_server):
     run.write(records.inbox_injection(records.INBOX_COMPACT, "c1", ""))
     events = run.wait_event("usage", "c1")
 
-    types = [e["type"] for e in events if e.get("injection_id") == "c1"]
-    assert types == ["inject_delivered", "turn_started", "turn_complete", "usage"]
+    mine = [e for e in events if e.get("injection_id") == "c1"]
+    assert [e["type"] for e in mine] == [
+        "inject_delivered",
+        "turn_started",
+        "item_started",
+        "item_completed",
+        "turn_complete",
+        "usage",
+    ]
+    assert {e["item"]["kind"] for e in mine if e["type"].startswith("item_")} == {"compaction"}
     assert of(events, "turn_complete")[-1]["status"] == "completed"
     assert len(model_server.requests) == 2  # the prompt, then the compaction's summary request
