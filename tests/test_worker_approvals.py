@@ -152,8 +152,9 @@ def test_review_runs_as_a_turn_and_reports_its_findings(worker, model_server):
     run.write(records.inbox_injection(records.INBOX_REVIEW, "rv1", ""))
     events = run.wait_event("usage", "rv1")
 
-    (found,) = [e["item"] for e in of(events, "item_completed") if e["item"]["kind"] == "review"]
-    assert (found["phase"], found["review"]) == ("exited", "P1: the marker is missing")
+    done = [e["item"] for e in of(events, "item_completed") if e["item"]["kind"] == "review"]
+    assert [item["phase"] for item in done] == ["entered", "exited"]
+    assert done[-1]["review"] == "P1: the marker is missing"
     assert of(events, "turn_complete")[0]["status"] == "completed"
     assert "staged, unstaged, and untracked" in last_user_text(model_server.requests[0])
 
