@@ -158,9 +158,9 @@ def test_review_and_compact_run_as_turns(daemon, model_server):
     d.send({"command": "compact", "swarm_id": sid, "nodes": 0, "request_id": "cp"})
     done = d.wait_event("turn_complete", request_id="cp")
 
-    done = [e["item"] for e in of(d.events, "item_completed", request_id="rv")]
-    assert [item["phase"] for item in done if item["kind"] == "review"] == ["entered", "exited"]
-    assert done[-1]["review"] == "P2: no tests"
+    items = [e["item"] for e in of(d.events, "item_completed", request_id="rv")]
+    assert [item["phase"] for item in items if item["kind"] == "review"] == ["entered", "exited"]
+    assert items[-1]["review"] == "P2: no tests"
     assert reviewed["status"] == "completed"
     assert of(d.events, "inject_ack", request_id="rv")[0]["node_id"] == 0
     assert done["status"] == "completed"
