@@ -211,6 +211,14 @@ class Activity:
         item["output_path"] = path
 
     def file_change(self, raw, item):
+        changes, path = self.changes(raw)
+        if path is not None:
+            item.update(diff_truncated=True, diff_path=path)
+        item["changes"] = changes
+
+    def changes(self, raw):
+        """A fileChange item's changes as events show them, and where the whole diff went when
+        they were cut to the bound (else None)."""
         changes, diffs = [], []
         for change in raw.get("changes") or []:
             kind = (change.get("kind") or {}).get("type")
@@ -224,13 +232,13 @@ class Activity:
             changes.append(entry)
             diffs.append(diff)
         total = sum(len(diff.encode("utf-8")) for diff in diffs)
-        if total > self.max_bytes:
-            path = self.write_file(item["id"] + ".diff", "".join(diffs))
-            share = self.max_bytes // len(changes)
-            for entry in changes:
-                entry["diff"] = cut_bytes(entry["diff"], share) + MARKER % (self.max_bytes, path)
-            item.update(diff_truncated=True, diff_path=path)
-        item["changes"] = changes
+        if total <= self.max_bytes:
+            return changes, None
+        path = self.write_file(str(raw.get("id")) + ".diff", "".join(diffs))
+        share = self.max_bytes // len(changes)
+        for entry in changes:
+            entry["diff"] = cut_bytes(entry["diff"], share) + MARKER % (self.max_bytes, path)
+        return changes, path
 
     # ---- streams ----------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ configured ``approval_decision`` answers instead. The pending requests live in t
 state, so a restarted worker can say that they will never be answered.
 """
 
+import hashlib
+import json
 import time
 
 from . import records
@@ -22,23 +24,18 @@ CODEX_DECISIONS = {
     "accept_for_session": "acceptForSession",
     "decline": "decline",
 }
-CHANGE_KINDS = ("add", "delete", "update")
 
 
-def change_summary(change):
-    """One entry of a fileChange item as the event shows it: path, kind, diff and line counts."""
-    kind = change.get("kind") or {}
-    lines = (change.get("diff") or "").splitlines()
-    summary = {
-        "path": change.get("path"),
-        "change": kind.get("type") if kind.get("type") in CHANGE_KINDS else "update",
-        "additions": sum(1 for x in lines if x.startswith("+") and not x.startswith("+++")),
-        "deletions": sum(1 for x in lines if x.startswith("-") and not x.startswith("---")),
-        "diff": change.get("diff") or "",
-    }
-    if kind.get("move_path"):
-        summary["move_path"] = kind["move_path"]
-    return summary
+def approval_id_for(count, fields):
+    """``ap-<count>-<digest of what is asked>``, unique on its node.
+
+    The count alone would let one ``approve`` with ``nodes: "all"`` accept a different command
+    on a node that asked once more before; with the digest it answers only the nodes that ask
+    the same thing at the same point.
+    """
+    asked = {key: fields.get(key) for key in ("approval_kind", "command", "changes")}
+    digest = hashlib.sha256(json.dumps(asked, sort_keys=True).encode("utf-8")).hexdigest()
+    return "ap-%d-%s" % (count, digest[:8])
 
 
 class Approvals:
@@ -48,13 +45,15 @@ class Approvals:
     an event (``approvals``) finds what the event said.
     """
 
-    def __init__(self, state, agent, emit, respond, save):
+    def __init__(self, state, agent, emit, respond, save, describe_changes):
         self.state = state
         self.timeout = float(agent["approval_timeout_seconds"])
         self.default = agent["approval_decision"]
         self._write = emit
         self.respond = respond
         self.save = save
+        self.asks = agent.get("approval_policy", "never") != "never"
+        self.describe_changes = describe_changes  # a fileChange item -> (changes, full diff path)
         self.waiting = {}  # approval_id -> (codex request id, monotonic deadline)
         self.changes = {}  # fileChange item id -> its changes, from item/started
 
@@ -68,14 +67,12 @@ class Approvals:
 
     def note_item(self, item):
         """Remember a file change's diff: its approval request names the item, not the diff."""
-        if item.get("type") == "fileChange":
-            self.changes[item.get("id")] = [change_summary(c) for c in item.get("changes") or []]
+        if self.asks and item.get("type") == "fileChange":
+            self.changes[item.get("id")] = self.describe_changes(item)[0]
 
     def request(self, message, injection_id):
         """codex asks: announce the request and start its clock."""
         params = message.get("params") or {}
-        approval_id = "ap-%d" % self.state["next_approval"]
-        self.state["next_approval"] += 1
         fields = {
             "approval_kind": REQUEST_KINDS[message["method"]],
             "injection_id": injection_id,
@@ -90,6 +87,8 @@ class Approvals:
         else:
             fields["changes"] = self.changes.pop(params.get("itemId"), [])
         fields = {key: value for key, value in fields.items() if value is not None}
+        approval_id = approval_id_for(self.state["next_approval"], fields)
+        self.state["next_approval"] += 1
         self.state["approvals"][approval_id] = fields
         self.waiting[approval_id] = (message["id"], time.monotonic() + self.timeout)
         self.save()

@@ -96,13 +96,18 @@ class Worker:
             on_thread=self.thread_open,
             on_request=self.server_request,
         )
-        self.approvals = approvals.Approvals(
-            self.state, agent, self.emit, self.codex.respond, self.save_state
-        )
-        self.steering = steering.Steering(self.emit, self.codex.call)
         self.activity = Activity(
             self.emit, os.path.join(mailbox, records.LOG_DIR, key), settings["max_event_bytes"]
         )
+        self.approvals = approvals.Approvals(
+            self.state,
+            agent,
+            self.emit,
+            self.codex.respond,
+            self.save_state,
+            self.activity.changes,
+        )
+        self.steering = steering.Steering(self.emit, self.codex.call)
         self.usage_total = None
         self.failures = 0
         self.restart_at = None
@@ -166,6 +171,7 @@ class Worker:
         if self.turn is not None and time.monotonic() < self.exit_deadline:
             return False
         if self.turn is not None:
+            self.approvals.turn_ended()  # nobody can answer them once the node is gone
             self.fail(
                 self.turn.injection_id,
                 records.FAILED_NODE_EXITING,

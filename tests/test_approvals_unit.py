@@ -5,21 +5,27 @@ from __future__ import annotations
 import time
 
 from codeswarm.hpc import records
-from codeswarm.hpc.approvals import Approvals, change_summary
+from codeswarm.hpc.activity import Activity
+from codeswarm.hpc.approvals import Approvals, approval_id_for
 
 DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n-old\n+new\n+more\n context\n"
 
 
-def book(timeout: float = 600.0, decision: str = "decline"):
+def book(timeout: float = 600.0, decision: str = "decline", log_dir: str = "/nonexistent"):
     state = records.new_state()
     emitted, answered, saves = [], [], []
-    agent = {"approval_timeout_seconds": timeout, "approval_decision": decision}
+    agent = {
+        "approval_timeout_seconds": timeout,
+        "approval_decision": decision,
+        "approval_policy": "on-request",
+    }
     approvals = Approvals(
         state,
         agent,
         lambda kind, **fields: emitted.append((kind, fields)),
         lambda request_id, result: answered.append((request_id, result)),
         lambda: saves.append(dict(state["approvals"])),
+        Activity(lambda kind, **fields: None, log_dir, max_event_bytes=1024).changes,
     )
     return approvals, state, emitted, answered, saves
 
@@ -29,24 +35,12 @@ def command_request(request_id: int = 5) -> dict:
     return {"id": request_id, "method": "item/commandExecution/requestApproval", "params": params}
 
 
-def test_change_summary_counts_lines_but_not_file_headers():
-    change = {"path": "x.py", "kind": {"type": "update", "move_path": "y.py"}, "diff": DIFF}
-    assert change_summary(change) == {
-        "path": "x.py",
-        "change": "update",
-        "move_path": "y.py",
-        "additions": 2,
-        "deletions": 1,
-        "diff": DIFF,
-    }
-
-
 def test_a_file_change_request_carries_the_diff_codex_announced_with_its_item():
     approvals, _, emitted, _, _ = book()
     item = {
         "type": "fileChange",
         "id": "fc-1",
-        "changes": [{"path": "n.txt", "kind": {"type": "add"}, "diff": "+hi\n"}],
+        "changes": [{"path": "n.txt", "kind": {"type": "add"}, "diff": "hi\n"}],
     }
     approvals.note_item(item)
     params = {"turnId": "t-1", "itemId": "fc-1", "reason": "new file"}
@@ -55,13 +49,16 @@ def test_a_file_change_request_carries_the_diff_codex_announced_with_its_item():
     )
 
     kind, fields = emitted[0]
-    assert (kind, fields["approval_kind"], fields["approval_id"]) == (
-        "approval_request",
-        "file_change",
-        "ap-1",
-    )
+    assert (kind, fields["approval_kind"]) == ("approval_request", "file_change")
+    assert fields["approval_id"].startswith("ap-1-")
     assert fields["changes"] == [
-        {"path": "n.txt", "change": "add", "additions": 1, "deletions": 0, "diff": "+hi\n"}
+        {
+            "path": "n.txt",
+            "change": "add",
+            "additions": 1,
+            "deletions": 0,
+            "diff": "--- /dev/null\n+++ b/n.txt\n@@ -0,0 +1,1 @@\n+hi\n",
+        }
     ]
     assert "command" not in fields
 
@@ -70,22 +67,24 @@ def test_the_state_is_saved_before_each_event_and_ids_are_not_reused():
     approvals, state, emitted, answered, saves = book()
     approvals.request(command_request(5), "i1")
     approvals.request(command_request(6), "i1")
-    assert saves == [{"ap-1": state["approvals"]["ap-1"]}, dict(state["approvals"])]
-    approvals.answer({"approval_id": "ap-2", "decision": "accept_for_session", "request_id": "r"})
+    first, second = (fields["approval_id"] for _, fields in emitted)
+    assert (first, second) == (approval_id_for(1, state["approvals"][first]), "ap-2-" + first[5:])
+    assert saves == [{first: state["approvals"][first]}, dict(state["approvals"])]
+    approvals.answer({"approval_id": second, "decision": "accept_for_session", "request_id": "r"})
 
     assert answered == [(6, {"decision": "acceptForSession"})]
-    assert list(state["approvals"]) == ["ap-1"] == list(saves[-1])
+    assert list(state["approvals"]) == [first] == list(saves[-1])
     assert emitted[-1] == (
         "approval_resolved",
         {
-            "approval_id": "ap-2",
+            "approval_id": second,
             "injection_id": "i1",
             "decision": "accept_for_session",
             "by": "client",
             "request_id": "r",
         },
     )
-    approvals.answer({"approval_id": "ap-2", "decision": "accept"})
+    approvals.answer({"approval_id": second, "decision": "accept"})
     assert emitted[-1][1]["error"] == records.ERROR_UNKNOWN_APPROVAL
     assert state["next_approval"] == 3
 
@@ -112,3 +111,46 @@ def test_a_turn_that_ends_settles_its_requests_without_answering_codex():
     assert (emitted[-1][1]["by"], state["approvals"]) == ("turn_ended", {})
     approvals.expire()
     assert answered == []
+
+
+def test_an_id_names_what_is_asked_so_one_answer_never_accepts_another_command():
+    approvals, _, emitted, _, _ = book()
+    other, _, other_emitted, _, _ = book()
+    approvals.request(command_request(5), "i1")
+    asked = command_request(5)
+    asked["params"]["command"] = "rm -rf ~/data"
+    other.request(asked, "i1")
+    mine, theirs = emitted[0][1]["approval_id"], other_emitted[0][1]["approval_id"]
+    assert mine.startswith("ap-1-") and theirs.startswith("ap-1-") and mine != theirs
+    again, _, again_emitted, _, _ = book()
+    again.request(command_request(7), "i9")  # the same command at the same point on a node
+    assert again_emitted[0][1]["approval_id"] == mine
+
+
+def test_file_diffs_are_kept_only_when_codex_may_ask_and_are_bounded(tmp_path):
+    approvals, _, emitted, _, _ = book(log_dir=str(tmp_path))
+    huge = "".join(f"line {n}\n" for n in range(1000))
+    item = {
+        "type": "fileChange",
+        "id": "fc-9",
+        "changes": [{"path": "big.txt", "kind": {"type": "add"}, "diff": huge}],
+    }
+    approvals.note_item(item)
+    params = {"turnId": "t-1", "itemId": "fc-9"}
+    approvals.request(
+        {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i1"
+    )
+    (change,) = emitted[0][1]["changes"]
+    assert len(change["diff"].encode()) < 1024 + 200 and "truncated at 1024 bytes" in change["diff"]
+    (kept,) = tmp_path.glob("*fc-9.diff")
+    assert kept.read_text().count("line ") == 1000
+    never = Approvals(
+        records.new_state(),
+        {"approval_timeout_seconds": 1, "approval_decision": "decline", "approval_policy": "never"},
+        print,
+        print,
+        print,
+        Activity(print, str(tmp_path), max_event_bytes=1024).changes,
+    )
+    never.note_item(item)
+    assert never.changes == {}

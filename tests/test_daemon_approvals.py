@@ -59,20 +59,22 @@ def test_one_approve_answers_the_same_request_on_every_node(daemon, model_server
     events = d.wait_for(lambda evs: len(of(evs, "approval_request")) == 2)
 
     requests = of(events, "approval_request")
+    asked = requests[0]["approval_id"]  # the same command at the same point: the same id
+    assert asked.startswith("ap-1-")
     assert {(e["node_id"], e["approval_id"], e["swarm_id"]) for e in requests} == {
-        (0, "ap-1", sid),
-        (1, "ap-1", sid),
+        (0, asked, sid),
+        (1, asked, sid),
     }
     assert all("touch marker" in e["command"] for e in requests)
     assert markers(d, job) == []
     d.send({"command": "approvals", "swarm_id": sid, "request_id": "list-1"})
     listed = d.wait_event("approval_list", request_id="list-1")["approvals"]
     assert sorted((a["node_id"], a["approval_id"], a["approval_kind"]) for a in listed) == [
-        (0, "ap-1", "command"),
-        (1, "ap-1", "command"),
+        (0, asked, "command"),
+        (1, asked, "command"),
     ]
 
-    approve = {"command": "approve", "swarm_id": sid, "approval_id": "ap-1", "nodes": "all"}
+    approve = {"command": "approve", "swarm_id": sid, "approval_id": asked, "nodes": "all"}
     d.send({**approve, "decision": "accept", "request_id": "yes"})
     events = d.wait_for(lambda evs: len(of(evs, "usage")) == 2, timeout=90)
 
@@ -93,7 +95,7 @@ def test_decline_unknown_nodes_and_ids_fail_per_node(daemon, model_server):
     sid, job = swarm["swarm_id"], swarm["job_id"]
     model_server.add_rule("TOUCH", Reply(tool_call_cmd="touch marker", tool_call_args=ESCALATE))
     d.send({"command": "inject", "swarm_id": sid, "nodes": 0, "content": "TOUCH it"})
-    d.wait_event("approval_request")
+    asked = d.wait_event("approval_request")["approval_id"]
     d.send(
         {
             "command": "approve",
@@ -106,7 +108,7 @@ def test_decline_unknown_nodes_and_ids_fail_per_node(daemon, model_server):
         {
             "command": "approve",
             "swarm_id": sid,
-            "approval_id": "ap-1",
+            "approval_id": asked,
             "nodes": 0,
             "decision": "decline",
             "request_id": "no",

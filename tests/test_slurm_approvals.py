@@ -60,12 +60,10 @@ def test_approvals_over_ssh_answered_by_the_cli_or_by_the_timeout(
         listed = cli(config_file, "approvals", sid)
         assert listed.returncode == 0, listed.stderr
         pending = [json.loads(line) for line in listed.stdout.splitlines()]
-        assert sorted((a["node_id"], a["approval_id"]) for a in pending) == [
-            (0, "ap-1"),
-            (1, "ap-1"),
-        ]
+        asked = pending[0]["approval_id"]
+        assert sorted((a["node_id"], a["approval_id"]) for a in pending) == [(0, asked), (1, asked)]
         assert all("touch marker" in a["command"] for a in pending)
-        answered = cli(config_file, "approve", sid, "ap-1", "--decision", "accept", "--nodes", "0")
+        answered = cli(config_file, "approve", sid, asked, "--decision", "accept", "--nodes", "0")
         assert answered.returncode == 0, answered.stderr
         assert json.loads(answered.stdout)["type"] == "approve_ack"
 

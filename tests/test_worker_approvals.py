@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import pytest
@@ -113,6 +115,23 @@ def test_a_restarted_worker_settles_what_its_old_codex_asked(asking, model_serve
     assert run.state["approvals"] == {}
     # Ids are not reused: a late answer for the old request cannot reach a new one.
     assert run.state["next_approval"] == 2
+
+
+def test_a_node_stopped_mid_request_settles_it_before_it_exits(asking, model_server):
+    run = asking().start()
+    request = ask_to_touch(run, model_server)
+    os.kill(run.codex_pid(), signal.SIGTERM)  # scancel signals every process of the step
+    run.process.send_signal(signal.SIGTERM)
+    run.process.wait(30)
+    events = run.events()
+
+    kinds = [e["type"] for e in events]
+    resolved = of(events, "approval_resolved")
+    assert [(e["approval_id"], e["by"]) for e in resolved] == [
+        (request["approval_id"], "turn_ended")
+    ]
+    assert kinds.index("approval_resolved") < kinds.index("node_exited")
+    assert run.state["approvals"] == {}  # `approvals` lists nothing for a node that is gone
 
 
 def test_steer_reaches_the_model_in_the_running_turn(worker, model_server):

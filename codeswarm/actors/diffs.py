@@ -6,29 +6,21 @@ worktree; the supervisor hands the request over and goes on routing events.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-import pykka
-
-from codeswarm.actors.messages import Emit, ReadDiffs
-from codeswarm.backends import Transport
+from codeswarm.actors.answering import AnsweringActor
+from codeswarm.actors.messages import ReadDiffs
 from codeswarm.errors import BackendError
 from codeswarm.protocol import errors, make_event
 
 
-class DiffReaderActor(pykka.ThreadingActor):
+class DiffReaderActor(AnsweringActor):
     """Answers each ``ReadDiffs`` with a ``swarm_diff`` event, or an ``error`` event."""
 
-    def __init__(self, transport: Transport, sink: Any) -> None:
-        super().__init__()
-        self.transport = transport
-        self.sink = sink
+    handles = ReadDiffs
 
-    def on_receive(self, message: Any) -> None:
-        if isinstance(message, ReadDiffs):
-            with contextlib.suppress(pykka.ActorDeadError):  # the client has gone
-                self.sink.tell(Emit([self.answer(message)]))
+    def request_id(self, message: ReadDiffs) -> Any:
+        return message.command.request_id
 
     def answer(self, message: ReadDiffs) -> dict[str, Any]:
         swarm, command = message.swarm, message.command

@@ -13,13 +13,11 @@ import logging
 import uuid
 from typing import Any
 
-import pykka
-
-from codeswarm.actors.messages import Emit, ListApprovals
-from codeswarm.backends import Transport
+from codeswarm.actors.answering import AnsweringActor
+from codeswarm.actors.messages import ListApprovals
 from codeswarm.errors import BackendError
 from codeswarm.hpc import records
-from codeswarm.protocol import commands, errors, make_event
+from codeswarm.protocol import commands, make_event
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +34,17 @@ def node_command(
     return "steer", record, {"steer_id": steer_id}
 
 
-class ApprovalsActor(pykka.ThreadingActor):
+class ApprovalsActor(AnsweringActor):
     """Answers ``approvals`` by reading state files: a slow SSH read never stalls the router."""
 
-    def __init__(self, transport: Transport, sink: Any) -> None:
-        super().__init__()
-        self.transport = transport
-        self.sink = sink
+    handles = ListApprovals
 
-    def on_receive(self, message: Any) -> None:
-        if isinstance(message, ListApprovals):
-            self.sink.tell(Emit([self.approval_list(message)]))
-
-    def approval_list(self, message: ListApprovals) -> dict[str, Any]:
+    def answer(self, message: ListApprovals) -> dict[str, Any]:
         try:
             states = self.transport.read_states(message.job_id, message.nodes)
         except BackendError as exc:
             return make_event(
-                "error", error=errors.BACKEND, message=str(exc), request_id=message.request_id
+                "error", error=exc.code, message=str(exc), request_id=message.request_id
             )
         pending = []
         for node_id, data in sorted(states.items()):

@@ -96,13 +96,14 @@ def approvals(swarm_id: str, **options: Any) -> None:
 def approve(swarm_id: str, approval_id: str, decision: str, **options: Any) -> None:
     """Answer an approval request on the given nodes (all by default).
 
-    Approval ids count per node (ap-1, ap-2, ...), so one command answers the same request
-    of every node that runs the same prompt; a node without it says so.
+    An approval id (ap-<n>-<digest>) names the node's n-th request and what it asks, so one
+    command answers the same request on every node that asks it, and never a different
+    command; a node without it answers unknown_approval (see `codeswarm attach`).
 
     \b
     Examples:
-      codeswarm approve sw-1a2b3c4d5e ap-1 --decision accept --nodes 0
-      codeswarm approve sw-1a2b3c4d5e ap-1 --decision accept_for_session
+      codeswarm approve sw-1a2b3c4d5e ap-1-3f9c2a71 --decision accept --nodes 0
+      codeswarm approve sw-1a2b3c4d5e ap-1-3f9c2a71 --decision accept_for_session
     """
     _run("approve", swarm_id, options, approval_id=approval_id, decision=decision)
 
