@@ -49,6 +49,10 @@ EXIT_INTERRUPT_GRACE = 3.0
 CODEX_EXIT_GRACE = 1.0
 
 
+# Records that act on what runs now; read again after a restart they would act twice.
+CONTROL_KINDS = (records.INBOX_APPROVE, records.INBOX_STEER, records.INBOX_INTERRUPT)
+
+
 class Turn:
     """The injection codex is working on: at most one at a time (a second turn/start steers)."""
 
@@ -278,6 +282,7 @@ class Worker:
             if self.draining:
                 self.inbox.offset = start + len(raw)
                 break
+        self.state["read_offset"] = max(self.state["read_offset"], self.inbox.offset)
         self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
         self.state_dirty = True
 
@@ -294,6 +299,8 @@ class Worker:
             )
             return
         kind = record["type"]
+        if kind in CONTROL_KINDS and start < self.state["read_offset"]:
+            return  # acted on before this worker restarted
         if kind == records.INBOX_SHUTDOWN:
             log.info("shutdown requested: finishing %d queued prompts first", len(self.queue))
             self.draining = True

@@ -118,11 +118,15 @@ STEER_NO_TURN = "no_running_turn"
 STEER_REFUSED = "agent_error"
 
 # Version 2 added the pending approvals (``approvals``: approval_id -> its approval_request
-# fields) and the counter their ids come from; a version 1 file is upgraded on load.
+# fields), the counter their ids come from, and ``read_offset``: how far the inbox has been
+# read (``inbox_offset`` stays at the first queued prompt, so a restarted worker reads again
+# from there, and must not act twice on the approve, steer and interrupt records it had
+# read). A version 1 file is upgraded on load.
 STATE_VERSION = 2
 STATE_FIELDS = (
     "version",
     "inbox_offset",
+    "read_offset",
     "thread_id",
     "handled",
     "in_flight",
@@ -365,6 +369,7 @@ def new_state():
     return {
         "version": STATE_VERSION,
         "inbox_offset": 0,
+        "read_offset": 0,
         "thread_id": None,
         "handled": [],
         "in_flight": None,
@@ -377,7 +382,10 @@ def new_state():
 def upgrade_state(state):
     """A state record of an older version in today's shape (others are returned as they are)."""
     if isinstance(state, dict) and state.get("version") == 1:
-        state = dict(state, version=STATE_VERSION, approvals={}, next_approval=1)
+        offset = state.get("inbox_offset", 0)
+        state = dict(
+            state, version=STATE_VERSION, approvals={}, next_approval=1, read_offset=offset
+        )
     return state
 
 
@@ -402,7 +410,7 @@ def state_problem(state):
         return "lacks %s" % ", ".join(missing)
     if state["version"] != STATE_VERSION:
         return "unsupported state version %r" % (state["version"],)
-    for name in ("inbox_offset", "next_seq"):
+    for name in ("inbox_offset", "read_offset", "next_seq"):
         value = state[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return "%s must be a non-negative integer" % name

@@ -260,14 +260,15 @@ def test_state_check(state, valid):
 
 
 def test_a_version_1_state_is_upgraded_with_no_pending_approvals(tmp_path):
-    old = {k: v for k, v in records.new_state().items() if k not in ("approvals", "next_approval")}
+    added = ("approvals", "next_approval", "read_offset")
+    old = {k: v for k, v in records.new_state().items() if k not in added}
     old.update(version=1, inbox_offset=42, thread_id="t-1", handled=["a"], next_seq=9)
     path = tmp_path / "4242_0.json"
     path.write_text(json.dumps(old))
 
     state = StateStore(str(path)).load()
 
-    assert state == {**old, "version": 2, "approvals": {}, "next_approval": 1}
+    assert state == {**old, "version": 2, "approvals": {}, "next_approval": 1, "read_offset": 42}
     assert records.pending_approvals(path.read_bytes()) == {}
 
 

@@ -134,6 +134,22 @@ def test_a_node_stopped_mid_request_settles_it_before_it_exits(asking, model_ser
     assert run.state["approvals"] == {}  # `approvals` lists nothing for a node that is gone
 
 
+def test_a_restarted_worker_does_not_act_again_on_steers_it_had_read(worker, model_server):
+    run = worker().start()
+    model_server.add_rule("SLOW", Reply(text="a slow answer", deltas=6, delay_seconds=0.5))
+    run.inject("i1", "SLOW work")
+    run.wait_event("assistant_delta", "i1")
+    run.inject("i2", "queued prompt")  # the inbox is read again from here after a restart
+    run.write(records.inbox_steer("s1", "STEERED", request_id="r1"))
+    run.wait_event("steer_applied")
+    run.stop()
+    run.start()
+    events = run.wait_event("usage", "i2", timeout=60)
+
+    steers = [(e["type"], e["steer_id"]) for e in events if e["type"].startswith("steer")]
+    assert steers == [("steer_applied", "s1")]
+
+
 def test_steer_reaches_the_model_in_the_running_turn(worker, model_server):
     run = worker().start()
     model_server.add_rule("SLOW", Reply(text="a slow answer", deltas=6, delay_seconds=0.5))
