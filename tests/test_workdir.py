@@ -16,6 +16,10 @@ from codeswarm.hpc.git_worktree import WorktreeError, branch_name
 from tests.support.worker import ROOT
 
 
+def admin(repo: Path, path: Path) -> str:
+    return git_worktree.node_dir(str(repo), str(path))
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True
@@ -110,7 +114,7 @@ def test_changes_cover_edits_and_new_files_and_leave_the_index_alone(repo, tmp_p
     base = git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
     (path / "app.py").write_text("print('two')\nprint('three')\n")
     (path / "new.txt").write_text("fresh\n")
-    found = git_worktree.changes(str(path), base, 1 << 20, stat_only=False)
+    found = git_worktree.changes(admin(repo, path), str(path), base, 1 << 20, stat_only=False)
     assert found["files"] == [
         {"path": "app.py", "added": 2, "deleted": 1},
         {"path": "new.txt", "added": 1, "deleted": 0},
@@ -118,7 +122,7 @@ def test_changes_cover_edits_and_new_files_and_leave_the_index_alone(repo, tmp_p
     assert "+print('three')" in found["diff"] and "+fresh" in found["diff"]
     assert found["truncated"] is False
     assert git(path, "status", "--porcelain") == " M app.py\n?? new.txt\n"
-    stat = git_worktree.changes(str(path), base, 1 << 20, stat_only=True)
+    stat = git_worktree.changes(admin(repo, path), str(path), base, 1 << 20, stat_only=True)
     assert "diff" not in stat and stat["files"] == found["files"]
 
 
@@ -126,7 +130,7 @@ def test_a_huge_diff_is_cut_with_a_marker(repo, tmp_path):
     path = tmp_path / "wt"
     base = git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
     (path / "big.txt").write_text("line of text\n" * 100_000)
-    found = git_worktree.changes(str(path), base, 1000, stat_only=False)
+    found = git_worktree.changes(admin(repo, path), str(path), base, 1000, stat_only=False)
     assert found["truncated"] is True
     text, marker = found["diff"].split("\n[codeswarm: diff truncated: ")
     assert len(text.encode()) <= 1000
@@ -256,9 +260,9 @@ def test_many_files_are_counted_past_the_limit_and_a_cut_never_splits_a_characte
     for n in range(5):
         (path / f"n{n}.txt").write_text("é" * 400 + "\n")
     monkeypatch.setattr(git_worktree, "MAX_FILES", 3)
-    full = git_worktree.changes(str(path), base, 1 << 20, stat_only=False)
+    full = git_worktree.changes(admin(repo, path), str(path), base, 1 << 20, stat_only=False)
     assert len(full["files"]) == 3 and full["files_omitted"] == 2
     for limit in range(300, 320):
-        cut = git_worktree.changes(str(path), base, limit, stat_only=False)
+        cut = git_worktree.changes(admin(repo, path), str(path), base, limit, stat_only=False)
         shown = cut["diff"].split("\n[codeswarm: diff truncated")[0]
         assert "\ufffd" not in shown and full["diff"].startswith(shown)
