@@ -3,7 +3,10 @@
 Nodes of a swarm start at once and add worktrees to the same repository; git's own lock
 files make all but one of them fail. Every change to the repository's worktree list
 happens under a POSIX lock on a file in its git directory (``lockf``, which NFS honours).
-Standard library only, Python >= 3.8.
+
+A worktree is its agent's to change, ``.git`` file included, and ``diff`` and ``prune`` run
+on the login node: git there is always given the worktree's git directory as the repository
+records it (``node_git``), with fsmonitor and hooks off. Standard library only, Python >= 3.8.
 """
 
 import codecs

@@ -3,12 +3,13 @@
 Run as ``python3 -m hpc.prune --cluster-dir DIR`` with a JSON list on stdin, one object per
 swarm: ``{"swarm_id": ..., "job_id": ..., "nodes": N}``. For each it first retires each node's
 git worktree (``agent.repo``: uncommitted work is committed to the node's branch, the worktree
-removed, the branch kept), then removes the swarm's
-mailbox files (inbox, outbox, every archived run, state, logs), each node's workspace and
-CODEX_HOME, the swarm's settings and batch script, and its job's output; then prints one JSON
-line per swarm: ``{"swarm_id": ..., "removed": <paths removed>}``. Ids are checked as every
-other cluster-side program checks them, so a damaged registry cannot name a path outside the
-cluster directory. Standard library only, Python >= 3.8.
+removed, the branch kept), then removes the swarm's mailbox files (inbox, outbox, every
+archived run, state, logs), each node's workspace and CODEX_HOME, the swarm's settings and
+batch script, and its job's output; then prints one JSON line per swarm:
+``{"swarm_id": ..., "removed": <paths removed>}``, with ``"error"`` when one of its worktrees
+could not be retired (then its files are kept; the other swarms go on). Ids are checked as
+every other cluster-side program checks them, so a damaged registry cannot name a path outside
+the cluster directory. Standard library only, Python >= 3.8.
 """
 
 import argparse
