@@ -156,20 +156,16 @@ def ensure(repo, path, branch, gitdir=None):
     with HEAD. A branch that exists already (a pruned node's work) is checked out again.
     ``gitdir`` is the admin directory recorded for the node's worktree: when it is the
     one at ``path``, the worktree is the node's own and whatever its HEAD is (another
-    branch, detached) is accepted. Only this node's entries are ever dropped: the one at
-    ``path`` or one holding ``branch`` whose directory is gone.
+    branch, detached) is accepted. No other worktree's entry is ever touched: only the
+    one at ``path`` is dropped, when its directory was removed (made again here).
     """
     with repo_lock(repo):
         ref = "refs/heads/" + branch
-        real = os.path.realpath(path)
-        admin = None
-        for entry, (where, head) in entries(repo).items():
-            if where == real or head == "ref: " + ref:
-                if _gone(where):
-                    _drop(entry)  # removed by hand: made again below
-                elif where == real:
-                    admin = entry
-        if admin is not None and admin != gitdir:
+        admin = locate(repo, path)
+        if admin is not None and _gone(path):
+            _drop(admin)
+            admin = None
+        if admin is not None and (gitdir is None or os.path.realpath(gitdir) != admin):
             head = _read(os.path.join(admin, "HEAD")) or ""
             if head != "ref: " + ref:
                 on = head[len("ref: ") :] if head.startswith("ref: ") else "a detached HEAD"
