@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from codeswarm.backends.local import LocalTransport
 from codeswarm.hpc import diff, git_worktree, workdir
 from codeswarm.hpc import prune as hpc_prune
 from codeswarm.hpc.git_worktree import WorktreeError, branch_name
+from codeswarm.registry import SwarmRecord
 from tests.support.worker import ROOT
 
 
@@ -393,3 +395,16 @@ def test_diff_hashes_only_the_files_changed_since_the_worktrees_index(repo, tmp_
     (zero,) = diff.read_diffs(str(mailbox), "12", [0], stat_only=True)
     assert zero["files"] == [{"path": "f3.txt", "added": 1, "deleted": 1}]
     assert hashed.read_text().split() == ["f3.txt"]
+
+
+def test_the_local_backend_keeps_a_swarm_whose_worktree_cannot_be_retired(repo, tmp_path):
+    mailbox, broken = node_worktree(repo, tmp_path, job="13")
+    _, fine = node_worktree(repo, tmp_path, job="14")
+    (repo / ".git" / "worktrees" / "13_0" / "index").write_text("junk")
+    swarms = [
+        SwarmRecord(f"sw-{job}", job, "local", str(mailbox), 1, 0.0, "exited")
+        for job in ("13", "14")
+    ]
+    done = LocalTransport(str(tmp_path / "cluster"), 1.0, 1.0).remove_swarm_files(swarms)
+    assert "index" in done["sw-13"].error and done["sw-13"].removed == [] and broken.exists()
+    assert done["sw-14"].error is None and done["sw-14"].removed[0] == str(fine)
