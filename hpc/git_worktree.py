@@ -286,8 +286,8 @@ def _keep_detached(admin, path, branch):
     ref = "refs/heads/" + branch
     tip = node_git(admin, path, "rev-parse", "--verify", "--quiet", ref, ok=(0, 1)).strip()
 
-    def on(commit, ref):  # commit is ref or one of its ancestors
-        return node_git(admin, path, "merge-base", commit, ref, ok=(0, 1)).strip() == commit
+    def on(commit, newer):  # commit is newer or one of its ancestors
+        return node_git(admin, path, "merge-base", commit, newer, ok=(0, 1)).strip() == commit
 
     if tip and on(head, tip):
         return
