@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 
-from codeswarm.backends import Transport
+from codeswarm.backends import Pruned, Transport
 from codeswarm.registry import SwarmRecord, SwarmRegistry
 
 _AGE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
@@ -38,15 +38,17 @@ def finished_before(swarms: list[SwarmRecord], cutoff: float) -> list[SwarmRecor
 
 def prune(
     registry: SwarmRegistry, transport: Transport, older_than: float, dry_run: bool = False
-) -> list[tuple[SwarmRecord, list[str]]]:
+) -> list[tuple[SwarmRecord, Pruned]]:
     """Remove the files, then the registry records, of swarms that ended ``older_than`` ago.
 
-    Returns each pruned swarm with the paths removed (none on a dry run). Records go only
-    after their files: a failure leaves them listed, to be pruned again.
+    Returns each chosen swarm with what was done (nothing on a dry run). Records go only
+    after their files: a failure, or a swarm whose worktree could not be retired (its
+    ``Pruned.error``), leaves them listed, to be pruned again.
     """
     chosen = finished_before(registry.all(), time.time() - older_than)
     if dry_run or not chosen:
-        return [(swarm, []) for swarm in chosen]
-    removed = transport.remove_swarm_files(chosen)
-    registry.remove([swarm.swarm_id for swarm in chosen])
-    return [(swarm, removed.get(swarm.swarm_id, [])) for swarm in chosen]
+        return [(swarm, Pruned([])) for swarm in chosen]
+    done = transport.remove_swarm_files(chosen)
+    results = [(swarm, done.get(swarm.swarm_id, Pruned([]))) for swarm in chosen]
+    registry.remove([swarm.swarm_id for swarm, result in results if result.error is None])
+    return results

@@ -31,8 +31,9 @@ def read_diffs(mailbox, job_id, nodes, stat_only):
             answers.append({"node_id": node_id, "error": message})
             continue
         try:
+            admin = git_worktree.node_dir(record["repo"], record["path"], record.get("gitdir"))
             found = git_worktree.changes(
-                record["path"], record["base"], max(0, min(NODE_LIMIT, budget)), stat_only
+                admin, record["path"], record["base"], max(0, min(NODE_LIMIT, budget)), stat_only
             )
         except git_worktree.WorktreeError as exc:
             answers.append({"node_id": node_id, "error": str(exc)})

@@ -3,12 +3,13 @@
 Run as ``python3 -m hpc.prune --cluster-dir DIR`` with a JSON list on stdin, one object per
 swarm: ``{"swarm_id": ..., "job_id": ..., "nodes": N}``. For each it first retires each node's
 git worktree (``agent.repo``: uncommitted work is committed to the node's branch, the worktree
-removed, the branch kept), then removes the swarm's
-mailbox files (inbox, outbox, every archived run, state, logs), each node's workspace and
-CODEX_HOME, the swarm's settings and batch script, and its job's output; then prints one JSON
-line per swarm: ``{"swarm_id": ..., "removed": <paths removed>}``. Ids are checked as every
-other cluster-side program checks them, so a damaged registry cannot name a path outside the
-cluster directory. Standard library only, Python >= 3.8.
+removed, the branch kept), then removes the swarm's mailbox files (inbox, outbox, every
+archived run, state, logs), each node's workspace and CODEX_HOME, the swarm's settings and
+batch script, and its job's output; then prints one JSON line per swarm:
+``{"swarm_id": ..., "removed": <paths removed>}``, with ``"error"`` when one of its worktrees
+could not be retired (then its files are kept; the other swarms go on). Ids are checked as
+every other cluster-side program checks them, so a damaged registry cannot name a path outside
+the cluster directory. Standard library only, Python >= 3.8.
 """
 
 import argparse
@@ -49,17 +50,38 @@ def swarm_paths(cluster_dir, swarm_id, job_id, nodes):
     return paths
 
 
+class PruneError(Exception):
+    """Some of a swarm's worktrees could not be retired: its files were kept.
+
+    ``removed`` lists the worktrees that were retired all the same."""
+
+    def __init__(self, message, removed):
+        super().__init__(message)
+        self.removed = removed
+
+
 def prune_swarm(cluster_dir, swarm_id, job_id, nodes):
-    """Retire the swarm's worktrees, then remove its files; every path removed."""
+    """Retire the swarm's worktrees, then remove its files; every path removed.
+
+    A node whose worktree cannot be retired does not stop the others'; then the swarm's
+    files stay (the node's work and its record with them) and PruneError says why.
+    """
     records.check_id(job_id, "job_id")
     mailbox = os.path.join(cluster_dir, "mailbox")
-    removed = []
+    removed, errors = [], []
     for node_id in range(nodes):
         record = workdir.read_record(mailbox, job_id, node_id)
         if record is None or not os.path.isdir(record["repo"]):
             continue  # no worktree, or its repository is gone: nothing of it to keep
-        if git_worktree.retire(record["repo"], record["path"], record["branch"]):
-            removed.append(record["path"])
+        try:
+            if git_worktree.retire(
+                record["repo"], record["path"], record["branch"], record.get("gitdir")
+            ):
+                removed.append(record["path"])
+        except (OSError, git_worktree.WorktreeError) as exc:
+            errors.append("node %d: %s" % (node_id, exc))
+    if errors:
+        raise PruneError("; ".join(errors), removed)
     paths = swarm_paths(cluster_dir, swarm_id, job_id, nodes)
     return removed + [path for path in paths if remove(path)]
 
@@ -104,11 +126,14 @@ def main(argv=None):
     try:
         swarms = json.loads(sys.stdin.read())
         for swarm in swarms:
-            removed = prune_swarm(
-                args.cluster_dir, swarm["swarm_id"], swarm["job_id"], int(swarm["nodes"])
-            )
-            sys.stdout.write(json.dumps({"swarm_id": swarm["swarm_id"], "removed": removed}))
-            sys.stdout.write("\n")
+            answer = {"swarm_id": swarm["swarm_id"]}
+            try:
+                answer["removed"] = prune_swarm(
+                    args.cluster_dir, swarm["swarm_id"], swarm["job_id"], int(swarm["nodes"])
+                )
+            except PruneError as exc:
+                answer.update(removed=exc.removed, error=str(exc))
+            sys.stdout.write(json.dumps(answer) + "\n")
     except (ValueError, KeyError, TypeError, records.RecordError) as exc:
         sys.stderr.write("hpc.prune: bad input: %s\n" % exc)
         return 2

@@ -47,7 +47,9 @@ def record_path(mailbox, job_id, node_id):
 
 
 def read_record(mailbox, job_id, node_id):
-    """The node's worktree record (repo, path, branch, base), or None if it has none."""
+    """The node's worktree record (repo, path, branch, base, gitdir), or None if it has none.
+
+    Records written before ``gitdir`` was kept lack it."""
     try:
         with open(record_path(mailbox, job_id, node_id), encoding="utf-8") as f:
             return json.load(f)
@@ -58,13 +60,23 @@ def read_record(mailbox, job_id, node_id):
 def prepare_worktree(mailbox, job_id, node_id, repo, path, branch):
     """Give the node its worktree (made once, reused after a requeue or restart), recorded.
 
-    The base (the commit the branch started from) is kept from the first record: the
-    repository's HEAD may have moved on since. Raises ``git_worktree.WorktreeError``.
+    The record holds the worktree's git directory in the repository (``gitdir``): after a
+    requeue the worktree recorded at the same path with it is the node's own, whatever
+    branch its agent left it on. The base (the commit the branch started from) is kept
+    from the first record: the repository's HEAD may have moved on since. Raises
+    ``git_worktree.WorktreeError``.
     """
     old = read_record(mailbox, job_id, node_id)
-    base = git_worktree.ensure(repo, path, branch)
     same = old is not None and (old["repo"], old["path"], old["branch"]) == (repo, path, branch)
-    record = {"repo": repo, "path": path, "branch": branch, "base": old["base"] if same else base}
+    base = git_worktree.ensure(repo, path, branch, old.get("gitdir") if same else None)
+    gitdir = git_worktree.node_dir(repo, path)
+    record = {
+        "repo": repo,
+        "path": path,
+        "branch": branch,
+        "base": old["base"] if same else base,
+        "gitdir": gitdir,
+    }
     if record != old:
         target = record_path(mailbox, job_id, node_id)
         tmp = "%s.tmp.%d" % (target, os.getpid())

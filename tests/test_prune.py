@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from codeswarm.backends import Pruned
 from codeswarm.cli import main
 from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm
 from codeswarm.hpc import prune as hpc_prune
 from codeswarm.hpc import records
-from codeswarm.prune import finished_before, parse_age
-from codeswarm.registry import SwarmRecord
+from codeswarm.prune import finished_before, parse_age, prune
+from codeswarm.registry import SwarmRecord, SwarmRegistry
 from tests.support.simulated_workers import SimulatedScheduler
 
 
@@ -138,3 +139,23 @@ def test_prune_removes_finished_swarms_files_and_records_and_keeps_running_ones(
         assert ids == [running["swarm_id"]]
     finally:
         scheduler.close()
+
+
+def test_a_swarm_whose_worktree_cannot_be_retired_stays_listed(tmp_path):
+    registry = SwarmRegistry(tmp_path / "state", "/mb")
+    for job_id in ("1", "2"):
+        registry.put(
+            SwarmRecord(f"sw-{job_id}", job_id, "local", "/mb", 1, 0.0, "exited", {"0": "exited"})
+        )
+
+    class Transport:
+        def remove_swarm_files(self, swarms):
+            assert [s.swarm_id for s in swarms] == ["sw-1", "sw-2"]
+            return {"sw-1": Pruned(["/a"]), "sw-2": Pruned([], "node 0: git add failed")}
+
+    results = prune(registry, Transport(), 0)
+    assert [(s.swarm_id, r) for s, r in results] == [
+        ("sw-1", Pruned(["/a"])),
+        ("sw-2", Pruned([], "node 0: git add failed")),
+    ]
+    assert [s.swarm_id for s in registry.all()] == ["sw-2"]

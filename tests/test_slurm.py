@@ -559,7 +559,7 @@ def test_prune_and_lost_launches_over_ssh(slurm_config):
             connection.run(["touch", f"{mailbox}/{name}"])
         gone = SwarmRecord("sw-9", "9", "slurm", mailbox, 1, 0.0, "exited")
         removed = transport.remove_swarm_files([gone])
-        assert sorted(removed["sw-9"]) == [
+        assert removed["sw-9"].error is None and sorted(removed["sw-9"].removed) == [
             f"{mailbox}/archive/9_0.r1.jsonl",
             f"{mailbox}/inbox/9_0.jsonl",
         ]

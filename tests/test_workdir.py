@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from codeswarm.backends.local import LocalTransport
 from codeswarm.hpc import diff, git_worktree, workdir
 from codeswarm.hpc import prune as hpc_prune
 from codeswarm.hpc.git_worktree import WorktreeError, branch_name
+from codeswarm.registry import SwarmRecord
 from tests.support.worker import ROOT
+
+
+def admin(repo: Path, path: Path) -> str:
+    return git_worktree.node_dir(str(repo), str(path))
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -110,7 +118,7 @@ def test_changes_cover_edits_and_new_files_and_leave_the_index_alone(repo, tmp_p
     base = git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
     (path / "app.py").write_text("print('two')\nprint('three')\n")
     (path / "new.txt").write_text("fresh\n")
-    found = git_worktree.changes(str(path), base, 1 << 20, stat_only=False)
+    found = git_worktree.changes(admin(repo, path), str(path), base, 1 << 20, stat_only=False)
     assert found["files"] == [
         {"path": "app.py", "added": 2, "deleted": 1},
         {"path": "new.txt", "added": 1, "deleted": 0},
@@ -118,7 +126,7 @@ def test_changes_cover_edits_and_new_files_and_leave_the_index_alone(repo, tmp_p
     assert "+print('three')" in found["diff"] and "+fresh" in found["diff"]
     assert found["truncated"] is False
     assert git(path, "status", "--porcelain") == " M app.py\n?? new.txt\n"
-    stat = git_worktree.changes(str(path), base, 1 << 20, stat_only=True)
+    stat = git_worktree.changes(admin(repo, path), str(path), base, 1 << 20, stat_only=True)
     assert "diff" not in stat and stat["files"] == found["files"]
 
 
@@ -126,7 +134,7 @@ def test_a_huge_diff_is_cut_with_a_marker(repo, tmp_path):
     path = tmp_path / "wt"
     base = git_worktree.ensure(str(repo), str(path), "codeswarm/sw-a/0")
     (path / "big.txt").write_text("line of text\n" * 100_000)
-    found = git_worktree.changes(str(path), base, 1000, stat_only=False)
+    found = git_worktree.changes(admin(repo, path), str(path), base, 1000, stat_only=False)
     assert found["truncated"] is True
     text, marker = found["diff"].split("\n[codeswarm: diff truncated: ")
     assert len(text.encode()) <= 1000
@@ -256,9 +264,147 @@ def test_many_files_are_counted_past_the_limit_and_a_cut_never_splits_a_characte
     for n in range(5):
         (path / f"n{n}.txt").write_text("é" * 400 + "\n")
     monkeypatch.setattr(git_worktree, "MAX_FILES", 3)
-    full = git_worktree.changes(str(path), base, 1 << 20, stat_only=False)
+    full = git_worktree.changes(admin(repo, path), str(path), base, 1 << 20, stat_only=False)
     assert len(full["files"]) == 3 and full["files_omitted"] == 2
     for limit in range(300, 320):
-        cut = git_worktree.changes(str(path), base, limit, stat_only=False)
+        cut = git_worktree.changes(admin(repo, path), str(path), base, limit, stat_only=False)
         shown = cut["diff"].split("\n[codeswarm: diff truncated")[0]
         assert "\ufffd" not in shown and full["diff"].startswith(shown)
+
+
+def node_worktree(repo: Path, tmp_path: Path, job: str = "12", node: int = 0) -> tuple[Path, Path]:
+    """The cluster's mailbox and the worktree of node ``node`` of job ``job`` (swarm sw-<job>)."""
+    mailbox = tmp_path / "cluster" / "mailbox"
+    (mailbox / "state").mkdir(parents=True, exist_ok=True)
+    tree = tmp_path / "cluster" / "workspaces" / f"{job}_{node}"
+    branch = f"codeswarm/sw-{job}/{node}"
+    workdir.prepare_worktree(str(mailbox), job, node, str(repo), str(tree), branch)
+    return mailbox, tree
+
+
+def test_diff_and_prune_never_run_what_a_rewritten_git_file_points_at(repo, tmp_path):
+    mailbox, tree = node_worktree(repo, tmp_path)
+    (tree / "app.py").write_text("print('work')\n")
+    ran = tmp_path / "ran"
+    evil = tree / ".evil"
+    git(tmp_path, "init", "-q", "--bare", str(evil))
+    git(evil, "config", "core.bare", "false")
+    git(evil, "config", "core.fsmonitor", f"touch {ran}")
+    git(evil, "config", "core.hooksPath", str(tmp_path / "hooks"))
+    git(evil, "config", "diff.external", f"touch {ran}")
+    (tree / ".git").write_text("gitdir: .evil\n")
+    (zero,) = diff.read_diffs(str(mailbox), "12", [0], stat_only=False)
+    assert not ran.exists()
+    assert "+print('work')" in zero["diff"], zero
+    hpc_prune.prune_swarm(str(tmp_path / "cluster"), "sw-12", "12", 1)
+    assert not ran.exists()
+    assert git(repo, "show", "codeswarm/sw-12/0:app.py") == "print('work')\n"
+
+
+def test_a_worker_start_leaves_other_worktrees_registered(repo, tmp_path):
+    mine = tmp_path / "mine"
+    git(repo, "worktree", "add", "-q", "-b", "mine", str(mine))
+    mine.rename(tmp_path / "elsewhere")  # not mounted on this node
+    node_worktree(repo, tmp_path, node=0)
+    (tmp_path / "cluster" / "workspaces" / "12_0").rename(tmp_path / "node-local")
+    node_worktree(repo, tmp_path, node=1)
+    listed = git(repo, "worktree", "list", "--porcelain")
+    assert f"worktree {mine}\n" in listed
+    assert f"worktree {tmp_path / 'cluster' / 'workspaces' / '12_0'}\n" in listed
+
+
+@pytest.mark.parametrize("move", [["checkout", "-q", "--detach"], ["checkout", "-q", "-b", "x"]])
+def test_a_requeued_node_takes_its_worktree_back_whatever_its_head(repo, tmp_path, move):
+    mailbox, tree = node_worktree(repo, tmp_path)
+    first = workdir.read_record(str(mailbox), "12", 0)
+    git(tree, *move)
+    assert node_worktree(repo, tmp_path) == (mailbox, tree)
+    assert workdir.read_record(str(mailbox), "12", 0) == first
+    with pytest.raises(WorktreeError, match="not on refs/heads/codeswarm/sw-13/0"):
+        workdir.prepare_worktree(str(mailbox), "13", 0, str(repo), str(tree), "codeswarm/sw-13/0")
+
+
+def commit(tree: Path, message: str) -> None:
+    git(tree, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", message)
+
+
+def test_prune_keeps_the_work_of_a_detached_head(repo, tmp_path):
+    _, ahead = node_worktree(repo, tmp_path, node=0)
+    git(ahead, "checkout", "-q", "--detach")
+    (ahead / "app.py").write_text("print('ahead')\n")
+    _, aside = node_worktree(repo, tmp_path, node=1)
+    (aside / "app.py").write_text("print('on the branch')\n")
+    commit(aside, "on the branch")
+    git(aside, "checkout", "-q", "--detach", "HEAD~1")
+    (aside / "app.py").write_text("print('aside')\n")
+    hpc_prune.prune_swarm(str(tmp_path / "cluster"), "sw-12", "12", 2)
+    assert git(repo, "show", "codeswarm/sw-12/0:app.py") == "print('ahead')\n"
+    assert git(repo, "show", "codeswarm/sw-12/1:app.py") == "print('on the branch')\n"
+    assert git(repo, "show", "codeswarm/sw-12/1-detached-1:app.py") == "print('aside')\n"
+
+
+def test_prune_goes_on_past_a_removed_worktree_and_a_failing_one(repo, tmp_path):
+    mailbox, gone = node_worktree(repo, tmp_path, job="12")
+    _, broken = node_worktree(repo, tmp_path, job="13")
+    _, fine = node_worktree(repo, tmp_path, job="14")
+    shutil.rmtree(gone)
+    (repo / ".git" / "worktrees" / "13_0" / "index").write_text("junk")
+    listed = [{"swarm_id": f"sw-{job}", "job_id": job, "nodes": 1} for job in ("12", "13", "14")]
+    done = subprocess.run(
+        [sys.executable, "-m", "hpc.prune", "--cluster-dir", str(tmp_path / "cluster")],
+        input=json.dumps(listed),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    twelve, thirteen, fourteen = (json.loads(line) for line in done.stdout.splitlines())
+    assert str(mailbox / "state" / "12_0.worktree.json") in twelve["removed"]
+    assert "index" in thirteen["error"] and broken.exists()
+    assert (mailbox / "state" / "13_0.worktree.json").exists()
+    assert fourteen["removed"][0] == str(fine) and not fine.exists()
+    listed_trees = git(repo, "worktree", "list", "--porcelain")
+    assert str(gone) not in listed_trees and str(broken) in listed_trees
+
+
+def test_prune_commits_unsigned_whatever_the_users_config(repo, tmp_path):
+    git(repo, "config", "commit.gpgsign", "true")
+    git(repo, "config", "gpg.program", "false")
+    _, tree = node_worktree(repo, tmp_path)
+    (tree / "app.py").write_text("print('work')\n")
+    hpc_prune.prune_swarm(str(tmp_path / "cluster"), "sw-12", "12", 1)
+    assert git(repo, "show", "codeswarm/sw-12/0:app.py") == "print('work')\n"
+
+
+def test_diff_hashes_only_the_files_changed_since_the_worktrees_index(repo, tmp_path):
+    for n in range(20):
+        (repo / f"f{n}.txt").write_text(f"{n}\n")
+    (repo / ".gitattributes").write_text("*.txt filter=count\n")
+    git(repo, "add", ".")
+    commit(repo, "files")
+    hashed = tmp_path / "hashed"
+    git(repo, "config", "filter.count.clean", f"sh -c 'echo \"$1\" >> {hashed}; cat' - %f")
+    mailbox, tree = node_worktree(repo, tmp_path)
+    past = time.time() - 100
+    for path in tree.glob("*.txt"):
+        os.utime(path, (past, past))
+    git(tree, "update-index", "-q", "--refresh")
+    hashed.unlink(missing_ok=True)
+    (tree / "f3.txt").write_text("changed\n")
+    (zero,) = diff.read_diffs(str(mailbox), "12", [0], stat_only=True)
+    assert zero["files"] == [{"path": "f3.txt", "added": 1, "deleted": 1}]
+    assert hashed.read_text().split() == ["f3.txt"]
+
+
+def test_the_local_backend_keeps_a_swarm_whose_worktree_cannot_be_retired(repo, tmp_path):
+    mailbox, broken = node_worktree(repo, tmp_path, job="13")
+    _, fine = node_worktree(repo, tmp_path, job="14")
+    (repo / ".git" / "worktrees" / "13_0" / "index").write_text("junk")
+    swarms = [
+        SwarmRecord(f"sw-{job}", job, "local", str(mailbox), 1, 0.0, "exited")
+        for job in ("13", "14")
+    ]
+    done = LocalTransport(str(tmp_path / "cluster"), 1.0, 1.0).remove_swarm_files(swarms)
+    assert "index" in done["sw-13"].error and done["sw-13"].removed == [] and broken.exists()
+    assert done["sw-14"].error is None and done["sw-14"].removed[0] == str(fine)

@@ -20,6 +20,15 @@ class FollowerStream(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What ``hpc.prune`` did to one swarm: the paths it removed, and why it kept the swarm's
+    files when one of its git worktrees could not be retired (then the swarm stays listed)."""
+
+    removed: list[str]
+    error: str | None = None
+
+
 class Transport(Protocol):
     mailbox: str
     installed_codex: str | None  # the codex binary prepare() installed (agent.codex_version)
@@ -36,8 +45,8 @@ class Transport(Protocol):
     def start_follower(self, header: bytes) -> FollowerStream:
         """Start ``hpc.outbox_follower`` and send it ``header`` (``follower_wire``) first."""
 
-    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
-        """Remove finished swarms' files with ``hpc.prune``: swarm id -> paths removed."""
+    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, Pruned]:
+        """Remove finished swarms' files with ``hpc.prune``: swarm id -> what was done."""
 
     def read_diffs(self, job_id: str, nodes: list[int], stat_only: bool) -> list[dict[str, Any]]:
         """Each node's changes in its git worktree, read with ``hpc.diff`` (bounded in size)."""

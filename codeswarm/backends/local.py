@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from codeswarm.backends import Submitted, follower_args
+from codeswarm.backends import Pruned, Submitted, follower_args
 from codeswarm.errors import BackendError
 from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
 from codeswarm.hpc.git_worktree import WorktreeError
@@ -118,13 +118,18 @@ class LocalTransport:
                 raise BackendError(f"cannot read {path}: {exc}") from exc
         return found
 
-    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
+    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, Pruned]:
         removed = {}
         try:
             for swarm in swarms:
-                removed[swarm.swarm_id] = prune.prune_swarm(
-                    str(self.cluster_dir), swarm.swarm_id, swarm.job_id, swarm.nodes
-                )
+                try:
+                    paths = prune.prune_swarm(
+                        str(self.cluster_dir), swarm.swarm_id, swarm.job_id, swarm.nodes
+                    )
+                except prune.PruneError as exc:
+                    removed[swarm.swarm_id] = Pruned(exc.removed, str(exc))
+                else:
+                    removed[swarm.swarm_id] = Pruned(paths)
         except (OSError, records.RecordError, WorktreeError) as exc:
             raise BackendError(f"cannot remove swarm files in {self.cluster_dir}: {exc}") from exc
         return removed

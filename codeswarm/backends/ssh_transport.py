@@ -18,7 +18,7 @@ from typing import Any
 
 import paramiko
 
-from codeswarm.backends import follower_args
+from codeswarm.backends import Pruned, follower_args
 from codeswarm.backends.ssh import SFTP_ERRORS, SSHConnection, describe, exit_report
 from codeswarm.errors import BackendError
 from codeswarm.hpc import inbox_writer_wire, records
@@ -296,14 +296,14 @@ class SSHTransport:
             sftp.close()
         return found
 
-    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, list[str]]:
+    def remove_swarm_files(self, swarms: list[SwarmRecord]) -> dict[str, Pruned]:
         listed = [{"swarm_id": s.swarm_id, "job_id": s.job_id, "nodes": s.nodes} for s in swarms]
         argv = self.hpc_command("prune", "--cluster-dir", self.cluster_dir)
         out = self.connection.run(argv, stdin=json.dumps(listed).encode())
         removed = {}
         for line in out.decode("utf-8", "replace").splitlines():
             answer = json.loads(line)
-            removed[answer["swarm_id"]] = answer["removed"]
+            removed[answer["swarm_id"]] = Pruned(answer["removed"], answer.get("error"))
         return removed
 
     def read_diffs(self, job_id: str, nodes: list[int], stat_only: bool) -> list[dict[str, Any]]:

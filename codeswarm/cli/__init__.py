@@ -348,11 +348,18 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
     finally:
         transport.close()
     verb = "would remove" if dry_run else "removed"
-    for swarm, paths in pruned:
-        files = "" if dry_run else f" ({len(paths)} paths)"
+    kept = 0
+    for swarm, result in pruned:
+        if result.error is not None:
+            kept += 1
+            click.echo(f"kept {swarm.swarm_id} (job {swarm.job_id}): {result.error}", err=True)
+            continue
+        files = "" if dry_run else f" ({len(result.removed)} paths)"
         click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
     if not pruned:
         click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
+    if kept:
+        raise click.ClickException(f"{kept} swarm(s) kept: a git worktree could not be retired")
 
 
 def _add_commands() -> None:
