@@ -205,8 +205,9 @@ class Codeswarm:
         injection_id: str | None = None,
         timeout: float = 60.0,
     ) -> list[dict]:
-        """Queue a review of each node's working tree (its findings come as ``review``
-        events); returns each node's ``inject_ack`` or ``inject_failed``."""
+        """Queue a review of each node's working tree (its findings come in an
+        ``item_completed`` of kind ``review``); returns each node's ``inject_ack`` or
+        ``inject_failed``."""
         command = _command(
             "review",
             swarm_id=swarm_id,

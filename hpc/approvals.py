@@ -65,10 +65,15 @@ class Approvals:
         for approval_id, request in list(self.state["approvals"].items()):
             self._resolved(approval_id, request, "decline", "turn_ended")
 
-    def note_item(self, item):
-        """Remember a file change's diff: its approval request names the item, not the diff."""
-        if self.asks and item.get("type") == "fileChange":
+    def note_item(self, method, item):
+        """Remember a file change's diff while it runs: its approval request names the item,
+        not the diff."""
+        if not self.asks or item.get("type") != "fileChange":
+            return
+        if method == "item/started":
             self.changes[item.get("id")] = self.describe_changes(item)[0]
+        else:
+            self.changes.pop(item.get("id"), None)
 
     def request(self, message, injection_id):
         """codex asks: announce the request and start its clock."""

@@ -176,6 +176,7 @@ class Worker:
             return False
         if self.turn is not None:
             self.approvals.turn_ended()  # nobody can answer them once the node is gone
+            self.activity.turn_ended()
             self.fail(
                 self.turn.injection_id,
                 records.FAILED_NODE_EXITING,
@@ -434,10 +435,8 @@ class Worker:
             return
         turn = self.turn
         if turn is None:
-            self.activity.handle(method, params, None)
+            self.observe(method, params, None)
             return
-        if method == "item/started":
-            self.approvals.note_item(params.get("item") or {})
         if method == "turn/started":
             turn.turn_id = params["turn"]["id"]
             self.emit("turn_started", injection_id=turn.injection_id, turn_id=turn.turn_id)
@@ -464,7 +463,20 @@ class Worker:
             self.failures = 0
             self.end_turn()
         else:
-            self.activity.handle(method, params, turn.injection_id)
+            self.observe(method, params, turn.injection_id)
+
+    def observe(self, method, params, injection_id):
+        """Report codex's activity. A report is not worth the node: a notification it cannot
+        translate (an odd shape from codex, a full disk under the log dir) is an error event."""
+        try:
+            self.activity.handle(method, params, injection_id)
+            if method in ("item/started", "item/completed"):
+                self.approvals.note_item(method, params.get("item") or {})
+        except Exception as exc:
+            log.exception("cannot report codex's %s", method)
+            ids = {"injection_id": injection_id} if injection_id else {}
+            message = "cannot report codex's %s: %r" % (method, exc)
+            self.emit("error", error=records.ERROR_WORKER, message=message, **ids)
 
     def end_turn(self):
         self.approvals.turn_ended()

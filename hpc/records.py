@@ -381,11 +381,13 @@ def new_state():
 
 def upgrade_state(state):
     """A state record of an older version in today's shape (others are returned as they are)."""
-    if isinstance(state, dict) and state.get("version") == 1:
-        offset = state.get("inbox_offset", 0)
-        state = dict(
-            state, version=STATE_VERSION, approvals={}, next_approval=1, read_offset=offset
-        )
+    if not isinstance(state, dict):
+        return state
+    if state.get("version") == 1:
+        state = dict(state, version=STATE_VERSION, approvals={}, next_approval=1)
+    if state.get("version") == STATE_VERSION and "read_offset" not in state:
+        # read_offset came later in version 2: what it guards was read up to inbox_offset.
+        state = dict(state, read_offset=state.get("inbox_offset", 0))
     return state
 
 

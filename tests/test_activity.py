@@ -385,3 +385,30 @@ def test_a_huge_output_is_cut_in_the_stream_and_whole_in_the_log_dir(node, model
     assert item["output_truncated"] is True and len(item["output"].encode()) <= 4096 + 200
     outbox_bytes = sum(len(json.dumps(e)) for e in events)
     assert outbox_bytes < 64 * 1024
+
+
+def test_a_notification_the_worker_cannot_report_is_an_error_not_its_end(tmp_path):
+    """codex sending an odd shape, or a full disk under the log dir, costs a report only."""
+    from types import SimpleNamespace
+
+    from codeswarm.hpc.approvals import Approvals
+    from codeswarm.hpc.codex_worker import Worker
+
+    blocked = tmp_path / "logs"
+    blocked.write_text("a file where the log directory should be")
+    recorder = Recorder()
+    activity = Activity(recorder, str(blocked / "77_2"), 16)
+    agent = {"approval_timeout_seconds": 1, "approval_decision": "decline"}
+    worker = SimpleNamespace(
+        activity=activity,
+        approvals=Approvals(records.new_state(), agent, recorder, None, None, activity.changes),
+        emit=recorder,
+    )
+    big = {**TURN, "itemId": "call_1", "delta": "x" * 64}
+    Worker.observe(worker, "item/commandExecution/outputDelta", big, "inj")  # cannot spill
+    Worker.observe(worker, "item/started", {**TURN, "item": ["not", "an", "item"]}, "inj")
+
+    errors = recorder.of("error")
+    assert [e["error"] for e in errors] == ["worker_error", "worker_error"]
+    assert "NotADirectoryError" in errors[0]["message"]
+    assert all(e["injection_id"] == "inj" for e in errors)

@@ -42,7 +42,7 @@ def test_a_file_change_request_carries_the_diff_codex_announced_with_its_item():
         "id": "fc-1",
         "changes": [{"path": "n.txt", "kind": {"type": "add"}, "diff": "hi\n"}],
     }
-    approvals.note_item(item)
+    approvals.note_item("item/started", item)
     params = {"turnId": "t-1", "itemId": "fc-1", "reason": "new file"}
     approvals.request(
         {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i1"
@@ -135,7 +135,7 @@ def test_file_diffs_are_kept_only_when_codex_may_ask_and_are_bounded(tmp_path):
         "id": "fc-9",
         "changes": [{"path": "big.txt", "kind": {"type": "add"}, "diff": huge}],
     }
-    approvals.note_item(item)
+    approvals.note_item("item/started", item)
     params = {"turnId": "t-1", "itemId": "fc-9"}
     approvals.request(
         {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i1"
@@ -152,5 +152,5 @@ def test_file_diffs_are_kept_only_when_codex_may_ask_and_are_bounded(tmp_path):
         print,
         Activity(print, str(tmp_path), max_event_bytes=1024).changes,
     )
-    never.note_item(item)
+    never.note_item("item/started", item)
     assert never.changes == {}

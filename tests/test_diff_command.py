@@ -121,3 +121,20 @@ def test_the_cli_prints_a_table_and_diffs_under_node_headers():
         "# node 1: codeswarm/sw-1/1 against 0123456789ab\n(no changes)\n"
         "# node 2: node 2 has no git worktree\n"
     )
+
+
+def test_a_reader_that_fails_answers_that_request_and_the_router_goes_on(swarms, monkeypatch):
+    """A damaged worktree record (or any bug in reading one) fails that diff, nothing else."""
+
+    def broken(self, job_id, nodes, stat_only):
+        raise KeyError("branch")
+
+    swarm = swarms.launch(nodes=1)
+    monkeypatch.setattr(LocalTransport, "read_diffs", broken)
+    for _ in range(2):  # the reader is still there for the next request
+        with pytest.raises(CommandError) as failed:
+            swarms.diff(swarm["swarm_id"], timeout=30)
+        assert failed.value.event["error"] == "backend"
+        assert "KeyError('branch')" in failed.value.event["message"]
+    acks = swarms.inject_and_wait(swarm["swarm_id"], "after the failed diffs", nodes=0)
+    assert [ack["type"] for ack in acks] == ["inject_ack"]

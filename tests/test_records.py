@@ -272,6 +272,16 @@ def test_a_version_1_state_is_upgraded_with_no_pending_approvals(tmp_path):
     assert records.pending_approvals(path.read_bytes()) == {}
 
 
+def test_a_version_2_state_without_read_offset_reads_from_its_inbox_offset(tmp_path):
+    old = {k: v for k, v in records.new_state().items() if k != "read_offset"}
+    old.update(inbox_offset=42)
+    path = tmp_path / "4242_0.json"
+    path.write_text(json.dumps(old))
+
+    assert StateStore(str(path)).load() == {**old, "read_offset": 42}
+    assert records.pending_approvals(path.read_bytes()) == {}
+
+
 def test_pending_approvals_refuses_a_damaged_state_file():
     with pytest.raises(records.RecordError):
         records.pending_approvals(b"{not json")

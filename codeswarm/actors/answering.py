@@ -2,8 +2,9 @@
 
 The diff reader and the approvals reader read the cluster (git over SSH, state files over SFTP)
 for one client request each. An unexpected failure in one of them answers that request with an
-``internal`` error and leaves the actor serving the next: an actor that died would make the
-supervisor's next ``tell`` fail and stop the whole router.
+error and leaves the actor serving the next: an actor that died would make the
+supervisor's next ``tell`` fail and stop the whole router. The answer is a ``backend`` error,
+not ``internal``: that code says the router itself stopped.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ class AnsweringActor(pykka.ThreadingActor):
             return
         try:
             event = self.answer(message)
-        except Exception:
+        except Exception as exc:
+            # `internal` would tell embedders the router died; it did not: this request failed.
             log.exception("%s failed on %r", type(self).__name__, message)
             event = make_event(
                 "error",
-                error=errors.INTERNAL,
-                message=f"{type(self).__name__} failed; the router's log says why",
+                error=errors.BACKEND,
+                message=f"reading the cluster failed: {exc!r} (the router's log has the trace)",
                 request_id=self.request_id(message),
             )
         with contextlib.suppress(pykka.ActorDeadError):  # the client has gone

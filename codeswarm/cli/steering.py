@@ -144,7 +144,7 @@ def interrupt(swarm_id: str, **options: Any) -> None:
 @click.option("--instructions", help="What to review for (default: the uncommitted changes).")
 @_shared
 def review(swarm_id: str, instructions: str | None, **options: Any) -> None:
-    """Queue a code review of each node's working tree; findings come as `review` events.
+    """Queue a code review of each node's working tree; findings come in its review item.
 
     \b
     Example:
