@@ -26,16 +26,32 @@ CODEX_DECISIONS = {
 }
 
 
-def approval_id_for(count, fields):
+# What a request asks for, of codex's request fields (the rest are ids, times and the model's
+# reason, which differ between nodes asking the same thing), and what accepting it would grant.
+WHAT_IS_ASKED = (
+    "command",
+    "kind",
+    "networkApprovalContext",
+    "grantRoot",
+    "proposedExecpolicyAmendment",
+    "proposedNetworkPolicyAmendments",
+)
+
+
+def approval_id_for(count, method, params, changes, workspace):
     """``ap-<count>-<digest of what is asked>``, unique on its node.
 
     The count alone would let one ``approve`` with ``nodes: "all"`` accept a different command
     on a node that asked once more before; with the digest it answers only the nodes that ask
-    the same thing at the same point.
+    the same thing at the same point. The digest covers all that codex asks (the command,
+    network access, a root to write under, the changes) with the node's own workspace path
+    taken out, so that nodes asking the same thing in their own worktrees agree.
     """
-    asked = {key: fields.get(key) for key in ("approval_kind", "command", "changes")}
-    digest = hashlib.sha256(json.dumps(asked, sort_keys=True).encode("utf-8")).hexdigest()
-    return "ap-%d-%s" % (count, digest[:8])
+    asked = {key: value for key, value in params.items() if key in WHAT_IS_ASKED}
+    text = json.dumps([method, asked, changes], sort_keys=True)
+    if workspace:
+        text = text.replace(workspace.rstrip("/"), "<workspace>")
+    return "ap-%d-%s" % (count, hashlib.sha256(text.encode("utf-8")).hexdigest()[:8])
 
 
 class Approvals:
@@ -45,7 +61,7 @@ class Approvals:
     an event (``approvals``) finds what the event said.
     """
 
-    def __init__(self, state, agent, emit, respond, save, describe_changes):
+    def __init__(self, state, agent, emit, respond, save, describe_changes, workspace=""):
         self.state = state
         self.timeout = float(agent["approval_timeout_seconds"])
         self.default = agent["approval_decision"]
@@ -54,6 +70,7 @@ class Approvals:
         self.save = save
         self.asks = agent.get("approval_policy", "never") != "never"
         self.describe_changes = describe_changes  # a fileChange item -> (changes, full diff path)
+        self.workspace = workspace
         self.waiting = {}  # approval_id -> (codex request id, monotonic deadline)
         self.changes = {}  # fileChange item id -> its changes, from item/started
 
@@ -92,7 +109,13 @@ class Approvals:
         else:
             fields["changes"] = self.changes.pop(params.get("itemId"), [])
         fields = {key: value for key, value in fields.items() if value is not None}
-        approval_id = approval_id_for(self.state["next_approval"], fields)
+        approval_id = approval_id_for(
+            self.state["next_approval"],
+            message["method"],
+            params,
+            fields.get("changes"),
+            self.workspace,
+        )
         self.state["next_approval"] += 1
         self.state["approvals"][approval_id] = fields
         self.waiting[approval_id] = (message["id"], time.monotonic() + self.timeout)

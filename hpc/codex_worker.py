@@ -110,6 +110,7 @@ class Worker:
             self.codex.respond,
             self.save_state,
             self.activity.changes,
+            workspace,
         )
         self.steering = steering.Steering(self.emit, self.codex.call)
         self.usage_total = None

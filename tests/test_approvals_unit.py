@@ -6,12 +6,17 @@ import time
 
 from codeswarm.hpc import records
 from codeswarm.hpc.activity import Activity
-from codeswarm.hpc.approvals import Approvals, approval_id_for
+from codeswarm.hpc.approvals import Approvals
 
 DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n-old\n+new\n+more\n context\n"
 
 
-def book(timeout: float = 600.0, decision: str = "decline", log_dir: str = "/nonexistent"):
+def book(
+    timeout: float = 600.0,
+    decision: str = "decline",
+    log_dir: str = "/nonexistent",
+    workspace: str = "/ws/77_0",
+):
     state = records.new_state()
     emitted, answered, saves = [], [], []
     agent = {
@@ -26,6 +31,7 @@ def book(timeout: float = 600.0, decision: str = "decline", log_dir: str = "/non
         lambda request_id, result: answered.append((request_id, result)),
         lambda: saves.append(dict(state["approvals"])),
         Activity(lambda kind, **fields: None, log_dir, max_event_bytes=1024).changes,
+        workspace,
     )
     return approvals, state, emitted, answered, saves
 
@@ -68,7 +74,7 @@ def test_the_state_is_saved_before_each_event_and_ids_are_not_reused():
     approvals.request(command_request(5), "i1")
     approvals.request(command_request(6), "i1")
     first, second = (fields["approval_id"] for _, fields in emitted)
-    assert (first, second) == (approval_id_for(1, state["approvals"][first]), "ap-2-" + first[5:])
+    assert first.startswith("ap-1-") and second == "ap-2-" + first[5:]
     assert saves == [{first: state["approvals"][first]}, dict(state["approvals"])]
     approvals.answer({"approval_id": second, "decision": "accept_for_session", "request_id": "r"})
 
@@ -154,3 +160,19 @@ def test_file_diffs_are_kept_only_when_codex_may_ask_and_are_bounded(tmp_path):
     )
     never.note_item("item/started", item)
     assert never.changes == {}
+
+
+def test_nodes_changing_the_same_file_in_their_own_worktrees_ask_the_same_id(tmp_path):
+    asked = []
+    for node, extra in ((0, {}), (1, {}), (2, {"grantRoot": "/"})):
+        workspace = f"/scratch/ws/77_{node}"
+        approvals, _, emitted, _, _ = book(log_dir=str(tmp_path), workspace=workspace)
+        change = {"path": f"{workspace}/app.py", "kind": {"type": "update"}, "diff": DIFF}
+        approvals.note_item("item/started", {"type": "fileChange", "id": "fc", "changes": [change]})
+        params = {"turnId": f"t-{node}", "itemId": "fc", "reason": "edit", **extra}
+        approvals.request(
+            {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i"
+        )
+        asked.append(emitted[0][1]["approval_id"])
+    assert asked[0] == asked[1]  # one approve on all nodes answers both
+    assert asked[2] != asked[0]  # asking for more (write access under /) is another request
