@@ -45,6 +45,8 @@ REVIEW_PHASES = {"enteredReviewMode": "entered", "exitedReviewMode": "exited"}
 CHANGE_KINDS = ("add", "delete", "update")
 PLAN_STATUSES = ("pending", "in_progress", "completed")
 MARKER = "\n[codeswarm: truncated at %d bytes; the full text is in %s]\n"
+CHANGE_BYTES = 80  # what one entry of a file change list costs besides its path and diff
+_HUNK = re.compile(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
@@ -89,13 +91,21 @@ def unified_diff(path, kind, diff):
 
 
 def line_counts(diff):
-    """(added, deleted) lines of a unified diff."""
-    added = deleted = 0
+    """(added, deleted) lines of a unified diff, counted inside its hunks: a deleted line
+    ``-- x`` reads ``--- x``, like a file header, and only the hunk's length tells them apart."""
+    added = deleted = old = new = 0
     for line in diff.splitlines():
-        if line.startswith("+") and not line.startswith("+++ "):
-            added += 1
-        elif line.startswith("-") and not line.startswith("--- "):
-            deleted += 1
+        if old <= 0 and new <= 0:
+            hunk = _HUNK.match(line)
+            if hunk:
+                old = int(hunk.group(1)) if hunk.group(1) is not None else 1
+                new = int(hunk.group(2)) if hunk.group(2) is not None else 1
+        elif line.startswith("+"):
+            added, new = added + 1, new - 1
+        elif line.startswith("-"):
+            deleted, old = deleted + 1, old - 1
+        elif not line.startswith("\\"):  # "\ No newline at end of file" counts for neither
+            old, new = old - 1, new - 1
     return added, deleted
 
 
@@ -211,14 +221,16 @@ class Activity:
         item["output_path"] = path
 
     def file_change(self, raw, item):
-        changes, path = self.changes(raw)
-        if path is not None:
-            item.update(diff_truncated=True, diff_path=path)
-        item["changes"] = changes
+        item.update(self.changes(raw))
 
     def changes(self, raw):
-        """A fileChange item's changes as events show them, and where the whole diff went when
-        they were cut to the bound (else None)."""
+        """A fileChange item's ``changes`` as events show them, within the bound.
+
+        Over it, the whole diff goes to a file (``diff_truncated``, ``diff_path``); files are
+        listed in order while the bound lasts, the diff that crosses it is cut and marked, and
+        ``changes_omitted`` counts the files left out (a patch of 20,000 files is one event of
+        at most about ``max_event_bytes``, not megabytes).
+        """
         changes, diffs = [], []
         for change in raw.get("changes") or []:
             kind = (change.get("kind") or {}).get("type")
@@ -231,14 +243,24 @@ class Activity:
                 entry["move_path"] = change["kind"]["move_path"]
             changes.append(entry)
             diffs.append(diff)
-        total = sum(len(diff.encode("utf-8")) for diff in diffs)
+        total = sum(len(diff.encode("utf-8")) + CHANGE_BYTES for diff in diffs)
         if total <= self.max_bytes:
-            return changes, None
+            return {"changes": changes}
         path = self.write_file(str(raw.get("id")) + ".diff", "".join(diffs))
-        share = self.max_bytes // len(changes)
+        budget, listed = self.max_bytes, []
         for entry in changes:
-            entry["diff"] = cut_bytes(entry["diff"], share) + MARKER % (self.max_bytes, path)
-        return changes, path
+            budget -= len(entry["path"].encode("utf-8")) + CHANGE_BYTES
+            if budget <= 0:
+                break
+            size = len(entry["diff"].encode("utf-8"))
+            if size > budget:
+                entry["diff"] = cut_bytes(entry["diff"], budget) + MARKER % (self.max_bytes, path)
+            budget -= size
+            listed.append(entry)
+        bounded = {"changes": listed, "diff_truncated": True, "diff_path": path}
+        if len(listed) < len(changes):
+            bounded["changes_omitted"] = len(changes) - len(listed)
+        return bounded
 
     # ---- streams ----------------------------------------------------------------------------
 

@@ -69,10 +69,11 @@ class Approvals:
         self.respond = respond
         self.save = save
         self.asks = agent.get("approval_policy", "never") != "never"
-        self.describe_changes = describe_changes  # a fileChange item -> (changes, full diff path)
+        # a fileChange item -> {"changes": [...]} and, over the bound, where the rest is
+        self.describe_changes = describe_changes
         self.workspace = workspace
         self.waiting = {}  # approval_id -> (codex request id, monotonic deadline)
-        self.changes = {}  # fileChange item id -> its changes, from item/started
+        self.changes = {}  # fileChange item id -> its described changes, from item/started
 
     def emit(self, kind, **fields):
         self._write(kind, **{key: value for key, value in fields.items() if value is not None})
@@ -88,7 +89,7 @@ class Approvals:
         if not self.asks or item.get("type") != "fileChange":
             return
         if method == "item/started":
-            self.changes[item.get("id")] = self.describe_changes(item)[0]
+            self.changes[item.get("id")] = self.describe_changes(item)
         else:
             self.changes.pop(item.get("id"), None)
 
@@ -107,13 +108,13 @@ class Approvals:
             fields["command"] = params.get("command")
             fields["cwd"] = params.get("cwd")
         else:
-            fields["changes"] = self.changes.pop(params.get("itemId"), [])
+            fields.update(self.changes.pop(params.get("itemId"), {"changes": []}))
         fields = {key: value for key, value in fields.items() if value is not None}
         approval_id = approval_id_for(
             self.state["next_approval"],
             message["method"],
             params,
-            fields.get("changes"),
+            [fields.get(key) for key in ("changes", "changes_omitted")],
             self.workspace,
         )
         self.state["next_approval"] += 1

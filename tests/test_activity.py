@@ -10,7 +10,14 @@ import pytest
 
 from codeswarm.cli.render import EventRenderer
 from codeswarm.hpc import records
-from codeswarm.hpc.activity import MARKER, Activity, error_fields, snake, unified_diff
+from codeswarm.hpc.activity import (
+    MARKER,
+    Activity,
+    error_fields,
+    line_counts,
+    snake,
+    unified_diff,
+)
 from codeswarm.model_server import Reply
 from codeswarm.protocol import event_errors
 from tests.support.worker import (
@@ -22,6 +29,7 @@ from tests.support.worker import (
 )
 
 TURN = {"threadId": "th", "turnId": "t-1"}
+DIFF_OF_ONE = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new\n"
 
 
 class Recorder:
@@ -196,6 +204,33 @@ def test_large_diffs_are_cut_and_kept_whole(activity):
     act.handle("turn/diff/updated", {**TURN, "diff": "small"}, "inj")
     assert out.of("turn_diff")[1] == {**out.of("turn_diff")[1], "diff": "small"}
     assert "diff_truncated" not in out.of("turn_diff")[1]
+
+
+def test_a_patch_of_many_files_is_one_bounded_event_naming_what_it_left_out(activity):
+    act, out = activity
+    files = [
+        {"path": f"/w/src/module_{n}.py", "kind": {"type": "update"}, "diff": DIFF_OF_ONE}
+        for n in range(2000)
+    ]
+    item = {"type": "fileChange", "id": "call_4", "status": "completed", "changes": files}
+    act.handle("item/completed", {**TURN, "item": item}, "inj")
+    (event,) = out.of("item_completed")
+    got = event["item"]
+    assert len(json.dumps(event)) < 2 * 1024  # the bound is 1024 bytes; 2,000 files came
+    listed = got["changes"]
+    assert [c["path"] for c in listed] == [f"/w/src/module_{n}.py" for n in range(len(listed))]
+    assert listed and got["changes_omitted"] == 2000 - len(listed)
+    whole = [c for c in listed if "truncated at" not in c["diff"]]
+    assert all(c["diff"] == DIFF_OF_ONE for c in whole)  # only the diff that crossed is marked
+    assert len(listed) - len(whole) <= 1
+    assert Path(got["diff_path"]).read_text().count("+new\n") == 2000
+
+
+def test_lines_are_counted_inside_hunks_not_by_how_they_start():
+    sql = "--- a/q.sql\n+++ b/q.sql\n@@ -1,2 +1,2 @@\n-- old comment\n++ new\n keep\n"
+    assert line_counts(sql) == (1, 1)  # the deleted "-- old comment" reads "--- old comment"
+    two = "@@ -1 +1 @@\n-a\n+b\n\\ No newline at end of file\n--- a/y\n+++ b/y\n@@ -0,0 +1 @@\n+c\n"
+    assert line_counts(two) == (2, 1)
 
 
 def test_plans_reroutes_reasoning_and_rate_limits(activity):

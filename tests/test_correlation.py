@@ -7,6 +7,7 @@ from codeswarm.actors.messages import Emit, Injection, Progress, WorkerLines
 from codeswarm.actors.node import NodeActor
 from codeswarm.hpc import records
 from codeswarm.protocol import encode_event, encode_events, event_errors
+from codeswarm.protocol.codec import EncodedEvent
 
 
 def node(state="running"):
@@ -140,11 +141,13 @@ def test_a_requeued_node_runs_again_after_it_exited():
 def test_a_routed_worker_event_is_sent_as_its_outbox_line_with_the_ids_added():
     n = node()
     n.written(injection())
-    raw = line("assistant_delta", 1, injection_id="i1", delta='é \u2028 "x"')
+    # The follower hands lines over without their newline.
+    raw = line("assistant_delta", 1, injection_id="i1", delta='é \u2028 "x"').rstrip(b"\n")
     (event,) = n.worker_line(raw)
+    assert isinstance(event, EncodedEvent)  # passed on, not encoded again
     data, problems = encode_events([event])
-    assert data == raw[:-2] + b',"swarm_id":"sw-1","request_id":"r1"}\n' and problems == []
-    assert data == encode_event(event)
+    assert data == raw[:-1] + b',"swarm_id":"sw-1","request_id":"r1"}\n' and problems == []
+    assert data == encode_event(dict(event))
 
 
 class Recorder:

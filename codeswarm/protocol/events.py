@@ -131,6 +131,9 @@ class ItemSchema(Schema):
     changes = fields.List(fields.Nested(ChangeSchema), metadata={"description": "file_change"})
     diff_truncated = fields.Boolean(metadata={"description": "file_change: diffs were cut"})
     diff_path = fields.String(metadata={"description": "file_change: the file with all of them"})
+    changes_omitted = fields.Integer(
+        metadata={"description": "file_change: files past the bound, listed only in diff_path"}
+    )
     tool = fields.String(metadata={"description": "tool_call"})
     server = fields.String(metadata={"description": "tool_call: the MCP server or namespace"})
     arguments = fields.Raw(metadata={"description": "tool_call"})
@@ -237,6 +240,11 @@ class PendingApprovalSchema(Schema):
     cwd = fields.String(metadata={"description": "approval_kind command: where it would run"})
     changes = fields.List(
         fields.Nested(ChangeSchema), metadata={"description": "approval_kind file_change"}
+    )
+    diff_truncated = fields.Boolean(metadata={"description": "file_change: diffs were cut"})
+    diff_path = fields.String(metadata={"description": "file_change: the file with all of them"})
+    changes_omitted = fields.Integer(
+        metadata={"description": "file_change: files past the bound, listed only in diff_path"}
     )
     reason = fields.String(metadata={"description": "why codex asks"})
     default_decision = fields.String(
