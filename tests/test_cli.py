@@ -150,7 +150,7 @@ def test_steering_verbs_answer_per_node_and_fail_per_node(config_file):
         assert (steered.returncode, steered.stdout) == (0, "node 0: s1\n"), steered.stderr
         assert stray.returncode == 1
         assert stray.stdout == "node 0: sent\n"
-        assert f"node 3: failed: no node 3 in {swarm_id}" in stray.stderr
+        assert f"node 3: failed: swarm {swarm_id} has no node 3 (it has 1)" in stray.stderr
         assert (listed.returncode, listed.stdout) == (0, "")
         assert f"no pending approvals in {swarm_id}" in listed.stderr
         refused = run(config_file, "approve", swarm_id, "ap-1", "--decision", "maybe")

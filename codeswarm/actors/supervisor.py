@@ -28,15 +28,10 @@ from codeswarm.actors.messages import (
     Emit,
     FollowerDied,
     FollowerLines,
-    Inject,
-    Injection,
     InputClosed,
-    InterruptNode,
     Launched,
     LaunchFailed,
-    ListApprovals,
     LiveSwarms,
-    NodeCommand,
     NodeStarted,
     Polled,
     PollJobs,
@@ -49,8 +44,9 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeActor
-from codeswarm.actors.steering import ApprovalsActor, node_command
+from codeswarm.actors.steering import ApprovalsActor
 from codeswarm.actors.swarms import SwarmTable, job_of, written_over
+from codeswarm.actors.targeting import NodeTargeting
 from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
 from codeswarm.errors import BackendError, RegistryError
@@ -67,7 +63,7 @@ STOP_SECONDS = 10.0
 FRESH_STATE_SECONDS = 2.0  # status and list wait this long at most for a fresh poll
 
 
-class SupervisorActor(pykka.ThreadingActor):
+class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
     def __init__(
         self,
         *,
@@ -428,108 +424,6 @@ class SupervisorActor(pykka.ThreadingActor):
         if record is None:
             self.error(errors.UNKNOWN_SWARM, f"no swarm {swarm_id}", request_id, field="swarm_id")
         return record
-
-    def resolve(self, command: Any) -> tuple[Any, list[int]]:
-        """The swarm and nodes a targeted command names; an unknown swarm_id is reported."""
-        if command.swarm_id is not None:
-            swarm = self.known_swarm(command.swarm_id, command.request_id)
-        else:
-            swarm = self.table.get(command.job_id)
-            if swarm is None:
-                self.refresh_registry(force=True)
-                swarm = self.table.get(command.job_id)
-        if command.nodes != "all":
-            return swarm, list(command.nodes)
-        return swarm, list(range(swarm.nodes)) if swarm else []
-
-    def inject(self, command: commands.Inject) -> None:
-        swarm, nodes = self.resolve(command)
-        if swarm is None and command.swarm_id is not None:
-            return
-        if swarm is None and not nodes:
-            self.error(
-                errors.UNKNOWN_SWARM, f"no job {command.job_id}", command.request_id, field="job_id"
-            )
-            return
-        base = command.injection_id or f"inj-{uuid.uuid4().hex[:12]}"
-        longest = base if len(nodes) == 1 else f"{base}-{max(nodes)}"
-        problem = records.id_problem(longest)
-        if problem:
-            self.error(
-                errors.INVALID_FIELD,
-                f"injection_id {longest!r} {problem}",
-                command.request_id,
-                field="injection_id",
-            )
-            return
-        job_id = swarm.job_id if swarm else command.job_id
-        for node_id in nodes:
-            injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
-            key = records.node_key(job_id, node_id)
-            if swarm is not None and swarm.is_final():
-                code, why = errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
-            elif swarm is not None and self.tell_node(
-                key,
-                Inject(Injection(injection_id, command.content, command.request_id, command.kind)),
-            ):
-                continue
-            else:
-                code, why = errors.UNKNOWN_TARGET, f"no node {key} in any swarm this router knows"
-            self.emit(
-                make_event(
-                    "inject_failed",
-                    request_id=command.request_id,
-                    swarm_id=swarm.swarm_id if swarm else None,
-                    job_id=job_id,
-                    node_id=node_id,
-                    injection_id=injection_id,
-                    error=code,
-                    message=why,
-                )
-            )
-
-    def interrupt(self, command: commands.Interrupt) -> None:
-        self.tell_nodes(command, InterruptNode(command.request_id))
-
-    def node_command(self, command: commands.Approve | commands.Steer) -> None:
-        self.tell_nodes(command, NodeCommand(*node_command(command), command.request_id))
-
-    def list_approvals(self, command: commands.ListApprovals) -> None:
-        swarm, nodes = self.resolve(command)
-        if swarm is not None:
-            self.approvals.tell(
-                ListApprovals(swarm.swarm_id, swarm.job_id, nodes, command.request_id)
-            )
-
-    def tell_nodes(self, command: Any, message: Any) -> None:
-        """Tell each node a command names; a node that is gone or unknown fails on its own."""
-        swarm, nodes = self.resolve(command)
-        if swarm is None:
-            if command.job_id is not None:
-                self.error(
-                    errors.UNKNOWN_SWARM,
-                    f"no job {command.job_id}",
-                    command.request_id,
-                    field="job_id",
-                )
-            return
-        for node_id in nodes:
-            key = records.node_key(swarm.job_id, node_id)
-            if swarm.is_final():
-                code, problem = errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
-            elif not self.tell_node(key, message):
-                code, problem = errors.UNKNOWN_TARGET, f"no node {node_id} in {swarm.swarm_id}"
-            else:
-                continue
-            self.error(
-                code,
-                problem,
-                command.request_id,
-                field="nodes",
-                swarm_id=swarm.swarm_id,
-                job_id=swarm.job_id,
-                node_id=node_id,
-            )
 
     def launch(self, command: commands.Launch) -> None:
         swarm_id = f"sw-{uuid.uuid4().hex[:10]}"
