@@ -129,6 +129,7 @@ class Activity:
         self.max_bytes = max_event_bytes
         self.outputs = {}  # item id -> Spill, for commands running in this turn
         self.last_rate_limits = None
+        self.last_turn_diff = None  # (turn id, diff): codex repeats an unchanged turn diff
         self.handlers = {
             "item/started": self.item_started,
             "item/completed": self.item_completed,
@@ -159,6 +160,7 @@ class Activity:
             if spill.file is not None:
                 spill.file.close()
         self.outputs = {}
+        self.last_turn_diff = None
 
     # ---- items ------------------------------------------------------------------------------
 
@@ -304,6 +306,9 @@ class Activity:
 
     def turn_diff(self, params, ids):
         diff = params.get("diff") or ""
+        if (ids["turn_id"], diff) == self.last_turn_diff:
+            return  # codex sends the same diff again; over the bound it would cost a file write
+        self.last_turn_diff = (ids["turn_id"], diff)
         if len(diff.encode("utf-8")) <= self.max_bytes:
             self.emit(TURN_DIFF, diff=diff, **ids)
             return

@@ -201,6 +201,8 @@ def test_large_diffs_are_cut_and_kept_whole(activity):
     (turn_diff,) = out.of("turn_diff")
     assert turn_diff["diff_truncated"] is True
     assert Path(turn_diff["diff_path"]).read_text() == "diff --git a/x b/x\n" + big
+    act.handle("turn/diff/updated", {**TURN, "diff": "diff --git a/x b/x\n" + big}, "inj")
+    assert len(out.of("turn_diff")) == 1  # an unchanged turn diff is no news
     act.handle("turn/diff/updated", {**TURN, "diff": "small"}, "inj")
     assert out.of("turn_diff")[1] == {**out.of("turn_diff")[1], "diff": "small"}
     assert "diff_truncated" not in out.of("turn_diff")[1]

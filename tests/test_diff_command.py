@@ -138,3 +138,12 @@ def test_a_reader_that_fails_answers_that_request_and_the_router_goes_on(swarms,
         assert "KeyError('branch')" in failed.value.event["message"]
     acks = swarms.inject_and_wait(swarm["swarm_id"], "after the failed diffs", nodes=0)
     assert [ack["type"] for ack in acks] == ["inject_ack"]
+
+
+def test_approvals_of_a_node_the_swarm_does_not_have_is_an_error(swarms):
+    swarm = swarms.launch(nodes=2)
+    assert swarms.approvals(swarm["swarm_id"]) == []
+    with pytest.raises(CommandError) as past:
+        swarms.approvals(swarm["swarm_id"], nodes=[0, 5])
+    assert (past.value.event["error"], past.value.event["field"]) == ("invalid_field", "nodes")
+    assert "has no node 5 (it has 2)" in past.value.event["message"]

@@ -99,7 +99,13 @@ class NodeTargeting:
 
     def list_approvals(self, command: commands.ListApprovals) -> None:
         swarm, nodes = self.resolve(command)
-        if swarm is not None:
+        if swarm is None:
+            return
+        unknown = [node for node in nodes if node >= swarm.nodes]
+        if unknown:  # an empty list would read as "nothing pending there"
+            why = f"swarm {swarm.swarm_id} has no node {unknown[0]} (it has {swarm.nodes})"
+            self.error(errors.INVALID_FIELD, why, command.request_id, field="nodes")
+        else:
             self.approvals.tell(
                 ListApprovals(swarm.swarm_id, swarm.job_id, nodes, command.request_id)
             )
