@@ -29,7 +29,7 @@ def book(
         agent,
         lambda kind, **fields: emitted.append((kind, fields)),
         lambda request_id, result: answered.append((request_id, result)),
-        lambda: saves.append(dict(state["approvals"])),
+        lambda: saves.append((len(emitted), dict(state["approvals"]))),  # events before it
         Activity(lambda kind, **fields: None, log_dir, max_event_bytes=1024).changes,
         workspace,
     )
@@ -75,11 +75,13 @@ def test_the_state_is_saved_before_each_event_and_ids_are_not_reused():
     approvals.request(command_request(6), "i1")
     first, second = (fields["approval_id"] for _, fields in emitted)
     assert first.startswith("ap-1-") and second == "ap-2-" + first[5:]
-    assert saves == [{first: state["approvals"][first]}, dict(state["approvals"])]
+    # each save came before its event: 0 events before the first, 1 before the second
+    assert saves == [(0, {first: state["approvals"][first]}), (1, dict(state["approvals"]))]
     approvals.answer({"approval_id": second, "decision": "accept_for_session", "request_id": "r"})
 
     assert answered == [(6, {"decision": "acceptForSession"})]
-    assert list(state["approvals"]) == [first] == list(saves[-1])
+    assert list(state["approvals"]) == [first] == list(saves[-1][1])
+    assert saves[-1][0] == len(emitted) - 1  # saved, then approval_resolved
     assert emitted[-1] == (
         "approval_resolved",
         {
