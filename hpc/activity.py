@@ -211,16 +211,21 @@ class Activity:
         spill = self.outputs.pop(item["id"], None)
         if spill is not None and spill.file is not None:
             spill.file.close()
+        streamed = spill.path if spill is not None else None
         output = raw.get("aggregatedOutput")
         if output is None:
+            if streamed is not None:  # what streamed is all there is of it
+                item.update(output_truncated=True, output_path=streamed)
             return
-        path = spill.path if spill is not None else None
-        if len(output.encode("utf-8")) > self.max_bytes:
-            path = path or self.write_file(item["id"] + ".output", output)
-            output = cut_bytes(output, self.max_bytes) + MARKER % (self.max_bytes, path)
-            item["output_truncated"] = True
+        size = len(output.encode("utf-8"))
+        if size > self.max_bytes:
+            # The file keeps the longer text: codex's own total, unless its stream had more
+            # (it may cap one); the name is the stream's, so there is one file an output.
+            if streamed is None or os.path.getsize(streamed) < size:
+                streamed = self.write_file(str(item["id"]) + ".output", output)
+            output = cut_bytes(output, self.max_bytes) + MARKER % (self.max_bytes, streamed)
+            item.update(output_truncated=True, output_path=streamed)
         item["output"] = output
-        item["output_path"] = path
 
     def file_change(self, raw, item):
         item.update(self.changes(raw))

@@ -143,6 +143,33 @@ def test_output_past_the_bound_is_cut_once_and_kept_whole_in_the_log_dir(activit
     assert item["output"] == streamed + MARKER % (1024, path)
 
 
+def test_a_cut_stream_names_its_file_even_when_codex_sends_no_total(activity):
+    act, out = activity
+    big = {**TURN, "itemId": "call_1", "delta": "x" * 2000}
+    act.handle("item/commandExecution/outputDelta", big, "inj")
+    path = out.of("command_output_delta")[-1]["output_path"]
+    done = command_item("completed", aggregatedOutput=None, exitCode=0, durationMs=5)
+    act.handle("item/completed", {**TURN, "item": done}, "inj")
+    item = out.of("item_completed")[0]["item"]
+    assert (item["output_truncated"], item["output_path"]) == (True, path)
+    assert Path(path).read_text() == "x" * 2000
+
+
+def test_the_log_file_keeps_codexs_total_when_it_has_more_than_the_stream(activity):
+    act, out = activity
+    act.handle(
+        "item/commandExecution/outputDelta",
+        {**TURN, "itemId": "call_1", "delta": "a" * 1500},
+        "inj",
+    )
+    total = "a" * 1500 + "b" * 3000  # codex dropped part of a fast flood from its stream
+    done = command_item("completed", aggregatedOutput=total, exitCode=0, durationMs=5)
+    act.handle("item/completed", {**TURN, "item": done}, "inj")
+    item = out.of("item_completed")[0]["item"]
+    assert Path(item["output_path"]).read_text() == total
+    assert item["output_path"] == out.of("command_output_delta")[-1]["output_path"]
+
+
 def test_an_output_cut_never_splits_a_character(activity):
     act, out = activity
     act.handle(
