@@ -200,7 +200,7 @@ def changes(admin, path, base, limit, stat_only):
     try:
         index = os.path.join(scratch, "index")
         with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(os.path.join(admin, "index"), index)
+            shutil.copy2(os.path.join(admin, "index"), index)
         env = dict(os.environ, GIT_INDEX_FILE=index)
         node_git(admin, path, "add", "--all", env=env)
         files = []

@@ -282,6 +282,16 @@ def node_worktree(repo: Path, tmp_path: Path, job: str = "12", node: int = 0) ->
     return mailbox, tree
 
 
+def test_a_same_size_edit_right_after_the_worktree_was_made_is_in_the_diff(repo, tmp_path):
+    """git trusts a file's stat unless its index is as new as the file ("racy git"): the diff's
+    copy of the index must keep the index's mtime, or such an edit reads as unchanged."""
+    mailbox, tree = node_worktree(repo, tmp_path)
+    (tree / "app.py").write_text("print('edit')\n")  # the size of print('base'), same second
+    time.sleep(1.1)  # a copy of the index made now would look newer than the edit
+    (zero,) = diff.read_diffs(str(mailbox), "12", [0], stat_only=False)
+    assert "+print('edit')" in zero["diff"], zero
+
+
 def test_diff_and_prune_never_run_what_a_rewritten_git_file_points_at(repo, tmp_path):
     mailbox, tree = node_worktree(repo, tmp_path)
     (tree / "app.py").write_text("print('work')\n")
