@@ -142,14 +142,16 @@ class Activity:
 
     def handle(self, method, params, injection_id):
         """Emit the events for one notification of ``injection_id``'s turn (None between
-        turns: only rate limits are news then)."""
+        turns: only rate limits are news then). Returns the item of an item notification,
+        as its event shows it, else None."""
         self.injection_id = injection_id
         if method == "account/rateLimits/updated":
             self.rate_limits(params, injection_id)
-            return
+            return None
         handler = self.handlers.get(method)
-        if handler is not None and injection_id is not None:
-            handler(params, {"injection_id": injection_id, "turn_id": params.get("turnId")})
+        if handler is None or injection_id is None:
+            return None
+        return handler(params, {"injection_id": injection_id, "turn_id": params.get("turnId")})
 
     def emit(self, kind, **fields):
         """Write one event; fields codex left null are left out."""
@@ -168,11 +170,13 @@ class Activity:
         item = self.item(params.get("item") or {}, done=False)
         if item is not None:
             self.emit(ITEM_STARTED, item=item, **ids)
+        return item
 
     def item_completed(self, params, ids):
         item = self.item(params.get("item") or {}, done=True)
         if item is not None:
             self.emit(ITEM_COMPLETED, item=item, **ids)
+        return item
 
     def item(self, raw, done):
         """The protocol's item for codex's ThreadItem, or None for one it does not show

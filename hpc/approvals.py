@@ -26,6 +26,9 @@ CODEX_DECISIONS = {
 }
 
 
+# What an approval request shows of a file change item.
+CHANGE_FIELDS = ("changes", "diff_truncated", "diff_path", "changes_omitted")
+
 # What a request asks for, of codex's request fields (the rest are ids, times and the model's
 # reason, which differ between nodes asking the same thing), and what accepting it would grant.
 WHAT_IS_ASKED = (
@@ -61,7 +64,7 @@ class Approvals:
     an event (``approvals``) finds what the event said.
     """
 
-    def __init__(self, state, agent, emit, respond, save, describe_changes, workspace=""):
+    def __init__(self, state, agent, emit, respond, save, workspace=""):
         self.state = state
         self.timeout = float(agent["approval_timeout_seconds"])
         self.default = agent["approval_decision"]
@@ -69,8 +72,6 @@ class Approvals:
         self.respond = respond
         self.save = save
         self.asks = agent.get("approval_policy", "never") != "never"
-        # a fileChange item -> {"changes": [...]} and, over the bound, where the rest is
-        self.describe_changes = describe_changes
         self.workspace = workspace
         self.waiting = {}  # approval_id -> (codex request id, monotonic deadline)
         self.changes = {}  # fileChange item id -> its described changes, from item/started
@@ -84,14 +85,14 @@ class Approvals:
             self._resolved(approval_id, request, "decline", "turn_ended")
 
     def note_item(self, method, item):
-        """Remember a file change's diff while it runs: its approval request names the item,
-        not the diff."""
-        if not self.asks or item.get("type") != "fileChange":
+        """Remember a file change while it runs, as its item event shows it (bounded): its
+        approval request names the item, not the changes."""
+        if not self.asks or item.get("kind") != "file_change":
             return
         if method == "item/started":
-            self.changes[item.get("id")] = self.describe_changes(item)
+            self.changes[item["id"]] = {key: item[key] for key in CHANGE_FIELDS if key in item}
         else:
-            self.changes.pop(item.get("id"), None)
+            self.changes.pop(item["id"], None)
 
     def request(self, message, injection_id):
         """codex asks: announce the request and start its clock."""

@@ -109,7 +109,6 @@ class Worker:
             self.emit,
             self.codex.respond,
             self.save_state,
-            self.activity.changes,
             workspace,
         )
         self.steering = steering.Steering(self.emit, self.codex.call)
@@ -470,9 +469,9 @@ class Worker:
         """Report codex's activity. A report is not worth the node: a notification it cannot
         translate (an odd shape from codex, a full disk under the log dir) is an error event."""
         try:
-            self.activity.handle(method, params, injection_id)
-            if method in ("item/started", "item/completed"):
-                self.approvals.note_item(method, params.get("item") or {})
+            item = self.activity.handle(method, params, injection_id)
+            if item is not None:
+                self.approvals.note_item(method, item)
         except Exception as exc:
             log.exception("cannot report codex's %s", method)
             ids = {"injection_id": injection_id} if injection_id else {}

@@ -470,7 +470,7 @@ def test_a_notification_the_worker_cannot_report_is_an_error_not_its_end(tmp_pat
     agent = {"approval_timeout_seconds": 1, "approval_decision": "decline"}
     worker = SimpleNamespace(
         activity=activity,
-        approvals=Approvals(records.new_state(), agent, recorder, None, None, activity.changes),
+        approvals=Approvals(records.new_state(), agent, recorder, None, None),
         emit=recorder,
     )
     big = {**TURN, "itemId": "call_1", "delta": "x" * 64}

@@ -11,12 +11,7 @@ from codeswarm.hpc.approvals import Approvals
 DIFF = "--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n-old\n+new\n+more\n context\n"
 
 
-def book(
-    timeout: float = 600.0,
-    decision: str = "decline",
-    log_dir: str = "/nonexistent",
-    workspace: str = "/ws/77_0",
-):
+def book(timeout: float = 600.0, decision: str = "decline", workspace: str = "/ws/77_0"):
     state = records.new_state()
     emitted, answered, saves = [], [], []
     agent = {
@@ -30,10 +25,14 @@ def book(
         lambda kind, **fields: emitted.append((kind, fields)),
         lambda request_id, result: answered.append((request_id, result)),
         lambda: saves.append((len(emitted), dict(state["approvals"]))),  # events before it
-        Activity(lambda kind, **fields: None, log_dir, max_event_bytes=1024).changes,
         workspace,
     )
     return approvals, state, emitted, answered, saves
+
+
+def described(raw: dict, log_dir: str = "/nonexistent") -> dict:
+    """A fileChange item as the worker's activity stream shows it, which approvals keep."""
+    return Activity(lambda kind, **fields: None, log_dir, max_event_bytes=1024).item(raw, False)
 
 
 def command_request(request_id: int = 5) -> dict:
@@ -48,7 +47,7 @@ def test_a_file_change_request_carries_the_diff_codex_announced_with_its_item():
         "id": "fc-1",
         "changes": [{"path": "n.txt", "kind": {"type": "add"}, "diff": "hi\n"}],
     }
-    approvals.note_item("item/started", item)
+    approvals.note_item("item/started", described(item))
     params = {"turnId": "t-1", "itemId": "fc-1", "reason": "new file"}
     approvals.request(
         {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i1"
@@ -136,14 +135,14 @@ def test_an_id_names_what_is_asked_so_one_answer_never_accepts_another_command()
 
 
 def test_file_diffs_are_kept_only_when_codex_may_ask_and_are_bounded(tmp_path):
-    approvals, _, emitted, _, _ = book(log_dir=str(tmp_path))
+    approvals, _, emitted, _, _ = book()
     huge = "".join(f"line {n}\n" for n in range(1000))
     item = {
         "type": "fileChange",
         "id": "fc-9",
         "changes": [{"path": "big.txt", "kind": {"type": "add"}, "diff": huge}],
     }
-    approvals.note_item("item/started", item)
+    approvals.note_item("item/started", described(item, str(tmp_path)))
     params = {"turnId": "t-1", "itemId": "fc-9"}
     approvals.request(
         {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i1"
@@ -158,9 +157,8 @@ def test_file_diffs_are_kept_only_when_codex_may_ask_and_are_bounded(tmp_path):
         print,
         print,
         print,
-        Activity(print, str(tmp_path), max_event_bytes=1024).changes,
     )
-    never.note_item("item/started", item)
+    never.note_item("item/started", described(item, str(tmp_path)))
     assert never.changes == {}
 
 
@@ -168,9 +166,10 @@ def test_nodes_changing_the_same_file_in_their_own_worktrees_ask_the_same_id(tmp
     asked = []
     for node, extra in ((0, {}), (1, {}), (2, {"grantRoot": "/"})):
         workspace = f"/scratch/ws/77_{node}"
-        approvals, _, emitted, _, _ = book(log_dir=str(tmp_path), workspace=workspace)
+        approvals, _, emitted, _, _ = book(workspace=workspace)
         change = {"path": f"{workspace}/app.py", "kind": {"type": "update"}, "diff": DIFF}
-        approvals.note_item("item/started", {"type": "fileChange", "id": "fc", "changes": [change]})
+        item = {"type": "fileChange", "id": "fc", "changes": [change]}
+        approvals.note_item("item/started", described(item, str(tmp_path)))
         params = {"turnId": f"t-{node}", "itemId": "fc", "reason": "edit", **extra}
         approvals.request(
             {"id": 1, "method": "item/fileChange/requestApproval", "params": params}, "i"
