@@ -10,6 +10,8 @@ so that one ``cat`` of a huge file cannot flood the outbox, the follower and the
 import os
 import re
 
+from . import records
+
 COMMAND_OUTPUT_DELTA = "command_output_delta"
 REASONING_DELTA = "reasoning_delta"
 ITEM_STARTED = "item_started"
@@ -123,7 +125,7 @@ class Activity:
     """Translates one node's codex notifications; ``emit(kind, **fields)`` writes an event."""
 
     def __init__(self, emit, log_dir, max_event_bytes):
-        self.write = emit
+        self.emit = records.without_nulls(emit)
         self.injection_id = None
         self.log_dir = log_dir
         self.max_bytes = max_event_bytes
@@ -152,10 +154,6 @@ class Activity:
         if handler is None or injection_id is None:
             return None
         return handler(params, {"injection_id": injection_id, "turn_id": params.get("turnId")})
-
-    def emit(self, kind, **fields):
-        """Write one event; fields codex left null are left out."""
-        self.write(kind, **{key: value for key, value in fields.items() if value is not None})
 
     def turn_ended(self):
         for spill in self.outputs.values():

@@ -68,16 +68,13 @@ class Approvals:
         self.state = state
         self.timeout = float(agent["approval_timeout_seconds"])
         self.default = agent["approval_decision"]
-        self._write = emit
+        self.emit = records.without_nulls(emit)
         self.respond = respond
         self.save = save
         self.asks = agent.get("approval_policy", "never") != "never"
         self.workspace = workspace
         self.waiting = {}  # approval_id -> (codex request id, monotonic deadline)
         self.changes = {}  # fileChange item id -> its described changes, from item/started
-
-    def emit(self, kind, **fields):
-        self._write(kind, **{key: value for key, value in fields.items() if value is not None})
 
     def restarted(self):
         """The codex that asked is gone with the old worker: nobody can answer these now."""

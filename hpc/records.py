@@ -300,6 +300,13 @@ def parse_inbox_line(line):
     return record
 
 
+def without_nulls(emit):
+    """``emit`` leaving out the fields given as None: what codex leaves null is not sent."""
+    return lambda kind, **fields: emit(
+        kind, **{key: value for key, value in fields.items() if value is not None}
+    )
+
+
 def outbox_event(kind, job_id, node_id, seq, **fields):
     """Build one outbox event with its envelope; RecordError if a required field is missing."""
     required = OUTBOX_EVENT_FIELDS.get(kind)

@@ -31,11 +31,8 @@ class Steering:
     """Applies ``steer`` inbox records; ``emit`` writes events, ``call`` sends codex a request."""
 
     def __init__(self, emit, call):
-        self._write = emit
+        self.emit = records.without_nulls(emit)
         self.call = call
-
-    def emit(self, kind, **fields):
-        self._write(kind, **{key: value for key, value in fields.items() if value is not None})
 
     def steer(self, record, turn, thread_id):
         """Add the record's content to ``turn`` (None: no turn runs, so the steer fails)."""
