@@ -364,8 +364,10 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
 
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
+    from codeswarm.cli.doctor import doctor
 
     main.add_command(diff)
+    main.add_command(config_option(doctor))
 
 
 _add_commands()

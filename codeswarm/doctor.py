@@ -1,0 +1,398 @@
+"""``codeswarm doctor``: check, one step at a time, what a launch will need, and say what to fix.
+
+Each check yields a ``Check`` as soon as it is known, so a person sees progress while an
+``srun`` waits in the queue. A failed step skips those that depend on it (no login, no
+``squeue``), and says so, rather than piling up errors that share one cause.
+
+The compute-node probes (the workspace is shared, codex runs, the model answers) are one
+``hpc.doctor_probe`` run: under ``srun`` on a cluster, as a plain process on the local backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import posixpath
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from codeswarm.config import AgentConfig, Config
+from codeswarm.errors import BackendError, CodeswarmError
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+MIN_PYTHON = (3, 8)
+PYTHON_VERSION = "import sys; print('%d.%d' % sys.version_info[:2])"
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"  # codex's built-in "openai" provider
+PROBE_TIMEOUT = 120.0  # codex --version and one HTTP request, once the probe runs
+ON_NODE = [
+    "compute node",
+    "workspace shared",
+    "python on a compute node",
+    "codex on a compute node",
+    "model endpoint",
+]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: ``status`` is pass, fail or skip; ``fix`` says what to do."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_endpoint(agent: AgentConfig) -> str | None:
+    """The base URL codex will call, from ``agent.config`` as codex reads it.
+
+    None for a built-in provider other than OpenAI's (codex knows its URL, codeswarm does not).
+    """
+    provider = agent.config.get("model_provider", "openai")
+    custom = agent.config.get("model_providers", {}).get(provider)
+    if isinstance(custom, dict) and custom.get("base_url"):
+        return str(custom["base_url"])
+    if provider == "openai":
+        return str(agent.config.get("openai_base_url", DEFAULT_ENDPOINT))
+    return None
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Which step of ``ssh`` failed: ``reach`` (name, route, port), ``host_key`` or ``login``."""
+    seen = exc.__cause__ if isinstance(exc, BackendError) else exc
+    while seen is not None:
+        if isinstance(seen, paramiko.AuthenticationException):
+            return "login"
+        if isinstance(seen, paramiko.BadHostKeyException) or "known_hosts" in str(seen):
+            return "host_key"
+        if isinstance(seen, OSError | socket.timeout):
+            return "reach"
+        seen = seen.__cause__ or seen.__context__
+    return "login"
+
+
+def python_problem(version: str) -> str | None:
+    """Why a ``major.minor`` Python cannot run the cluster scripts, or None."""
+    major, _, rest = version.strip().partition(".")
+    minor = rest.partition(".")[0]
+    if not (major.isdigit() and minor.isdigit()):
+        return f"printed {version.strip()!r}, not a version"
+    if (int(major), int(minor)) < MIN_PYTHON:
+        return f"is Python {version.strip()}; codeswarm's cluster scripts need 3.8 or newer"
+    return None
+
+
+def probe_argv(
+    python: str, cluster_dir: str, token_file: str, token: str, codex: str, endpoint: str | None
+) -> list[str]:
+    """``hpc.doctor_probe`` from the copy in ``cluster_dir``, as the workers import it."""
+    argv = ["env", f"PYTHONPATH={cluster_dir}", python, "-m", "hpc.doctor_probe"]
+    argv += ["--token-file", token_file, "--token", token, "--codex", codex]
+    return argv + (["--endpoint", endpoint] if endpoint else [])
+
+
+def parse_probe(output: bytes) -> dict[str, dict[str, Any]]:
+    """The probe's JSON line; srun and ``slurm.setup`` may print lines of their own before it."""
+    for line in reversed(output.decode("utf-8", "replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    raise BackendError(f"the probe printed no result: {output[-500:]!r}")
+
+
+def probe_checks(
+    found: dict[str, dict[str, Any]], where: str, endpoint: str | None, codex: str, shared: bool
+) -> Iterator[Check]:
+    """The probe's verdicts as report lines, each failure with its fix."""
+    if shared:
+        ok = found["shared"]["ok"]
+        yield Check(
+            "workspace shared",
+            PASS if ok else FAIL,
+            f"{where} {found['shared']['detail']}",
+            ""
+            if ok
+            else "cluster.workspace_root must be on a filesystem the compute nodes "
+            "mount at the same path (a shared /home, /work or /scratch, not /tmp).",
+        )
+    python = found["python"]["detail"]
+    problem = python_problem(python)
+    yield Check(
+        "python on " + where,
+        FAIL if problem else PASS,
+        problem or f"Python {python}",
+        "Set cluster.python to a Python 3.8+ the compute nodes have, or load one in "
+        'slurm.setup (e.g. "module load python").'
+        if problem
+        else "",
+    )
+    ok = found["codex"]["ok"]
+    yield Check(
+        "codex on " + where,
+        PASS if ok else FAIL,
+        found["codex"]["detail"],
+        ""
+        if ok
+        else f"{codex} must run on {where}: set agent.codex_path to a binary "
+        "on the shared filesystem, or agent.codex_version to have codeswarm install one.",
+    )
+    if endpoint is None:
+        yield Check("model endpoint", SKIP, "agent.config names a built-in provider; not probed")
+        return
+    ok = found["endpoint"]["ok"]
+    yield Check(
+        "model endpoint",
+        PASS if ok else FAIL,
+        f"from {where}: {found['endpoint']['detail']}",
+        ""
+        if ok
+        else f"{where} cannot reach {endpoint}: check the provider's base_url in "
+        "agent.config, and that compute nodes have a route to it (a proxy in agent.env, "
+        "e.g. HTTPS_PROXY, or a server inside the cluster).",
+    )
+
+
+def skipped(names: list[str], why: str) -> Iterator[Check]:
+    for name in names:
+        yield Check(name, SKIP, why)
+
+
+def local_checks(config: Config) -> Iterator[Check]:
+    """The local backend: state dir, workspace, this Python, codex, the model endpoint."""
+    from codeswarm.backends.local import LocalTransport
+    from codeswarm.hpc.private import private_dir
+    from codeswarm.registry import SwarmRegistry
+    from codeswarm.router import worker_settings
+
+    state_dir = config.router.state_dir
+    transport = LocalTransport(config.cluster.cluster_dir, 1.0, 1.0)
+    try:
+        private_dir(state_dir)
+        count = len(SwarmRegistry(state_dir, transport.mailbox).all())
+        yield Check("state dir", PASS, f"{state_dir} ({count} swarms)")
+    except (OSError, CodeswarmError) as exc:
+        yield Check(
+            "state dir",
+            FAIL,
+            f"{state_dir}: {exc}",
+            "Set router.state_dir to a directory you can write, or fix the file named.",
+        )
+    cluster_dir = config.cluster.cluster_dir
+    try:
+        transport.prepare()
+        token_file = Path(cluster_dir, "logs", f"doctor-{secrets.token_hex(6)}.token")
+        token = secrets.token_hex(8)
+        token_file.write_text(token)
+    except OSError as exc:
+        yield Check(
+            "workspace",
+            FAIL,
+            f"{cluster_dir}: {exc.strerror or exc}",
+            "Set cluster.workspace_root to a directory you can write.",
+        )
+        yield from skipped(["python", "codex", "model endpoint"], "needs the workspace")
+        return
+    yield Check("workspace", PASS, f"{cluster_dir} is writable")
+    try:
+        try:
+            codex = worker_settings(config)["agent"]["codex_path"]
+        except CodeswarmError as exc:
+            yield Check("codex", FAIL, str(exc), "Install codex as the message says.")
+            yield from skipped(["model endpoint"], "needs codex")
+            return
+        endpoint = model_endpoint(config.agent)
+        argv = probe_argv(sys.executable, cluster_dir, str(token_file), token, codex, endpoint)
+        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+        found = parse_probe(done.stdout + done.stderr)
+        yield from probe_checks(found, "this machine", endpoint, codex, shared=False)
+    finally:
+        token_file.unlink(missing_ok=True)
+
+
+def slurm_checks(config: Config, srun_timeout: float) -> Iterator[Check]:
+    """The Slurm backend, from the ssh alias to a request from a compute node."""
+    from codeswarm.backends.ssh import SSHConnection
+    from codeswarm.backends.ssh_transport import SSHTransport
+
+    alias = config.ssh.login_alias
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(
+        connection,
+        config.cluster.cluster_dir,
+        config.cluster.python,
+        1.0,
+        1.0,
+        config.agent.codex_version,
+    )
+    try:
+        checks = list(_ssh_checks(connection, alias))
+        yield from checks
+        if any(check.status == FAIL for check in checks):
+            yield from skipped(
+                ["slurm", "python", "workspace", "workspace shared", "compute node"],
+                "needs a login",
+            )
+            return
+        yield from _cluster_checks(config, connection, transport, srun_timeout)
+    finally:
+        transport.close()
+
+
+def _ssh_checks(connection: Any, alias: str | None) -> Iterator[Check]:
+    """The alias resolves, the host key is known, the login works: one connection tells all."""
+    where = f"Host {alias} in {connection.settings.ssh_config}"
+    try:
+        connection.client()
+    except BackendError as exc:
+        step = connect_failure(exc)
+        fixes = {
+            "reach": f"Check HostName and Port of {where}, and that `ssh {alias} true` "
+            "reaches it from this machine (VPN, ProxyJump).",
+            "host_key": f"Run `ssh {alias} true` once and accept the host key, or add it "
+            "with ssh-keyscan to the known_hosts file codeswarm reads (ssh.known_hosts, or "
+            "UserKnownHostsFile of the alias).",
+            "login": f"Make `ssh -o BatchMode=yes {alias} true` work without a prompt: an "
+            "IdentityFile in the alias (or ssh.identity_file), or a key loaded in ssh-agent.",
+        }
+        order = ["reach", "host_key", "login"]
+        names = {"reach": "ssh alias", "host_key": "host key", "login": "login"}
+        for done in order[: order.index(step)]:
+            yield Check(names[done], PASS, "ok")
+        yield Check(names[step], FAIL, str(exc), fixes[step])
+        yield from skipped(
+            [names[s] for s in order[order.index(step) + 1 :]], f"needs {names[step]}"
+        )
+        return
+    yield Check("ssh alias", PASS, f"{alias} resolves and answers")
+    yield Check("host key", PASS, "known")
+    yield Check("login", PASS, f"logged in to {alias}")
+
+
+def _cluster_checks(
+    config: Config, connection: Any, transport: Any, srun_timeout: float
+) -> Iterator[Check]:
+    alias = config.ssh.login_alias
+    try:
+        versions = [
+            connection.run([tool, "--version"]).decode().strip() for tool in ("sbatch", "squeue")
+        ]
+        connection.run(["squeue", "--me", "-h", "-o", "%i"])
+        yield Check("slurm", PASS, f"sbatch and squeue answer ({versions[0]})")
+    except BackendError as exc:
+        yield Check(
+            "slurm",
+            FAIL,
+            str(exc),
+            f"sbatch and squeue must be on the PATH of a non-interactive `ssh {alias}` "
+            "(set it in ~/.bashrc on the login node), and the controller up.",
+        )
+        yield from skipped(
+            ["python", "workspace", "workspace shared", "compute node"], "needs slurm"
+        )
+        return
+    python = config.cluster.python
+    try:
+        version = connection.run([python, "-c", PYTHON_VERSION]).decode().strip()
+        problem = python_problem(version)
+    except BackendError as exc:
+        problem, version = f"does not run: {exc}", ""
+    if problem:
+        yield Check(
+            "python",
+            FAIL,
+            f"cluster.python {python!r} {problem}",
+            "Set cluster.python to a Python 3.8 or newer on the login node "
+            "(an absolute path works).",
+        )
+        yield from skipped(["workspace", *ON_NODE], "needs python")
+        return
+    yield Check("python", PASS, f"{python} is Python {version} on {alias}")
+    root, cluster_dir = config.cluster.workspace_root, config.cluster.cluster_dir
+    token_file = posixpath.join(cluster_dir, "logs", f"doctor-{secrets.token_hex(6)}.token")
+    token = secrets.token_hex(8)
+    try:
+        connection.run(["sh", "-c", 'test -d "$1" && test -w "$1"', "sh", root])
+    except BackendError:
+        yield Check(
+            "workspace",
+            FAIL,
+            f"cluster.workspace_root {root} is not a directory you can write on {alias}",
+            f"Create it (`ssh {alias} mkdir -p {shlex.quote(root)}`) on the filesystem "
+            "the compute nodes share, or set cluster.workspace_root to one that is.",
+        )
+        yield from skipped(ON_NODE, "needs the workspace")
+        return
+    try:
+        transport.prepare()
+        transport.write_file(token_file, token.encode())
+    except BackendError as exc:
+        yield Check(
+            "workspace",
+            FAIL,
+            str(exc),
+            f"Fix what the message names in {cluster_dir} (permissions, quota).",
+        )
+        yield from skipped(ON_NODE, "needs the workspace")
+        return
+    yield Check("workspace", PASS, f"{cluster_dir} is writable, codeswarm's scripts installed")
+    codex = transport.installed_codex or config.agent.codex_path
+    endpoint = model_endpoint(config.agent)
+    try:
+        argv = srun_argv(
+            config, probe_argv(python, cluster_dir, token_file, token, codex, endpoint)
+        )
+        try:
+            output = connection.run(argv, timeout=srun_timeout)
+        except BackendError as exc:
+            yield Check(
+                "compute node",
+                FAIL,
+                str(exc),
+                f"srun did not run a 1-node step within {srun_timeout:.0f}s: check "
+                "slurm.partition/account/qos, or retry with a longer --srun-timeout "
+                "when the queue is busy.",
+            )
+            yield from skipped(ON_NODE[1:], "needs srun")
+            return
+        yield Check("compute node", PASS, "srun ran the probe")
+        yield from probe_checks(parse_probe(output), "a compute node", endpoint, codex, shared=True)
+    finally:
+        with contextlib.suppress(BackendError):
+            connection.run(["rm", "-f", token_file])
+
+
+def srun_argv(config: Config, command: list[str]) -> list[str]:
+    """One short 1-node step with the job's options and ``slurm.setup``, running ``command``."""
+    slurm = config.slurm
+    options = {
+        "partition": slurm.partition,
+        "account": slurm.account,
+        "qos": slurm.qos,
+        "constraint": slurm.constraint,
+        "gres": slurm.gres,
+    }
+    argv = ["srun", "--job-name=codeswarm-doctor", "--nodes=1", "--ntasks=1", "--time=2"]
+    argv += [f"--{name}={value}" for name, value in options.items() if value is not None]
+    script = "\n".join([*slurm.setup, 'exec "$@"'])
+    return [*argv, "sh", "-c", script, "sh", *command]
+
+
+def run_checks(config: Config, srun_timeout: float) -> Iterator[Check]:
+    """Every check of the configured backend, in order, as each completes."""
+    if config.backend == "slurm":
+        return slurm_checks(config, srun_timeout)
+    return local_checks(config)
