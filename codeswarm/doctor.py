@@ -242,10 +242,7 @@ def slurm_checks(config: Config, srun_timeout: float) -> Iterator[Check]:
         checks = list(_ssh_checks(connection, alias))
         yield from checks
         if any(check.status == FAIL for check in checks):
-            yield from skipped(
-                ["slurm", "python", "workspace", "workspace shared", "compute node"],
-                "needs a login",
-            )
+            yield from skipped(["slurm", "python", "workspace", *ON_NODE], "needs a login")
             return
         yield from _cluster_checks(config, connection, transport, srun_timeout)
     finally:
