@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.backends.slurm import batch_script, parse_job_id, parse_squeue
+from codeswarm.backends.slurm import (
+    batch_script,
+    parse_job_id,
+    parse_pending_reasons,
+    parse_squeue,
+)
 from codeswarm.backends.ssh import resolve
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
@@ -124,3 +129,14 @@ def test_a_chain_of_jumps_is_refused_with_a_reason():
 
     with pytest.raises(BackendError, match="several hops"):
         parse_jump("a,b")
+
+
+def test_parse_squeue_with_reasons():
+    output = b"12|PENDING|Priority\n13|RUNNING|None\n14|PENDING|\n15|CANCELLED by 0|None\n"
+    assert parse_squeue(output) == {
+        "12": "pending",
+        "13": "running",
+        "14": "pending",
+        "15": "exited",
+    }
+    assert parse_pending_reasons(output) == {"12": "Priority"}

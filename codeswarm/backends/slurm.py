@@ -108,13 +108,13 @@ def parse_job_id(sbatch_output: bytes) -> str:
 
 
 def parse_squeue(output: bytes) -> dict[str, str]:
-    """``squeue -h -o %i|%T`` as job id -> pending | running | exited."""
+    """``squeue -h -o %i|%T[|%r]`` as job id -> pending | running | exited."""
     states = {}
     for line in output.decode("utf-8", "replace").splitlines():
-        job_id, _, state = line.strip().partition("|")
+        job_id, _, rest = line.strip().partition("|")
         if not job_id:
             continue
-        state = state.split()[0] if state else ""
+        state = rest.split("|")[0].split()[0] if rest.strip() else ""
         if state in PENDING_STATES:
             states[job_id] = "pending"
         elif state in RUNNING_STATES:
@@ -122,6 +122,17 @@ def parse_squeue(output: bytes) -> dict[str, str]:
         else:
             states[job_id] = "exited"
     return states
+
+
+def parse_pending_reasons(output: bytes) -> dict[str, str]:
+    """``squeue -h -o %i|%T|%r`` as job id -> why it waits (``Priority``, ``Resources``...),
+    for the jobs that are pending."""
+    reasons = {}
+    for line in output.decode("utf-8", "replace").splitlines():
+        job_id, state, reason = [*line.strip().split("|"), "", ""][:3]
+        if job_id and state.strip() in PENDING_STATES and reason.strip():
+            reasons[job_id] = reason.strip()
+    return reasons
 
 
 class SlurmScheduler:
@@ -134,6 +145,7 @@ class SlurmScheduler:
         self.connection: SSHConnection = transport.connection
         self.slurm = slurm
         self.python = python
+        self.reasons: dict[str, str] = {}  # replaced whole by each poll, read by other threads
 
     def submit(
         self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
@@ -192,12 +204,16 @@ class SlurmScheduler:
         """One squeue call for all jobs; a job squeue no longer lists has exited."""
         if not swarms:
             return {}
-        out = self.connection.run(["squeue", "--me", "-h", "-o", "%i|%T"])
+        out = self.connection.run(["squeue", "--me", "-h", "-o", "%i|%T|%r"])
         states = parse_squeue(out)
+        self.reasons = parse_pending_reasons(out)
         return {
             swarm.job_id: dict.fromkeys(range(swarm.nodes), states.get(swarm.job_id, "exited"))
             for swarm in swarms
         }
+
+    def pending_reason(self, job_id: str) -> str | None:
+        return self.reasons.get(job_id)
 
     def cancel(self, swarm: SwarmRecord) -> None:
         self.connection.run(["scancel", swarm.job_id])

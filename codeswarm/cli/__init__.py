@@ -129,38 +129,6 @@ def stop_signals_fd() -> int:
     return read_fd
 
 
-@main.command()
-@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Agents, one a node.")
-@click.option("--prompt", help="A first prompt for every agent.")
-@click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
-@click.option("--partition", help="Slurm partition.")
-@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
-@config_option
-def launch(
-    nodes: int,
-    prompt: str | None,
-    time_limit: str | None,
-    partition: str | None,
-    as_json: bool,
-    config_path: str | None,
-    debug: bool,
-) -> None:
-    """Start a swarm of NODES agents and print its id.
-
-    \b
-    Example:
-      codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
-          --config configs/hpcfund.json
-    """
-    with swarms_for(config_path, debug) as swarms:
-        swarm = swarms.launch(nodes, prompt, time_limit, partition)
-    if as_json:
-        click.echo(json.dumps(swarm))
-    else:
-        click.echo(swarm["swarm_id"])
-        click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {nodes} nodes", err=True)
-
-
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print the swarms as JSON lines.")
 @config_option
@@ -365,9 +333,11 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
     from codeswarm.cli.doctor import doctor
+    from codeswarm.cli.launch import launch
 
     main.add_command(diff)
     main.add_command(config_option(doctor))
+    main.add_command(config_option(launch))
 
 
 _add_commands()

@@ -324,6 +324,7 @@ class SwarmSchema(Schema):
     nodes = fields.List(fields.Nested(NodeStateSchema), required=True)
     state = fields.String(required=True, validate=validate.OneOf(SWARM_STATES))
     created = fields.Float(required=True)
+    pending_reason = fields.String()  # status and list, while Slurm holds the job
 
 
 class SwarmLaunchedSchema(EventSchema):
