@@ -133,10 +133,12 @@ def test_a_chain_of_jumps_is_refused_with_a_reason():
 
 def test_parse_squeue_with_reasons():
     output = b"12|PENDING|Priority\n13|RUNNING|None\n14|PENDING|\n15|CANCELLED by 0|None\n"
+    output += b"16|PENDING|None\n"
     assert parse_squeue(output) == {
         "12": "pending",
         "13": "running",
         "14": "pending",
         "15": "exited",
+        "16": "pending",
     }
     assert parse_pending_reasons(output) == {"12": "Priority"}

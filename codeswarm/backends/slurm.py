@@ -130,7 +130,8 @@ def parse_pending_reasons(output: bytes) -> dict[str, str]:
     reasons = {}
     for line in output.decode("utf-8", "replace").splitlines():
         job_id, state, reason = [*line.strip().split("|"), "", ""][:3]
-        if job_id and state.strip() in PENDING_STATES and reason.strip():
+        # "None" is what squeue says before the scheduler has looked at the job
+        if job_id and state.strip() in PENDING_STATES and reason.strip() not in ("", "None"):
             reasons[job_id] = reason.strip()
     return reasons
 
