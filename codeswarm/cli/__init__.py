@@ -22,6 +22,7 @@ from codeswarm import __version__
 from codeswarm.cli.render import EventRenderer, print_swarm
 from codeswarm.config import Config, default_local_config, load_config
 from codeswarm.errors import CodeswarmError, CommandError
+from codeswarm.protocol.errors import INPUT_ERROR_CODES
 from codeswarm.protocol.subscription import pattern_problem
 
 
@@ -31,6 +32,10 @@ class CodeswarmGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except CommandError as exc:
+            if exc.event["error"] in INPUT_ERROR_CODES:  # a value the router refused: usage
+                raise click.UsageError(explain(exc)) from exc
+            raise click.ClickException(explain(exc)) from exc
         except CodeswarmError as exc:
             raise click.ClickException(explain(exc)) from exc
 
@@ -60,7 +65,7 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(exists=True, dir_okay=False),
         help="Config file (default: the built-in local config).",
     )(command)
 
@@ -73,7 +78,18 @@ def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
     return Codeswarm(load(config_path), follow=follow)
 
 
-@click.group(cls=CodeswarmGroup)
+EPILOG = """\b
+Output: with --json (every verb; daemon speaks JSON lines always) stdout
+carries only JSON: one document, or JSON lines for lists and streams;
+messages and errors go to stderr.
+Exit status: 0 ok; 1 failure (a codeswarm or cluster error, a node that
+failed, a failed doctor check); 2 usage error (an unknown option, a bad value).
+Shell completion (swarm ids too), in ~/.bashrc or ~/.zshrc:
+  eval "$(_CODESWARM_COMPLETE=bash_source codeswarm)"    (zsh: zsh_source)
+"""
+
+
+@click.group(cls=CodeswarmGroup, epilog=EPILOG)
 @click.version_option(__version__, prog_name="codeswarm")
 def main() -> None:
     """Run swarms of Codex agents on Slurm clusters or on this machine.
@@ -280,8 +296,11 @@ def attach(
     help="Only swarms that ended at least this long ago: 90s, 30m, 12h, 7d, or 0 for all.",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line a swarm.")
 @config_option
-def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) -> None:
+def prune(
+    older_than: str, dry_run: bool, as_json: bool, config_path: str | None, debug: bool
+) -> None:
     """Forget finished swarms and remove their files from the cluster.
 
     A swarm that has exited or been terminated stays in `codeswarm list` until pruned. This
@@ -318,16 +337,32 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
     verb = "would remove" if dry_run else "removed"
     kept = 0
     for swarm, result in pruned:
+        if as_json:
+            click.echo(json.dumps(prune_line(swarm, result, dry_run)))
         if result.error is not None:
             kept += 1
             click.echo(f"kept {swarm.swarm_id} (job {swarm.job_id}): {result.error}", err=True)
             continue
         files = "" if dry_run else f" ({len(result.removed)} paths)"
-        click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
+        if not as_json:
+            click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
     if not pruned:
         click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
     if kept:
         raise click.ClickException(f"{kept} swarm(s) kept: a git worktree could not be retired")
+
+
+def prune_line(swarm: Any, result: Any, dry_run: bool) -> dict[str, Any]:
+    """What prune did to one swarm, for --json."""
+    return {
+        "swarm_id": swarm.swarm_id,
+        "job_id": swarm.job_id,
+        "state": swarm.state,
+        "dry_run": dry_run,
+        "removed": result.removed,
+        "kept": result.error is not None,
+        "error": result.error,
+    }
 
 
 def _add_commands() -> None:
@@ -345,11 +380,14 @@ _add_commands()
 
 @main.command()
 @click.argument("swarm_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the router's answer as JSON.")
 @config_option
-def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:
+def terminate(swarm_id: str, as_json: bool, config_path: str | None, debug: bool) -> None:
     """Stop every agent of a swarm (their running turns are interrupted, outboxes archived)."""
     with swarms_for(config_path, debug) as swarms:
         swarms.terminate(swarm_id)
+    if as_json:
+        click.echo(json.dumps({"type": "swarm_terminated", "swarm_id": swarm_id}))
     click.echo(f"terminating {swarm_id}", err=True)
 
 
@@ -357,3 +395,7 @@ from codeswarm.cli.steering import COMMANDS  # noqa: E402 (its verbs use the hel
 
 for _verb in COMMANDS:
     main.add_command(_verb)
+
+from codeswarm.cli.completion import complete_swarm_ids  # noqa: E402 (after every verb)
+
+complete_swarm_ids(main)
