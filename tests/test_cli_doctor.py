@@ -19,8 +19,8 @@ from codeswarm.doctor import (
     model_endpoint,
     parse_probe,
     python_problem,
-    srun_argv,
 )
+from codeswarm.doctor_slurm import srun_argv
 from codeswarm.errors import BackendError
 from tests.support.worker import agent_settings
 from tests.test_slurm import cluster_codex, slurm_config  # noqa: F401 (fixtures)
