@@ -114,3 +114,42 @@ def test_swarm_ids_complete_from_the_registry_for_every_swarm_verb(tmp_path):
         timeout=60,
     )
     assert "complete -o nosort -F _codeswarm_completion codeswarm" in script.stdout
+
+
+def test_prune_json_is_one_line_a_swarm(tmp_path):
+    config_path = local_config(tmp_path)
+    config = load_config(config_path)
+    registry = SwarmRegistry(config.router.state_dir, config.mailbox_root)
+    ended = SwarmRecord(
+        "sw-old0000001",
+        "j1",
+        "local",
+        config.mailbox_root,
+        1,
+        1.0,
+        "exited",
+        node_states={"0": "exited"},
+        ended=2.0,
+    )
+    registry.put(ended)
+    registry.put(record("sw-live000002", config.mailbox_root, 3.0))
+    runner = CliRunner()
+    dry = runner.invoke(
+        main, ["prune", "--older-than", "0", "--dry-run", "--json", "--config", config_path]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert [json.loads(line) for line in dry.stdout.splitlines()] == [
+        {
+            "swarm_id": "sw-old0000001",
+            "job_id": "j1",
+            "state": "exited",
+            "dry_run": True,
+            "removed": [],
+            "kept": False,
+            "error": None,
+        }
+    ]
+    done = runner.invoke(main, ["prune", "--older-than", "0", "--json", "--config", config_path])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["dry_run"] is False
+    assert [r.swarm_id for r in registry.all()] == ["sw-live000002"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -18,6 +19,7 @@ from codeswarm.doctor import (
     connect_failure,
     model_endpoint,
     parse_probe,
+    probe_checks,
     python_problem,
 )
 from codeswarm.doctor_slurm import srun_argv
@@ -84,6 +86,40 @@ def test_srun_takes_the_jobs_options_and_setup():
     shell = argv.index("sh")
     assert argv[shell + 2] == 'module load python\nexec "$@"'
     assert argv[-3:] == ["python3", "-m", "hpc.doctor_probe"]
+
+
+def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token_file = tmp_path / "token"
+    token_file.write_text("written-by-someone-else")
+    argv = [
+        sys.executable,
+        "-m",
+        "codeswarm.hpc.doctor_probe",
+        "--token-file",
+        str(token_file),
+        "--token",
+        "mine",
+        "--codex",
+        str(tmp_path / "no-codex"),
+        "--endpoint",
+        f"http://127.0.0.1:{port}/v1",
+    ]
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+    found = parse_probe(done.stdout)
+    checks = {c.name: c for c in probe_checks(found, "a compute node", "http://x/v1", "cx", True)}
+    assert {c.status for c in checks.values() if c.name != "python on a compute node"} == {"fail"}
+    assert checks["python on a compute node"].status == "pass"
+    assert "not what was written" in checks["workspace shared"].detail
+    assert "cluster.workspace_root" in checks["workspace shared"].fix
+    assert "agent.codex_path" in checks["codex on a compute node"].fix
+    assert "refused" in checks["model endpoint"].detail.lower()
+
+    token_file.unlink()
+    again = parse_probe(subprocess.run(argv, capture_output=True, timeout=60).stdout)
+    assert not again["shared"]["ok"] and "cannot read" in again["shared"]["detail"]
 
 
 def test_a_failed_check_prints_its_fix():
@@ -217,6 +253,35 @@ def test_slurm_doctor_names_an_unknown_host_key(doctor_config, minicluster, tmp_
     known.write_text("")  # no entry at all: unknown, not changed
     code, report = doctor("--config", write_slurm_config(tmp_path, data))
     assert code == 1 and statuses(report)["host key"] == "fail"
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_a_refused_login_and_an_unknown_host(
+    doctor_config, minicluster, tmp_path
+):
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    stranger = ssh_dir / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    source = Path(minicluster["MINICLUSTER_SSH_CONFIG"]).read_text()
+    config = ssh_dir / "config"
+    config.write_text(source.replace(minicluster["MINICLUSTER_SSH_KEY"], str(stranger)))
+    data = doctor_config()
+    data["ssh"]["ssh_config"] = str(config)
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert (found["ssh alias"], found["host key"], found["login"]) == ("pass", "pass", "fail")
+    login = next(c for c in report["checks"] if c["name"] == "login")
+    assert "BatchMode=yes" in login["fix"]
+
+    config.write_text(source.replace("HostName 127.0.0.1", "HostName no-such-host.invalid"))
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert (found["ssh alias"], found["host key"], found["login"]) == ("fail", "skip", "skip")
+    alias = next(c for c in report["checks"] if c["name"] == "ssh alias")
+    assert "HostName and Port" in alias["fix"]
 
 
 @pytest.mark.integration

@@ -75,7 +75,12 @@ def test_local_launch_wait_returns_with_every_node_running(config_file):
         assert [n["state"] for n in launched["nodes"]] == ["running", "running"]
         assert "\r" not in done.stderr  # no progress line when stderr is not a terminal
     finally:
-        assert cli(config_file, "terminate", launched["swarm_id"]).returncode == 0
+        ended = cli(config_file, "terminate", launched["swarm_id"], "--json")
+        assert ended.returncode == 0, ended.stderr
+    assert json.loads(ended.stdout) == {
+        "type": "swarm_terminated",
+        "swarm_id": launched["swarm_id"],
+    }
 
 
 @pytest.mark.integration
