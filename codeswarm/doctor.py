@@ -215,7 +215,11 @@ def local_checks(config: Config) -> Iterator[Check]:
         endpoint = model_endpoint(config.agent)
         argv = probe_argv(sys.executable, cluster_dir, str(token_file), token, codex, endpoint)
         done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
-        found = parse_probe(done.stdout + done.stderr)
+        try:
+            found = parse_probe(done.stdout)
+        except BackendError as exc:
+            yield Check("probe", FAIL, f"{exc} {done.stderr[-500:]!r}", "Report this as a bug.")
+            return
         yield from probe_checks(found, "this machine", endpoint, codex, shared=False)
     finally:
         token_file.unlink(missing_ok=True)

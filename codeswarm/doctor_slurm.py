@@ -75,8 +75,9 @@ def _ssh_checks(connection: Any, alias: str | None) -> Iterator[Check]:
         }
         order = ["reach", "host_key", "login"]
         names = {"reach": "ssh alias", "host_key": "host key", "login": "login"}
+        passed = {"reach": f"{alias} reaches an SSH server", "host_key": "known"}
         for done in order[: order.index(step)]:
-            yield Check(names[done], PASS, "ok")
+            yield Check(names[done], PASS, passed[done])
         yield Check(names[step], FAIL, str(exc), fixes[step])
         yield from skipped(
             [names[s] for s in order[order.index(step) + 1 :]], f"needs {names[step]}"
@@ -105,9 +106,7 @@ def _cluster_checks(
             f"sbatch and squeue must be on the PATH of a non-interactive `ssh {alias}` "
             "(set it in ~/.bashrc on the login node), and the controller up.",
         )
-        yield from skipped(
-            ["python", "workspace", "workspace shared", "compute node"], "needs slurm"
-        )
+        yield from skipped(["python", "workspace", *ON_NODE], "needs slurm")
         return
     python = config.cluster.python
     try:
@@ -161,20 +160,13 @@ def _cluster_checks(
             config, probe_argv(python, cluster_dir, token_file, token, codex, endpoint)
         )
         try:
-            output = connection.run(argv, timeout=srun_timeout)
+            found = parse_probe(connection.run(argv, timeout=srun_timeout))
         except BackendError as exc:
-            yield Check(
-                "compute node",
-                FAIL,
-                str(exc),
-                f"srun did not run a 1-node step within {srun_timeout:.0f}s: check "
-                "slurm.partition/account/qos, or retry with a longer --srun-timeout "
-                "when the queue is busy.",
-            )
+            yield Check("compute node", FAIL, str(exc), srun_fix(exc, srun_timeout))
             yield from skipped(ON_NODE[1:], "needs srun")
             return
         yield Check("compute node", PASS, "srun ran the probe")
-        yield from probe_checks(parse_probe(output), "a compute node", endpoint, codex, shared=True)
+        yield from probe_checks(found, "a compute node", endpoint, codex, shared=True)
     finally:
         with contextlib.suppress(BackendError):
             connection.run(["rm", "-f", token_file])
@@ -194,3 +186,19 @@ def srun_argv(config: Config, command: list[str]) -> list[str]:
     argv += [f"--{name}={value}" for name, value in options.items() if value is not None]
     script = "\n".join([*slurm.setup, 'exec "$@"'])
     return [*argv, "sh", "-c", script, "sh", *command]
+
+
+def srun_fix(exc: BackendError, srun_timeout: float) -> str:
+    """What to do when the probe's srun failed: it waited too long, or ran and failed."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, TimeoutError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is not None or "timed out" in str(exc):
+        return (
+            f"srun did not run a 1-node step within {srun_timeout:.0f}s: the queue is busy "
+            "(retry with a longer --srun-timeout) or slurm.partition/account/qos cannot run it."
+        )
+    return (
+        "srun or the probe failed: check slurm.partition, account and qos, and that "
+        "cluster.python (after slurm.setup) runs on the compute nodes."
+    )

@@ -22,7 +22,7 @@ from codeswarm.doctor import (
     probe_checks,
     python_problem,
 )
-from codeswarm.doctor_slurm import srun_argv
+from codeswarm.doctor_slurm import srun_argv, srun_fix
 from codeswarm.errors import BackendError
 from tests.support.worker import agent_settings
 from tests.test_slurm import cluster_codex, slurm_config  # noqa: F401 (fixtures)
@@ -297,3 +297,23 @@ def test_slurm_doctor_names_a_missing_workspace(doctor_config, minicluster, tmp_
     workspace = next(c for c in report["checks"] if c["name"] == "workspace")
     assert missing in workspace["detail"] and "mkdir -p" in workspace["fix"]
     assert not Path(missing).exists()
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_an_srun_that_fails(doctor_config, tmp_path):
+    data = doctor_config(slurm={"partition": "no-such-partition", "time": "00:05:00"})
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert found["workspace"] == "pass" and found["compute node"] == "fail"
+    assert found["workspace shared"] == "skip" and found["model endpoint"] == "skip"
+    srun = next(c for c in report["checks"] if c["name"] == "compute node")
+    assert "partition" in srun["detail"].lower() and "slurm.partition" in srun["fix"]
+
+
+def test_srun_fix_tells_a_busy_queue_from_a_failed_step():
+    try:
+        raise BackendError("`srun ...` on c: timed out") from TimeoutError()
+    except BackendError as exc:
+        assert "--srun-timeout" in srun_fix(exc, 300)
+    assert "cluster.python" in srun_fix(BackendError("`srun` exited 1: bad partition"), 300)
