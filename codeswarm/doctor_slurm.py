@@ -162,7 +162,8 @@ def _cluster_checks(
         try:
             found = parse_probe(connection.run(argv, timeout=srun_timeout))
         except BackendError as exc:
-            yield Check("compute node", FAIL, str(exc), srun_fix(exc, srun_timeout))
+            detail = f"srun on {alias}: {exc.stderr}" if exc.stderr else str(exc)
+            yield Check("compute node", FAIL, detail, srun_fix(exc, srun_timeout))
             yield from skipped(ON_NODE[1:], "needs srun")
             return
         yield Check("compute node", PASS, "srun ran the probe")
