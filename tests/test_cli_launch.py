@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
 import subprocess
 import sys
 
@@ -113,6 +116,7 @@ def test_slurm_launch_wait_blocks_while_the_job_is_pending_and_says_why(
         .decode()
         .strip()
     )
+    screen, terminal = os.openpty()
     waiting = subprocess.Popen(
         [
             sys.executable,
@@ -126,13 +130,14 @@ def test_slurm_launch_wait_blocks_while_the_job_is_pending_and_says_why(
             str(config_file),
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=terminal,  # a terminal: the progress line shows
         text=True,
     )
+    os.close(terminal)
     swarm_id = None
     try:
         swarm_id = waiting.stdout.readline().strip()  # printed before the wait
-        assert swarm_id.startswith("sw-"), waiting.stderr.read() if waiting.poll() else swarm_id
+        assert swarm_id.startswith("sw-"), read_terminal(screen) if waiting.poll() else swarm_id
         reason = None
         for _ in range(60):  # the first polls may come before Slurm has named a reason
             status = json.loads(cli(config_file, "status", swarm_id, "--json").stdout)
@@ -141,11 +146,19 @@ def test_slurm_launch_wait_blocks_while_the_job_is_pending_and_says_why(
             if reason:
                 break
         assert reason in ("Resources", "Priority"), status
+        shown = ""
+        while f"pending ({reason})" not in shown:
+            more = read_terminal(screen)
+            assert more, shown
+            shown += more
+        assert re.search(rf"\r\x1b\[Kjob \d+ pending \({reason}\), \d+:\d\d", shown), shown
         connection.run(["scancel", blocker])
-        out, err = waiting.communicate(timeout=180)
+        out, _ = waiting.communicate(timeout=180)
         assert out == ""  # the id came first, alone
-        assert waiting.returncode == 0, err
-        assert "1 nodes, running" in err
+        rest = iter(lambda: read_terminal(screen), "")
+        shown += "".join(rest)
+        assert waiting.returncode == 0, shown
+        assert shown.endswith("\r\x1b[Kjob " + status["job_id"] + " on slurm, 1 nodes, running\r\n")
         status = json.loads(cli(config_file, "status", swarm_id, "--json").stdout)
         assert [n["state"] for n in status["nodes"]] == ["running"]
         assert "pending_reason" not in status
@@ -156,3 +169,15 @@ def test_slurm_launch_wait_blocks_while_the_job_is_pending_and_says_why(
         if swarm_id:
             cli(config_file, "terminate", swarm_id)
         connection.close()
+        os.close(screen)
+
+
+def read_terminal(fd: int) -> str:
+    """What the program wrote to its terminal since the last read; "" once it has closed it."""
+    ready, _, _ = select.select([fd], [], [], 120)
+    if not ready:
+        return ""
+    try:
+        return os.read(fd, 65536).decode()
+    except OSError:  # EIO: the program closed its end
+        return ""
