@@ -115,7 +115,8 @@ def parse_probe(output: bytes) -> dict[str, dict[str, Any]]:
 def probe_checks(
     found: dict[str, dict[str, Any]], where: str, endpoint: str | None, codex: str, shared: bool
 ) -> Iterator[Check]:
-    """The probe's verdicts as report lines, each failure with its fix."""
+    """The probe's verdicts as report lines, each failure with its fix; ``shared`` when the
+    probe ran on a compute node, whose view of the workspace is then checked too."""
     if shared:
         ok = found["shared"]["ok"]
         yield Check(
@@ -152,6 +153,10 @@ def probe_checks(
         yield Check("model endpoint", SKIP, "agent.config names a built-in provider; not probed")
         return
     ok = found["endpoint"]["ok"]
+    route = (
+        "that compute nodes have a route to it (a proxy in agent.env, e.g. HTTPS_PROXY, or "
+        "a server inside the cluster)."
+    )
     yield Check(
         "model endpoint",
         PASS if ok else FAIL,
@@ -159,8 +164,7 @@ def probe_checks(
         ""
         if ok
         else f"{where} cannot reach {endpoint}: check the provider's base_url in "
-        "agent.config, and that compute nodes have a route to it (a proxy in agent.env, "
-        "e.g. HTTPS_PROXY, or a server inside the cluster).",
+        f"agent.config, and {route if shared else 'that the server runs.'}",
     )
 
 

@@ -25,11 +25,14 @@ def local_config(tmp_path) -> str:
     return str(path)
 
 
-def test_every_verb_but_the_daemon_takes_json():
+SERVERS = {"daemon", "mcp"}  # their stdout is their protocol: JSON lines, MCP
+
+
+def test_every_verb_but_the_servers_takes_json():
     missing = [
         name
         for name, command in main.commands.items()
-        if name != "daemon" and "--json" not in {o for p in command.params for o in p.opts}
+        if name not in SERVERS and "--json" not in {o for p in command.params for o in p.opts}
     ]
     assert missing == []
 
