@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -218,11 +219,12 @@ def local_checks(config: Config) -> Iterator[Check]:
             return
         endpoint = model_endpoint(config.agent)
         argv = probe_argv(sys.executable, cluster_dir, str(token_file), token, codex, endpoint)
-        done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
         try:
+            done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
             found = parse_probe(done.stdout)
-        except BackendError as exc:
-            yield Check("probe", FAIL, f"{exc} {done.stderr[-500:]!r}", "Report this as a bug.")
+        except (subprocess.TimeoutExpired, BackendError) as exc:
+            fix = f"Run `{shlex.join(argv)}` to see where it stops."
+            yield Check("probe", FAIL, f"hpc.doctor_probe: {exc}", fix)
             return
         yield from probe_checks(found, "this machine", endpoint, codex, shared=False)
     finally:
