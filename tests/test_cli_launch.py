@@ -54,6 +54,23 @@ def test_wait_returns_once_every_node_runs_and_shows_each_state_before():
     assert shown == ["job 42 pending (Resources), 0:00", "job 42 1/2 nodes running, 0:00"]
 
 
+def test_wait_gives_up_after_its_timeout_and_says_how_to_go_on():
+    pending = swarm("pending", ["pending"], pending_reason="Priority")
+    with pytest.raises(click.ClickException, match="not started within 0s") as failure:
+        wait_until_started(lambda: pending, lambda s: None, 0, timeout=0)
+    assert "pending (Priority)" in failure.value.message
+    assert "codeswarm terminate sw-1" in failure.value.message
+
+
+def test_wait_timeout_needs_wait():
+    from click.testing import CliRunner
+
+    from codeswarm.cli import main
+
+    done = CliRunner().invoke(main, ["launch", "--nodes", "1", "--wait-timeout", "5"])
+    assert done.exit_code == 2 and "goes with --wait" in done.output
+
+
 def test_wait_fails_when_the_job_ends_first():
     answers = iter([swarm("pending", ["pending"]), swarm("failed", ["exited"])])
     with pytest.raises(click.ClickException, match="ended \\(failed\\) before every node"):

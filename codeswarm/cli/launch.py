@@ -47,8 +47,11 @@ def wait_until_started(
     status: Callable[[], dict[str, Any]],
     show: Callable[[dict[str, Any]], None],
     poll_seconds: float = POLL_SECONDS,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Poll ``status`` until every node runs; the swarm then, or ClickException if it ended."""
+    """Poll ``status`` until every node runs; the swarm then. ClickException if the job
+    ended first, or if ``timeout`` seconds passed (the job stays queued)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         swarm = status()
         if started(swarm):
@@ -58,6 +61,13 @@ def wait_until_started(
                 f"{swarm['swarm_id']} ended ({swarm['state']}) before every node started: "
                 f"see `codeswarm status {swarm['swarm_id']}`, and on Slurm the job's output "
                 f"logs/slurm-{swarm['job_id']}.out in the cluster directory"
+            )
+        if deadline is not None and time.monotonic() >= deadline:
+            raise click.ClickException(
+                f"{swarm['swarm_id']} has not started within {timeout:g}s "
+                f"({progress(swarm, time.time())}); it stays queued: "
+                f"`codeswarm status {swarm['swarm_id']}` to look again, "
+                f"`codeswarm terminate {swarm['swarm_id']}` to give up"
             )
         show(swarm)
         time.sleep(poll_seconds)
@@ -74,6 +84,11 @@ def wait_until_started(
     help="Return once every node runs (exit 1 if the job ends first); on a terminal, "
     "show the pending reason and the time waited meanwhile.",
 )
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    help="With --wait: give up waiting after this many seconds (exit 1; the job stays queued).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
 def launch(
     nodes: int,
@@ -81,6 +96,7 @@ def launch(
     time_limit: str | None,
     partition: str | None,
     wait: bool,
+    wait_timeout: float | None,
     as_json: bool,
     config_path: str | None,
     debug: bool,
@@ -91,10 +107,12 @@ def launch(
     Examples:
       codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
           --config configs/hpcfund.json
-      codeswarm launch --nodes 2 --wait --json
+      codeswarm launch --nodes 2 --wait --wait-timeout 600 --json
     """
     from codeswarm.cli import swarms_for
 
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--wait-timeout goes with --wait")
     tty = sys.stderr.isatty()
 
     def show(swarm: dict[str, Any]) -> None:
@@ -107,7 +125,9 @@ def launch(
             click.echo(swarm["swarm_id"])  # at once: the id to terminate if the wait is cut short
         if wait:
             try:
-                swarm = wait_until_started(lambda: swarms.status(swarm["swarm_id"]), show)
+                swarm = wait_until_started(
+                    lambda: swarms.status(swarm["swarm_id"]), show, timeout=wait_timeout
+                )
             finally:
                 if tty:
                     click.echo("\r\033[K", nl=False, err=True)
