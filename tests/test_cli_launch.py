@@ -198,3 +198,13 @@ def read_terminal(fd: int) -> str:
         return os.read(fd, 65536).decode()
     except OSError:  # EIO: the program closed its end
         return ""
+
+
+def test_status_and_list_lines_show_why_a_swarm_waits(capsys):
+    from codeswarm.cli.render import print_swarm
+
+    print_swarm(swarm("pending", ["pending"], pending_reason="Priority", backend="slurm"), True)
+    print_swarm(swarm("running", ["running"], backend="slurm"), True)
+    waiting, running = capsys.readouterr().out.splitlines()
+    assert "1 nodes (1 pending) (Priority)  slurm" in waiting
+    assert "(Priority)" not in running and "1 nodes (1 running)  slurm" in running
