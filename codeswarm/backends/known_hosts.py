@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass
 
 from codeswarm.errors import BackendError
@@ -72,11 +72,17 @@ def matches(patterns: str, name: str) -> bool:
     found = False
     for pattern in patterns.split(","):
         negated = pattern.startswith("!")
-        if fnmatch.fnmatchcase(name.lower(), pattern.removeprefix("!").lower()):
+        if _glob(pattern.removeprefix("!")).fullmatch(name.lower()):
             if negated:
                 return False
             found = True
     return found
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """ssh's wildcards, ``*`` and ``?`` only: ``[host]:port`` brackets are literal."""
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lower())
+    return re.compile("".join(parts))
 
 
 def load(paths: tuple[str, ...]) -> list[KnownKey]:
@@ -104,34 +110,31 @@ def key_types(known: list[KnownKey], name: str) -> list[str]:
     return wanted
 
 
-def verify(known: list[KnownKey], name: str, key_type: str, blob: bytes, where: str) -> None:
-    """Accept the server's key only if a plain known_hosts line for ``name`` has it.
-
-    ``where`` says which host and hop, for the messages.
-    """
+def verify(known: list[KnownKey], name: str, key_type: str, blob: bytes) -> None:
+    """Accept the server's key only if a plain known_hosts line for ``name`` has it."""
     mine = [k for k in known if matches(k.patterns, name)]
     if any(k.marker == REVOKED and k.blob == blob for k in known):
-        raise _refused(f"the host key of {where} is marked @revoked in known_hosts")
+        raise _refused("the host key is marked @revoked in known_hosts")
     if any(k.marker is None and k.blob == blob for k in mine):
         return
     fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
     files = sorted({k.source for k in mine if k.marker is None})
     if files:
         raise _refused(
-            f"the host key of {where} ({key_type} {fingerprint}) does not match the one known "
+            f"the host key ({key_type} {fingerprint}) does not match the one known "
             f"for {name} in {', '.join(files)}: the key changed, or this is not the host you "
             f"meant. If the change is expected, remove the old line (`ssh-keygen -R '{name}'`) "
             "and add the new key after checking its fingerprint"
         )
     if any(k.marker == CERT_AUTHORITY for k in mine):
         raise _refused(
-            f"{where} is trusted in known_hosts only through a @cert-authority line, and "
+            "the host is trusted in known_hosts only through a @cert-authority line, and "
             "codeswarm (paramiko) cannot verify host certificates. Add a plain entry for it, "
             f"after checking the fingerprint {fingerprint}: `ssh-keyscan -p PORT HOST` prints "
             f"its keys; put the {key_type} one in your known_hosts under the name {name!r}"
         )
     raise _refused(
-        f"the host key of {where} ({key_type} {fingerprint}) is not in known_hosts under "
+        f"the host key ({key_type} {fingerprint}) is not in known_hosts under "
         f"{name!r}; codeswarm never accepts an unknown host key. Run `ssh <alias> true` once "
         "interactively and check the fingerprint, or add the key with `ssh-keyscan`"
     )

@@ -53,9 +53,7 @@ def open_chain(alias: str, hops: list[HostOptions], timeout: float, keepalive: f
         where = _where(hop, number, len(hops))
         try:
             sock = _socket(chain, hop, hop.connect_timeout or timeout)
-            chain.transports.append(
-                _login(sock, hop, where, hop.connect_timeout or timeout, keepalive)
-            )
+            chain.transports.append(_login(sock, hop, hop.connect_timeout or timeout, keepalive))
         except (*FAILURES, BackendError) as exc:
             detail = _proxy_stderr(chain.proxies[-1]) if hop.proxy_command and chain.proxies else ""
             chain.close()
@@ -94,7 +92,7 @@ def _socket(chain: HopChain, hop: HostOptions, timeout: float) -> Any:
     return sock
 
 
-def _login(sock: Any, hop: HostOptions, where: str, timeout: float, keepalive: float):
+def _login(sock: Any, hop: HostOptions, timeout: float, keepalive: float) -> paramiko.Transport:
     """A started, host-key-checked, authenticated transport over ``sock``."""
     transport = paramiko.Transport(sock)
     transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
@@ -106,7 +104,7 @@ def _login(sock: Any, hop: HostOptions, where: str, timeout: float, keepalive: f
         options.key_types = wanted + [t for t in options.key_types if t not in wanted]
         transport.start_client(timeout=timeout)
         key = transport.get_remote_server_key()
-        known_hosts.verify(known, name, key.get_name(), key.asbytes(), where)
+        known_hosts.verify(known, name, key.get_name(), key.asbytes())
         agent = ssh_auth.open_agent(hop)
         try:
             ssh_auth.authenticate(transport, hop.user, ssh_auth.identities(hop, agent))
