@@ -160,3 +160,15 @@ def test_without_ssh_an_include_is_refused_by_name(tmp_path, without_ssh):
     config.write_text("Include conf.d/*.conf\n")
     with pytest.raises(BackendError, match=r"uses Include.*install the OpenSSH client"):
         resolve_host("login1.hpc", settings(config))
+
+
+def test_a_literal_percent_is_expanded_once(tmp_path):
+    config = tmp_path / "config"
+    config.write_text(
+        "Host hpc\n  IdentityFile /keys/k%%\n  UserKnownHostsFile /kh/%%%h\n"
+        "  ProxyCommand nc %h %p # 100%%\n"
+    )
+    hop = resolve_host("hpc", settings(config))
+    assert hop.identity_files == ("/keys/k%",)
+    assert hop.known_hosts[0] == "/kh/%hpc"
+    assert hop.proxy_command == "nc hpc 22 # 100%"

@@ -33,6 +33,7 @@ GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 # Options that ssh -G prints once per value rather than once per line.
 MULTI = frozenset({"identityfile", "certificatefile"})
 SSH_G_TIMEOUT = 30.0
+SSH_G = "ssh -G"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,10 @@ def _none(value: str | None) -> str | None:
 
 
 def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOptions:
-    """A HostOptions from resolved keyword -> values (ssh -G's, or paramiko's made alike)."""
+    """A HostOptions from resolved keyword -> values (ssh -G's, or paramiko's made alike).
+
+    ssh -G has already expanded the tokens of UserKnownHostsFile (and only those).
+    """
 
     def one(key: str, default: str | None = None) -> str | None:
         return found[key][0] if found.get(key) else default
@@ -185,7 +189,9 @@ def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOp
         identities_only=(one("identitiesonly", "no") or "").lower() == "yes",
         identity_agent=agent,
         certificate_files=tuple(_path(p, tokens) for p in found.get("certificatefile", [])),
-        known_hosts=tuple(_path(p, tokens) for p in known),
+        known_hosts=tuple(
+            os.path.expanduser(p) if source == SSH_G else _path(p, tokens) for p in known
+        ),
         host_key_alias=_none(one("hostkeyalias")),
         proxy_jump=tuple(j.strip() for j in jump_text.split(",") if j.strip()),
         proxy_command=expand_tokens(proxy_command, tokens) if proxy_command else None,
@@ -264,7 +270,7 @@ def paramiko_options(host: str, settings: SshConfig, jump: Jump | None = None) -
 def resolve_host(host: str, settings: SshConfig, jump: Jump | None = None) -> HostOptions:
     """One host's options: from ``ssh -G`` when ssh is installed, else from paramiko."""
     if shutil.which("ssh"):
-        options = from_options(host, parse_ssh_g(ssh_g(host, settings, jump)), "ssh -G")
+        options = from_options(host, parse_ssh_g(ssh_g(host, settings, jump)), SSH_G)
     else:
         options = from_options(host, paramiko_options(host, settings, jump), "paramiko")
     log.debug("resolved %s with %s: %s", host, options.source, options)
