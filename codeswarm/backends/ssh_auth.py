@@ -132,7 +132,8 @@ def identities(options: HostOptions, agent: AgentSSH | None) -> Identities:
     for path in files:
         try:
             key = paramiko.PKey.from_path(path)
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError):
+            # cryptography says "password-protected" with a TypeError, paramiko with its own.
             found.skipped.append(f"{path} (encrypted: add it to ssh-agent)")
             continue
         except (OSError, ValueError, paramiko.SSHException) as exc:
