@@ -57,26 +57,8 @@ def test_an_encrypted_key_is_skipped_and_named(tmp_path):
     assert found.skipped == [f"{key} (encrypted: add it to ssh-agent)"]
 
 
-@pytest.fixture
-def agent(tmp_path):
-    sock = tmp_path / "agent.sock"
-    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-    try:
-        subprocess.run(
-            ["sh", "-c", 'until [ -S "$SSH_AUTH_SOCK" ]; do sleep 0.05; done'],
-            env=env,
-            check=True,
-            timeout=10,
-        )
-        yield sock, env
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def test_agent_keys_matching_an_identity_file_come_first(tmp_path, agent):
-    sock, env = agent
+def test_agent_keys_matching_an_identity_file_come_first(tmp_path, ssh_agent):
+    sock, env = ssh_agent
     loose = keygen(tmp_path / "loose")
     named = keygen(tmp_path / "named")
     for key in (loose, named):

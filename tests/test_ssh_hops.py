@@ -5,7 +5,6 @@ test config that OpenSSH would refuse cannot pass here by accident.
 Run under `flock /tmp/slurm-tests.lock`: the minicluster's sshd is the login node.
 """
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -157,27 +156,8 @@ def test_match_host_block_and_user_host_tokens(net, tmp_path):
     assert codeswarm_user(config, "tokens") == "swarm"
 
 
-@pytest.fixture
-def agent(tmp_path):
-    """An ssh-agent of our own; yields (socket path, environment with SSH_AUTH_SOCK)."""
-    sock = tmp_path / "agent.sock"
-    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-    try:
-        subprocess.run(
-            ["sh", "-c", 'until [ -S "$SSH_AUTH_SOCK" ]; do sleep 0.05; done'],
-            env=env,
-            check=True,
-            timeout=10,
-        )
-        yield sock, env
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def test_a_key_only_in_the_agent(net, tmp_path, agent, monkeypatch):
-    sock, env = agent
+def test_a_key_only_in_the_agent(net, tmp_path, ssh_agent, monkeypatch):
+    sock, env = ssh_agent
     subprocess.run(["ssh-add", "-q", net.key], env=env, check=True, capture_output=True)
     config = write_config(net, tmp_path, "Host login\n  ProxyJump bastion\n", key=False)
     monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
@@ -299,8 +279,8 @@ def test_without_its_certificate_the_key_is_refused_and_named(net, tmp_path, ca_
     assert f"public key login as swarm refused; offered: {bare}" in str(refused.value)
 
 
-def test_a_user_certificate_held_by_the_agent(net, tmp_path, ca_login, agent, monkeypatch):
-    sock, env = agent
+def test_a_user_certificate_held_by_the_agent(net, tmp_path, ca_login, ssh_agent, monkeypatch):
+    sock, env = ssh_agent
     subprocess.run(
         ["ssh-add", "-q", str(ca_login.user_key)], env=env, check=True, capture_output=True
     )
