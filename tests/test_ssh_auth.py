@@ -75,3 +75,12 @@ def test_agent_keys_matching_an_identity_file_come_first(tmp_path, ssh_agent):
         assert [i.key.comment for i in only.keys] == ["named"]
     finally:
         connection.close()
+
+
+def test_identity_agent_none_turns_the_agent_off(ssh_agent, monkeypatch):
+    sock, _ = ssh_agent
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    agent = ssh_auth.open_agent(host())
+    assert agent is not None
+    agent.close()
+    assert ssh_auth.open_agent(host(identity_agent="none")) is None

@@ -172,3 +172,15 @@ def test_a_literal_percent_is_expanded_once(tmp_path):
     assert hop.identity_files == ("/keys/k%",)
     assert hop.known_hosts[0] == "/kh/%hpc"
     assert hop.proxy_command == "nc hpc 22 # 100%"
+
+
+def test_identity_agent_forms(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_AGENT", "/run/agent.sock")
+    config = tmp_path / "config"
+    config.write_text(
+        "Host off\n  IdentityAgent none\nHost env\n  IdentityAgent $MY_AGENT\n"
+        "Host path\n  IdentityAgent ~/%r.sock\n  User me\nHost default\n"
+    )
+    agents = {a: resolve_host(a, settings(config)).identity_agent for a in ("off", "env", "path")}
+    assert agents == {"off": "none", "env": "/run/agent.sock", "path": str(Path.home() / "me.sock")}
+    assert resolve_host("default", settings(config)).identity_agent is None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import paramiko
 from paramiko.agent import AgentKey, AgentSSH
 
-from codeswarm.backends.ssh_config import HostOptions
+from codeswarm.backends.ssh_config import NO_AGENT, HostOptions
 
 log = logging.getLogger(__name__)
 CERT_SUFFIX = "-cert-v01@openssh.com"
@@ -59,7 +59,7 @@ class SocketAgent(AgentSSH):
 def open_agent(options: HostOptions) -> SocketAgent | None:
     """The agent this host's login may use, or None when there is none to reach."""
     path = options.identity_agent or os.environ.get("SSH_AUTH_SOCK")
-    if not path:
+    if not path or path.lower() == NO_AGENT:
         return None
     try:
         return SocketAgent(path)

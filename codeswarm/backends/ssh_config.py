@@ -30,10 +30,9 @@ DEFAULT_CONFIG = "~/.ssh/config"
 DEFAULT_IDENTITIES = ("~/.ssh/id_rsa", "~/.ssh/id_ecdsa", "~/.ssh/id_ed25519")
 DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
-# Options that ssh -G prints once per value rather than once per line.
-MULTI = frozenset({"identityfile", "certificatefile"})
 SSH_G_TIMEOUT = 30.0
 SSH_G = "ssh -G"
+NO_AGENT = "none"
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class HostOptions:
     user: str
     identity_files: tuple[str, ...]
     identities_only: bool
-    identity_agent: str | None
+    identity_agent: str | None  # None: $SSH_AUTH_SOCK; "none": no agent at all
     certificate_files: tuple[str, ...]
     known_hosts: tuple[str, ...]
     host_key_alias: str | None
@@ -119,12 +118,16 @@ def expand_tokens(text: str, values: dict[str, str]) -> str:
         elif token in values:
             out.append(values[token])
         else:
-            raise BackendError(f"unknown token %{token} in ssh_config value {text!r}")
+            raise BackendError(
+                f"unknown token %{token} in ssh_config value {text!r}", code=errors.SSH
+            )
         i += 2
     return "".join(out)
 
 
-def token_values(alias: str, hostname: str, port: int, user: str, jump: str) -> dict[str, str]:
+def token_values(
+    alias: str, hostname: str, port: int, user: str, jump: str, key_alias: str | None = None
+) -> dict[str, str]:
     """The ``%x`` tokens of ssh_config(5) for one host."""
     local = socket.gethostname()
     local_user = getpass.getuser()
@@ -140,6 +143,7 @@ def token_values(alias: str, hostname: str, port: int, user: str, jump: str) -> 
         "l": local,
         "L": local.split(".")[0],
         "j": jump,
+        "k": key_alias or alias,
         "C": hashlib.sha1((local + hostname + port_text + user + jump).encode()).hexdigest(),
     }
 
@@ -171,14 +175,15 @@ def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOp
     port = int(one("port", "22") or 22)
     user = one("user") or getpass.getuser()
     jump_text = _none(one("proxyjump")) or ""
-    tokens = token_values(alias, hostname, port, user, jump_text)
+    key_alias = _none(one("hostkeyalias"))
+    tokens = token_values(alias, hostname, port, user, jump_text, key_alias)
     known = (one("userknownhostsfile") or " ".join(DEFAULT_KNOWN_HOSTS)).split()
     known += (one("globalknownhostsfile") or " ".join(GLOBAL_KNOWN_HOSTS)).split()
-    agent = _none(one("identityagent"))
+    agent = one("identityagent")
     if agent == "SSH_AUTH_SOCK":
         agent = None
-    elif agent is not None:
-        agent = os.environ.get(agent[1:], "") if agent.startswith("$") else _path(agent, tokens)
+    elif agent is not None and agent.lower() != NO_AGENT:
+        agent = os.environ.get(agent[1:], NO_AGENT) if agent[0] == "$" else _path(agent, tokens)
     proxy_command = _none(one("proxycommand"))
     return HostOptions(
         alias=alias,
@@ -192,7 +197,7 @@ def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOp
         known_hosts=tuple(
             os.path.expanduser(p) if source == SSH_G else _path(p, tokens) for p in known
         ),
-        host_key_alias=_none(one("hostkeyalias")),
+        host_key_alias=key_alias,
         proxy_jump=tuple(j.strip() for j in jump_text.split(",") if j.strip()),
         proxy_command=expand_tokens(proxy_command, tokens) if proxy_command else None,
         connect_timeout=_seconds(one("connecttimeout")),
