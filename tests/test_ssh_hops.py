@@ -109,6 +109,20 @@ def test_proxy_command_through_ssh_w(net, tmp_path):
     assert net.bastion.logins() == before + 2
 
 
+def test_a_failing_proxy_command_is_quoted(net, tmp_path):
+    config = write_config(
+        net, tmp_path, "Host login\n  ProxyCommand ssh -F {config} -W %h:%p nosuchhost.invalid\n"
+    )
+    assert openssh(config, "login") != 0
+    with pytest.raises(BackendError) as failed:
+        codeswarm_user(config, "login")
+    message = str(failed.value)
+    assert "through ProxyCommand `ssh -F" in message
+    assert (
+        "the ProxyCommand exited 255: ssh: Could not resolve hostname nosuchhost.invalid" in message
+    )
+
+
 def test_two_hops_each_log_in(net, tmp_path):
     config = write_config(net, tmp_path, "Host login\n  ProxyJump bastion,hop2\n")
     before = (net.bastion.logins(), net.hop2.logins())
