@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shlex
-import socket
 import threading
 
 import paramiko
 
 from codeswarm.backends.ssh_config import resolve_chain
-from codeswarm.backends.ssh_hops import HopChain, open_chain
+from codeswarm.backends.ssh_hops import HopChain, describe, open_chain
 from codeswarm.config import SshConfig
 from codeswarm.errors import BackendError
 from codeswarm.protocol import errors
@@ -156,10 +155,3 @@ def _drain(channel: paramiko.Channel, into: list[bytes]) -> None:
     """Read a command's stderr while its stdout is read, so neither pipe fills up."""
     with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
         into.append(channel.makefile_stderr("rb").read())
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as a reason a person can act on (timeouts have empty messages)."""
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    return str(exc) or type(exc).__name__

@@ -57,7 +57,7 @@ def open_chain(alias: str, hops: list[HostOptions], timeout: float, keepalive: f
         except (*FAILURES, BackendError) as exc:
             detail = _proxy_stderr(chain.proxies[-1]) if hop.proxy_command and chain.proxies else ""
             chain.close()
-            reason = exc.args[0] if isinstance(exc, BackendError) else _describe(exc)
+            reason = exc.args[0] if isinstance(exc, BackendError) else describe(exc)
             raise BackendError(
                 f"cannot connect to {alias}: {where}: {reason}{detail}. The ssh options came "
                 f"from {hop.source}; compare with `ssh -v {alias} true`, which must work "
@@ -133,7 +133,8 @@ def _proxy_stderr(proxy: paramiko.ProxyCommand) -> str:
     return f" (the ProxyCommand exited {process.returncode}: {text[-300:]})" if text else ""
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An exception as a reason a person can act on (timeouts have empty messages)."""
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out"
     if isinstance(exc, paramiko.ChannelException):
