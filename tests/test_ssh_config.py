@@ -93,7 +93,9 @@ def test_a_two_hop_chain_resolves_each_hop_and_only_the_first_keeps_its_own_prox
         "Host bastion\n  HostName bastion.example.org\n  ProxyCommand nc -X 5 -x socks %h %p\n"
         "Host hop2\n  HostName hop2.internal\n  ProxyJump elsewhere\n"
     )
-    chain = resolve_chain("hpc", settings(config, identity_file="~/own_key"))
+    chain = resolve_chain(
+        "hpc", settings(config, identity_file="~/own_key", known_hosts="/site/known_hosts")
+    )
     assert [h.address for h in chain] == [
         f"{getpass.getuser()}@bastion.example.org:22",
         "me@hop2.internal:2022",
@@ -103,7 +105,14 @@ def test_a_two_hop_chain_resolves_each_hop_and_only_the_first_keeps_its_own_prox
     assert (chain[1].proxy_jump, chain[1].proxy_command) == ((), None)
     assert chain[2].identity_files[0] == os.path.expanduser("~/own_key")
     assert chain[0].identity_files[0] != os.path.expanduser("~/own_key")
-    assert all(h.known_hosts[-1] == os.path.expanduser("~/.ssh/known_hosts") for h in chain)
+    assert all(h.known_hosts[-1] == "/site/known_hosts" for h in chain)
+    # Left at its default, ssh.known_hosts adds nothing to what ssh itself reads.
+    default = resolve_chain("hpc", settings(config))[-1].known_hosts
+    assert default == (
+        *(os.path.expanduser(p) for p in ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")),
+        "/etc/ssh/ssh_known_hosts",
+        "/etc/ssh/ssh_known_hosts2",
+    )
     assert [h["alias"] for h in resolved_options("hpc", settings(config))["hops"]] == [
         "bastion",
         "hop2",

@@ -285,15 +285,16 @@ def resolve_host(host: str, settings: SshConfig, jump: Jump | None = None) -> Ho
 def resolve_chain(alias: str, settings: SshConfig) -> list[HostOptions]:
     """Every host to connect through, first hop first, the login node last.
 
-    ``ssh.known_hosts`` is read for every hop besides the files ssh names; ``ssh.identity_file``
-    is offered first to the login node.
+    ``ssh.known_hosts``, unless left at ssh's own default, is read for every hop besides the
+    files ssh names; ``ssh.identity_file`` is offered first to the login node.
 
     As ssh does with ``ProxyJump a,b``: b is reached through a, and only the first hop's own
     ProxyJump or ProxyCommand applies (the later hops' are overridden by the chain).
     """
     hops = _chain(resolve_host(alias, settings), settings, seen=set())
     extra = os.path.expanduser(settings.known_hosts)
-    hops = [replace(h, known_hosts=(*h.known_hosts, extra)) for h in hops]
+    if extra != os.path.expanduser(DEFAULT_KNOWN_HOSTS[0]):
+        hops = [replace(h, known_hosts=(*h.known_hosts, extra)) for h in hops]
     if settings.identity_file:
         own = os.path.expanduser(settings.identity_file)
         hops[-1] = replace(hops[-1], identity_files=(own, *hops[-1].identity_files))
