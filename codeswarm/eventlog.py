@@ -109,6 +109,20 @@ def _cursor(line: bytes) -> int | None:
     return cursor if isinstance(cursor, int) and not isinstance(cursor, bool) else None
 
 
+def _last_cursor(found: list[tuple[int, Path]]) -> int:
+    for _, path in reversed(found):
+        for line in _lines_backwards(path):
+            cursor = _cursor(line)
+            if cursor is not None:
+                return cursor
+    return 0
+
+
+def last_cursor(directory: Path) -> int:
+    """The cursor of the last complete event in a log (0 for none), read from its end."""
+    return _last_cursor(segments(directory))
+
+
 class SwarmLog:
     """The open end of one swarm's log: appends lines and stamps cursors."""
 
@@ -123,7 +137,7 @@ class SwarmLog:
         if found:
             first, path = found[-1]
             self._drop_partial_line(path)
-            self.next_cursor = max(first, self._last_cursor(found) + 1)
+            self.next_cursor = max(first, _last_cursor(found) + 1)
             self.path = path
         else:
             self.path = _segment_path(directory, 1)
@@ -147,15 +161,6 @@ class SwarmLog:
                     break
             log.warning("event log %s: dropped a line cut short by a crash", path)
             handle.truncate(keep)
-
-    @staticmethod
-    def _last_cursor(found: list[tuple[int, Path]]) -> int:
-        for _, path in reversed(found):
-            for line in _lines_backwards(path):
-                cursor = _cursor(line)
-                if cursor is not None:
-                    return cursor
-        return 0
 
     def take_cursor(self) -> int:
         cursor = self.next_cursor
