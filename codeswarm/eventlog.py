@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +39,11 @@ SWARM_EVENTS = ("swarm_launched", "swarm_terminated")
 
 def swarm_log_dir(state_dir: str | os.PathLike[str], swarm_id: str) -> Path:
     return Path(os.path.expanduser(state_dir)) / "events" / swarm_id
+
+
+def remove(state_dir: str | os.PathLike[str], swarm_id: str) -> None:
+    """Delete a swarm's whole log (``codeswarm prune``)."""
+    shutil.rmtree(swarm_log_dir(state_dir, swarm_id), ignore_errors=True)
 
 
 def logged_swarm(event: dict[str, Any]) -> str | None:
