@@ -63,7 +63,8 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--config",
         "config_path",
         type=click.Path(dir_okay=False),
-        help="Config file (default: the built-in local config).",
+        envvar="CODESWARM_CONFIG",
+        help="Config file (default: $CODESWARM_CONFIG, else the built-in local config).",
     )(command)
 
 

@@ -9,7 +9,8 @@ import time
 
 import click
 
-from codeswarm.cli import history
+# codeswarm.cli imports this module once its helpers are defined (see _add_commands).
+from codeswarm.cli import check_swarm, config_option, history, load, swarms_for
 from codeswarm.cli.render import EventRenderer
 
 
@@ -37,13 +38,7 @@ from codeswarm.cli.render import EventRenderer
     help="Only these event types or globs, e.g. 'assistant,turn_complete' or '*'.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print every event as a JSON line.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Config file (default: the built-in local config).",
-)
-@click.option("--debug", is_flag=True, help="Log debug details on stderr.")
+@config_option
 def logs(
     swarm_id: str,
     since_text: str,
@@ -65,8 +60,6 @@ def logs(
       codeswarm logs sw-1a2b3c4d5e --node 3 --since 2h
       codeswarm logs sw-1a2b3c4d5e --events assistant,inject_failed --json
     """
-    from codeswarm.cli import check_swarm, load, swarms_for
-
     since = history.since_option(since_text)
     types = history.event_patterns(patterns)
     config = load(config_path)
