@@ -364,8 +364,10 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
 
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
+    from codeswarm.cli.mcp import mcp_command
 
     main.add_command(diff)
+    main.add_command(mcp_command)
 
 
 _add_commands()
