@@ -1,0 +1,171 @@
+"""``codeswarm mcp`` driven by the MCP SDK's own client over stdio, with real codex agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp_types import TextContent
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = {
+    "launch",
+    "inject",
+    "wait",
+    "status",
+    "list",
+    "events",
+    "interrupt",
+    "terminate",
+    "approvals",
+    "approve",
+    "steer",
+}
+
+
+def server(config: Path, errlog: TextIO) -> Any:
+    """``codeswarm mcp`` as a subprocess, its stderr (the log) in ``errlog``."""
+    command = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "codeswarm", "mcp", "--config", str(config)],
+        env=dict(os.environ),
+        cwd=ROOT,
+    )
+    return stdio_client(command, errlog=errlog)
+
+
+def result(call: Any) -> dict[str, Any]:
+    """A tool call's JSON answer; fails the test on a tool error."""
+    text = "".join(part.text for part in call.content if isinstance(part, TextContent))
+    assert not call.is_error, text
+    return json.loads(text)
+
+
+def error_text(call: Any) -> str:
+    assert call.is_error, call
+    return "".join(part.text for part in call.content if isinstance(part, TextContent))
+
+
+async def all_pages(client: Client, swarm_id: str, limit: int) -> list[list[dict[str, Any]]]:
+    pages, since = [], None
+    while True:
+        page = result(
+            await client.call_tool("events", {"swarm_id": swarm_id, "since": since, "limit": limit})
+        )
+        pages.append(page["events"])
+        if page["events"]:
+            assert page["next_since"] == page["events"][-1]["cursor"]
+        since = page["next_since"]
+        if not page["more"]:
+            return pages
+
+
+@pytest.mark.integration
+def test_a_swarm_through_mcp(config_file, tmp_path):
+    async def scenario() -> None:
+        with open(tmp_path / "mcp.stderr", "w") as errlog:
+            async with Client(server(config_file, errlog)) as client:
+                await drive(client)
+
+    async def drive(client: Client) -> None:
+        tools = (await client.list_tools()).tools
+        assert {tool.name for tool in tools} == TOOLS
+        for tool in tools:
+            assert tool.description and len(tool.description) > 80, tool.name
+            assert tool.input_schema["type"] == "object"
+
+        swarm = result(await client.call_tool("launch", {"nodes": 2}))
+        swarm_id = swarm["swarm_id"]
+        try:
+            await converse(client, swarm_id)
+        finally:
+            result(await client.call_tool("terminate", {"swarm_id": swarm_id}))
+        listed = result(await client.call_tool("list", {}))["swarms"]
+        assert [s["state"] for s in listed if s["swarm_id"] == swarm_id] == ["terminated"]
+
+    async def converse(client: Client, swarm_id: str) -> None:
+        uri = f"swarm://{swarm_id}/events"
+        async with client.listen(resource_subscriptions=[uri]) as updates:
+            injected = result(
+                await client.call_tool(
+                    "inject", {"swarm_id": swarm_id, "content": "hello over mcp", "nodes": "all"}
+                )
+            )
+            ids = injected["injection_ids"]
+            assert len(ids) == 2 and injected["failures"] == []
+            assert sorted(node["node_id"] for node in injected["nodes"]) == [0, 1]
+
+            progress: list[tuple[float, float | None, str | None]] = []
+
+            async def on_progress(done: float, total: float | None, message: str | None) -> None:
+                progress.append((done, total, message))
+
+            waited = result(
+                await client.call_tool(
+                    "wait",
+                    {"swarm_id": swarm_id, "injection_ids": ids, "timeout": 90},
+                    progress_callback=on_progress,
+                )
+            )
+            with anyio.fail_after(30):
+                update = await updates.__anext__()
+            assert update.uri == uri
+        assert waited["all_done"]
+        assert [a["injection_id"] for a in waited["answers"]] == ids
+        for answer in waited["answers"]:
+            assert answer["status"] == "completed", answer
+            assert answer["message"] == "echo: hello over mcp"
+        assert sorted(done for done, _, _ in progress) == [1, 2]
+        assert all(total == 2 for _, total, _ in progress)
+        assert {message for _, _, message in progress} == {"node 0: completed", "node 1: completed"}
+
+        pages = await all_pages(client, swarm_id, limit=3)
+        events = [event for page in pages for event in page]
+        assert len(pages) > 2 and all(len(page) <= 3 for page in pages)
+        cursors = [event["cursor"] for event in events]
+        assert cursors == sorted(set(cursors))
+        for injection_id in ids:
+            mine = [e["type"] for e in events if e.get("injection_id") == injection_id]
+            assert "assistant" in mine and "turn_complete" in mine, mine
+        later = result(
+            await client.call_tool(
+                "events", {"swarm_id": swarm_id, "since": cursors[-1], "limit": 10}
+            )
+        )
+        assert later["events"] == [] and later["next_since"] == cursors[-1]
+
+        state = await client.read_resource(f"swarm://{swarm_id}")
+        described = json.loads(state.contents[0].text)
+        assert described["swarm_id"] == swarm_id and len(described["nodes"]) == 2
+        recent = json.loads((await client.read_resource(uri)).contents[0].text)
+        assert [e["cursor"] for e in recent] == cursors[-len(recent) :]
+
+    anyio.run(scenario)
+
+
+@pytest.mark.integration
+def test_bad_input_is_a_tool_error_and_the_server_goes_on(config_file, tmp_path):
+    async def scenario() -> None:
+        with open(tmp_path / "mcp.stderr", "w") as errlog:
+            async with Client(server(config_file, errlog)) as client:
+                await misuse(client)
+
+    async def misuse(client: Client) -> None:
+        unknown = error_text(await client.call_tool("status", {"swarm_id": "sw-0000000000"}))
+        assert "unknown_swarm" in unknown and "list tool" in unknown
+        injected = error_text(
+            await client.call_tool("inject", {"swarm_id": "sw-0000000000", "content": "hi"})
+        )
+        assert "sw-0000000000" in injected
+        invalid = error_text(await client.call_tool("launch", {"nodes": 0}))
+        assert "nodes" in invalid
+        assert result(await client.call_tool("list", {})) == {"swarms": []}
+
+    anyio.run(scenario)
