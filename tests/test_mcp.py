@@ -120,7 +120,7 @@ def test_a_swarm_through_mcp(config_file, tmp_path):
         assert waited["all_done"]
         assert [a["injection_id"] for a in waited["answers"]] == ids
         for answer in waited["answers"]:
-            assert answer["status"] == "completed", answer
+            assert answer["status"] == "completed", json.dumps(waited)
             assert answer["message"] == "echo: hello over mcp"
         assert sorted(done for done, _, _ in progress) == [1, 2]
         assert all(total == 2 for _, total, _ in progress)

@@ -31,5 +31,7 @@ def mcp_command(config_path: str | None, debug: bool) -> None:
         raise click.ClickException(
             f"the MCP server needs the mcp SDK ({exc}); install it: pip install 'codeswarm[mcp]'"
         ) from None
-    with swarms_for(config_path, debug) as swarms:
+    # A long-lived router like the daemon's: it follows the workers' events and resumes
+    # where the last one stopped.
+    with swarms_for(config_path, debug, follow="resume") as swarms:
         build_server(swarms).run("stdio")
