@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp_types import TextContent
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import ResourceUpdatedNotification, TextContent
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {
@@ -67,11 +72,44 @@ async def all_pages(client: Client, swarm_id: str, limit: int) -> list[list[dict
             return pages
 
 
+@asynccontextmanager
+async def updates_of(
+    client: Client, uri: str, legacy: MemoryObjectReceiveStream[str] | None
+) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Subscribe to ``uri``; yields a function that waits for its next update's uri.
+
+    A 2026-07-28 client listens on a subscriptions/listen stream; an older one
+    (``legacy``: the uris its message handler saw) sends resources/subscribe.
+    """
+    if legacy is not None:
+        with warnings.catch_warnings():  # deprecated at 2026-07-28, the way 2025 clients work
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await client.subscribe_resource(uri)
+        yield legacy.receive
+        return
+    async with client.listen(resource_subscriptions=[uri]) as stream:
+
+        async def next_uri() -> str:
+            return (await stream.__anext__()).uri
+
+        yield next_uri
+
+
 @pytest.mark.integration
-def test_a_swarm_through_mcp(config_file, tmp_path):
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_a_swarm_through_mcp(config_file, tmp_path, mode):
+    """Over the newest protocol (auto) and the initialize handshake of 2025 clients."""
+    send, receive = anyio.create_memory_object_stream[str](1000)
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            send.send_nowait(message.params.uri)
+
     async def scenario() -> None:
         with open(tmp_path / "mcp.stderr", "w") as errlog:
-            async with Client(server(config_file, errlog)) as client:
+            transport = server(config_file, errlog)
+            async with Client(transport, mode=mode, message_handler=on_message) as client:
+                assert (client.protocol_version == "2026-07-28") == (mode == "auto")
                 await drive(client)
 
     async def drive(client: Client) -> None:
@@ -92,7 +130,7 @@ def test_a_swarm_through_mcp(config_file, tmp_path):
 
     async def converse(client: Client, swarm_id: str) -> None:
         uri = f"swarm://{swarm_id}/events"
-        async with client.listen(resource_subscriptions=[uri]) as updates:
+        async with updates_of(client, uri, receive if mode == "legacy" else None) as updated:
             injected = result(
                 await client.call_tool(
                     "inject", {"swarm_id": swarm_id, "content": "hello over mcp", "nodes": "all"}
@@ -115,8 +153,7 @@ def test_a_swarm_through_mcp(config_file, tmp_path):
                 )
             )
             with anyio.fail_after(30):
-                update = await updates.__anext__()
-            assert update.uri == uri
+                assert await updated() == uri
         assert waited["all_done"]
         assert [a["injection_id"] for a in waited["answers"]] == ids
         for answer in waited["answers"]:
@@ -167,5 +204,22 @@ def test_bad_input_is_a_tool_error_and_the_server_goes_on(config_file, tmp_path)
         invalid = error_text(await client.call_tool("launch", {"nodes": 0}))
         assert "nodes" in invalid
         assert result(await client.call_tool("list", {})) == {"swarms": []}
+
+        # A blocking wait (ids no node acknowledged stay pending until its timeout) leaves
+        # the server free: list answers while it waits.
+        order: list[str] = []
+
+        async def wait_for_nothing() -> None:
+            arguments = {"swarm_id": "sw-0000000000", "injection_ids": ["inj-x"], "timeout": 15}
+            waited = result(await client.call_tool("wait", arguments))
+            assert waited["answers"][0]["status"] == "pending" and not waited["all_done"]
+            order.append("wait")
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(wait_for_nothing)
+            await anyio.sleep(0.5)
+            result(await client.call_tool("list", {}))
+            order.append("list")
+        assert order == ["list", "wait"]
 
     anyio.run(scenario)
