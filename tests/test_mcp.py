@@ -119,9 +119,13 @@ def test_a_swarm_through_mcp(config_file, tmp_path, mode):
             assert tool.description and len(tool.description) > 80, tool.name
             assert tool.input_schema["type"] == "object"
 
-        swarm = result(await client.call_tool("launch", {"nodes": 2}))
+        swarm = result(await client.call_tool("launch", {"nodes": 2, "prompt": "first words"}))
         swarm_id = swarm["swarm_id"]
+        assert [node["state"] for node in swarm["nodes"]] == ["pending", "pending"]
         try:
+            first = {"swarm_id": swarm_id, "injection_ids": swarm["injection_ids"]}
+            answers = result(await client.call_tool("wait", first))["answers"]
+            assert [a["message"] for a in answers] == ["echo: first words"] * 2, answers
             await converse(client, swarm_id)
         finally:
             result(await client.call_tool("terminate", {"swarm_id": swarm_id}))
@@ -138,7 +142,7 @@ def test_a_swarm_through_mcp(config_file, tmp_path, mode):
             )
             ids = injected["injection_ids"]
             assert len(ids) == 2 and injected["failures"] == []
-            assert sorted(node["node_id"] for node in injected["nodes"]) == [0, 1]
+            assert sorted(node["node_id"] for node in injected["injected"]) == [0, 1]
 
             progress: list[tuple[float, float | None, str | None]] = []
 

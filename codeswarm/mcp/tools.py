@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -63,17 +64,21 @@ class SwarmTools:
         self.swarms = swarms
 
     def register(self, server: MCPServer) -> None:
-        server.add_tool(self.launch, name="launch")
-        server.add_tool(self.inject, name="inject")
-        server.add_tool(self.wait, name="wait")
-        server.add_tool(self.status, name="status")
-        server.add_tool(self.list_swarms, name="list")
-        server.add_tool(self.events, name="events")
-        server.add_tool(self.interrupt, name="interrupt")
-        server.add_tool(self.terminate, name="terminate")
-        server.add_tool(self.approvals, name="approvals")
-        server.add_tool(self.approve, name="approve")
-        server.add_tool(self.steer, name="steer")
+        tools = {
+            "launch": self.launch,
+            "inject": self.inject,
+            "wait": self.wait,
+            "status": self.status,
+            "list": self.list_swarms,
+            "events": self.events,
+            "interrupt": self.interrupt,
+            "terminate": self.terminate,
+            "approvals": self.approvals,
+            "approve": self.approve,
+            "steer": self.steer,
+        }
+        for name, tool in tools.items():
+            server.add_tool(tool, name=name, description=inspect.cleandoc(tool.__doc__ or ""))
 
     async def launch(
         self,
@@ -93,10 +98,13 @@ class SwarmTools:
         Use this once, before anything else, when no suitable swarm exists (call list to
         check). Returns the swarm: its swarm_id (pass it to every other tool), job_id,
         backend, state and nodes. The agents start in the background: a swarm is "pending"
-        until its nodes run. Next: call inject with a task, then wait for the answers.
+        until its nodes run. With a prompt, it also returns that prompt's injection_ids, as
+        inject does. Next: inject a task (or, with a prompt, wait for its answers).
         """
-        swarm = await blocking(self.swarms.launch, nodes, prompt, time, partition)
-        return clean(swarm)
+        swarm = clean(await blocking(self.swarms.launch, nodes, None, time, partition))
+        if prompt:
+            swarm.update(await self._inject(swarm["swarm_id"], prompt, "all", None))
+        return swarm
 
     async def inject(
         self,
@@ -115,12 +123,16 @@ class SwarmTools:
         injection_ids, one per node that accepted it, and failures for nodes that did not.
         Next: call wait with swarm_id and these injection_ids to get each agent's answer.
         """
+        return {"swarm_id": swarm_id, **await self._inject(swarm_id, content, nodes, injection_id)}
+
+    async def _inject(
+        self, swarm_id: str, content: str, nodes: Any, injection_id: str | None
+    ) -> dict[str, Any]:
         acks = await blocking(self.swarms.inject_and_wait, swarm_id, content, nodes, injection_id)
         accepted = [ack for ack in acks if ack["type"] == "inject_ack"]
         return {
-            "swarm_id": swarm_id,
             "injection_ids": [ack["injection_id"] for ack in accepted],
-            "nodes": [
+            "injected": [
                 {
                     "node_id": ack["node_id"],
                     "injection_id": ack["injection_id"],
@@ -191,8 +203,8 @@ class SwarmTools:
             int | float | str | None,
             Field(
                 description="Read after this point: a cursor (an integer from a previous page's "
-                'next_since), "start" for the beginning, or a time (ISO-8601 or unix seconds). '
-                "Default: the beginning."
+                'next_since), "start" for the beginning, or a time in ISO-8601 '
+                "(2026-12-02T13:00:00Z). Default: the beginning."
             ),
         ] = None,
         limit: Annotated[
