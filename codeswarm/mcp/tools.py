@@ -38,7 +38,7 @@ def explain(exc: CodeswarmError) -> str:
     if not isinstance(exc, CommandError):
         return str(exc)
     event = exc.event
-    hint = " Call the list tool to see the swarms." if event["error"] == "unknown_swarm" else ""
+    hint = " (call the list tool to see the swarms)" if event["error"] == "unknown_swarm" else ""
     return f"{event['error']}: {event['message']}{hint}"
 
 
