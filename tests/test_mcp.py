@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -227,3 +228,43 @@ def test_bad_input_is_a_tool_error_and_the_server_goes_on(config_file, tmp_path)
         assert order == ["list", "wait"]
 
     anyio.run(scenario)
+
+
+@pytest.mark.integration
+def test_the_server_exits_when_its_client_goes_even_during_a_wait(config_file, tmp_path):
+    """EOF on stdin ends it (exit 0) while a wait with an hour to go blocks; stdout held
+    JSON-RPC alone."""
+    with open(tmp_path / "mcp.stderr", "w") as errlog:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "codeswarm", "mcp", "--config", str(config_file)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errlog,
+        )
+    assert process.stdin is not None and process.stdout is not None
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t"}}
+    wait = {"swarm_id": "sw-0000000000", "injection_ids": ["inj-x"], "timeout": 3600}
+    for message in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "wait", "arguments": wait},
+        },
+    ):
+        process.stdin.write(json.dumps(message).encode() + b"\n")
+    process.stdin.flush()
+    answered = [json.loads(process.stdout.readline()) for _ in range(2)]
+    assert [a["id"] for a in answered] == [1, 2]
+    assert {tool["name"] for tool in answered[1]["result"]["tools"]} == TOOLS
+    process.stdin.close()
+    try:
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    rest = process.stdout.read().splitlines()
+    assert all(json.loads(line)["jsonrpc"] == "2.0" for line in rest)

@@ -9,14 +9,14 @@ Argument names are the daemon protocol's (docs/protocol.md).
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.from_thread
-import anyio.to_thread
+import anyio.lowlevel
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
@@ -43,13 +43,31 @@ def explain(exc: CodeswarmError) -> str:
 
 
 async def blocking(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking embed call on a worker thread; its CodeswarmError as a tool error."""
-    try:
-        return await anyio.to_thread.run_sync(
-            functools.partial(call, *args, **kwargs), abandon_on_cancel=True
-        )
-    except CodeswarmError as exc:
-        raise ToolError(explain(exc)) from None
+    """Run a blocking embed call on a thread; its CodeswarmError becomes a tool error.
+
+    A daemon thread of its own, not anyio's worker pool: those are joined at exit, so a
+    ``wait`` for an hour would keep the process alive that long after its client has gone.
+    """
+    token = anyio.lowlevel.current_token()
+    finished = anyio.Event()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args, **kwargs)
+        except BaseException as exc:  # handed to the awaiting task, which raises it
+            outcome["error"] = exc
+        with contextlib.suppress(RuntimeError):  # the event loop has ended: nobody awaits
+            anyio.from_thread.run_sync(finished.set, token=token)
+
+    threading.Thread(target=run, name=f"mcp-{call.__name__}", daemon=True).start()
+    await finished.wait()
+    error = outcome.get("error")
+    if isinstance(error, CodeswarmError):
+        raise ToolError(explain(error)) from None
+    if error is not None:
+        raise error
+    return outcome["value"]
 
 
 def clean(event: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +180,7 @@ class SwarmTools:
         it failed. all_done says whether none is pending. If some are pending, call wait
         again with those ids; read events to see what the agents are doing meanwhile.
         """
+        token = anyio.lowlevel.current_token()
         total = len(injection_ids)
         finished = 0
 
@@ -169,9 +188,8 @@ class SwarmTools:
             nonlocal finished
             finished += 1
             note = f"node {answer['node_id']}: {answer['status']}"
-            # RuntimeError: the call was abandoned (client gone); the answer still counts.
-            with contextlib.suppress(RuntimeError):
-                anyio.from_thread.run(ctx.report_progress, finished, total, note)
+            with contextlib.suppress(RuntimeError):  # the event loop has ended (client gone)
+                anyio.from_thread.run(ctx.report_progress, finished, total, note, token=token)
 
         answers = await blocking(self.swarms.wait, swarm_id, injection_ids, timeout, on_answer)
         return {
