@@ -15,10 +15,13 @@ from typing import Any, TextIO
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
+from click.testing import CliRunner
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import ResourceUpdatedNotification, TextContent
+
+from codeswarm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {
@@ -268,3 +271,13 @@ def test_the_server_exits_when_its_client_goes_even_during_a_wait(config_file, t
         process.kill()
     rest = process.stdout.read().splitlines()
     assert all(json.loads(line)["jsonrpc"] == "2.0" for line in rest)
+
+
+def test_without_the_sdk_it_says_how_to_install_it(monkeypatch):
+    for name in [name for name in sys.modules if name == "mcp" or name.startswith("mcp.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: imports fail
+    for name in [name for name in sys.modules if name.startswith("codeswarm.mcp")]:
+        monkeypatch.delitem(sys.modules, name)
+    done = CliRunner().invoke(main, ["mcp"])
+    assert done.exit_code == 1
+    assert "pip install 'codeswarm[mcp]'" in done.output
