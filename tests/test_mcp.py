@@ -192,6 +192,16 @@ def test_a_swarm_through_mcp(config_file, tmp_path, mode):
         recent = json.loads((await client.read_resource(uri)).contents[0].text)
         assert [e["cursor"] for e in recent] == cursors[-len(recent) :]
 
+        on_both = {"swarm_id": swarm_id, "nodes": [0, 1]}
+        assert result(await client.call_tool("approvals", on_both))["approvals"] == []
+        interrupted = result(await client.call_tool("interrupt", on_both))["nodes"]
+        assert [(a["type"], a["node_id"]) for a in interrupted] == [
+            ("interrupt_ack", 0),
+            ("interrupt_ack", 1),
+        ]
+        steered = {"swarm_id": swarm_id, "content": "faster", "nodes": 5}
+        assert "unknown_target" in json.dumps(result(await client.call_tool("steer", steered)))
+
     anyio.run(scenario)
 
 
