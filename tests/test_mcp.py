@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import ResourceUpdatedNotification, TextContent
 
 from codeswarm.cli import main
+from codeswarm.mcp.updates import ResourceUpdates, swarm_uris
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {
@@ -291,3 +292,31 @@ def test_without_the_sdk_it_says_how_to_install_it(monkeypatch):
     done = CliRunner().invoke(main, ["mcp"])
     assert done.exit_code == 1
     assert "pip install 'codeswarm[mcp]'" in done.output
+
+
+class RecordedEvents:
+    """What ``ResourceUpdates`` reads from a Codeswarm: a subscription and an event stream."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.pending = events
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        while self.pending:
+            yield self.pending.pop(0)
+
+
+def test_a_batch_names_each_swarm_that_got_events_once_and_keeps_its_last_cursor():
+    stream = RecordedEvents(
+        [
+            {"type": "assistant", "swarm_id": "sw-a", "cursor": 7},
+            {"type": "swarm_list", "swarms": []},
+            {"type": "usage", "swarm_id": "sw-b", "cursor": 3},
+            {"type": "turn_complete", "swarm_id": "sw-a", "cursor": 9},
+            {"type": "swarm_status", "swarm": {"swarm_id": "sw-c"}},  # an answer, no news
+        ]
+    )
+    updates = ResourceUpdates(stream)
+    assert updates._batch() == {"sw-a", "sw-b"}
+    assert updates.latest == {"sw-a": 9, "sw-b": 3}
+    assert updates._batch() == set()
+    assert swarm_uris("sw-a") == ("swarm://sw-a", "swarm://sw-a/events")
