@@ -178,7 +178,8 @@ class SwarmTools:
         per injection: node_id, status (completed, failed, interrupted, or pending when the
         timeout came first), message (the agent's final message), and error and detail when
         it failed. all_done says whether none is pending. If some are pending, call wait
-        again with those ids; read events to see what the agents are doing meanwhile.
+        again with those ids; read events to see what the agents are doing meanwhile. If
+        your tool calls time out sooner, pass a shorter timeout and call wait repeatedly.
         """
         token = anyio.lowlevel.current_token()
         total = len(injection_ids)
