@@ -440,9 +440,11 @@ def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
     from codeswarm.cli.logs import logs
+    from codeswarm.cli.mcp import mcp_command
 
     main.add_command(diff)
     main.add_command(logs)
+    main.add_command(mcp_command)
 
 
 _add_commands()
