@@ -69,17 +69,20 @@ def model_endpoint(agent: AgentConfig) -> str | None:
 
 
 def connect_failure(exc: BaseException) -> str:
-    """Which step of ``ssh`` failed: ``reach`` (name, route, port), ``host_key`` or ``login``."""
+    """Which step of ``ssh`` failed: ``reach`` (the alias, its address, a hop), ``host_key``
+    or ``login``, from the exception and the causes it was raised from."""
     seen = exc.__cause__ if isinstance(exc, BackendError) else exc
     while seen is not None:
         if isinstance(seen, paramiko.AuthenticationException):
             return "login"
-        if isinstance(seen, paramiko.BadHostKeyException) or "known_hosts" in str(seen):
+        if isinstance(seen, paramiko.BadHostKeyException) or any(
+            words in str(seen) for words in ("known_hosts", "host key")
+        ):
             return "host_key"
         if isinstance(seen, OSError | socket.timeout):
             return "reach"
         seen = seen.__cause__ or seen.__context__
-    return "login"
+    return "reach"  # e.g. the ssh config does not resolve the alias: no connection was tried
 
 
 def python_problem(version: str) -> str | None:

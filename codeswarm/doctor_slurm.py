@@ -61,7 +61,7 @@ def _ssh_checks(connection: Any, alias: str | None) -> Iterator[Check]:
     """The alias resolves, the host key is known, the login works: one connection tells all."""
     where = f"Host {alias} in {connection.settings.ssh_config}"
     try:
-        connection.client()
+        connection.transport()
     except BackendError as exc:
         step = connect_failure(exc)
         fixes = {
