@@ -99,7 +99,8 @@ def test_swarm_ids_complete_from_the_registry_for_every_swarm_verb(tmp_path):
     registry.put(record("sw-aaaa000002", config.mailbox_root, 2.0, "exited"))
     registry.put(record("sw-bbbb000003", config.mailbox_root, 3.0))
     registry.put(record("sw-aaaa000004", "/another/mailbox", 4.0))
-    for verb in ("status", "terminate", "inject", "attach", "diff", "interrupt", "approvals"):
+    verbs = ("status", "terminate", "inject", "attach", "logs", "diff", "interrupt", "approvals")
+    for verb in verbs:
         assert complete(f"codeswarm {verb} --config {config_path} sw-a") == [
             "sw-aaaa000001",
             "sw-aaaa000002",

@@ -67,7 +67,7 @@ def test_wait_timeout_needs_wait():
 
     from codeswarm.cli import main
 
-    done = CliRunner().invoke(main, ["launch", "--nodes", "1", "--wait-timeout", "5"])
+    done = CliRunner().invoke(main, ["launch", "--nodes", "1", "--timeout", "5"])
     assert done.exit_code == 2 and "goes with --wait" in done.output
 
 

@@ -85,7 +85,8 @@ def wait_until_started(
     "show the pending reason and the time waited meanwhile.",
 )
 @click.option(
-    "--wait-timeout",
+    "--timeout",
+    "wait_timeout",
     type=click.FloatRange(min=0),
     help="With --wait: give up waiting after this many seconds (exit 1; the job stays queued).",
 )
@@ -107,12 +108,12 @@ def launch(
     Examples:
       codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
           --config configs/hpcfund.json
-      codeswarm launch --nodes 2 --wait --wait-timeout 600 --json
+      codeswarm launch --nodes 2 --wait --timeout 600 --json
     """
     from codeswarm.cli import swarms_for
 
     if wait_timeout is not None and not wait:
-        raise click.UsageError("--wait-timeout goes with --wait")
+        raise click.UsageError("--timeout goes with --wait")
     tty = sys.stderr.isatty()
 
     def show(swarm: dict[str, Any]) -> None:
