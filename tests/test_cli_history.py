@@ -124,3 +124,18 @@ def test_bad_since_and_unknown_swarms_are_usage_and_plain_errors(swarm):
     assert bad.returncode == 2 and "--since" in bad.stderr
     unknown = cli(config, "logs", "sw-0000000000")
     assert unknown.returncode == 1 and "codeswarm list" in unknown.stderr
+
+
+def test_inject_wait_gives_up_at_its_timeout_while_a_daemon_runs(swarm, tmp_path):
+    swarm_id, config, worker = swarm
+    daemon = Daemon(config, tmp_path / "daemon.stderr")
+    os.kill(worker, signal.SIGSTOP)  # the node reads nothing: no answer will come
+    try:
+        daemon.wait_event("ready")
+        waited = cli(config, "inject", swarm_id, "--prompt", "hi", "--wait", "--timeout", "2")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        daemon.close()
+    assert waited.returncode == 1
+    assert sorted(waited.stdout.splitlines())[0].startswith("node ")
+    assert "no answer yet" in waited.stdout

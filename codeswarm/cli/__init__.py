@@ -275,6 +275,8 @@ def inject(
         else:
             acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
             since = min((ack.get("cursor", 1) for ack in acks), default=1) - 1
+        if injection_id is not None:
+            since = 0  # a retry: its answer may have come long ago
         failed = print_acks(acks, as_json, answers_follow=True)
         ids = [ack["injection_id"] for ack in acks if ack["type"] == "inject_ack"]
         answers = history.wait_for_answers(
