@@ -4,7 +4,9 @@ codex POSTs `{base_url}/responses` and reads the reply as server-sent events. Th
 with the events codex needs (see docs/codex-app-server.md) and lets a test script the replies:
 text in N deltas, a shell tool call, slow or hanging streams, HTTP errors, `response.failed`
 and exact token usage. Rules can be set in process (`add_rule`) or over HTTP (`/_control/...`)
-so that a worker in another process can be scripted too. Standard library only.
+so that a worker in another process can be scripted too. A client agent with tools of its own
+(OpenClaw) follows a whole scripted conversation instead (`add_script`, see model_script.py).
+Standard library only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import threading
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from codeswarm.model_script import Call, Script
 
 log = logging.getLogger("codeswarm.model_server")
 
@@ -58,6 +62,8 @@ class Reply:
     failed: end the stream with `response.failed` instead of `response.completed`, its error
     code `error_code` (codex types some: `context_length_exceeded` is a full context window).
     tool_call_cmd: a shell tool call; codex runs `apply_patch <<'EOF' ... EOF` as a patch.
+    function: call this function instead, with tool_call_args as its arguments (for clients
+    whose tools are not codex's).
     reasoning: a reasoning summary streamed before the text, in `deltas` pieces.
     tool_call_args: more arguments of the shell call (`{"sandbox_permissions": "require_escalated"}`
     makes codex ask for approval under `on-request`).
@@ -73,6 +79,7 @@ class Reply:
     error_code: str = "server_error"
     tool_call_cmd: str | None = None
     tool_call_args: JSON | None = None
+    function: str | None = None
     reasoning: str | None = None
     usage: Usage | None = None
 
@@ -155,6 +162,10 @@ class _Handler(BaseHTTPRequestHandler):
                 for rule in [Rule.from_json(r) for r in _as_list(self._read_json())]:
                     owner.add_rule(rule.match, rule.reply, rule.times)
                 self._send_json(200, {"rules": len(owner.rules)})
+            elif method == "POST" and path == "/_control/scripts":
+                for script in [Script.from_json(s) for s in _as_list(self._read_json())]:
+                    owner.add_script(script)
+                self._send_json(200, {"scripts": len(owner.scripts)})
             elif method == "POST" and path == "/_control/reset":
                 owner.reset()
                 self._send_json(200, {"rules": 0, "count": 0})
@@ -162,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(404, {"error": {"message": f"no route {method} {path}"}})
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away during %s %s", method, path)
-        except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, bad rule fields
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # bad JSON or fields
             self._send_json(400, {"error": {"message": f"bad request: {exc}"}})
 
     do_POST = do_GET
@@ -181,6 +192,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _reply_for(call: Call) -> Reply:
+    if call.tool is None:
+        return Reply(text=call.text)
+    return Reply(function=call.tool, tool_call_args=call.arguments)
+
+
 def _as_list(payload: Any) -> list[JSON]:
     return payload if isinstance(payload, list) else [payload]
 
@@ -193,7 +210,7 @@ class _Stream:
         self.n = next(owner._ids)  # atomic in CPython
 
     def run(self) -> None:
-        reply, handler, cmd = self.reply, self.handler, self.reply.tool_call_cmd
+        reply, handler, call = self.reply, self.handler, self.function_call()
         if reply.http_status is not None:
             kind = "server_error" if reply.http_status >= 500 else "invalid_request_error"
             error = {"message": reply.error_message, "type": kind, "code": None}
@@ -207,11 +224,11 @@ class _Stream:
         response = {"id": f"resp_{self.n}", "object": "response", "model": self.body.get("model")}
         self.event("response.created", response={**response, "status": "in_progress"})
         output: list[JSON] = []
-        text = default_text(self.body) if reply.text is None and cmd is None else reply.text
+        text = default_text(self.body) if reply.text is None and call is None else reply.text
         chunks = split_text(text or "", reply.deltas)
         if reply.reasoning is not None:
             output.append(self.reasoning(reply.reasoning, len(output)))
-        if text is not None and (text or cmd is None):
+        if text is not None and (text or call is None):
             # codex drops deltas that arrive before output_item.added announces their item.
             added = {**self.message_item(""), "content": [], "status": "in_progress"}
             self.event("response.output_item.added", output_index=len(output), item=added)
@@ -228,13 +245,13 @@ class _Stream:
         if reply.hang:
             self.wait_forever()
             return
-        if cmd is not None:
+        if call is not None:
             item = {
                 "type": "function_call",
                 "id": f"fc_{self.n}",
                 "call_id": f"call_{self.n}",
-                "name": "exec_command",
-                "arguments": json.dumps({"cmd": cmd, **(reply.tool_call_args or {})}),
+                "name": call[0],
+                "arguments": json.dumps(call[1]),
                 "status": "completed",
             }
             self.event("response.output_item.added", output_index=len(output), item=item)
@@ -247,6 +264,15 @@ class _Stream:
         usage = reply.usage or default_usage(self.body, len(chunks))
         done = {**response, "status": "completed", "output": output, "usage": usage.to_json()}
         self.event("response.completed", response=done)
+
+    def function_call(self) -> tuple[str, JSON] | None:
+        """The (name, arguments) of the function call to send, if any."""
+        reply = self.reply
+        if reply.function is not None:
+            return reply.function, dict(reply.tool_call_args or {})
+        if reply.tool_call_cmd is not None:
+            return "exec_command", {"cmd": reply.tool_call_cmd, **(reply.tool_call_args or {})}
+        return None
 
     def reasoning(self, summary: str, index: int) -> JSON:
         """Stream one reasoning item with a one-part summary; return the finished item."""
@@ -307,6 +333,7 @@ class ModelServer:
         self._httpd.owner = self
         self._lock = threading.Condition()
         self._rules: list[Rule] = []
+        self._scripts: list[Script] = []
         self._requests: list[JSON] = []
         self._ids = itertools.count(1)
         self._stopping = threading.Event()
@@ -328,6 +355,19 @@ class ModelServer:
         with self._lock:
             return [rule.to_json() for rule in self._rules]
 
+    @property
+    def scripts(self) -> list[JSON]:
+        with self._lock:
+            return [script.to_json() for script in self._scripts]
+
+    def add_script(self, script: Script) -> None:
+        """Play `script` to every request whose user messages contain its marker.
+
+        Scripts come before rules and are never used up: one script drives a whole conversation.
+        """
+        with self._lock:
+            self._scripts.append(script)
+
     def add_rule(self, match: str | None, reply: Reply, times: int | None = 1) -> None:
         """Answer the next `times` requests whose latest user text contains `match` with reply.
 
@@ -342,6 +382,7 @@ class ModelServer:
     def reset(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._scripts.clear()
             self._requests.clear()
 
     def _record_and_match(self, body: JSON) -> Reply:
@@ -349,6 +390,9 @@ class ModelServer:
         with self._lock:
             self._requests.append(body)
             self._lock.notify_all()
+            for script in self._scripts:
+                if script.matches(body):
+                    return _reply_for(script.next_call(body))
             for rule in self._rules:
                 if rule.match is None or rule.match in text:
                     if rule.times is not None:
@@ -386,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m codeswarm.model_server", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port to bind (default: a free one)")
     parser.add_argument("--rules", help="JSON file: a list of {match, times, reply} rules")
+    parser.add_argument("--scripts", help="JSON file: a list of {match, steps} scripts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     server = ModelServer(port=args.port)
@@ -393,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.rules, encoding="utf-8") as handle:
             for rule in [Rule.from_json(r) for r in _as_list(json.load(handle))]:
                 server.add_rule(rule.match, rule.reply, rule.times)
+    if args.scripts:
+        with open(args.scripts, encoding="utf-8") as handle:
+            for script in [Script.from_json(s) for s in _as_list(json.load(handle))]:
+                server.add_script(script)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
