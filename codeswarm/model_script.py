@@ -34,7 +34,10 @@ class Step:
                 f"a script step has either a tool or a text, not both or neither: {self}"
             )
         for name, pattern in self.capture.items():
-            re.compile(pattern)  # a bad pattern fails when the script is added, not mid-run
+            try:  # a bad pattern fails when the script is added, not mid-run
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"capture {name!r}: bad pattern {pattern!r}: {exc}") from None
             if not re.fullmatch(r"\w+", name):
                 raise ValueError(f"capture name {name!r}: letters, digits and _ only")
 
