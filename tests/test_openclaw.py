@@ -14,6 +14,8 @@ each test gets a throwaway HOME. What these tests rely on, learned from OpenClaw
   OpenClaw's own prompt is the second-to-last user message (the last is its internal context),
   and its tools are `exec` (`command`, `yieldMs`: backgrounding after 10 s by default), `read`,
   `process`, `tool_search`, `tool_call` (`id`, `args`: any tool by name, MCP ones included), ...
+  An MCP server's tools come back to the model wrapped in a security notice; a request to an
+  MCP server times out after `requestTimeoutMs` (60 s unless configured).
   The model server's scripts (codeswarm/model_script.py) play the model's side of such a turn,
   while the swarm's codex agents get the server's default echo answer.
 """
@@ -228,7 +230,11 @@ def test_agent_drives_a_swarm_with_codeswarm_commands(openclaw_bin, tmp_path, mo
 def test_agent_drives_a_swarm_through_the_mcp_server(openclaw_bin, tmp_path, model_server, swarms):
     config_file = swarms
     env = openclaw_env(tmp_path / "home", VENV_BIN)
-    server = {"command": str(VENV_BIN / "codeswarm"), "args": ["mcp", "--config", str(config_file)]}
+    server = {
+        "command": str(VENV_BIN / "codeswarm"),
+        "args": ["mcp", "--config", str(config_file)],
+        "requestTimeoutMs": 300_000,  # OpenClaw's default, 60 s, would cut a long `wait`
+    }
     config = agent_config(
         tmp_path / "openclaw.json", model_server, mcp={"servers": {"codeswarm": server}}
     )
