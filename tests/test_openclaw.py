@@ -56,11 +56,15 @@ def openclaw_bin() -> Path:
 
 
 def openclaw_env(home: Path, *path: Path) -> dict[str, str]:
-    """A throwaway HOME, and PATH: OpenClaw's Node first, then `path`, then the system's."""
+    """A throwaway HOME, and PATH: OpenClaw's Node first, then `path`, then the system's.
+
+    Only `path` may provide `codeswarm`: system directories that hold one are left out.
+    """
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
-    system = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != VENV_BIN]
-    env.update(HOME=str(home), PATH=os.pathsep.join([str(CLIENT_BIN), *map(str, path), *system]))
+    dirs = [Path(p) for p in env.get("PATH", "").split(os.pathsep) if p]
+    system = [p for p in dirs if not (p / "codeswarm").exists()]
+    env.update(HOME=str(home), PATH=os.pathsep.join(map(str, [CLIENT_BIN, *path, *system])))
     env["NO_COLOR"] = "1"
     return env
 
@@ -92,7 +96,7 @@ def skill_info(env: dict[str, str]) -> dict[str, Any]:
 @pytest.mark.integration
 def test_skill_is_eligible_once_codeswarm_is_on_path(openclaw_bin, tmp_path):
     without = openclaw_env(tmp_path / "home")
-    assert shutil.which("codeswarm", path=without["PATH"]) is None, "PATH leaks a codeswarm"
+    assert shutil.which("codeswarm", path=without["PATH"]) is None
     install_skill(without)
     info = skill_info(without)
     assert info["eligible"] is False and info["missing"]["bins"] == ["codeswarm"]
