@@ -125,9 +125,11 @@ def test_mcp_add_probes_codeswarm_mcp_and_lists_its_tools(openclaw_bin, tmp_path
     assert probed.returncode == 0, probed.stdout + probed.stderr
     result = json.loads(probed.stdout)
     assert not result["diagnostics"], result
+    # OpenClaw lists the server's tools, plus its own resources_* and prompts_* bridges.
     tools = sorted(t.removeprefix("codeswarm__") for t in result["tools"])
     assert set(MCP_TOOLS) <= set(tools), tools
-    assert result["servers"]["codeswarm"]["tools"] == len(tools)
+    server = result["servers"]["codeswarm"]
+    assert server["tools"] >= len(MCP_TOOLS) and server["resources"] is True, server
     saved = json.loads((Path(env["HOME"]) / ".openclaw" / "openclaw.json").read_text())
     server = saved["mcp"]["servers"]["codeswarm"]
     assert server["command"] == str(VENV_BIN / "codeswarm")
