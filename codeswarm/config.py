@@ -62,6 +62,7 @@ def _re(regex: str, message: str) -> Any:
 
 
 _POSITIVE = _rule(lambda v: v > 0, "must be greater than 0")
+_AT_LEAST_4K = _rule(lambda v: v >= 4096, "must be at least 4096")
 _NON_NEGATIVE = _rule(lambda v: v >= 0, "must be at least 0")
 _ONE_LINE = _rule(lambda v: not re.search(r"[\x00-\x1f\x7f]", v), "must not contain newlines")
 _WORD = _re(r"\S+", "must be one word (no spaces)")
@@ -209,6 +210,8 @@ class RouterConfig:
     state_dir: str = _k(_str(), "~/.codeswarm/state")
     follower_poll_seconds: float = _k(_secs(), _FOLLOWER["poll_seconds"])
     follower_idle_poll_seconds: float = _k(_secs(), _FOLLOWER["idle_poll_seconds"])
+    event_log_segment_bytes: int = _k(_int(_AT_LEAST_4K), 8 << 20)
+    event_log_max_bytes: int = _k(_int(_AT_LEAST_4K), 256 << 20)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 It advances only once a NodeActor has emitted a line's events, so a crash loses nothing. It
 also keeps each node's last emitted ``seq``, which seeds a restarted router's duplicate filter.
-Saved at most twice a second and on shutdown: a crash can replay the events of the last half
-second, which a client recognises by (``job_id``, ``node_id``, ``seq``). A released swarm's
+Saved at most twice a second and on shutdown: after a crash the follower reads up to half a
+second of lines again, and the event log (``codeswarm.eventlog.last_seqs``) tells the new
+router which of them it had already emitted. A released swarm's
 entries are forgotten, so the cursor (and the follower header built from it) holds only the
 swarms still being followed.
 """
@@ -37,11 +38,13 @@ class CursorStore:
         self.offsets: dict[str, int] = {}
         self.seqs: dict[str, int] = {}
         self.dirty = False
+        self.saved_at = 0.0  # when the cursor read at start was saved (0: never)
         self._lock: int | None = None
         if persist:
             self._lock = self._take_lock(Path(state_dir) / f"cursor-{digest}.lock")
             if self.path.exists():
                 try:
+                    self.saved_at = self.path.stat().st_mtime
                     self.offsets, self.seqs = self._load()
                 except RegistryError:
                     self.close()

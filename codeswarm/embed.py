@@ -17,16 +17,23 @@ raises for problems it foresees are ``codeswarm.errors.CodeswarmError`` (see tha
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from codeswarm import eventlog
 from codeswarm.actors.messages import CommandReceived, Emit
+from codeswarm.answers import AnswerBook
 from codeswarm.config import Config, default_local_config
 from codeswarm.errors import CommandError, NoAnswerError
+from codeswarm.hpc import records
 from codeswarm.protocol import Subscription, commands, decode_object, errors
+from codeswarm.protocol.codec import error_event
+from codeswarm.protocol.since import parse_since
 from codeswarm.router import Router
 
 Nodes = int | list[int] | str
@@ -47,11 +54,16 @@ class EventQueue:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.subscription = Subscription()
         self._waiters: dict[Any, queue.Queue[dict[str, Any]]] = {}
+        self._watchers: list[queue.Queue[dict[str, Any]]] = []
         self._lock = threading.Lock()
         self.failure: dict[str, Any] | None = None
 
     def tell(self, message: Emit) -> None:
+        with self._lock:
+            watchers = list(self._watchers)
         for event in message.events:
+            for watcher in watchers:
+                watcher.put(event)
             if event["type"] == "error" and event.get("error") == errors.INTERNAL:
                 with self._lock:
                     self.failure = event
@@ -66,6 +78,19 @@ class EventQueue:
                 waiter.put(event)
             if self.subscription.wants(event):
                 self.events.put(event)
+
+    def watch(self) -> queue.Queue[dict[str, Any]]:
+        """A queue of every event from now on, until ``unwatch``."""
+        watcher: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._watchers.append(watcher)
+            if self.failure is not None:
+                watcher.put(self.failure)
+        return watcher
+
+    def unwatch(self, watcher: queue.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            self._watchers.remove(watcher)
 
     def expect(self, request_id: Any) -> queue.Queue[dict[str, Any]]:
         with self._lock:
@@ -294,18 +319,104 @@ class Codeswarm:
         return self.sink.subscription.resolved()
 
     def events(
-        self, timeout: float | None = None, types: Iterable[str] | None = None
+        self,
+        timeout: float | None = None,
+        types: Iterable[str] | None = None,
+        swarm_id: str | None = None,
+        since: int | float | str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every subscribed event, in order; ends when ``timeout`` seconds pass without one.
 
-        ``types`` subscribes at once (see ``subscribe``). Iterating raises CommandError once the
-        router has failed (after the events before it).
+        ``types`` subscribes at once (see ``subscribe``). ``swarm_id`` keeps that swarm's
+        events only; with ``since`` (a cursor, ``"start"``, an ISO-8601 time or a float of
+        epoch seconds) they begin with what its event log holds after that point, then go on
+        live with no gap and no repeat. Iterating raises CommandError once the router has
+        failed (after the events before it).
         """
         if types is not None:
             self.subscribe(types)
-        return self._stream(timeout)
+        replay: list[dict[str, Any]] = []
+        until = 0
+        if since is not None:
+            if swarm_id is None:
+                raise CommandError(_invalid("since", "since needs the swarm_id whose log to read"))
+            tail = self._tail(swarm_id, since)
+            replay = list(tail.poll())
+            until = max(tail.seen, tail.since.cursor)
+        return self._stream(timeout, swarm_id, replay, until)
 
-    def _stream(self, timeout: float | None) -> Iterator[dict[str, Any]]:
+    def history(
+        self,
+        swarm_id: str,
+        since: int | float | str | None = None,
+        nodes: Iterable[int] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """A swarm's logged events after ``since`` (default: all), oldest first, at most
+        ``limit``; only ``nodes``' if given. Each carries its ``cursor``: pass the last one
+        as ``since`` to read the next page."""
+        tail = self._tail(swarm_id, "start" if since is None else since)
+        wanted = None if nodes is None else set(nodes)
+        found = (e for e in tail.poll() if wanted is None or e.get("node_id") in wanted)
+        return list(itertools.islice(found, limit))
+
+    def wait(
+        self,
+        swarm_id: str,
+        injection_ids: Iterable[str],
+        timeout: float,
+        on_answer: Callable[[dict[str, Any]], None] | None = None,
+        since: int | float | str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Block until each injection (one node each) has finished, or ``timeout`` seconds.
+
+        Returns one answer per id, in order: ``injection_id``, ``node_id``, ``status``
+        (``completed``, ``interrupted``, ``failed``, or ``pending`` at the timeout),
+        ``message`` (the node's final assistant message), ``error`` (a code) and ``detail``.
+        ``on_answer`` is called with each answer as it completes. Injections that finished
+        before the call are found in the event log (from ``since``, by default its start).
+        """
+        book = AnswerBook(injection_ids)
+        watcher = self.sink.watch()  # before reading the log: what is logged later comes here
+        try:
+            until = 0
+            if self.router.log_dir is not None:
+                tail = self._tail(swarm_id, "start" if since is None else since)
+                for event in tail.poll():
+                    _answered(book.feed(event), on_answer)
+                until = tail.seen
+            deadline = time.monotonic() + timeout
+            while not book.done():
+                try:
+                    event = watcher.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if event is self.sink.failure:
+                    raise CommandError(event)
+                if event.get("swarm_id") == swarm_id and event.get("cursor", until + 1) > until:
+                    _answered(book.feed(event), on_answer)
+        finally:
+            self.sink.unwatch(watcher)
+        return book.results()
+
+    def _tail(self, swarm_id: str, since: int | float | str) -> eventlog.LogTail:
+        if self.router.log_dir is None:
+            problem = "this router keeps no event log: another router holds the mailbox"
+            raise CommandError(_invalid("since", problem))
+        try:
+            start = parse_since(since)
+        except ValueError as exc:
+            raise CommandError(_invalid("since", str(exc))) from None
+        if records.id_problem(swarm_id) is not None:
+            raise CommandError(_invalid("swarm_id", f"{swarm_id!r} is not a swarm id"))
+        return eventlog.LogTail(eventlog.swarm_log_dir(self.router.log_dir, swarm_id), start)
+
+    def _stream(
+        self, timeout: float | None, swarm_id: str | None, replay: list[dict], until: int
+    ) -> Iterator[dict[str, Any]]:
+        for event in replay:
+            if self.sink.subscription.wants(event):
+                yield event
         while True:
             if self.sink.failure is not None and self.sink.events.empty():
                 raise CommandError(self.sink.failure)
@@ -315,6 +426,11 @@ class Codeswarm:
                 return
             if event is self.sink.failure:
                 raise CommandError(event)
+            if swarm_id is not None:
+                if eventlog.logged_swarm(event) != swarm_id and event.get("swarm_id") != swarm_id:
+                    continue
+                if event.get("cursor", until + 1) <= until:
+                    continue  # the replay had it
             if self.sink.subscription.wants(event):  # queued before a narrower subscribe
                 yield event
 
@@ -326,6 +442,15 @@ class Codeswarm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _answered(answer: dict[str, Any] | None, on_answer: Any) -> None:
+    if answer is not None and on_answer is not None:
+        on_answer(answer)
+
+
+def _invalid(field: str, message: str) -> dict[str, Any]:
+    return error_event(errors.INVALID_FIELD, message, field=field)
 
 
 def _next(

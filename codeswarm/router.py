@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 import pykka
 
 from codeswarm import __version__
+from codeswarm.actors.eventlog import EventLogActor
 from codeswarm.actors.messages import Attach, Emit, Started
 from codeswarm.actors.protocol import ProtocolActor
 from codeswarm.actors.supervisor import SupervisorActor
@@ -23,6 +24,7 @@ from codeswarm.codex_binary import find_codex
 from codeswarm.config import Config
 from codeswarm.cursor import CursorStore
 from codeswarm.errors import CommandError, ConfigError
+from codeswarm.eventlog import EventLog
 from codeswarm.hpc.private import private_dir
 from codeswarm.protocol import errors, make_event
 from codeswarm.registry import SwarmRegistry
@@ -112,12 +114,26 @@ class Router:
             cursor.close()
             raise
         self.timer = Timer()
+        # Only the router holding the cursor lock logs: it alone sees every event in order.
+        self.event_log: Any = None
+        self.log_dir: str | None = None
+        if cursor.persist:
+            self.log_dir = config.router.state_dir
+            self.event_log = EventLogActor.start(
+                EventLog(
+                    self.log_dir,
+                    config.router.event_log_segment_bytes,
+                    config.router.event_log_max_bytes,
+                ),
+                sink,
+            )
         self.supervisor = SupervisorActor.start(
             transport=transport,
             scheduler=scheduler,
             registry=registry,
             cursor=cursor,
-            sink=sink,
+            sink=self.event_log or sink,
+            log_dir=self.log_dir,
             timer=self.timer,
             worker_settings=settings,
             inject_timeout=config.router.inject_timeout_seconds,
@@ -148,6 +164,8 @@ class Router:
 
     def stop(self) -> None:
         self.supervisor.stop()
+        if self.event_log is not None:
+            self.event_log.stop()
         self.timer.stop()
         self.transport.close()
         leftovers = [ref for ref in pykka.ActorRegistry.get_all() if ref is not self.sink]
@@ -172,7 +190,7 @@ def run_daemon(
                 [make_event("ready", version=__version__, backend=config.backend, pid=os.getpid())]
             )
         )
-        protocol.tell(Attach(router.supervisor))
+        protocol.tell(Attach(router.supervisor, router.log_dir))
         while not router.stop_requested.is_set():
             if select.select([stop_fd], [], [], 0.5)[0]:
                 break

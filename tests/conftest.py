@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import uuid
 
 import pytest
@@ -73,3 +74,22 @@ def minicluster() -> dict[str, str]:
         return minicluster_up()
     except ClusterError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture
+def ssh_agent(tmp_path):
+    """A real ssh-agent of this test's own: (socket path, environment naming it)."""
+    sock = tmp_path / "agent.sock"
+    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+    try:
+        subprocess.run(
+            ["sh", "-c", 'until [ -S "$SSH_AUTH_SOCK" ]; do sleep 0.05; done'],
+            env=env,
+            check=True,
+            timeout=10,
+        )
+        yield sock, env
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -1,11 +1,10 @@
-"""Slurm and SSH pieces that need no cluster: the batch script, parsers, alias resolution."""
+"""Slurm pieces that need no cluster: the batch script and the scheduler parsers."""
 
 from pathlib import Path
 
 import pytest
 
 from codeswarm.backends.slurm import batch_script, parse_job_id, parse_squeue
-from codeswarm.backends.ssh import resolve
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
 
@@ -79,48 +78,3 @@ def test_parse_squeue():
         "15": "exited",
         "16": "exited",
     }
-
-
-def test_alias_resolves_through_ssh_config_with_proxyjump(tmp_path):
-    ssh_config = tmp_path / "config"
-    ssh_config.write_text(
-        "Host hpc\n  HostName login.cluster.edu\n  User klowery\n  Port 2200\n"
-        "  IdentityFile ~/.ssh/id_hpc\n  ProxyJump bastion\n"
-        "  UserKnownHostsFile /etc/hpc_known_hosts\n"
-    )
-    config = parse_config(
-        {
-            "ssh": {"login_alias": "hpc", "ssh_config": str(ssh_config)},
-            "cluster": {"workspace_root": "/w"},
-        }
-    )
-    endpoint = resolve("hpc", config.ssh)
-    assert (endpoint.hostname, endpoint.port, endpoint.user) == (
-        "login.cluster.edu",
-        2200,
-        "klowery",
-    )
-    assert endpoint.proxy_jump == "bastion"
-    assert endpoint.identity_files == (str(Path.home() / ".ssh/id_hpc"),)
-    assert endpoint.known_hosts == ("/etc/hpc_known_hosts",)
-
-
-@pytest.mark.parametrize(
-    ("value", "parsed"),
-    [
-        ("bastion", (None, "bastion", None)),
-        ("admin@jump.example.org:2200", ("admin", "jump.example.org", 2200)),
-        ("jump:22", (None, "jump", 22)),
-    ],
-)
-def test_proxy_jump_forms(value, parsed):
-    from codeswarm.backends.ssh import parse_jump
-
-    assert parse_jump(value) == parsed
-
-
-def test_a_chain_of_jumps_is_refused_with_a_reason():
-    from codeswarm.backends.ssh import parse_jump
-
-    with pytest.raises(BackendError, match="several hops"):
-        parse_jump("a,b")

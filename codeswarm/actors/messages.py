@@ -13,9 +13,13 @@ class CommandReceived(NamedTuple):
 
 
 class Attach(NamedTuple):
-    """Where the ProtocolActor sends commands; it starts reading its input only then."""
+    """Where the ProtocolActor sends commands; it starts reading its input only then.
+
+    ``log_dir`` is the state dir whose event log it may replay (None: this router logs none).
+    """
 
     supervisor: Any
+    log_dir: str | None = None
 
 
 class Started(NamedTuple):
@@ -30,6 +34,12 @@ class Emit(NamedTuple):
     """Events for the client, in order."""
 
     events: list[dict[str, Any]]
+
+
+class CloseLog(NamedTuple):
+    """A swarm was released: its event log file can be closed (it reopens if events come)."""
+
+    swarm_id: str
 
 
 class FollowerLines(NamedTuple):

@@ -15,7 +15,9 @@ from typing import Any, BinaryIO
 
 import pykka
 
+from codeswarm import eventlog
 from codeswarm.actors.messages import Attach, CommandReceived, Emit, InputClosed
+from codeswarm.eventlog import LogTail
 from codeswarm.protocol import (
     Subscribe,
     Subscription,
@@ -86,24 +88,64 @@ class ProtocolActor(pykka.ThreadingActor):
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.subscription = Subscription()
+        self.log_dir: str | None = None
+        # swarm id -> the last cursor replayed: live events up to it were sent by the replay.
+        self.replayed: dict[str, int] = {}
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Emit):
-            self.write(self.subscription.select(message.events))
+            events = self.past_replay(message.events) if self.replayed else message.events
+            self.write(self.subscription.select(events))
         elif isinstance(message, Subscribe):
-            self.subscription = Subscription(message.events)
-            answer = make_event(
-                "subscribed",
-                patterns=list(message.events),
-                events=self.subscription.resolved(),
-                request_id=message.request_id,
-            )
-            self.write([answer])
+            self.subscribe(message)
         elif isinstance(message, Attach):
+            self.log_dir = message.log_dir
             self.thread = threading.Thread(
                 target=self.read, args=(message.supervisor,), name="protocol-reader", daemon=True
             )
             self.thread.start()
+
+    def subscribe(self, message: Subscribe) -> None:
+        """Answer ``subscribed``, then replay the log, if asked: live events queue behind."""
+        if message.events is not None:
+            self.subscription = Subscription(message.events)
+        replay: list[dict] = []
+        fields: dict[str, Any] = {}
+        if message.since is not None:
+            if self.log_dir is None:
+                problem = "this router keeps no event log (another router holds the mailbox)"
+                error = error_event(
+                    errors.INVALID_FIELD, problem, field="since", request_id=message.request_id
+                )
+                self.write([error])
+                return
+            tail = LogTail(eventlog.swarm_log_dir(self.log_dir, message.swarm_id), message.since)
+            replay = list(tail.poll())
+            until = max(tail.seen, message.since.cursor)
+            self.replayed[message.swarm_id] = until
+            fields = {"swarm_id": message.swarm_id, "replayed": len(replay), "replay_until": until}
+        answer = make_event(
+            "subscribed",
+            patterns=list(self.subscription.patterns),
+            events=self.subscription.resolved(),
+            request_id=message.request_id,
+            **fields,
+        )
+        self.write([answer, *self.subscription.select(replay)])
+
+    def past_replay(self, events: list[dict]) -> list[dict]:
+        """Leave out what a replay has sent already; a swarm is forgotten once past its seam."""
+        kept = []
+        for event in events:
+            cursor = event.get("cursor")
+            swarm_id = eventlog.logged_swarm(event) if cursor is not None else None
+            until = self.replayed.get(swarm_id) if swarm_id is not None else None
+            if until is not None:
+                if cursor <= until:
+                    continue
+                del self.replayed[swarm_id]
+            kept.append(event)
+        return kept
 
     def write(self, events: list[dict]) -> None:
         data, problems = encode_events(events)

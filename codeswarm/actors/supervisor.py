@@ -16,6 +16,7 @@ from typing import Any
 
 import pykka
 
+from codeswarm import eventlog
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.diffs import DiffReaderActor
 from codeswarm.actors.follower import FollowerActor
@@ -24,6 +25,7 @@ from codeswarm.actors.messages import (
     AnswerDue,
     Cancel,
     Cancelled,
+    CloseLog,
     CommandReceived,
     Emit,
     FollowerDied,
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 FOLLOWER_RESTART_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 TICK_SECONDS = 0.5
 STOP_SECONDS = 10.0
+LOG_CLOCK_MARGIN = 30.0  # seconds before the cursor's save that the log is read back to
 FRESH_STATE_SECONDS = 2.0  # status and list wait this long at most for a fresh poll
 
 
@@ -79,6 +82,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         stop_requested: threading.Event,
         follow: str | None = "resume",
         gone_grace: float = 0.0,
+        log_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.transport = transport
@@ -92,6 +96,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.poll_seconds = poll_seconds
         self.stop_requested = stop_requested
         self.follow = follow
+        self.log_dir = log_dir  # where the event log is, when this router writes it
         # A swarm whose nodes have all exited is released once its outbox was quiet this long.
         self.table = SwarmTable(gone_grace, drain_seconds=gone_grace + TICK_SECONDS)
         self.nodes: dict[str, Any] = {}
@@ -316,21 +321,33 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
     def start_nodes(self, record: SwarmRecord) -> None:
         """Follow a swarm: a NodeActor per node, then any lines held until it was known."""
         self.table.follow(record, time.monotonic())
-        for node_id in range(record.nodes):
-            key = records.node_key(record.job_id, node_id)
-            if key not in self.nodes:
-                self.nodes[key] = self.spawn(record, node_id)
+        keys = [records.node_key(record.job_id, node_id) for node_id in range(record.nodes)]
+        last_seqs = {key: self.saved_seq(record, key) for key in keys if key not in self.nodes}
+        if last_seqs and self.log_dir is not None:
+            # What a killed router logged after its last cursor save: not to be sent again.
+            logged = eventlog.last_seqs(
+                eventlog.swarm_log_dir(self.log_dir, record.swarm_id),
+                last_seqs,
+                self.cursor.saved_at - LOG_CLOCK_MARGIN,
+            )
+            last_seqs.update((key, max(seq, last_seqs[key])) for key, seq in logged.items())
+        for key, last_seq in last_seqs.items():
+            self.nodes[key] = self.spawn(record, records.parse_node_key(key)[1], last_seq)
         for key, lines in self.table.take_held(record.job_id):
             if not self.tell_node(key, WorkerLines(lines)):
                 log.warning("dropped held lines of %s: no such node", key)
 
-    def spawn(self, record: SwarmRecord, node_id: int) -> Any:
+    def saved_seq(self, record: SwarmRecord, key: str) -> int:
+        """The last seq the saved cursor (or a released swarm's record) says was emitted."""
+        node_id = records.parse_node_key(key)[1]
+        return self.cursor.seqs.get(key, record.last_seqs.get(str(node_id), -1))
+
+    def spawn(self, record: SwarmRecord, node_id: int, last_seq: int | None = None) -> Any:
         correlation = NodeCorrelation(
             record.swarm_id, record.job_id, node_id, record.node_state(node_id)
         )
-        correlation.last_seq = self.cursor.seqs.get(
-            correlation.key, record.last_seqs.get(str(node_id), -1)
-        )
+        key = records.node_key(record.job_id, node_id)
+        correlation.last_seq = self.saved_seq(record, key) if last_seq is None else last_seq
         return NodeActor.start(
             correlation,
             self.transport,
@@ -349,6 +366,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             if ref is not None:
                 ref.stop(block=False)
         self.table.release(job_id, self.cursor.forget(job_id))
+        if self.log_dir is not None:
+            self.sink.tell(CloseLog(record.swarm_id))
         log.info("released swarm %s (job %s): every node exited", record.swarm_id, job_id)
 
     def tell_node(self, key: str, message: Any) -> bool:

@@ -20,7 +20,15 @@ from marshmallow import (
 )
 
 from codeswarm.hpc import records
-from codeswarm.protocol.fields import Content, NodeSelector, RequestId, SafeId, SlurmTime
+from codeswarm.protocol.fields import (
+    Content,
+    NodeSelector,
+    RequestId,
+    SafeId,
+    SinceField,
+    SlurmTime,
+)
+from codeswarm.protocol.since import Since
 from codeswarm.protocol.subscription import pattern_problem
 
 Nodes = tuple[int, ...] | Literal["all"]
@@ -128,13 +136,17 @@ class Shutdown:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Receive only events whose type matches one of ``events`` (answers always come).
+    """Receive only events whose type matches one of ``events`` (answers always come); with
+    ``since``, first what ``swarm_id``'s event log holds after it.
 
     It concerns the connection, not the swarms: the daemon's ProtocolActor answers it.
+    ``events`` None keeps the connection's filter.
     """
 
-    events: tuple[str, ...]
+    events: tuple[str, ...] | None
     request_id: str | int | None = None
+    swarm_id: str | None = None
+    since: Since | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,14 +366,35 @@ def _patterns(value: list[str]) -> None:
 class SubscribeSchema(CommandSchema):
     events = fields.List(
         fields.String(validate=validate.Length(min=1, max=MAX_PATTERN_CHARS)),
-        required=True,
         validate=[validate.Length(max=MAX_PATTERNS), _patterns],
-        metadata={"description": "event types or fnmatch globs over `type`; [] keeps answers only"},
+        metadata={
+            "description": "event types or fnmatch globs over `type`; [] keeps answers only; "
+            "left out with `since`: the filter stays as it is"
+        },
     )
+    swarm_id = SafeId(metadata={"description": "with `since`: the swarm whose log to replay"})
+    since = SinceField(
+        metadata={"description": "replay the swarm's logged events after this cursor or time"}
+    )
+
+    @validates_schema
+    def _replay(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "since" in data and "swarm_id" not in data:
+            raise ValidationError("since needs the swarm_id whose log to replay", "swarm_id")
+        if "swarm_id" in data and "since" not in data:
+            raise ValidationError("swarm_id names a log to replay: give since too", "since")
+        if "since" not in data and "events" not in data:  # a filter, or a replay, or both
+            raise ValidationError(fields.Field.default_error_messages["required"], "events")
 
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Subscribe:
-        return Subscribe(events=tuple(data["events"]), request_id=data.get("request_id"))
+        events = data.get("events")
+        return Subscribe(
+            events=None if events is None else tuple(events),
+            request_id=data.get("request_id"),
+            swarm_id=data.get("swarm_id"),
+            since=data.get("since"),
+        )
 
 
 COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {

@@ -27,6 +27,13 @@ class EventSchema(Schema):
     type = fields.String(required=True)
     ts = fields.Float(required=True, metadata={"description": "seconds since the epoch"})
     request_id = RequestId(metadata={"description": "the request_id of the causing command"})
+    cursor = fields.Integer(
+        validate=validate.Range(min=1),
+        metadata={
+            "description": "the event's place in its swarm's event log: 1, 2, 3... per swarm, "
+            "kept across router restarts; resume with subscribe `since`"
+        },
+    )
 
 
 class NodeEventSchema(EventSchema):
@@ -358,6 +365,11 @@ class SubscribedSchema(EventSchema):
         fields.String(),
         required=True,
         metadata={"description": "the known event types they select; answers come as well"},
+    )
+    swarm_id = SafeId(metadata={"description": "with since: the swarm replayed"})
+    replayed = fields.Integer(metadata={"description": "with since: events replayed, next"})
+    replay_until = fields.Integer(
+        metadata={"description": "with since: the last cursor replayed; live events follow it"}
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from marshmallow import ValidationError, fields
 
 from codeswarm.hpc import records
+from codeswarm.protocol.since import Since, parse_since
 
 MAX_CONTENT_CHARS = 4 * 1024 * 1024
 MAX_REQUEST_ID_CHARS = 128
@@ -149,3 +150,22 @@ class RequestId(fields.Field):
             if problem:
                 raise ValidationError(problem)
         return value
+
+
+class SinceField(fields.Field):
+    """Where a replay starts: a cursor, ``"start"`` or an ISO-8601 time (see ``since``)."""
+
+    json_schema: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "maxLength": 64, "description": '"start" or an ISO-8601 time'},
+        ]
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Since:
+        if isinstance(value, float) or (isinstance(value, str) and len(value) > 64):
+            raise ValidationError('must be a cursor (an integer), "start" or an ISO-8601 time')
+        try:
+            return parse_since(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None

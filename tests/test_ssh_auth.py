@@ -1,0 +1,86 @@
+"""Which keys a login offers, and in what order, with real ssh-keygen keys and a real ssh-agent."""
+
+import dataclasses
+import os
+import subprocess
+
+import pytest
+
+from codeswarm.backends import ssh_auth
+from codeswarm.backends.ssh_config import from_options
+
+
+def keygen(path, key_type="ed25519", passphrase=""):
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", key_type, "-N", passphrase, "-C", path.name, "-f", str(path)],
+        check=True,
+    )
+    return str(path)
+
+
+def certify(ca, key, name="swarm"):
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", ca, "-I", "t", "-n", name, "-V", "+1h", f"{key}.pub"],
+        check=True,
+    )
+    return f"{key}-cert.pub"
+
+
+def host(**values):
+    return dataclasses.replace(from_options("hpc", {}, "test"), **values)
+
+
+@pytest.mark.parametrize("key_type", ["ed25519", "rsa", "ecdsa"])
+def test_a_key_is_offered_as_its_certificate(tmp_path, key_type):
+    ca = keygen(tmp_path / "ca")
+    key = keygen(tmp_path / "id", key_type)
+    moved = tmp_path / "elsewhere.cert"
+    os.rename(certify(ca, key), moved)
+    found = ssh_auth.identities(host(identity_files=(key,), certificate_files=(str(moved),)), None)
+    [identity] = found.keys
+    assert identity.label == f"{key} with certificate {moved}"
+    assert identity.key.public_blob.key_type.endswith(ssh_auth.CERT_SUFFIX)
+
+
+def test_another_keys_certificate_is_not_attached(tmp_path):
+    ca = keygen(tmp_path / "ca")
+    key = keygen(tmp_path / "id")
+    other = certify(ca, keygen(tmp_path / "other"))
+    found = ssh_auth.identities(host(identity_files=(key,), certificate_files=(other,)), None)
+    assert [(i.label, i.key.public_blob) for i in found.keys] == [(key, None)]
+
+
+def test_an_encrypted_key_is_skipped_and_named(tmp_path):
+    key = keygen(tmp_path / "locked", passphrase="secret")
+    found = ssh_auth.identities(host(identity_files=(key, str(tmp_path / "missing"))), None)
+    assert found.keys == []
+    assert found.skipped == [f"{key} (encrypted: add it to ssh-agent)"]
+
+
+def test_agent_keys_matching_an_identity_file_come_first(tmp_path, ssh_agent):
+    sock, env = ssh_agent
+    loose = keygen(tmp_path / "loose")
+    named = keygen(tmp_path / "named")
+    for key in (loose, named):
+        subprocess.run(["ssh-add", "-q", key], env=env, check=True, capture_output=True)
+    connection = ssh_auth.SocketAgent(str(sock))
+    try:
+        found = ssh_auth.identities(host(identity_files=(named,)), connection)
+        assert [i.key.comment for i in found.keys] == ["named", "loose"]
+        assert [i.label for i in found.keys] == [
+            "agent key ssh-ed25519 named",
+            "agent key ssh-ed25519 loose",
+        ]
+        only = ssh_auth.identities(host(identity_files=(named,), identities_only=True), connection)
+        assert [i.key.comment for i in only.keys] == ["named"]
+    finally:
+        connection.close()
+
+
+def test_identity_agent_none_turns_the_agent_off(ssh_agent, monkeypatch):
+    sock, _ = ssh_agent
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    agent = ssh_auth.open_agent(host())
+    assert agent is not None
+    agent.close()
+    assert ssh_auth.open_agent(host(identity_agent="none")) is None
