@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,8 +35,11 @@ from typing import Any
 
 import pytest
 
+from codeswarm.cli import main
 from codeswarm.model_script import Script, Step
 from codeswarm.model_server import ModelServer
+from codeswarm.protocol.codec import decode_line
+from codeswarm.protocol.commands import Command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_BIN = ROOT / "tests" / "clients" / "node_modules" / ".bin"
@@ -91,6 +95,31 @@ def skill_info(env: dict[str, str]) -> dict[str, Any]:
     done = openclaw(env, "skills", "info", "codeswarm", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def skill_commands() -> list[list[str]]:
+    """Every `codeswarm ...` command the skill shows in a code span, split as a shell would."""
+    text = (SKILL / "SKILL.md").read_text()
+    return [shlex.split(found) for found in re.findall(r"`(codeswarm [^`]+)`", text)]
+
+
+def test_the_skill_shows_only_verbs_and_options_the_cli_has():
+    commands = skill_commands()
+    assert {"launch", "inject", "status", "terminate"} <= {argv[1] for argv in commands}
+    for argv in commands:
+        verb = main.commands.get(argv[1])
+        assert verb is not None, f"the skill shows `codeswarm {argv[1]}`, which the CLI lacks"
+        known = {opt for param in verb.params for opt in [*param.opts, *param.secondary_opts]}
+        unknown = [arg for arg in argv[2:] if arg.startswith("--") and arg not in known]
+        assert not unknown, f"codeswarm {argv[1]} has no {unknown}"
+
+
+def test_the_skills_daemon_lines_are_commands_the_router_takes():
+    text = (SKILL / "SKILL.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith('{"command"')]
+    assert len(lines) >= 3
+    for line in lines:
+        assert isinstance(decode_line(line), Command), (line, decode_line(line))
 
 
 @pytest.mark.integration
