@@ -60,16 +60,18 @@ def openclaw_bin() -> Path:
 
 
 def openclaw_env(home: Path, *path: Path) -> dict[str, str]:
-    """A throwaway HOME, and PATH: OpenClaw's Node first, then `path`, then the system's.
+    """A throwaway HOME and TMPDIR (OpenClaw's log still goes to /tmp/openclaw), and PATH:
+    OpenClaw's Node first, then `path`, then the system's.
 
     Only `path` may provide `codeswarm`: system directories that hold one are left out.
     """
     home.mkdir(parents=True, exist_ok=True)
+    (home / "tmp").mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCLAW_")}
     dirs = [Path(p) for p in env.get("PATH", "").split(os.pathsep) if p]
     system = [p for p in dirs if not (p / "codeswarm").exists()]
     env.update(HOME=str(home), PATH=os.pathsep.join(map(str, [CLIENT_BIN, *path, *system])))
-    env["NO_COLOR"] = "1"
+    env.update(TMPDIR=str(home / "tmp"), NO_COLOR="1")
     return env
 
 
