@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from codeswarm.errors import RegistryError, UserError
+from codeswarm.errors import MailboxBusyError, RegistryError
 from codeswarm.hpc import follower_wire
 from codeswarm.hpc.private import private_file
 
@@ -57,7 +57,7 @@ class CursorStore:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise UserError(
+            raise MailboxBusyError(
                 f"another router (pid {holder}) follows this mailbox with state in "
                 f"{path.parent}; stop it (one daemon per cluster), or give this one its own "
                 "router.state_dir"

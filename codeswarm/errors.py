@@ -31,6 +31,10 @@ class UserError(CodeswarmError):
     """A problem the user fixes on this machine: a config, a file, an installation."""
 
 
+class MailboxBusyError(UserError):
+    """Another router (a daemon) follows this mailbox: read its event log instead."""
+
+
 class ConfigError(UserError):
     """A config that cannot be used. `errors` holds (dotted field path, message) pairs."""
 

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +39,11 @@ SWARM_EVENTS = ("swarm_launched", "swarm_terminated")
 
 def swarm_log_dir(state_dir: str | os.PathLike[str], swarm_id: str) -> Path:
     return Path(os.path.expanduser(state_dir)) / "events" / swarm_id
+
+
+def remove(state_dir: str | os.PathLike[str], swarm_id: str) -> None:
+    """Delete a swarm's whole log (``codeswarm prune``)."""
+    shutil.rmtree(swarm_log_dir(state_dir, swarm_id), ignore_errors=True)
 
 
 def logged_swarm(event: dict[str, Any]) -> str | None:
@@ -109,6 +115,20 @@ def _cursor(line: bytes) -> int | None:
     return cursor if isinstance(cursor, int) and not isinstance(cursor, bool) else None
 
 
+def _last_cursor(found: list[tuple[int, Path]]) -> int:
+    for _, path in reversed(found):
+        for line in _lines_backwards(path):
+            cursor = _cursor(line)
+            if cursor is not None:
+                return cursor
+    return 0
+
+
+def last_cursor(directory: Path) -> int:
+    """The cursor of the last complete event in a log (0 for none), read from its end."""
+    return _last_cursor(segments(directory))
+
+
 class SwarmLog:
     """The open end of one swarm's log: appends lines and stamps cursors."""
 
@@ -123,7 +143,7 @@ class SwarmLog:
         if found:
             first, path = found[-1]
             self._drop_partial_line(path)
-            self.next_cursor = max(first, self._last_cursor(found) + 1)
+            self.next_cursor = max(first, _last_cursor(found) + 1)
             self.path = path
         else:
             self.path = _segment_path(directory, 1)
@@ -147,15 +167,6 @@ class SwarmLog:
                     break
             log.warning("event log %s: dropped a line cut short by a crash", path)
             handle.truncate(keep)
-
-    @staticmethod
-    def _last_cursor(found: list[tuple[int, Path]]) -> int:
-        for _, path in reversed(found):
-            for line in _lines_backwards(path):
-                cursor = _cursor(line)
-                if cursor is not None:
-                    return cursor
-        return 0
 
     def take_cursor(self) -> int:
         cursor = self.next_cursor

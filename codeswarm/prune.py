@@ -1,4 +1,4 @@
-"""``codeswarm prune``: forget finished swarms and remove what they left on the cluster.
+"""``codeswarm prune``: forget finished swarms and remove what they left, here and on the cluster.
 
 A released swarm keeps its registry record (marked final) so that ``list`` shows it and late
 lines are recognised; its mailbox files, workspaces and CODEX_HOMEs stay on the cluster. This
@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 
+from codeswarm import eventlog
 from codeswarm.backends import Pruned, Transport
 from codeswarm.registry import SwarmRecord, SwarmRegistry
 
@@ -50,5 +51,8 @@ def prune(
         return [(swarm, Pruned([])) for swarm in chosen]
     done = transport.remove_swarm_files(chosen)
     results = [(swarm, done.get(swarm.swarm_id, Pruned([]))) for swarm in chosen]
-    registry.remove([swarm.swarm_id for swarm, result in results if result.error is None])
+    gone = [swarm.swarm_id for swarm, result in results if result.error is None]
+    registry.remove(gone)
+    for swarm_id in gone:
+        eventlog.remove(registry.dir, swarm_id)
     return results

@@ -113,6 +113,10 @@ def test_prune_removes_finished_swarms_files_and_records_and_keeps_running_ones(
         (cluster / "workspaces" / f"{running['job_id']}_0").mkdir(parents=True)
         ours = sorted(str(p) for p in cluster.rglob(f"*{done['job_id']}_*"))
         assert any("inbox" in p for p in ours) and any("archive" in p for p in ours)
+        logs = tmp_path / "state" / "events"
+        assert sorted(p.name for p in logs.iterdir()) == sorted(
+            [done["swarm_id"], running["swarm_id"]]
+        )
 
         runner = CliRunner()
         dry = runner.invoke(
@@ -134,6 +138,7 @@ def test_prune_removes_finished_swarms_files_and_records_and_keeps_running_ones(
         assert list(cluster.rglob(f"*{done['job_id']}_*")) == []
         assert not (cluster / "swarms" / done["swarm_id"]).exists()
         assert (cluster / "workspaces" / f"{running['job_id']}_0").exists()
+        assert [p.name for p in logs.iterdir()] == [running["swarm_id"]]  # its event log too
         listed = runner.invoke(main, ["list", "--json", "--config", str(config_file)])
         ids = [json.loads(line)["swarm_id"] for line in listed.output.splitlines()]
         assert ids == [running["swarm_id"]]

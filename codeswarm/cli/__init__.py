@@ -7,6 +7,7 @@ the same swarms; only ``daemon`` and ``attach`` follow the workers' event stream
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -19,10 +20,11 @@ from typing import Any
 import click
 
 from codeswarm import __version__
+from codeswarm.answers import failed as answers_failed
+from codeswarm.cli import history
 from codeswarm.cli.render import EventRenderer, print_swarm
 from codeswarm.config import Config, default_local_config, load_config
 from codeswarm.errors import CodeswarmError, CommandError
-from codeswarm.protocol.subscription import pattern_problem
 
 
 class CodeswarmGroup(click.Group):
@@ -61,7 +63,8 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--config",
         "config_path",
         type=click.Path(dir_okay=False),
-        help="Config file (default: the built-in local config).",
+        envvar="CODESWARM_CONFIG",
+        help="Config file (default: $CODESWARM_CONFIG, else the built-in local config).",
     )(command)
 
 
@@ -206,44 +209,90 @@ def parse_nodes(value: str) -> int | list[int] | str:
 @click.option("--prompt", required=True, help="The prompt; '-' reads it from stdin.")
 @click.option("--nodes", default="all", show_default=True, help='"all", 0, or 0,2,3.')
 @click.option("--injection-id", help="Your id for this prompt (a retry with it is harmless).")
-@click.option("--json", "as_json", is_flag=True, help="Print each node's ack as JSON.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the answers: print each node's final message (or why it failed); "
+    "exit 1 if any node failed.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=3600,
+    show_default=True,
+    help="With --wait: stop waiting after this many seconds (exit 1; the agents go on).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print acks (and answers) as JSON lines.")
 @config_option
 def inject(
     swarm_id: str,
     prompt: str,
     nodes: str,
     injection_id: str | None,
+    wait: bool,
+    timeout: float,
     as_json: bool,
     config_path: str | None,
     debug: bool,
 ) -> None:
     """Send a prompt to a swarm's nodes; prints one injection id per node.
 
-    The prompt is durably in each node's inbox when this returns; follow the answers with
-    `codeswarm attach SWARM_ID`.
+    The prompt is durably in each node's inbox when this returns. With --wait it prints each
+    node's answer as it comes; without, follow them with `codeswarm attach SWARM_ID --since
+    start` or read them later with `codeswarm logs SWARM_ID`.
 
     \b
-    Example:
+    Examples:
       codeswarm inject sw-1a2b3c4d5e --prompt "Optimize GEMM tiling." --nodes 0,2
+      codeswarm inject sw-1a2b3c4d5e --prompt "Summarise README.md" --wait
+      echo "Review the diff" | codeswarm inject sw-1a2b3c4d5e --prompt - --wait --json
     """
     content = sys.stdin.read() if prompt == "-" else prompt
     if not content:
         raise click.BadParameter("the prompt is empty", param_hint="--prompt")
     selected = parse_nodes(nodes)
-    with swarms_for(config_path, debug) as swarms:
-        acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
+    if not wait:
+        with swarms_for(config_path, debug) as swarms:
+            acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
+        sys.exit(1 if print_acks(acks, as_json) else 0)
+    config = load(config_path)
+
+    def show(answer: dict[str, Any]) -> None:
+        line = json.dumps({"type": "answer", **answer}) if as_json else history.answer_line(answer)
+        click.echo(line)
+
+    with history.own_router(lambda follow: swarms_for(config_path, debug, follow)) as swarms:
+        if swarms is None:  # a daemon follows the mailbox: read its log from here on
+            since = history.log_end(config, swarm_id)
+            with swarms_for(config_path, debug) as once:
+                acks = once.inject_and_wait(swarm_id, content, selected, injection_id)
+        else:
+            acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
+            since = min((ack.get("cursor", 1) for ack in acks), default=1) - 1
+        failed = print_acks(acks, as_json, answers_follow=True)
+        ids = [ack["injection_id"] for ack in acks if ack["type"] == "inject_ack"]
+        answers = history.wait_for_answers(swarms, config, swarm_id, ids, since, timeout, show)
+    for answer in answers:
+        if answer["status"] == "pending":
+            show(answer)
+    sys.exit(1 if failed or answers_failed(answers) else 0)
+
+
+def print_acks(acks: list[dict[str, Any]], as_json: bool, answers_follow: bool = False) -> bool:
+    """Print each node's ack (failures on stderr; all of them there when answers follow on
+    stdout); True if any node failed."""
     failed = False
     for ack in sorted(acks, key=lambda e: e["node_id"]):
         if as_json:
             click.echo(json.dumps(ack))
         elif ack["type"] == "inject_ack":
             held = " (node not started yet)" if ack.get("held") else ""
-            click.echo(f"node {ack['node_id']}: {ack['injection_id']}{held}")
+            line = f"node {ack['node_id']}: {ack['injection_id']}{held}"
+            click.echo(line, err=answers_follow)
         else:
             click.echo(f"node {ack['node_id']}: failed: {ack['message']}", err=True)
         failed = failed or ack["type"] == "inject_failed"
-    if failed:
-        sys.exit(1)
+    return failed
 
 
 @main.command()
@@ -261,34 +310,51 @@ def inject(
     type=click.FloatRange(min=0.1),
     help="Exit after this many seconds without an event (default: run until Ctrl-C).",
 )
+@click.option("--since", "since_text", metavar="WHEN", help=history.SINCE_HELP)
 @config_option
 def attach(
     swarm_id: str,
     as_json: bool,
     patterns: str | None,
     idle_exit: float | None,
+    since_text: str | None,
     config_path: str | None,
     debug: bool,
 ) -> None:
-    """Stream a swarm's events from now on: for a person, or every event with --json.
+    """Stream a swarm's events from now on (or from --since): for a person, or as JSON.
 
     Each line starts with its node ([n3]); commands show as `$ command` with their exit
     code, file changes as `M src/x.py +12 -3`, approval requests with the command that
     answers them. Colours when stdout is a terminal (set NO_COLOR to turn them off).
 
+    With --since it first prints what the swarm's event log holds from then on: what you
+    missed since `inject`, or since the last event you saw (`--since CURSOR`, the `cursor` of
+    that event), with nothing twice.
+
     \b
     Examples:
       codeswarm attach sw-1a2b3c4d5e
-      codeswarm attach sw-1a2b3c4d5e --events 'item_*,turn_complete'
+      codeswarm attach sw-1a2b3c4d5e --since start
+      codeswarm attach sw-1a2b3c4d5e --since 10m --events 'item_*,turn_complete'
       codeswarm attach sw-1a2b3c4d5e --events '*' --json --config configs/hpcfund.json
     """
-    types = None if patterns is None else [p.strip() for p in patterns.split(",") if p.strip()]
-    for pattern in types or []:
-        problem = pattern_problem(pattern)
-        if problem:
-            raise click.BadParameter(problem, param_hint="--events")
+    types = history.event_patterns(patterns)
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     renderer = EventRenderer(color=color)
+    if since_text is not None:
+        since = history.since_option(since_text)
+        config = load(config_path)
+
+        def show(event: dict[str, Any]) -> None:
+            click.echo(renderer.render(event), nl=False, color=color)
+
+        with history.own_router(lambda follow: swarms_for(config_path, debug, follow)) as swarms:
+            check_swarm(swarms, config_path, debug, swarm_id)
+            events = history.swarm_events(swarms, config, swarm_id, since, idle_exit, types)
+            with contextlib.suppress(KeyboardInterrupt):
+                history.print_events(events, as_json, show)
+        click.echo(renderer.finish(), nl=False)
+        return
     with swarms_for(config_path, debug, follow="end") as swarms:
         swarms.status(swarm_id)
         try:
@@ -362,10 +428,23 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
         raise click.ClickException(f"{kept} swarm(s) kept: a git worktree could not be retired")
 
 
+def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str) -> None:
+    """Fail with unknown_swarm now, not after waiting on a log that never comes."""
+    if swarms is not None:
+        swarms.status(swarm_id)
+        return
+    with swarms_for(config_path, debug) as once:
+        once.status(swarm_id)
+
+
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
+    from codeswarm.cli.logs import logs
+    from codeswarm.cli.mcp import mcp_command
 
     main.add_command(diff)
+    main.add_command(logs)
+    main.add_command(mcp_command)
 
 
 _add_commands()
