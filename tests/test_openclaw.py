@@ -149,7 +149,7 @@ def test_mcp_add_probes_codeswarm_mcp_and_lists_its_tools(openclaw_bin, tmp_path
     added = openclaw(
         env,
         *("mcp", "add", "codeswarm", "--command", str(VENV_BIN / "codeswarm")),
-        *("--arg", "mcp", "--arg", "--config", "--arg", str(config_file)),
+        *("--arg", "mcp", "--arg", "--config", "--arg", str(config_file), "--timeout", "900"),
     )
     assert added.returncode == 0, added.stdout + added.stderr
     probed = openclaw(env, "mcp", "probe", "codeswarm", "--json")
@@ -165,6 +165,7 @@ def test_mcp_add_probes_codeswarm_mcp_and_lists_its_tools(openclaw_bin, tmp_path
     server = saved["mcp"]["servers"]["codeswarm"]
     assert server["command"] == str(VENV_BIN / "codeswarm")
     assert server["args"] == ["mcp", "--config", str(config_file)]
+    assert server["requestTimeoutMs"] == 900_000
 
 
 def agent_config(path: Path, model_server: ModelServer, **extra: Any) -> Path:
