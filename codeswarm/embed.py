@@ -367,23 +367,33 @@ class Codeswarm:
         timeout: float,
         on_answer: Callable[[dict[str, Any]], None] | None = None,
         since: int | float | str | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Block until each injection (one node each) has finished, or ``timeout`` seconds.
 
         Returns one answer per id, in order: ``injection_id``, ``node_id``, ``status``
         (``completed``, ``interrupted``, ``failed``, or ``pending`` at the timeout),
         ``message`` (the node's final assistant message), ``error`` (a code) and ``detail``.
-        ``on_answer`` is called with each answer as it completes. Injections that finished
-        before the call are found in the event log (from ``since``, by default its start).
+        ``on_answer`` is called with each answer as it completes, ``on_event`` with each event
+        of these injections. Injections that finished before the call are found in the event
+        log (from ``since``, by default its start).
         """
         book = AnswerBook(injection_ids)
+
+        def take(event: dict[str, Any]) -> None:
+            if on_event is not None and book.tracks(event):
+                on_event(event)
+            answer = book.feed(event)
+            if answer is not None and on_answer is not None:
+                on_answer(answer)
+
         watcher = self.sink.watch()  # before reading the log: what is logged later comes here
         try:
             until = 0
             if self.router.log_dir is not None:
                 tail = self._tail(swarm_id, "start" if since is None else since)
                 for event in tail.poll():
-                    _answered(book.feed(event), on_answer)
+                    take(event)
                 until = tail.seen
             deadline = time.monotonic() + timeout
             while not book.done():
@@ -394,7 +404,7 @@ class Codeswarm:
                 if event is self.sink.failure:
                     raise CommandError(event)
                 if event.get("swarm_id") == swarm_id and event.get("cursor", until + 1) > until:
-                    _answered(book.feed(event), on_answer)
+                    take(event)
         finally:
             self.sink.unwatch(watcher)
         return book.results()
@@ -442,11 +452,6 @@ class Codeswarm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _answered(answer: dict[str, Any] | None, on_answer: Any) -> None:
-    if answer is not None and on_answer is not None:
-        on_answer(answer)
 
 
 def _invalid(field: str, message: str) -> dict[str, Any]:

@@ -90,11 +90,15 @@ def test_the_same_verbs_read_a_running_daemons_log(swarm, tmp_path):
         done = cli(config, "inject", swarm_id, "--prompt", "burst 5", "--wait", "--json")
         assert done.returncode == 0, done.stderr
         lines = json_lines(done.stdout)
-        assert [e["type"] for e in lines] == ["inject_ack", "inject_ack", "answer", "answer"]
-        assert {(a["node_id"], a["status"], a["message"]) for a in lines[2:]} == {
+        assert [e["type"] for e in lines[:2]] == ["inject_ack", "inject_ack"]
+        answers = [e for e in lines if e["type"] == "answer"]
+        assert {(a["node_id"], a["status"], a["message"]) for a in answers} == {
             (0, "completed", "done"),
             (1, "completed", "done"),
         }
+        streamed = [e for e in lines[2:] if e["type"] != "answer"]  # every event of the two
+        assert sum(e["type"] == "assistant_delta" for e in streamed) == 10
+        assert {e["injection_id"] for e in streamed} == {a["injection_id"] for a in answers}
         logged = json_lines(cli(config, "logs", swarm_id, "--json").stdout)
         assert sum(e["type"] == "assistant" for e in logged) == 2
         sent = daemon.wait_for(lambda evs: sum(e["type"] == "usage" for e in evs) == 2)

@@ -139,13 +139,18 @@ def wait_for_answers(
     since: int,
     timeout: float,
     on_answer: Callable[[dict[str, Any]], None],
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Each injection's answer, from this call's router or from the daemon's log."""
     if swarms is not None:
-        return swarms.wait(swarm_id, injection_ids, timeout, on_answer=on_answer, since=since)
+        return swarms.wait(
+            swarm_id, injection_ids, timeout, on_answer=on_answer, since=since, on_event=on_event
+        )
     book = AnswerBook(injection_ids)
     deadline = time.monotonic() + timeout
     for event in daemon_log(config, swarm_id, since, idle_exit=None):
+        if on_event is not None and book.tracks(event):
+            on_event(event)
         answer = book.feed(event)
         if answer is not None:
             on_answer(answer)
