@@ -192,7 +192,13 @@ class SwarmTools:
             with contextlib.suppress(RuntimeError):  # the event loop has ended (client gone)
                 anyio.from_thread.run(ctx.report_progress, finished, total, note, token=token)
 
-        answers = await blocking(self.swarms.wait, swarm_id, injection_ids, timeout, on_answer)
+        cancel = threading.Event()
+        try:
+            answers = await blocking(
+                self.swarms.wait, swarm_id, injection_ids, timeout, on_answer, cancel=cancel
+            )
+        finally:
+            cancel.set()  # a call the client cancelled or gave up on ends its thread too
         return {
             "swarm_id": swarm_id,
             "answers": answers,
