@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from codeswarm.hpc import records
+from codeswarm.hpc.private import private_dir
 from codeswarm.protocol.codec import EncodedEvent, encode_event
 from codeswarm.protocol.since import START, Since
 
@@ -157,7 +158,8 @@ class SwarmLog:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(directory.parent)  # events/: 0700 like the rest of the state dir
+        private_dir(directory)
         found = segments(directory)
         self.sizes = {path: path.stat().st_size for _, path in found}
         self.next_cursor = 1
