@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm
+from tests.support.cli import run_cli as cli
 from tests.support.daemon import Daemon
-from tests.support.simulated_workers import ROOT, SimulatedScheduler
+from tests.support.simulated_workers import SimulatedScheduler
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,17 +34,6 @@ def swarm(tmp_path):
         launched = launcher.launch(nodes=2)
     yield launched["swarm_id"], path, scheduler.children[0].pid
     scheduler.close()
-
-
-def cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeswarm", *args, "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
 
 
 def json_lines(text: str) -> list[dict]:

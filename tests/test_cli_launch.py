@@ -15,6 +15,7 @@ import pytest
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.cli.launch import elapsed, progress, started, wait_until_started
 from codeswarm.config import load_config
+from tests.support.cli import run_cli as cli
 from tests.test_slurm import cluster_codex, slurm_config, slurm_config_file  # noqa: F401
 
 
@@ -75,15 +76,6 @@ def test_wait_fails_when_the_job_ends_first():
     answers = iter([swarm("pending", ["pending"]), swarm("failed", ["exited"])])
     with pytest.raises(click.ClickException, match="ended \\(failed\\) before every node"):
         wait_until_started(lambda: next(answers), lambda s: None, 0)
-
-
-def cli(config, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeswarm", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.integration
