@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -39,6 +40,7 @@ from codeswarm.router import Router
 Nodes = int | list[int] | str
 # The events that answer a command on one node; an ``error`` naming a node answers it too.
 CANCEL_POLL_SECONDS = 0.5  # how soon a cancelled wait notices
+MAX_ACKED = 1 << 16  # injections whose ack cursor is remembered for wait
 NODE_ANSWERS = ("inject_ack", "inject_failed", "interrupt_ack", "approve_ack", "steer_ack")
 
 
@@ -58,9 +60,15 @@ class EventQueue:
         self._watchers: list[tuple[queue.Queue[dict[str, Any]], str]] = []
         self._lock = threading.Lock()
         self.failure: dict[str, Any] | None = None
+        # injection id -> the cursor of its inject_ack: where a wait for it starts reading.
+        self.acked: OrderedDict[str, int] = OrderedDict()
 
     def tell(self, message: Emit) -> None:
         for event in message.events:
+            if event["type"] == "inject_ack" and "cursor" in event:
+                self.acked[event["injection_id"]] = event["cursor"]
+                if len(self.acked) > MAX_ACKED:
+                    self.acked.popitem(last=False)
             internal = event["type"] == "error" and event.get("error") == errors.INTERNAL
             with self._lock:
                 if internal:
@@ -372,9 +380,14 @@ class Codeswarm:
         ``message`` (the node's final assistant message), ``error`` (a code) and ``detail``.
         ``on_answer`` is called with each answer as it completes, ``on_event`` with each event
         of these injections. Injections that finished before the call are found in the event
-        log (from ``since``, by default its start). Setting ``cancel`` ends the wait early.
+        log, read from ``since``: by default from their acks when this object saw them, else
+        from the log's start. Setting ``cancel`` ends the wait early.
         """
         book = AnswerBook(injection_ids)
+        if since is None:
+            acks = [self.sink.acked.get(i) for i in book.answers]
+            known = [cursor for cursor in acks if cursor is not None]
+            since = min(known) - 1 if known and len(known) == len(acks) else "start"
 
         def take(event: dict[str, Any]) -> None:
             if on_event is not None and book.tracks(event):
@@ -387,7 +400,7 @@ class Codeswarm:
         try:
             until = 0
             if self.router.log_dir is not None:
-                tail = self._tail(swarm_id, "start" if since is None else since)
+                tail = self._tail(swarm_id, since)
                 for event in tail.poll():
                     take(event)
                 until = tail.seen
