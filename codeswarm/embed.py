@@ -138,19 +138,29 @@ class Codeswarm:
         time: str | None = None,
         partition: str | None = None,
         timeout: float = 60.0,
+        agents_per_node: int | None = None,
     ) -> dict:
         """Start a swarm; returns its ``swarm`` description (``swarm_id``, ``job_id``, ...).
 
-        With a ``prompt``, it returns once the prompt is in every node's inbox. ``time`` and
-        ``partition`` override the config's Slurm settings for this swarm.
+        It has ``nodes x agents_per_node`` agents (default: the config's
+        ``slurm.agents_per_node``), node ids 0..N-1. With a ``prompt``, it returns once the
+        prompt is in every agent's inbox. ``time`` and ``partition`` override the config's
+        Slurm settings for this swarm.
         """
-        command = _command("launch", nodes=nodes, prompt=prompt, time=time, partition=partition)
+        command = _command(
+            "launch",
+            nodes=nodes,
+            prompt=prompt,
+            time=time,
+            partition=partition,
+            agents_per_node=agents_per_node,
+        )
         waiter = self.sink.expect(command.request_id)
         try:
             self.router.tell(CommandReceived(command))
             swarm = self._await(waiter, "swarm_launched", timeout)["swarm"]
             if prompt:
-                self._answers(waiter, nodes, timeout)
+                self._answers(waiter, len(swarm["nodes"]), timeout)
             return swarm
         finally:
             self.sink.done(command.request_id)

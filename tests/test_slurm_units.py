@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.backends.slurm import batch_script, parse_job_id, parse_squeue
+from codeswarm.backends.slurm import Shape, batch_script, parse_job_id, parse_squeue
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_script.sh"
+GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
 
 
-def full_config():
+def full_config(**slurm):
     return parse_config(
         {
             "ssh": {"login_alias": "hpc"},
@@ -23,6 +24,7 @@ def full_config():
                 "gres": "gpu:1",
                 "extra_args": ["--exclusive"],
                 "setup": ["module load python/3.11"],
+                **slurm,
             },
         }
     )
@@ -32,7 +34,7 @@ def test_batch_script_matches_the_golden_file():
     config = full_config()
     script = batch_script(
         swarm_id="sw-abc",
-        nodes=4,
+        shape=Shape.of(4, None, config.slurm),
         slurm=config.slurm,
         cluster_dir=config.cluster.cluster_dir,
         python="python3",
@@ -45,7 +47,7 @@ def test_launch_overrides_time_and_partition():
     config = full_config()
     script = batch_script(
         swarm_id="sw-abc",
-        nodes=1,
+        shape=Shape.of(1, None, config.slurm),
         slurm=config.slurm,
         cluster_dir="/c",
         python="python3",
@@ -77,4 +79,56 @@ def test_parse_squeue():
         "14": "running",
         "15": "exited",
         "16": "exited",
+    }
+
+
+def test_the_array_layout_matches_its_golden_file():
+    config = full_config(
+        layout="array", agents_per_node=4, array_nodes_per_task=2, array_throttle=3
+    )
+    script = batch_script(
+        swarm_id="sw-abc",
+        shape=Shape.of(6, None, config.slurm),
+        slurm=config.slurm,
+        cluster_dir=config.cluster.cluster_dir,
+        python="python3",
+        settings_path=config.cluster.cluster_dir + "/swarms/sw-abc/worker.json",
+    )
+    assert script == GOLDEN_ARRAY.read_text(), "update tests/golden/batch_script_array.sh"
+
+
+@pytest.mark.parametrize(
+    ("slurm", "nodes", "apn", "lines"),
+    [
+        ({"agents_per_node": 2}, 3, None, ["--nodes=3", "--ntasks-per-node=2"]),
+        ({"agents_per_node": 2}, 3, 5, ["--nodes=3", "--ntasks-per-node=5"]),
+        ({"layout": "array"}, 3, None, ["--nodes=1", "--ntasks-per-node=1", "--array=0-2"]),
+        (
+            {"layout": "array", "array_nodes_per_task": 2, "array_throttle": 1},
+            4,
+            2,
+            ["--nodes=2", "--ntasks-per-node=2", "--array=0-1%1"],
+        ),
+    ],
+)
+def test_the_shape_sets_nodes_tasks_and_array(slurm, nodes, apn, lines):
+    config = full_config(**slurm)
+    shape = Shape.of(nodes, apn, config.slurm)
+    assert shape.options() == lines
+    assert shape.nodes * shape.agents_per_node == nodes * (apn or slurm.get("agents_per_node", 1))
+
+
+def test_an_array_the_nodes_do_not_fill_is_refused_with_what_to_change():
+    config = full_config(layout="array", array_nodes_per_task=2)
+    with pytest.raises(BackendError, match="array_nodes_per_task"):
+        Shape.of(3, None, config.slurm)
+
+
+def test_parse_squeue_keeps_each_array_task():
+    output = b"40_0|RUNNING\n40_1|CANCELLED\n40_2|PENDING\n41|RUNNING\n"
+    assert parse_squeue(output) == {
+        "40_0": "running",
+        "40_1": "exited",
+        "40_2": "pending",
+        "41": "running",
     }

@@ -127,7 +127,11 @@ class SchedulerActor(pykka.ThreadingActor):
 
     def submit(self, message: Submit) -> Launched | LaunchFailed:
         command = message.command
-        options = {"time": command.time, "partition": command.partition}
+        options = {
+            "time": command.time,
+            "partition": command.partition,
+            "agents_per_node": command.agents_per_node,
+        }
         try:
             submitted = self.scheduler.submit(
                 message.swarm_id, command.nodes, message.settings, **options

@@ -121,6 +121,8 @@ class NodeStarted(NamedTuple):
     """A worker's own ``node_started`` was routed: the node runs, whatever the last poll said."""
 
     key: str
+    host: str | None = None
+    slurm_node: str | None = None
 
 
 class PollJobs(NamedTuple):

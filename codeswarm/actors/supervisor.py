@@ -177,7 +177,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 self.cursor.advance(message.key, message.offsets, message.last_seq)
         elif isinstance(message, NodeStarted):
             job_id, node_id = records.parse_node_key(message.key)
-            self.table.node_started(job_id, node_id, time.monotonic())
+            where = (message.host, message.slurm_node)
+            self.table.node_started(job_id, node_id, time.monotonic(), where)
         elif isinstance(message, CommandReceived):
             self.command(message.command)
         elif isinstance(message, Polled):
@@ -455,10 +456,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             job_id=submitted.job_id,
             backend=self.scheduler.name,
             mailbox=self.registry.mailbox,
-            nodes=command.nodes,
+            nodes=command.nodes * submitted.agents_per_node,
             created=round(time.time(), 3),
             state="pending",
             pids=submitted.pids,
+            agents_per_node=submitted.agents_per_node,
+            layout=submitted.layout,
+            task_agents=submitted.task_agents,
         )
         try:
             self.registry.put(record)

@@ -45,7 +45,10 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     forward, so a terminate written meanwhile by another process is never undone.
     """
     updated = replace(
-        stored, node_states=mine.node_states, last_seqs=mine.last_seqs or stored.last_seqs
+        stored,
+        node_states=mine.node_states,
+        last_seqs=mine.last_seqs or stored.last_seqs,
+        hosts=mine.hosts or stored.hosts,
     )
     return updated.with_state(mine.state)
 
@@ -147,16 +150,29 @@ class SwarmTable:
         if job_id in self.followed:
             self.active[job_id] = now
 
-    def node_started(self, job_id: str, node_id: int, now: float) -> None:
+    def node_started(
+        self,
+        job_id: str,
+        node_id: int,
+        now: float,
+        where: tuple[str | None, str | None] = (None, None),
+    ) -> None:
         """A worker's own ``node_started`` was routed: it runs before the next poll says so.
 
-        Its ``node_exited`` is not taken as the node's end: a requeued job runs again, and
-        only the scheduler knows. A final swarm stays final.
+        ``where`` is its (host, Slurm node), kept for ``swarm_status``. Its ``node_exited``
+        is not taken as the node's end: a requeued job runs again, and only the scheduler
+        knows. A final swarm stays final.
         """
         record = self.records.get(job_id)
-        if record is None or record.node_state(node_id) == "running" or record.is_final():
+        if record is None or record.is_final():
             return
-        self._update(record, {**record.node_states, str(node_id): "running"}, now)
+        hosts = record.hosts
+        if where != (None, None) and tuple(hosts.get(str(node_id)) or ()) != where:
+            record = replace(record, hosts={**hosts, str(node_id): list(where)})
+            self.records[job_id] = record
+            self.dirty.add(job_id)
+        if record.node_state(node_id) != "running":
+            self._update(record, {**record.node_states, str(node_id): "running"}, now)
 
     def apply(self, states: dict[str, dict[int, str]], now: float) -> list[tuple[str, Any]]:
         """The scheduler's node states: (node key, message) for each node told of a change.

@@ -69,8 +69,16 @@ def follower_args(mailbox: str, poll_seconds: float, idle_poll_seconds: float) -
 
 @dataclass(frozen=True)
 class Submitted:
+    """A started job: its agents are ``nodes x agents_per_node`` protocol nodes.
+
+    With ``layout`` ``array``, each array task runs ``task_agents`` of them.
+    """
+
     job_id: str
     pids: list[int]
+    agents_per_node: int = 1
+    layout: str = "job"
+    task_agents: int = 0
 
 
 class Scheduler(Protocol):
@@ -79,7 +87,11 @@ class Scheduler(Protocol):
     def submit(
         self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
     ) -> Submitted:
-        """Start a job of ``nodes`` workers with the given worker settings."""
+        """Start a job of ``nodes`` nodes with the given worker settings.
+
+        ``options`` may hold ``agents_per_node`` (None: the configured number), ``time``
+        and ``partition``.
+        """
 
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         """Each job's node states (``pending``, ``running``, ``exited``), in one batched call."""

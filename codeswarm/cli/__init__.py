@@ -133,7 +133,12 @@ def stop_signals_fd() -> int:
 
 
 @main.command()
-@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Agents, one a node.")
+@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Slurm nodes.")
+@click.option(
+    "--agents-per-node",
+    type=click.IntRange(1, 256),
+    help="Agents on each node (default: the config's slurm.agents_per_node, 1).",
+)
 @click.option("--prompt", help="A first prompt for every agent.")
 @click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
 @click.option("--partition", help="Slurm partition.")
@@ -141,6 +146,7 @@ def stop_signals_fd() -> int:
 @config_option
 def launch(
     nodes: int,
+    agents_per_node: int | None,
     prompt: str | None,
     time_limit: str | None,
     partition: str | None,
@@ -148,20 +154,23 @@ def launch(
     config_path: str | None,
     debug: bool,
 ) -> None:
-    """Start a swarm of NODES agents and print its id.
+    """Start a swarm on NODES nodes and print its id; its agents are numbered 0..N-1.
 
     \b
-    Example:
+    Examples:
       codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
           --config configs/hpcfund.json
+      codeswarm launch --nodes 2 --agents-per-node 8   # 16 agents, node ids 0..15
     """
     with swarms_for(config_path, debug) as swarms:
-        swarm = swarms.launch(nodes, prompt, time_limit, partition)
+        swarm = swarms.launch(nodes, prompt, time_limit, partition, agents_per_node=agents_per_node)
     if as_json:
         click.echo(json.dumps(swarm))
     else:
         click.echo(swarm["swarm_id"])
-        click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {nodes} nodes", err=True)
+        agents = len(swarm["nodes"])
+        where = f"{swarm['job_id']} on {swarm['backend']}, {nodes} nodes, {agents} agents"
+        click.echo(f"job {where}", err=True)
 
 
 @main.command(name="list")

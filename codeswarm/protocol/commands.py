@@ -98,13 +98,17 @@ class Interrupt:
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """Start a swarm of ``nodes`` agents, optionally sending each the first ``prompt``."""
+    """Start a swarm on ``nodes`` nodes, optionally sending each agent the first ``prompt``.
+
+    Each node runs ``agents_per_node`` agents (None: the config's ``slurm.agents_per_node``).
+    """
 
     nodes: int
     prompt: str | None = None
     time: str | None = None
     partition: str | None = None
     request_id: str | int | None = None
+    agents_per_node: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +281,17 @@ class SteerSchema(_TargetedSchema):
 
 
 class LaunchSchema(CommandSchema):
-    nodes = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=4096))
+    nodes = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1, max=4096),
+        metadata={"description": "Slurm nodes (local: groups of agents_per_node agents)"},
+    )
+    agents_per_node = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=256),
+        metadata={"description": "agents a node; default: the config's slurm.agents_per_node"},
+    )
     prompt = Content()
     time = SlurmTime()
     partition = SafeId()
