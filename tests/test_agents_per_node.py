@@ -1,0 +1,47 @@
+"""Several agents a node on the local backend: real codex agents, each in its own directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codeswarm.config import load_config
+from codeswarm.embed import Codeswarm
+from codeswarm.model_server import Reply
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_nodes_of_two_agents_each_answer_from_their_own_directory(config_file, model_server):
+    data = json.loads(config_file.read_text())
+    data["slurm"] = {"agents_per_node": 2}
+    config_file.write_text(json.dumps(data))
+    for node in range(4):
+        model_server.add_rule(f"where is agent {node}", Reply(tool_call_cmd="pwd"))
+        model_server.add_rule(f"where is agent {node}", Reply(text=f"agent {node} here"))
+    with Codeswarm(load_config(config_file)) as swarms:
+        swarm = swarms.launch(nodes=2)
+        swarm_id = swarm["swarm_id"]
+        try:
+            assert [n["node_id"] for n in swarm["nodes"]] == [0, 1, 2, 3]
+            assert swarm["agents_per_node"] == 2
+            for node in range(4):
+                swarms.inject(swarm_id, f"where is agent {node}", nodes=node)
+            cwd, answers = {}, {}
+            for event in swarms.events(timeout=120):
+                if event["type"] == "item_completed" and event["item"].get("command"):
+                    cwd[event["node_id"]] = event["item"]["output"].strip()
+                elif event["type"] == "assistant":
+                    answers[event["node_id"]] = event["content"]
+                if len(answers) == 4:
+                    break
+            status = swarms.status(swarm_id)
+        finally:
+            swarms.terminate(swarm_id)
+    assert answers == {n: f"agent {n} here" for n in range(4)}
+    job_id = swarm["job_id"]
+    assert sorted(cwd) == [0, 1, 2, 3] and len(set(cwd.values())) == 4
+    assert all(cwd[n].endswith(f"/workspaces/{job_id}_{n}") for n in range(4)), cwd
+    assert [n["node_id"] for n in status["nodes"]] == [0, 1, 2, 3]
+    assert all(n["host"] for n in status["nodes"]), status
