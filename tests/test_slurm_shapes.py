@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,11 @@ def test_an_array_task_cancelled_alone_is_reported_alone(
         subprocess.run(["scancel", f"{job_id}_1"], env=env, check=True)
         exited = d.wait_event("node_exited", timeout=60)
         assert exited["node_id"] == 1 and exited["reason"] == "sigterm", exited
-        for attempt in range(60):
+        for attempt in range(120):  # a node gone is held a grace first
             nodes = status(d, swarm_id, f"S{attempt}")["nodes"]
             if nodes[1]["state"] == "exited":
                 break
+            time.sleep(0.5)
         assert [n["state"] for n in nodes] == ["running", "exited"], nodes
         d.send(
             {
