@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.backends.slurm import Shape, batch_script, parse_job_id, parse_squeue
+from codeswarm.backends.slurm import Shape, batch_script, node_states, parse_job_id, parse_squeue
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
+from codeswarm.hpc import slurm_env
+from codeswarm.registry import SwarmRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_script.sh"
 GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
@@ -132,3 +134,53 @@ def test_parse_squeue_keeps_each_array_task():
         "40_2": "pending",
         "41": "running",
     }
+
+
+def test_each_agent_of_an_array_takes_its_task_state():
+    swarm = SwarmRecord(
+        "sw-a", "40", "slurm", "/m", nodes=6, created=0.0, layout="array", task_agents=2
+    )
+    states = parse_squeue(b"40_0|RUNNING\n40_2|PENDING\n41|RUNNING\n")
+    assert node_states(swarm, states) == {
+        0: "running",
+        1: "running",
+        2: "exited",  # task 1 was cancelled alone
+        3: "exited",
+        4: "pending",
+        5: "pending",
+    }
+    one_job = SwarmRecord("sw-b", "41", "slurm", "/m", nodes=4, created=0.0, agents_per_node=2)
+    assert node_states(one_job, states) == dict.fromkeys(range(4), "running")
+
+
+@pytest.mark.parametrize(
+    ("env", "ids"),
+    [
+        ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "3", "SLURM_NODEID": "1"}, ("7", 3)),
+        ({"SLURM_JOB_ID": "7", "SLURM_NODEID": "1"}, ("7", 1)),
+        (
+            {
+                "SLURM_JOB_ID": "12",
+                "SLURM_ARRAY_JOB_ID": "9",
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_PROCID": "1",
+                "CODESWARM_AGENTS_PER_TASK": "4",
+            },
+            ("9", 9),
+        ),
+        (
+            {
+                "SLURM_JOB_ID": "20",
+                "SLURM_ARRAY_JOB_ID": "20",
+                "SLURM_ARRAY_TASK_ID": "1",
+                "SLURM_PROCID": "0",
+                "CODESWARM_AGENTS_PER_TASK": "2",
+                "CODESWARM_JOB_ID": "9",
+            },
+            ("9", 2),
+        ),
+        ({}, (None, None)),
+    ],
+)
+def test_a_worker_knows_its_job_and_agent_index_from_slurm(env, ids):
+    assert (slurm_env.job_id(env), slurm_env.node_id(env)) == ids
