@@ -299,6 +299,15 @@ class Codeswarm:
         command = _command("status", swarm_id=swarm_id)
         return self.call(command, "swarm_status", timeout)["swarm"]
 
+    def restart(self, swarm_id: str, nodes: Nodes, timeout: float = 150.0) -> dict:
+        """Resubmit, alone, the job-array tasks of these agents (they must have exited).
+
+        Returns the swarm as ``status`` does, each restarted agent ``pending`` in its new
+        ``slurm_job``; prompts sent to them meanwhile are held until they start.
+        """
+        command = _command("restart", swarm_id=swarm_id, nodes=nodes)
+        return self.call(command, "swarm_status", timeout)["swarm"]
+
     def terminate(self, swarm_id: str, timeout: float = 30.0) -> None:
         command = _command("terminate", swarm_id=swarm_id)
         self.call(command, "swarm_terminated", timeout)

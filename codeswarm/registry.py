@@ -42,7 +42,8 @@ class SwarmRecord:
 
     ``nodes`` counts agents (Slurm nodes x ``agents_per_node``): every agent is a protocol
     node. With ``layout`` ``array``, agents ``t x task_agents`` on run in array task ``t``.
-    ``hosts`` is each agent's [host, Slurm node] from its last ``node_started``.
+    ``hosts`` is each agent's [host, Slurm node] from its last ``node_started``; ``tasks``
+    the job ids of array tasks resubmitted alone (task -> ``<new job>_<task>``).
     ``ended`` is when it reached a final state; ``last_seqs`` is each node's last emitted
     ``seq``, kept once the router has released the swarm so that late lines are not repeated.
     """
@@ -62,12 +63,19 @@ class SwarmRecord:
     layout: str = "job"
     task_agents: int = 0
     hosts: dict[str, list[str | None]] = field(default_factory=dict)
+    tasks: dict[str, str] = field(default_factory=dict)
 
     def slurm_job(self, node_id: int) -> str:
-        """The scheduler job an agent runs in: the array task's id (``1234_2``) in an array."""
+        """The scheduler job an agent runs in: the array task's id (``1234_2``) in an array,
+        that of its resubmission (``1240_2``) once ``restart`` resubmitted it."""
         if self.layout == "array" and self.task_agents:
-            return f"{self.job_id}_{node_id // self.task_agents}"
+            task = node_id // self.task_agents
+            return self.tasks.get(str(task), f"{self.job_id}_{task}")
         return self.job_id
+
+    def task_nodes(self, task: int) -> range:
+        """The agents array task ``task`` runs."""
+        return range(task * self.task_agents, min((task + 1) * self.task_agents, self.nodes))
 
     def node_event(self, node_id: int) -> dict[str, Any]:
         """One entry of the swarm event's ``nodes`` (see the protocol's NodeStateSchema)."""

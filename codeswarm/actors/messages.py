@@ -171,6 +171,21 @@ class Cancelled(NamedTuple):
     error: Exception | None
 
 
+class Resubmit(NamedTuple):
+    """Submit these array tasks of a swarm again, alone (``restart``)."""
+
+    swarm: Any  # registry.SwarmRecord
+    tasks: list[int]
+    request_id: Any
+
+
+class Resubmitted(NamedTuple):
+    swarm_id: str
+    tasks: dict[int, str]  # task -> its new Slurm id, <job>_<task>
+    request_id: Any
+    error: Exception | None
+
+
 class Sweep(NamedTuple):
     """Look again for jobs queued by launches that were reported failed."""
 

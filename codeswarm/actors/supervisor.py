@@ -39,6 +39,8 @@ from codeswarm.actors.messages import (
     PollJobs,
     Progress,
     ReadDiffs,
+    Resubmit,
+    Resubmitted,
     Started,
     StartFollower,
     Submit,
@@ -47,7 +49,7 @@ from codeswarm.actors.messages import (
 )
 from codeswarm.actors.node import NodeActor
 from codeswarm.actors.steering import ApprovalsActor
-from codeswarm.actors.swarms import SwarmTable, job_of, written_over
+from codeswarm.actors.swarms import SwarmTable, job_of, restart_tasks, written_over
 from codeswarm.actors.targeting import NodeTargeting
 from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
@@ -189,6 +191,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.backend_error("launch", message.error, message.command.request_id)
         elif isinstance(message, Cancelled):
             self.cancelled(message)
+        elif isinstance(message, Resubmitted):
+            self.resubmitted(message)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -407,6 +411,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             commands.ListSwarms: self.wait_for_poll,
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
+            commands.Restart: self.restart,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,
@@ -529,6 +534,34 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.emit(
             make_event("swarm_terminated", request_id=message.request_id, swarm_id=message.swarm_id)
         )
+
+    def restart(self, command: commands.Restart) -> None:
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is None:
+            return
+        try:
+            tasks = restart_tasks(record, command.nodes)
+        except ValueError as exc:
+            self.error(errors.INVALID_FIELD, str(exc), command.request_id, field="nodes")
+            return
+        self.jobs.tell(Resubmit(record, tasks, command.request_id))
+
+    def resubmitted(self, message: Resubmitted) -> None:
+        if message.error is not None:
+            self.backend_error("restart", message.error, message.request_id)
+            return
+        record = self.table.by_swarm(message.swarm_id)
+        if record is None:
+            return
+        for key, told in self.table.resubmitted(record.job_id, message.tasks, time.monotonic()):
+            self.tell_node(key, told)
+        self.write_registry()
+        swarm = self.table.get(record.job_id)
+        if swarm is not None:
+            event = make_event(
+                "swarm_status", request_id=message.request_id, swarm=swarm.to_event()
+            )
+            self.emit(event)
 
     def diff(self, command: commands.Diff) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)

@@ -99,6 +99,12 @@ class Scheduler(Protocol):
     def cancel(self, swarm: SwarmRecord) -> None:
         """Ask every worker of the job to stop (SIGTERM, as ``scancel`` does)."""
 
+    def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+        """Submit these tasks of a job array again, alone: task -> its new scheduler id.
+
+        Only a scheduler with job arrays (Slurm) is asked: ``restart`` refuses other swarms.
+        """
+
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         """Cancel a job submitted for ``swarm_id`` although its launch was reported failed.
 

@@ -257,5 +257,21 @@ class SlurmScheduler:
         states = parse_squeue(out)
         return {swarm.job_id: node_states(swarm, states) for swarm in swarms}
 
+    def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+        """The swarm's saved script again, for these array tasks only (``--array`` on the
+        command line wins over the script's); its workers file under the first job's id."""
+        cluster_dir = self.transport.cluster_dir
+        script = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        argv = [
+            *sbatch_argv(cluster_dir),
+            f"--array={','.join(map(str, tasks))}",
+            f"--export=ALL,{slurm_env.JOB_ID}={swarm.job_id}",
+            script,
+        ]
+        job_id = parse_job_id(self.connection.run(argv, timeout=SBATCH_TIMEOUT))
+        return {task: f"{job_id}_{task}" for task in tasks}
+
     def cancel(self, swarm: SwarmRecord) -> None:
-        self.connection.run(["scancel", swarm.job_id])
+        """The job, or the array with every task resubmitted alone."""
+        resubmitted = {task.partition("_")[0] for task in swarm.tasks.values()}
+        self.connection.run(["scancel", swarm.job_id, *sorted(resubmitted)])

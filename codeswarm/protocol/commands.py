@@ -129,6 +129,15 @@ class Terminate:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """Resubmit, alone, the job-array tasks of these agents, once they have exited."""
+
+    swarm_id: str
+    nodes: Nodes
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     request_id: str | int | None = None
 
@@ -173,6 +182,7 @@ Command = (
     | ListSwarms
     | Status
     | Terminate
+    | Restart
     | Ping
     | Shutdown
     | Subscribe
@@ -319,6 +329,17 @@ class TerminateSchema(_SwarmSchema):
         return Terminate(swarm_id=data["swarm_id"], request_id=data.get("request_id"))
 
 
+class RestartSchema(_SwarmSchema):
+    nodes = NodeSelector(
+        required=True,
+        metadata={"description": 'agents whose array tasks to resubmit: an index, a list, "all"'},
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Restart:
+        return Restart(data["swarm_id"], data["nodes"], data.get("request_id"))
+
+
 class ApprovalsSchema(_SwarmSchema):
     nodes = NodeSelector(metadata={"description": 'a node index, a list of them, or "all"'})
 
@@ -423,6 +444,7 @@ COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "list": ListSchema,
     "status": StatusSchema,
     "terminate": TerminateSchema,
+    "restart": RestartSchema,
     "ping": PingSchema,
     "shutdown": ShutdownSchema,
     "subscribe": SubscribeSchema,
