@@ -82,7 +82,7 @@ def test_two_nodes_of_two_agents_each_answer_from_their_own_directory(
 
 
 @pytest.mark.timeout(300)
-def test_an_array_task_cancelled_alone_is_reported_alone(
+def test_an_array_task_cancelled_alone_is_reported_alone_and_resubmitted_alone(
     slurm_config,  # noqa: F811
     cluster_codex,  # noqa: F811
     model_server,
@@ -121,7 +121,37 @@ def test_an_array_task_cancelled_alone_is_reported_alone(
         )
         assert d.wait_event("assistant", injection_id="after", timeout=120)["node_id"] == 0
         assert [e for e in d.events if e["type"] == "node_exited" and e["node_id"] == 0] == []
+
+        # node 0's task still runs: only the cancelled one can be resubmitted
+        d.send({"command": "restart", "swarm_id": swarm_id, "nodes": [0], "request_id": "R0"})
+        refused = d.wait_event("error", request_id="R0")
+        assert "still runs" in refused["message"], refused
+        d.send({"command": "restart", "swarm_id": swarm_id, "nodes": 1, "request_id": "R1"})
+        restarted = d.wait_event("swarm_status", request_id="R1")["swarm"]["nodes"]
+        assert restarted[1]["slurm_job"] not in (f"{job_id}_1", None), restarted
+        assert restarted[1]["slurm_job"].endswith("_1") and restarted[0]["state"] == "running"
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm_id,
+                "nodes": 1,
+                "content": "back again",
+                "injection_id": "back",
+            }
+        )
+        assert d.wait_event("assistant", injection_id="back", timeout=120)["node_id"] == 1
+        started = [e for e in d.events if e["type"] == "node_started" and e["node_id"] == 1]
+        assert len(started) == 2 and started[1]["job_id"] == job_id, started
+        seqs = [e["seq"] for e in d.events if e.get("node_id") == 1 and "seq" in e]
+        assert seqs == sorted(set(seqs)), "the resubmitted agent's seq continues"
         d.send({"command": "terminate", "swarm_id": swarm_id, "request_id": "T"})
         d.wait_event("swarm_terminated", request_id="T")
+        squeue = ["squeue", "-h", "-r", "-n", f"codeswarm-{swarm_id}", "-o", "%i|%T"]
+        for _ in range(120):  # both jobs, the array and the resubmission, are cancelled
+            left = subprocess.run(squeue, env=env, capture_output=True, text=True).stdout
+            if not left.strip():
+                break
+            time.sleep(0.5)
+        assert left.strip() == "", left
     finally:
         d.close()
