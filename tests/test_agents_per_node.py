@@ -1,4 +1,5 @@
-"""Several agents a node on the local backend: real codex agents, each in its own directory."""
+"""Several agents a node on the local backend: real codex agents, each in its own directory;
+and what ``restart`` says to a swarm that is not a job array."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import json
 
 import pytest
 
-from codeswarm.config import load_config
+from codeswarm.config import load_config, parse_config
 from codeswarm.embed import Codeswarm
+from codeswarm.errors import CommandError
 from codeswarm.model_server import Reply
+from tests.support.simulated_workers import SimulatedScheduler
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +48,23 @@ def test_two_nodes_of_two_agents_each_answer_from_their_own_directory(config_fil
     assert all(cwd[n].endswith(f"/workspaces/{job_id}_{n}") for n in range(4)), cwd
     assert [n["node_id"] for n in status["nodes"]] == [0, 1, 2, 3]
     assert all(n["host"] for n in status["nodes"]), status
+
+
+def test_restart_of_a_one_job_swarm_is_refused_with_why(tmp_path):
+    config = parse_config(
+        {
+            "backend": "local",
+            "cluster": {"workspace_root": str(tmp_path / "ws")},
+            "router": {"state_dir": str(tmp_path / "state")},
+        }
+    )
+    scheduler = SimulatedScheduler(config.cluster.cluster_dir)
+    try:
+        with Codeswarm(config, scheduler=scheduler) as swarms:
+            swarm_id = swarms.launch(nodes=2)["swarm_id"]
+            with pytest.raises(CommandError, match="is one Slurm job, not an array") as refused:
+                swarms.restart(swarm_id, nodes=1)
+            assert refused.value.event["field"] == "nodes"
+            swarms.terminate(swarm_id)
+    finally:
+        scheduler.close()
