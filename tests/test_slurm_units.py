@@ -184,3 +184,10 @@ def test_each_agent_of_an_array_takes_its_task_state():
 )
 def test_a_worker_knows_its_job_and_agent_index_from_slurm(env, ids):
     assert (slurm_env.job_id(env), slurm_env.node_id(env)) == ids
+
+
+def test_a_swarm_past_the_node_ids_is_refused_with_what_to_change():
+    config = full_config(agents_per_node=256)
+    with pytest.raises(BackendError, match="4096 nodes x 256 agents is 1048576 agents"):
+        Shape.of(4096, None, config.slurm)
+    assert Shape.of(390, None, config.slurm).agents_per_node == 256

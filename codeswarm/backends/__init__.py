@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from codeswarm.errors import BackendError
+from codeswarm.hpc import records
 from codeswarm.registry import SwarmRecord
 
 
@@ -65,6 +67,17 @@ def follower_args(mailbox: str, poll_seconds: float, idle_poll_seconds: float) -
         "--idle-poll-seconds",
         str(idle_poll_seconds),
     ]
+
+
+def agent_count(nodes: int, agents_per_node: int) -> int:
+    """A swarm's agents; BackendError past the node ids the mailbox's file names allow."""
+    agents = nodes * agents_per_node
+    if agents > records.NODE_ID_MAX + 1:
+        raise BackendError(
+            f"{nodes} nodes x {agents_per_node} agents is {agents} agents; a swarm has at "
+            f"most {records.NODE_ID_MAX + 1}: launch fewer nodes or agents per node"
+        )
+    return agents
 
 
 @dataclass(frozen=True)

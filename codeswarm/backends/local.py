@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from codeswarm.backends import Pruned, Submitted, follower_args
+from codeswarm.backends import Pruned, Submitted, agent_count, follower_args
 from codeswarm.errors import BackendError
 from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
 from codeswarm.hpc.git_worktree import WorktreeError
@@ -191,7 +191,7 @@ class LocalScheduler:
         with open(settings_path, "wb", opener=private_file) as f:
             f.write(data)
         pids = []
-        for node_id in range(nodes * agents_per_node):
+        for node_id in range(agent_count(nodes, agents_per_node)):
             log = self.cluster_dir / "logs" / f"{records.node_key(job_id, node_id)}.worker.log"
             argv = [
                 self.python,

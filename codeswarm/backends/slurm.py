@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from codeswarm.backends import Submitted
+from codeswarm.backends import Submitted, agent_count
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import SlurmConfig
@@ -43,8 +43,11 @@ class Shape:
 
     @classmethod
     def of(cls, nodes: int, agents_per_node: int | None, slurm: SlurmConfig) -> Shape:
-        """The shape a launch asks for; BackendError if the array cannot hold ``nodes``."""
+        """The shape a launch asks for; BackendError if the array cannot hold ``nodes`` or
+        the swarm would have more agents than node ids."""
         per_task = slurm.array_nodes_per_task
+        agents_per_node = agents_per_node or slurm.agents_per_node
+        agent_count(nodes, agents_per_node)
         if slurm.layout == "array" and nodes % per_task:
             raise BackendError(
                 f"{nodes} nodes do not split into array tasks of {per_task} "
@@ -52,7 +55,7 @@ class Shape:
             )
         return cls(
             nodes,
-            agents_per_node or slurm.agents_per_node,
+            agents_per_node,
             slurm.layout,
             per_task if slurm.layout == "array" else nodes,
             slurm.array_throttle,
