@@ -42,6 +42,14 @@ class CloseLog(NamedTuple):
     swarm_id: str
 
 
+class AfterLog(NamedTuple):
+    """Tell ``target`` ``message`` once every event sent to the log before it is written:
+    the cursor advances past a line only when its events are in the event log."""
+
+    target: Any
+    message: Any
+
+
 class FollowerLines(NamedTuple):
     generation: int
     lines: list[LineRecord]

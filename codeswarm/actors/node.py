@@ -10,6 +10,7 @@ import pykka
 
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import (
+    AfterLog,
     Emit,
     Inject,
     Injection,
@@ -43,6 +44,7 @@ class NodeActor(pykka.ThreadingActor):
         timer: Timer,
         inject_timeout: float,
         supervisor: Any,
+        logged: bool = False,
     ) -> None:
         super().__init__()
         self.node = correlation
@@ -53,6 +55,7 @@ class NodeActor(pykka.ThreadingActor):
         self.timer = timer
         self.inject_timeout = inject_timeout
         self.timers: dict[str, TimerHandle] = {}
+        self.logged = logged  # the sink is the event log: progress counts once it has written
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, WorkerLines):
@@ -104,8 +107,12 @@ class NodeActor(pykka.ThreadingActor):
                     if handle is not None:
                         handle.cancel()
         self.emit(events)
+        progress = Progress(self.key, offsets, self.node.last_seq)
         with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
-            self.supervisor.tell(Progress(self.key, offsets, self.node.last_seq))
+            if self.logged:
+                self.sink.tell(AfterLog(self.supervisor, progress))
+            else:
+                self.supervisor.tell(progress)
 
     def start_clocks(self, injection_ids: list[str]) -> None:
         """The worker must read each of these within inject_timeout seconds from now."""

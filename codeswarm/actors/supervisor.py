@@ -140,6 +140,10 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         for ref in (self.follower, *self.nodes.values()):
             if ref is not None:
                 ref.stop()
+        if self.log_dir is not None:
+            # The log is written to the end before the cursor is saved and its lock released:
+            # the next router must find every event this one sent.
+            self.sink.stop()
         self.write_registry()
         try:
             self.cursor.save()
@@ -335,7 +339,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 last_seqs,
                 self.cursor.saved_at - LOG_CLOCK_MARGIN,
             )
-            last_seqs.update((key, max(seq, last_seqs[key])) for key, seq in logged.items())
+            for key, seq in logged.items():
+                if key in last_seqs:  # the log may name nodes already followed, or none
+                    last_seqs[key] = max(seq, last_seqs[key])
         for key, last_seq in last_seqs.items():
             self.nodes[key] = self.spawn(record, records.parse_node_key(key)[1], last_seq)
         for key, lines in self.table.take_held(record.job_id):
@@ -360,6 +366,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.timer,
             self.inject_timeout,
             self.actor_ref,
+            logged=self.log_dir is not None,
         )
 
     def release(self, job_id: str) -> None:

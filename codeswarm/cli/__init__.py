@@ -231,7 +231,13 @@ def parse_nodes(value: str) -> int | list[int] | str:
     show_default=True,
     help="With --wait: stop waiting after this many seconds (exit 1; the agents go on).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print acks (and answers) as JSON lines.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON lines: each node's ack; with --wait also every event of the injections as it "
+    'comes, then one {"type": "answer", ...} line per node.',
+)
 @config_option
 def inject(
     swarm_id: str,
@@ -278,13 +284,23 @@ def inject(
         else:
             acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
             since = min((ack.get("cursor", 1) for ack in acks), default=1) - 1
+        if injection_id is not None:
+            since = 0  # a retry: its answer may have come long ago
         failed = print_acks(acks, as_json, answers_follow=True)
         ids = [ack["injection_id"] for ack in acks if ack["type"] == "inject_ack"]
-        answers = history.wait_for_answers(swarms, config, swarm_id, ids, since, timeout, show)
+        answers = history.wait_for_answers(
+            swarms, config, swarm_id, ids, since, timeout, show, print_json if as_json else None
+        )
     for answer in answers:
         if answer["status"] == "pending":
             show(answer)
     sys.exit(1 if failed or answers_failed(answers) else 0)
+
+
+def print_json(event: dict[str, Any]) -> None:
+    """An injection's event as a JSON line; its ack is printed once already."""
+    if event["type"] != "inject_ack":
+        click.echo(json.dumps(event))
 
 
 def print_acks(acks: list[dict[str, Any]], as_json: bool, answers_follow: bool = False) -> bool:
@@ -449,9 +465,11 @@ def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
     from codeswarm.cli.logs import logs
+    from codeswarm.cli.mcp import mcp_command
 
     main.add_command(diff)
     main.add_command(logs)
+    main.add_command(mcp_command)
 
 
 _add_commands()
