@@ -562,13 +562,10 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             return
         for key, told in self.table.resubmitted(record.job_id, message.tasks, time.monotonic()):
             self.tell_node(key, told)
+        self.tell_live_swarms()  # the next poll asks about the new jobs
         self.write_registry()
-        swarm = self.table.get(record.job_id)
-        if swarm is not None:
-            event = make_event(
-                "swarm_status", request_id=message.request_id, swarm=swarm.to_event()
-            )
-            self.emit(event)
+        swarm = self.table.get(record.job_id) or record
+        self.emit(make_event("swarm_status", request_id=message.request_id, swarm=swarm.to_event()))
 
     def diff(self, command: commands.Diff) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
