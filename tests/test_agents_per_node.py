@@ -4,6 +4,9 @@ and what ``restart`` says to a swarm that is not a job array."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -68,3 +71,30 @@ def test_restart_of_a_one_job_swarm_is_refused_with_why(tmp_path):
             swarms.terminate(swarm_id)
     finally:
         scheduler.close()
+
+
+def test_the_cli_launches_agents_per_node_and_status_shows_where_each_runs(config_file):
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "codeswarm", *argv, "--config", str(config_file)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    launched = cli("launch", "--nodes", "1", "--agents-per-node", "3")
+    assert launched.returncode == 0, launched.stderr
+    swarm_id = launched.stdout.strip()
+    assert "1 nodes, 3 agents" in launched.stderr, launched.stderr
+    try:
+        # a router that routes each agent's node_started (here inject --wait's) records where
+        answered = cli("inject", swarm_id, "--prompt", "count off", "--wait")
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.count("echo: count off") == 3, answered.stdout
+        status = cli("status", swarm_id)
+        assert status.returncode == 0, status.stderr
+        host = socket.gethostname()
+        for node in range(3):
+            assert f"node {node}: running on {host}" in status.stdout, status.stdout
+    finally:
+        cli("terminate", swarm_id)
