@@ -155,3 +155,34 @@ def test_an_array_task_cancelled_alone_is_reported_alone_and_resubmitted_alone(
         assert left.strip() == "", left
     finally:
         d.close()
+
+
+@pytest.mark.timeout(300)
+def test_an_array_of_two_agents_a_node_numbers_its_agents_over_the_tasks(
+    slurm_config,  # noqa: F811
+    cluster_codex,  # noqa: F811
+    model_server,
+    tmp_path,
+):
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    shaped_config(config_file, layout="array", agents_per_node=2)
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 2, "prompt": "count off", "request_id": "L"})
+        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        job_id = swarm["job_id"]
+        tasks = [n["slurm_job"] for n in swarm["nodes"]]
+        assert tasks == [f"{job_id}_0", f"{job_id}_0", f"{job_id}_1", f"{job_id}_1"], tasks
+        events = d.wait_for(
+            lambda evs: sum(e["type"] == "usage" and e.get("request_id") == "L" for e in evs) == 4,
+            timeout=180,
+        )
+        started = {e["node_id"]: e["job_id"] for e in events if e["type"] == "node_started"}
+        assert started == dict.fromkeys(range(4), job_id), started
+        answers = {e["node_id"] for e in events if e["type"] == "assistant"}
+        assert answers == {0, 1, 2, 3}
+        d.send({"command": "terminate", "swarm_id": swarm["swarm_id"], "request_id": "T"})
+        d.wait_event("swarm_terminated", request_id="T")
+    finally:
+        d.close()
