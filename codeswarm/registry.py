@@ -227,3 +227,17 @@ class SwarmRegistry:
         with self._locked() as data:
             for swarm_id in swarm_ids:
                 data.pop(swarm_id, None)
+
+
+def peek(state_dir: str | os.PathLike[str], mailbox: str) -> list[SwarmRecord]:
+    """The swarms of ``mailbox`` as last written, read without the lock and creating nothing.
+
+    For shell completion, which must be quick and leave no trace: the file is replaced by
+    rename, so an unlocked read sees one whole version; any problem reads as no swarms.
+    """
+    try:
+        data = json.loads((Path(os.path.expanduser(state_dir)) / "swarms.json").read_text())
+        records = [SwarmRecord(**value) for value in data.values()]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    return sorted((r for r in records if r.mailbox == mailbox), key=lambda r: r.created)

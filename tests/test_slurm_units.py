@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.backends.slurm import Shape, batch_script, node_states, parse_job_id, parse_squeue
+from codeswarm.backends.slurm import (
+    Shape,
+    batch_script,
+    node_states,
+    parse_job_id,
+    parse_pending_reasons,
+    parse_squeue,
+    reason_of,
+)
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
 from codeswarm.hpc import slurm_env
@@ -191,3 +199,23 @@ def test_a_swarm_past_the_node_ids_is_refused_with_what_to_change():
     with pytest.raises(BackendError, match="4096 nodes x 256 agents is 1048576 agents"):
         Shape.of(4096, None, config.slurm)
     assert Shape.of(390, None, config.slurm).agents_per_node == 256
+
+
+def test_parse_squeue_with_reasons():
+    output = b"12|PENDING|Priority\n13|RUNNING|None\n14|PENDING|\n15|CANCELLED by 0|None\n"
+    output += b"16|PENDING|None\n"
+    assert parse_squeue(output) == {
+        "12": "pending",
+        "13": "running",
+        "14": "pending",
+        "15": "exited",
+        "16": "pending",
+    }
+    assert parse_pending_reasons(output) == {"12": "Priority"}
+
+
+def test_an_array_waits_for_the_reason_its_first_waiting_task_gives():
+    reasons = parse_pending_reasons(b"40_0|RUNNING|None\n40_1|PENDING|Resources\n7|PENDING|QOS\n")
+    assert reason_of(reasons, "40") == "Resources"
+    assert reason_of(reasons, "7") == "QOS"
+    assert reason_of(reasons, "4") is None

@@ -508,14 +508,21 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             return
         self.refresh_registry()
         if isinstance(command, commands.ListSwarms):
-            swarms = [record.to_event() for record in self.table.all()]
+            swarms = [self.swarm_event(record) for record in self.table.all()]
             self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
             return
         record = self.known_swarm(command.swarm_id, command.request_id)
         if record is not None:
-            self.emit(
-                make_event("swarm_status", request_id=command.request_id, swarm=record.to_event())
-            )
+            swarm = self.swarm_event(record)
+            self.emit(make_event("swarm_status", request_id=command.request_id, swarm=swarm))
+
+    def swarm_event(self, record: SwarmRecord) -> dict[str, Any]:
+        """The swarm as status and list show it: with why it waits while it is pending."""
+        swarm = record.to_event()
+        reason = self.scheduler.pending_reason(record.job_id) if record.state == "pending" else None
+        if reason:
+            swarm["pending_reason"] = reason
+        return swarm
 
     def terminate(self, command: commands.Terminate) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)

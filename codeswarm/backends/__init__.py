@@ -109,6 +109,9 @@ class Scheduler(Protocol):
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         """Each job's node states (``pending``, ``running``, ``exited``), in one batched call."""
 
+    def pending_reason(self, job_id: str) -> str | None:
+        """Why a pending job waits, as of the last poll (Slurm's ``%r``), or None."""
+
     def cancel(self, swarm: SwarmRecord) -> None:
         """Ask every worker of the job to stop (SIGTERM, as ``scancel`` does)."""
 

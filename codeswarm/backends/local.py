@@ -239,6 +239,9 @@ class LocalScheduler:
         """Nothing to do: a local submit either started its processes or raised."""
         return None
 
+    def pending_reason(self, job_id: str) -> str | None:
+        return None  # processes start at once: nothing waits
+
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in swarm.pids:
             if pid_state(pid, swarm.job_id) == "running":

@@ -163,14 +163,14 @@ def parse_job_id(sbatch_output: bytes) -> str:
 
 
 def parse_squeue(output: bytes) -> dict[str, str]:
-    """``squeue -h -r -o %i|%T`` as job id (``1234``, array task ``1234_2``) -> pending |
-    running | exited."""
+    """``squeue -h -r -o %i|%T[|%r]`` as job id (``1234``, array task ``1234_2``) -> pending
+    | running | exited."""
     states = {}
     for line in output.decode("utf-8", "replace").splitlines():
-        job_id, _, state = line.strip().partition("|")
+        job_id, _, rest = line.strip().partition("|")
         if not job_id:
             continue
-        state = state.split()[0] if state else ""
+        state = rest.split("|")[0].split()[0] if rest.strip() else ""
         if state in PENDING_STATES:
             states[job_id] = "pending"
         elif state in RUNNING_STATES:
@@ -185,6 +185,25 @@ def node_states(swarm: SwarmRecord, states: dict[str, str]) -> dict[int, str]:
     return {node: states.get(swarm.slurm_job(node), "exited") for node in range(swarm.nodes)}
 
 
+def parse_pending_reasons(output: bytes) -> dict[str, str]:
+    """``squeue -h -o %i|%T|%r`` as job id -> why it waits (``Priority``, ``Resources``...),
+    for the jobs that are pending."""
+    reasons = {}
+    for line in output.decode("utf-8", "replace").splitlines():
+        job_id, state, reason = [*line.strip().split("|"), "", ""][:3]
+        # "None" is what squeue says before the scheduler has looked at the job
+        if job_id and state.strip() in PENDING_STATES and reason.strip() not in ("", "None"):
+            reasons[job_id] = reason.strip()
+    return reasons
+
+
+def reason_of(reasons: dict[str, str], job_id: str) -> str | None:
+    """Why the job waits; for a job array, why its first waiting task does."""
+    if job_id in reasons:
+        return reasons[job_id]
+    return next((r for job, r in reasons.items() if job.startswith(f"{job_id}_")), None)
+
+
 class SlurmScheduler:
     """Jobs on the cluster behind ``transport``'s SSH connection."""
 
@@ -195,6 +214,7 @@ class SlurmScheduler:
         self.connection: SSHConnection = transport.connection
         self.slurm = slurm
         self.python = python
+        self.reasons: dict[str, str] = {}  # replaced whole by each poll, read by other threads
 
     def submit(
         self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
@@ -256,8 +276,9 @@ class SlurmScheduler:
         squeue no longer lists has exited."""
         if not swarms:
             return {}
-        out = self.connection.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T"])
+        out = self.connection.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%r"])
         states = parse_squeue(out)
+        self.reasons = parse_pending_reasons(out)
         return {swarm.job_id: node_states(swarm, states) for swarm in swarms}
 
     def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
@@ -273,6 +294,9 @@ class SlurmScheduler:
         ]
         job_id = parse_job_id(self.connection.run(argv, timeout=SBATCH_TIMEOUT))
         return {task: f"{job_id}_{task}" for task in tasks}
+
+    def pending_reason(self, job_id: str) -> str | None:
+        return reason_of(self.reasons, job_id)
 
     def cancel(self, swarm: SwarmRecord) -> None:
         """The job, or the array with every task resubmitted alone."""

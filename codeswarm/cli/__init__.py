@@ -25,6 +25,7 @@ from codeswarm.cli import history
 from codeswarm.cli.render import EventRenderer, print_swarm
 from codeswarm.config import Config, default_local_config, load_config
 from codeswarm.errors import CodeswarmError, CommandError
+from codeswarm.protocol.errors import INPUT_ERROR_CODES
 
 
 class CodeswarmGroup(click.Group):
@@ -33,6 +34,10 @@ class CodeswarmGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except CommandError as exc:
+            if exc.event["error"] in INPUT_ERROR_CODES:  # a value the router refused: usage
+                raise click.UsageError(explain(exc)) from exc
+            raise click.ClickException(explain(exc)) from exc
         except CodeswarmError as exc:
             raise click.ClickException(explain(exc)) from exc
 
@@ -62,7 +67,7 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(exists=True, dir_okay=False),
         envvar="CODESWARM_CONFIG",
         help="Config file (default: $CODESWARM_CONFIG, else the built-in local config).",
     )(command)
@@ -76,7 +81,18 @@ def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
     return Codeswarm(load(config_path), follow=follow)
 
 
-@click.group(cls=CodeswarmGroup)
+EPILOG = """\b
+Output: with --json (every verb; daemon speaks JSON lines always) stdout
+carries only JSON: one document, or JSON lines for lists and streams;
+messages and errors go to stderr.
+Exit status: 0 ok; 1 failure (a codeswarm or cluster error, a node that
+failed, a failed doctor check); 2 usage error (an unknown option, a bad value).
+Shell completion (swarm ids too), in ~/.bashrc or ~/.zshrc:
+  eval "$(_CODESWARM_COMPLETE=bash_source codeswarm)"    (zsh: zsh_source)
+"""
+
+
+@click.group(cls=CodeswarmGroup, epilog=EPILOG)
 @click.version_option(__version__, prog_name="codeswarm")
 def main() -> None:
     """Run swarms of Codex agents on Slurm clusters or on this machine.
@@ -130,47 +146,6 @@ def stop_signals_fd() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     return read_fd
-
-
-@main.command()
-@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Slurm nodes.")
-@click.option(
-    "--agents-per-node",
-    type=click.IntRange(1, 256),
-    help="Agents on each node (default: the config's slurm.agents_per_node, 1).",
-)
-@click.option("--prompt", help="A first prompt for every agent.")
-@click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
-@click.option("--partition", help="Slurm partition.")
-@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
-@config_option
-def launch(
-    nodes: int,
-    agents_per_node: int | None,
-    prompt: str | None,
-    time_limit: str | None,
-    partition: str | None,
-    as_json: bool,
-    config_path: str | None,
-    debug: bool,
-) -> None:
-    """Start a swarm on NODES nodes and print its id; its agents are numbered 0..N-1.
-
-    \b
-    Examples:
-      codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
-          --config configs/hpcfund.json
-      codeswarm launch --nodes 2 --agents-per-node 8   # 16 agents, node ids 0..15
-    """
-    with swarms_for(config_path, debug) as swarms:
-        swarm = swarms.launch(nodes, prompt, time_limit, partition, agents_per_node=agents_per_node)
-    if as_json:
-        click.echo(json.dumps(swarm))
-    else:
-        click.echo(swarm["swarm_id"])
-        agents = len(swarm["nodes"])
-        where = f"{swarm['job_id']} on {swarm['backend']}, {nodes} nodes, {agents} agents"
-        click.echo(f"job {where}", err=True)
 
 
 @main.command(name="list")
@@ -403,8 +378,11 @@ def attach(
     help="Only swarms that ended at least this long ago: 90s, 30m, 12h, 7d, or 0 for all.",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line a swarm.")
 @config_option
-def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) -> None:
+def prune(
+    older_than: str, dry_run: bool, as_json: bool, config_path: str | None, debug: bool
+) -> None:
     """Forget finished swarms and remove their files from the cluster.
 
     A swarm that has exited or been terminated stays in `codeswarm list` until pruned. This
@@ -441,16 +419,32 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
     verb = "would remove" if dry_run else "removed"
     kept = 0
     for swarm, result in pruned:
+        if as_json:
+            click.echo(json.dumps(prune_line(swarm, result, dry_run)))
         if result.error is not None:
             kept += 1
             click.echo(f"kept {swarm.swarm_id} (job {swarm.job_id}): {result.error}", err=True)
             continue
         files = "" if dry_run else f" ({len(result.removed)} paths)"
-        click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
+        if not as_json:
+            click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
     if not pruned:
         click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
     if kept:
         raise click.ClickException(f"{kept} swarm(s) kept: a git worktree could not be retired")
+
+
+def prune_line(swarm: Any, result: Any, dry_run: bool) -> dict[str, Any]:
+    """What prune did to one swarm, for --json."""
+    return {
+        "swarm_id": swarm.swarm_id,
+        "job_id": swarm.job_id,
+        "state": swarm.state,
+        "dry_run": dry_run,
+        "removed": result.removed,
+        "kept": result.error is not None,
+        "error": result.error,
+    }
 
 
 def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str) -> None:
@@ -464,10 +458,14 @@ def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str
 
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
+    from codeswarm.cli.doctor import doctor
+    from codeswarm.cli.launch import launch
     from codeswarm.cli.logs import logs
     from codeswarm.cli.mcp import mcp_command
 
     main.add_command(diff)
+    main.add_command(config_option(doctor))
+    main.add_command(config_option(launch))
     main.add_command(logs)
     main.add_command(mcp_command)
 
@@ -477,11 +475,14 @@ _add_commands()
 
 @main.command()
 @click.argument("swarm_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the router's answer as JSON.")
 @config_option
-def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:
+def terminate(swarm_id: str, as_json: bool, config_path: str | None, debug: bool) -> None:
     """Stop every agent of a swarm (their running turns are interrupted, outboxes archived)."""
     with swarms_for(config_path, debug) as swarms:
         swarms.terminate(swarm_id)
+    if as_json:
+        click.echo(json.dumps({"type": "swarm_terminated", "swarm_id": swarm_id}))
     click.echo(f"terminating {swarm_id}", err=True)
 
 
@@ -510,3 +511,7 @@ from codeswarm.cli.steering import COMMANDS  # noqa: E402 (its verbs use the hel
 
 for _verb in COMMANDS:
     main.add_command(_verb)
+
+from codeswarm.cli.completion import complete_swarm_ids  # noqa: E402 (after every verb)
+
+complete_swarm_ids(main)

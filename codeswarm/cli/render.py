@@ -23,9 +23,10 @@ def print_swarm(swarm: dict[str, Any], brief: bool) -> None:
     for node in swarm["nodes"]:
         states[node["state"]] = states.get(node["state"], 0) + 1
     summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    waits = f" ({swarm['pending_reason']})" if swarm.get("pending_reason") else ""
     click.echo(
         f"{swarm['swarm_id']}  {swarm['state']:<10}  job {swarm['job_id']}  "
-        f"{len(swarm['nodes'])} nodes ({summary})  {swarm['backend']}  {created}"
+        f"{len(swarm['nodes'])} nodes ({summary}){waits}  {swarm['backend']}  {created}"
     )
     if not brief:
         for node in swarm["nodes"]:

@@ -349,6 +349,7 @@ class SwarmSchema(Schema):
         validate=validate.OneOf(("job", "array")),
         metadata={"description": "one Slurm job, or a job array"},
     )
+    pending_reason = fields.String()  # status and list, while Slurm holds the job
 
 
 class SwarmLaunchedSchema(EventSchema):
