@@ -1,9 +1,11 @@
 """Which keys a login offers, and in what order, with real ssh-keygen keys and a real ssh-agent."""
 
+import base64
 import dataclasses
 import os
 import subprocess
 
+import paramiko
 import pytest
 
 from codeswarm.backends import ssh_auth
@@ -84,3 +86,44 @@ def test_identity_agent_none_turns_the_agent_off(ssh_agent, monkeypatch):
     assert agent is not None
     agent.close()
     assert ssh_auth.open_agent(host(identity_agent="none")) is None
+
+
+def fido_key(path):
+    """An id_ed25519_sk file as ssh-keygen writes it for a FIDO token (none needed here)."""
+    public = paramiko.Message()
+    public.add_string("sk-ssh-ed25519@openssh.com")
+    public.add_string(bytes(32))
+    public.add_string("ssh:")
+    private = paramiko.Message()
+    private.add_int(7)
+    private.add_int(7)
+    private.add_string("sk-ssh-ed25519@openssh.com")
+    private.add_string(bytes(32))
+    private.add_string("ssh:")
+    private.add_byte(b"\x01")
+    private.add_string(b"handle")
+    private.add_string(b"")
+    private.add_string(path.name)
+    body = private.asbytes()
+    body += bytes(range(1, 1 + (-len(body)) % 8))
+    data = paramiko.Message()
+    data.add_bytes(b"openssh-key-v1\x00")
+    for text in ("none", "none", ""):
+        data.add_string(text)
+    data.add_int(1)
+    data.add_string(public.asbytes())
+    data.add_string(body)
+    encoded = base64.encodebytes(data.asbytes()).decode()
+    path.write_text(
+        f"-----BEGIN OPENSSH PRIVATE KEY-----\n{encoded}-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    return str(path)
+
+
+def test_a_key_paramiko_cannot_load_is_skipped_and_the_next_one_offered(tmp_path):
+    fido = fido_key(tmp_path / "id_ed25519_sk")
+    good = keygen(tmp_path / "id_ed25519")
+    found = ssh_auth.identities(host(identity_files=(fido, good)), None)
+    assert [i.label for i in found.keys] == [good]
+    [skipped] = found.skipped
+    assert skipped.startswith(f"{fido} (paramiko cannot use it: UnsupportedAlgorithm")

@@ -13,7 +13,6 @@ import pytest
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
-from tests.support.sshd import Sshd, keygen
 
 pytestmark = pytest.mark.integration
 
@@ -46,21 +45,11 @@ while True:
 """
 
 
-@pytest.fixture(scope="module")
-def box(tmp_path_factory):
-    """An sshd that lets root in with a fresh key, and a known_hosts that has it."""
-    if os.geteuid() != 0:
-        pytest.skip("the test sshd runs as root and logs in as root")
-    files = tmp_path_factory.mktemp("proxy")
-    files.chmod(0o755)
-    key = files / "key"
-    sshd = Sshd("proxy", keygen(key)).start()
-    known = files / "known_hosts"
-    known.write_text(sshd.known_line() + "\n")
-    relay = files / "relay.py"
+@pytest.fixture
+def box(root_sshd, tmp_path):
+    relay = tmp_path / "relay.py"
     relay.write_text(RELAY)
-    yield SimpleNamespace(sshd=sshd, key=key, known=known, relay=relay, files=files)
-    sshd.stop()
+    return SimpleNamespace(**vars(root_sshd), relay=relay)
 
 
 def connect(box, tmp_path, proxy, known=None):

@@ -136,8 +136,10 @@ def identities(options: HostOptions, agent: AgentSSH | None) -> Identities:
             # cryptography says "password-protected" with a TypeError, paramiko with its own.
             found.skipped.append(f"{path} (encrypted: add it to ssh-agent)")
             continue
-        except (OSError, ValueError, paramiko.SSHException) as exc:
-            found.skipped.append(f"{path} ({exc or type(exc).__name__})")
+        except Exception as exc:
+            # Any key paramiko cannot read (FIDO, DSA): one unusable key must not stop the
+            # login another key would make, as it does not in ssh.
+            found.skipped.append(f"{path} (paramiko cannot use it: {type(exc).__name__}: {exc})")
             continue
         label = _with_certificate(key, path, options.certificate_files)
         if key.public_blob is None and key.asbytes() in offered:

@@ -20,7 +20,6 @@ from codeswarm.errors import BackendError
 from codeswarm.protocol import errors
 
 log = logging.getLogger(__name__)
-FAILURES = (OSError, EOFError, paramiko.SSHException)
 
 
 class HopChain:
@@ -51,10 +50,10 @@ def open_chain(alias: str, hops: list[HostOptions], timeout: float, keepalive: f
         try:
             sock = _socket(chain, hop, hop.connect_timeout or timeout)
             chain.transports.append(_login(sock, hop, hop.connect_timeout or timeout, keepalive))
-        except (*FAILURES, BackendError) as exc:
+        except Exception as exc:  # whatever it is, the hops opened so far must be closed
             detail = chain.proxies[-1].failure() if hop.proxy_command and chain.proxies else ""
             chain.close()
-            reason = exc.args[0] if isinstance(exc, BackendError) else describe(exc)
+            reason = exc.args[0] if isinstance(exc, BackendError) and exc.args else describe(exc)
             raise BackendError(
                 f"cannot connect to {alias}: {where}: {reason}{detail}. The ssh options came "
                 f"from {hop.source}; compare with `ssh -v {alias} true`, which must work "
