@@ -4,7 +4,10 @@ Run under `flock /tmp/slurm-tests.lock`: it starts sshds beside the test cluster
 """
 
 import dataclasses
+import shutil
+import subprocess
 import threading
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from codeswarm.backends.ssh_config import from_options
 from codeswarm.backends.ssh_hops import open_chain
 from codeswarm.errors import BackendError
+from tests.support.sshd import Sshd, keygen
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +49,74 @@ def test_any_failure_past_the_first_hop_closes_the_chain_and_names_the_hop(root_
         if thread not in before:
             thread.join(10)
     assert [t for t in transports() if t not in before] == []
+
+
+def test_a_stale_certificate_beside_the_key_does_not_hide_the_key(root_sshd, tmp_path):
+    key = tmp_path / "id"
+    shutil.copy(root_sshd.key, key)
+    key.chmod(0o600)
+    shutil.copy(f"{root_sshd.key}.pub", f"{key}.pub")
+    ca = tmp_path / "ca"
+    keygen(ca)
+    expired = ["-V", "20000101:20000102"]
+    sign = ["ssh-keygen", "-q", "-s", str(ca), "-I", "old", "-n", "root", *expired, f"{key}.pub"]
+    subprocess.run(sign, check=True)
+    chain = open_chain("login", [hop(root_sshd, "login", identity_files=(str(key),))], 10, 0)
+    try:
+        assert chain.login.is_authenticated()
+    finally:
+        chain.close()
+
+
+@pytest.fixture
+def strict_sshd(root_sshd, tmp_path):
+    """start(*lines, extra=another public key) -> the login hop of a new sshd for root that
+    takes root_sshd's key, with ``lines`` in a Match block."""
+    started = []
+
+    def start(*lines, extra=""):
+        authorized = Path(f"{root_sshd.key}.pub").read_text() + extra + "\n"
+        sshd = Sshd("strict", authorized, lines=("Match User root", *lines)).start()
+        started.append(sshd)
+        known = tmp_path / f"known_{sshd.port}"
+        known.write_text(sshd.known_line() + "\n")
+        return hop(root_sshd, "login", port=sshd.port, known_hosts=(str(known),))
+
+    yield start
+    for sshd in started:
+        sshd.stop()
+
+
+def test_a_key_accepted_with_more_required_says_so(root_sshd, strict_sshd):
+    login = strict_sshd(
+        "  KbdInteractiveAuthentication yes",
+        "  AuthenticationMethods publickey,keyboard-interactive",
+    )
+    with pytest.raises(BackendError) as failed:
+        open_chain("login", [login], 10, 0)
+    assert (
+        f"key {root_sshd.key} accepted for root; the server also requires keyboard-interactive, "
+        "which codeswarm cannot answer"
+    ) in str(failed.value)
+
+
+def test_two_keys_required_are_both_offered(root_sshd, strict_sshd, tmp_path):
+    second = tmp_path / "second"
+    login = strict_sshd("  AuthenticationMethods publickey,publickey", extra=keygen(second))
+    chain = open_chain(
+        "login",
+        [dataclasses.replace(login, identity_files=(str(root_sshd.key), str(second)))],
+        10,
+        0,
+    )
+    try:
+        assert chain.login.is_authenticated()
+    finally:
+        chain.close()
+
+
+def test_a_server_that_takes_no_key_lists_what_it_allows(strict_sshd):
+    login = strict_sshd("  PubkeyAuthentication no", "  PasswordAuthentication yes")
+    with pytest.raises(BackendError) as failed:
+        open_chain("login", [login], 10, 0)
+    assert "the server takes no public key for root: it allows only password" in str(failed.value)

@@ -134,18 +134,37 @@ def _plain_blob(key: paramiko.PKey) -> bytes:
 def authenticate(transport: paramiko.Transport, user: str, found: Identities) -> list[str]:
     """Log in with the first key the server takes; the labels of the keys it refused.
 
-    Raises paramiko.AuthenticationException naming every key offered when none is taken.
+    Raises paramiko.AuthenticationException naming every key offered when none is taken, and
+    saying what the server asks for when it wants more than a key (or takes no key at all).
     """
     refused: list[str] = []
+    accepted: list[str] = []
+    remaining: list[str] = []
     for identity in found.keys:
         try:
-            transport.auth_publickey(user, identity.key)
+            remaining = transport.auth_publickey(user, identity.key)
+        except paramiko.BadAuthenticationType as exc:
+            raise paramiko.AuthenticationException(
+                f"the server takes no public key for {user}: it allows only "
+                f"{', '.join(exc.allowed_types) or 'nothing'}, which codeswarm cannot answer "
+                "(it never prompts); ask the site for key login"
+            ) from exc
         except paramiko.AuthenticationException:
             refused.append(identity.label)
             continue
         if transport.is_authenticated():
             log.debug("logged in as %s with %s", user, identity.label)
             return refused
+        # Partial success (AuthenticationMethods): ssh goes on with the methods still wanted.
+        accepted.append(identity.label)
+        if "publickey" not in remaining:
+            break
+    if accepted:
+        raise paramiko.AuthenticationException(
+            f"key {' and '.join(accepted)} accepted for {user}; the server also requires "
+            f"{' or '.join(remaining) or 'more'}, which codeswarm cannot answer (it never "
+            "prompts): ask the site for key-only login for this account"
+        )
     offered = "; ".join(refused) or f"none ({found.why_none or 'no usable key'})"
     skipped = f"; not usable: {'; '.join(found.skipped)}" if found.skipped else ""
     raise paramiko.AuthenticationException(
