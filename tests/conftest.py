@@ -86,7 +86,9 @@ def ssh_agent(tmp_path):
     env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
     try:
         subprocess.run(
-            ["sh", "-c", 'until [ -S "$SSH_AUTH_SOCK" ]; do sleep 0.05; done'],
+            # The socket exists a moment before the agent accepts on it; `ssh-add -l` exits 2
+            # until it can talk to the agent (1: no keys yet).
+            ["sh", "-c", "until ssh-add -l >/dev/null 2>&1; [ $? -ne 2 ]; do sleep 0.05; done"],
             env=env,
             check=True,
             timeout=10,

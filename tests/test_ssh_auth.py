@@ -176,3 +176,15 @@ def test_with_nothing_at_all_the_reason_names_what_was_looked_at(tmp_path):
         f"no identity file exists of {tmp_path / 'id'}; no ssh-agent is reachable "
         "(SSH_AUTH_SOCK or IdentityAgent)"
     )
+
+
+@pytest.mark.parametrize("attempt", range(30))
+def test_the_agent_answers_as_soon_as_the_fixture_yields(ssh_agent, attempt):
+    # The agent's socket appears a moment before it accepts: a few in a hundred connects
+    # were refused when the fixture waited for the socket alone.
+    sock, _ = ssh_agent
+    connection = ssh_auth.SocketAgent(str(sock))
+    try:
+        assert connection.get_keys() == ()
+    finally:
+        connection.close()
