@@ -175,9 +175,10 @@ def test_a_literal_percent_is_expanded_once(tmp_path):
     config = tmp_path / "config"
     config.write_text(
         "Host hpc\n  IdentityFile /keys/k%%\n  UserKnownHostsFile /kh/%%%h\n"
-        "  ProxyCommand nc %h %p # 100%%\n"
+        "  ProxyCommand nc %h %p # 100%%\n  IdentityAgent /tmp/agent%%d.sock\n"
     )
     hop = resolve_host("hpc", settings(config))
+    assert hop.identity_agent == "/tmp/agent%d.sock"
     assert hop.identity_files == ("/keys/k%",)
     assert hop.known_hosts[0] == "/kh/%hpc"
     assert hop.proxy_command == "nc hpc 22 # 100%"
