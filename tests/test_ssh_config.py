@@ -194,3 +194,15 @@ def test_identity_agent_forms(tmp_path, monkeypatch):
     agents = {a: resolve_host(a, settings(config)).identity_agent for a in ("off", "env", "path")}
     assert agents == {"off": "none", "env": "/run/agent.sock", "path": str(Path.home() / "me.sock")}
     assert resolve_host("default", settings(config)).identity_agent is None
+
+
+def test_a_known_hosts_path_with_a_space_is_read_whole(tmp_path):
+    spaced = tmp_path / "My Files" / "known hosts"
+    spaced.parent.mkdir()
+    spaced.write_text("")
+    config = tmp_path / "config"
+    config.write_text(f'Host hpc\n  UserKnownHostsFile "{spaced}" /kh/other\n')
+    assert resolve_host("hpc", settings(config)).known_hosts[:2] == (str(spaced), "/kh/other")
+    config.write_text(f'Host hpc\n  UserKnownHostsFile "{tmp_path}/no such/file"\n')
+    with pytest.raises(BackendError, match=r"'such/file' is not a path; a file name with a space"):
+        resolve_host("hpc", settings(config))

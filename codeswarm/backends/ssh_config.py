@@ -21,6 +21,7 @@ from typing import Any
 
 import paramiko
 
+from codeswarm.backends.known_hosts import split_files
 from codeswarm.config import SshConfig
 from codeswarm.errors import BackendError
 from codeswarm.protocol import errors
@@ -189,8 +190,12 @@ def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOp
     jump_text = _none(one("proxyjump")) or ""
     key_alias = _none(one("hostkeyalias"))
     tokens = token_values(alias, hostname, port, user, jump_text, key_alias)
-    known = (one("userknownhostsfile") or " ".join(DEFAULT_KNOWN_HOSTS)).split()
-    known += (one("globalknownhostsfile") or " ".join(GLOBAL_KNOWN_HOSTS)).split()
+    known = split_files(
+        one("userknownhostsfile") or " ".join(DEFAULT_KNOWN_HOSTS), "UserKnownHostsFile"
+    )
+    known += split_files(
+        one("globalknownhostsfile") or " ".join(GLOBAL_KNOWN_HOSTS), "GlobalKnownHostsFile"
+    )
     agent = _agent(one("identityagent"), tokens, source)
     proxy_command = _none(one("proxycommand"))
     return HostOptions(
