@@ -148,7 +148,7 @@ def test_a_missing_ssh_config_file_names_the_setting(tmp_path):
 def test_without_ssh_paramiko_resolves_the_same_options(tmp_path, without_ssh):
     config = tmp_path / "config"
     config.write_text(
-        "Host hpc\n  HostName login.cluster.edu\n  User klowery\n  Port 2200\n"
+        "Host hpc\n  HostName Login.Cluster.EDU\n  User klowery\n  Port 2200\n"
         "  IdentityFile ~/.ssh/id_%r\n  ProxyJump bastion\n  HostKeyAlias hpc-login\n"
         "  UserKnownHostsFile /etc/hpc_known_hosts\n  ConnectTimeout 9\n"
     )

@@ -184,7 +184,8 @@ def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOp
     def one(key: str, default: str | None = None) -> str | None:
         return found[key][0] if found.get(key) else default
 
-    hostname = one("hostname", alias) or alias
+    # ssh looks the host up lowercased (ssh -G prints it so): hashed known_hosts need that.
+    hostname = (one("hostname", alias) or alias).lower()
     port = int(one("port", "22") or 22)
     user = one("user") or getpass.getuser()
     jump_text = _none(one("proxyjump")) or ""
