@@ -59,6 +59,7 @@ def test_certificate_files_come_before_the_cert_pub_beside_the_key(tmp_path):
         f"{key} with certificate {beside}",
         key,
     ]
+    assert found.keys[-1].key.public_blob is None
 
 
 def test_another_keys_certificate_is_not_attached(tmp_path):

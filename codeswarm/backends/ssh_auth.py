@@ -97,7 +97,8 @@ def identities(options: HostOptions, agent: AgentSSH | None) -> Identities:
             found.skipped.append(f"{path} (paramiko cannot use it: {type(exc).__name__}: {exc})")
             continue
         # As ssh: the key's certificates first, then the plain key (a stale certificate
-        # must not hide a key the server takes as it is).
+        # must not hide a key the server takes as it is). from_path attaches -cert.pub itself.
+        key.public_blob = None
         for certified, cert in keyfiles.certificates(key, path, options.certificate_files):
             found.keys.append(Identity(certified, f"{path} with certificate {cert}"))
         if key.asbytes() not in offered:
