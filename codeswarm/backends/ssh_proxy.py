@@ -80,6 +80,8 @@ class ProxyProcess(paramiko.ProxyCommand):
             except ValueError:
                 return b""
             except OSError as exc:
+                if stdout.closed:
+                    return b""
                 raise paramiko.ProxyCommandFailure(self.command, str(exc)) from exc
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError()
