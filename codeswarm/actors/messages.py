@@ -94,11 +94,33 @@ class WorkerLines(NamedTuple):
 
 
 class Progress(NamedTuple):
-    """A NodeActor has emitted everything up to these file offsets and this seq."""
+    """A shard has emitted everything up to these file offsets and seqs.
 
-    key: str
-    offsets: dict[str, int]
-    last_seq: int
+    ``nodes`` holds (node key, file identity -> offset, last seq), one entry a node.
+    """
+
+    nodes: list[tuple[str, dict[str, int], int]]
+
+
+class ForNodes(NamedTuple):
+    """Messages for nodes of one shard, each as (node key, message), handled in order.
+
+    Consecutive ``Inject`` messages become one batched inbox write.
+    """
+
+    items: list[tuple[str, Any]]
+
+
+class AddNode(NamedTuple):
+    """A shard takes over a node (its correlation, with the last seq already emitted)."""
+
+    correlation: Any  # correlation.NodeCorrelation
+
+
+class RemoveNodes(NamedTuple):
+    """A released swarm's nodes leave their shard, with their timers."""
+
+    keys: list[str]
 
 
 class NodeRunning(NamedTuple):
