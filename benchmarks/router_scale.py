@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 # The code measured: this checkout, or the baseline tree a --baseline-tree run starts us on.
 ROOT = Path(os.environ.get("CODESWARM_BENCH_TREE") or Path(__file__).resolve().parents[1])
@@ -322,49 +323,62 @@ def report_ten_thousand(bench: Bench, idle_rss: float) -> None:
 FAN_OUT_TARGETS = {64: 0.5, 256: 1.0, 1024: 0.15, 10_000: 1.5}
 
 
-def fan_out(bench: Bench, sizes: list[int]) -> dict[int, float]:
+def fan_out(bench: Bench, sizes: list[int], report: Any = None) -> dict[int, float]:
     """Seconds from one inject to "all" until every inject_delivered, per swarm size."""
     took = {}
     for nodes in sizes:
         swarm = bench.launch(nodes)
         took[nodes] = bench.inject_all(swarm["swarm_id"], "hello")
+        if report is not None:
+            report(nodes, took[nodes])
         bench.terminate(swarm["swarm_id"], nodes)
     return took
 
 
-def fan_out_of_tree(tree: str, sizes: list[int]) -> dict[int, float]:
-    """``fan_out`` run in a process on the code in ``tree``: today's code beside the change."""
+def fan_out_of_tree(tree: str, sizes: list[int], timeout: float) -> dict[int, float]:
+    """``fan_out`` run in a process on the code in ``tree``: today's code beside the change.
+
+    Each size's figure is printed as it is measured, so a run past ``timeout`` keeps those.
+    """
     argv = [sys.executable, __file__, "--fan-out-json", ",".join(map(str, sizes))]
-    done = subprocess.run(
-        argv,
-        env={**os.environ, "CODESWARM_BENCH_TREE": tree},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        print(f"  (the baseline run failed: {done.stderr.strip()[-500:]})")
-        return {}
-    return {int(k): v for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
+    env = {**os.environ, "CODESWARM_BENCH_TREE": tree}
+    with tempfile.TemporaryFile() as out:
+        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.DEVNULL)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.terminate()  # it stops its simulated workers first
+            child.wait(60)
+        out.seek(0)
+        return {int(k): v for line in out.read().splitlines() for k, v in json.loads(line).items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-tree", help="measure the fan-out of this tree's code too")
     parser.add_argument("--fan-out", default="64,256,1024,10000", help="swarm sizes")
+    parser.add_argument("--baseline-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--fan-out-json", help=argparse.SUPPRESS)  # a baseline run's figures
     args = parser.parse_args()
     if args.fan_out_json:
         with tempfile.TemporaryDirectory() as tmp:
             bench = Bench(Path(tmp))
+
+            def out_of_time(*_: Any) -> None:
+                bench.scheduler.close()  # no simulated workers left polling; the follower
+                os._exit(1)  # ends with its stdin
+
+            signal.signal(signal.SIGTERM, out_of_time)
             try:
                 sizes = [int(n) for n in args.fan_out_json.split(",")]
-                print(json.dumps(fan_out(bench, sizes)))
+                fan_out(bench, sizes, lambda n, t: print(json.dumps({n: t}), flush=True))
             finally:
                 bench.close()
         return
     sizes = [int(n) for n in args.fan_out.split(",")]
-    baseline = fan_out_of_tree(args.baseline_tree, sizes) if args.baseline_tree else {}
+    baseline = {}
+    if args.baseline_tree:
+        baseline = fan_out_of_tree(args.baseline_tree, sizes, args.baseline_timeout)
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp))
         try:
@@ -381,7 +395,7 @@ def main() -> None:
                 if nodes in baseline:
                     base = f"{baseline[nodes]:6.3f} s before the change ({args.baseline_tree})"
                 elif args.baseline_tree:
-                    base = "no figure before the change"
+                    base = f"before the change: not done in {args.baseline_timeout:g} s"
                 else:
                     swarm = bench.launch(nodes)
                     per_write = process_per_write(bench.mailbox, swarm["job_id"], nodes)
