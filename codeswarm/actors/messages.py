@@ -140,9 +140,13 @@ class InjectTimeout(NamedTuple):
 
 
 class NodeStarted(NamedTuple):
-    """A worker's own ``node_started`` was routed: the node runs, whatever the last poll said."""
+    """Workers' own ``node_started`` were routed: the nodes run, whatever the last poll said.
 
-    key: str
+    One message a batch: each costs the swarm's record a copy, so a thousand nodes starting
+    at once must not cost a thousand.
+    """
+
+    keys: list[str]
 
 
 class PollJobs(NamedTuple):

@@ -57,12 +57,14 @@ class Node:
 
 
 class Batch:
-    """What one ``ForNodes`` produces: events in order, progress, and the writes not yet sent."""
+    """What one ``ForNodes`` produces: events in order, nodes started, progress, and the
+    writes not yet sent."""
 
-    __slots__ = ("events", "progress", "writes")
+    __slots__ = ("events", "progress", "started", "writes")
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.started: list[str] = []  # nodes whose node_started came
         self.progress: list[tuple[str, dict[str, int], int]] = []
         self.writes: dict[str, tuple[Node, list[Injection]]] = {}
 
@@ -118,11 +120,16 @@ class NodeShard(pykka.ThreadingActor):
             else:
                 self.dispatch(node, message, batch)
         self.flush(batch)
+        if batch.started:  # the supervisor knows they run before a client can
+            self.tell_supervisor(NodeStarted(batch.started))
         if batch.events:
             self.sink.tell(Emit(batch.events))
-        if batch.progress:
-            with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
-                self.supervisor.tell(Progress(batch.progress))
+        if batch.progress:  # after the events: the cursor never passes an unsent line
+            self.tell_supervisor(Progress(batch.progress))
+
+    def tell_supervisor(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+            self.supervisor.tell(message)
 
     def dispatch(self, node: Node, message: Any, batch: Batch) -> None:
         correlation = node.correlation
@@ -160,8 +167,7 @@ class NodeShard(pykka.ThreadingActor):
                 kind = event["type"]
                 if kind == "node_started":
                     self.start_clocks(node, correlation.started())
-                    with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
-                        self.supervisor.tell(NodeStarted(correlation.key))
+                    batch.started.append(correlation.key)
                 elif kind == "inject_delivered" or kind == "inject_failed":
                     handle = node.timers.pop(event["injection_id"], None)
                     if handle is not None:

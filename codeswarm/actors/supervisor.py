@@ -184,8 +184,12 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 if key in self.nodes:  # a released node's last word is not kept
                     self.cursor.advance(key, offsets, last_seq)
         elif isinstance(message, NodeStarted):
-            job_id, node_id = records.parse_node_key(message.key)
-            self.table.node_started(job_id, node_id, time.monotonic())
+            by_job: dict[str, list[int]] = {}
+            for key in message.keys:
+                job_id, node_id = records.parse_node_key(key)
+                by_job.setdefault(job_id, []).append(node_id)
+            for job_id, node_ids in by_job.items():
+                self.table.node_started(job_id, node_ids, time.monotonic())
         elif isinstance(message, CommandReceived):
             self.command(message.command)
         elif isinstance(message, Polled):
