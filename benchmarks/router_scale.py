@@ -339,17 +339,22 @@ def fan_out(bench: Bench, sizes: list[int], report: Any = None) -> dict[int, flo
 def fan_out_of_tree(tree: str, sizes: list[int], timeout: float) -> dict[int, float]:
     """``fan_out`` run in a process on the code in ``tree``: today's code beside the change.
 
-    Each size's figure is printed as it is measured, so a run past ``timeout`` keeps those.
+    Each size's figure is printed as it is measured, so a run past ``timeout`` (then killed,
+    with its process group) keeps those.
     """
-    argv = [sys.executable, __file__, "--fan-out-json", ",".join(map(str, sizes))]
     env = {**os.environ, "CODESWARM_BENCH_TREE": tree}
-    with tempfile.TemporaryFile() as out:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.DEVNULL)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as work:
+        sized = ",".join(map(str, sizes))
+        argv = [sys.executable, __file__, "--fan-out-json", sized, "--work-dir", work]
+        child = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             child.wait(timeout)
         except subprocess.TimeoutExpired:
-            child.terminate()  # it stops its simulated workers first
-            child.wait(60)
+            # Its own process group: the run, its follower and its simulated workers.
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
         out.seek(0)
         return {int(k): v for line in out.read().splitlines() for k, v in json.loads(line).items()}
 
@@ -360,21 +365,15 @@ def main() -> None:
     parser.add_argument("--fan-out", default="64,256,1024,10000", help="swarm sizes")
     parser.add_argument("--baseline-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--fan-out-json", help=argparse.SUPPRESS)  # a baseline run's figures
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)  # ...in a directory we remove
     args = parser.parse_args()
     if args.fan_out_json:
-        with tempfile.TemporaryDirectory() as tmp:
-            bench = Bench(Path(tmp))
-
-            def out_of_time(*_: Any) -> None:
-                bench.scheduler.close()  # no simulated workers left polling; the follower
-                os._exit(1)  # ends with its stdin
-
-            signal.signal(signal.SIGTERM, out_of_time)
-            try:
-                sizes = [int(n) for n in args.fan_out_json.split(",")]
-                fan_out(bench, sizes, lambda n, t: print(json.dumps({n: t}), flush=True))
-            finally:
-                bench.close()
+        bench = Bench(Path(args.work_dir))
+        try:
+            sizes = [int(n) for n in args.fan_out_json.split(",")]
+            fan_out(bench, sizes, lambda n, t: print(json.dumps({n: t}), flush=True))
+        finally:
+            bench.close()
         return
     sizes = [int(n) for n in args.fan_out.split(",")]
     baseline = {}
