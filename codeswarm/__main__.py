@@ -1,5 +1,5 @@
-"""``python -m codeswarm`` is the ``codeswarm`` command."""
+"""``python -m codeswarm`` is the ``codeswarm`` command, by that name (in help and completion)."""
 
 from codeswarm.cli import main
 
-main()
+main(prog_name="codeswarm")

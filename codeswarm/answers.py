@@ -36,6 +36,10 @@ class AnswerBook:
     def done(self) -> bool:
         return self.open == 0
 
+    def tracks(self, event: dict[str, Any]) -> bool:
+        """Whether ``event`` belongs to one of these injections, finished or not."""
+        return event.get("injection_id") in self.answers
+
     def feed(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """Take one event; returns the answer it completes, if it completes one."""
         answer = self.answers.get(event.get("injection_id"))  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -38,6 +39,8 @@ from codeswarm.router import Router
 
 Nodes = int | list[int] | str
 # The events that answer a command on one node; an ``error`` naming a node answers it too.
+CANCEL_POLL_SECONDS = 0.5  # how soon a cancelled wait notices
+MAX_ACKED = 1 << 16  # injections whose ack cursor is remembered for wait
 NODE_ANSWERS = ("inject_ack", "inject_failed", "interrupt_ack", "approve_ack", "steer_ack")
 
 
@@ -54,43 +57,47 @@ class EventQueue:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.subscription = Subscription()
         self._waiters: dict[Any, queue.Queue[dict[str, Any]]] = {}
-        self._watchers: list[queue.Queue[dict[str, Any]]] = []
+        self._watchers: list[tuple[queue.Queue[dict[str, Any]], str]] = []
         self._lock = threading.Lock()
         self.failure: dict[str, Any] | None = None
+        # injection id -> the cursor of its inject_ack: where a wait for it starts reading.
+        self.acked: OrderedDict[str, int] = OrderedDict()
 
     def tell(self, message: Emit) -> None:
-        with self._lock:
-            watchers = list(self._watchers)
         for event in message.events:
+            if event["type"] == "inject_ack" and "cursor" in event:
+                self.acked[event["injection_id"]] = event["cursor"]
+                if len(self.acked) > MAX_ACKED:
+                    self.acked.popitem(last=False)
+            internal = event["type"] == "error" and event.get("error") == errors.INTERNAL
+            with self._lock:
+                if internal:
+                    self.failure = event  # before any waiter or watcher wakes to look for it
+                    waiters = list(self._waiters.values())
+                else:
+                    waiter = self._waiters.get(event.get("request_id"))
+                    waiters = [] if waiter is None else [waiter]
+                swarm_id = event.get("swarm_id")
+                watchers = [q for q, swarm in self._watchers if internal or swarm == swarm_id]
             for watcher in watchers:
                 watcher.put(event)
-            if event["type"] == "error" and event.get("error") == errors.INTERNAL:
-                with self._lock:
-                    self.failure = event
-                    waiters = list(self._waiters.values())
-                for waiter in waiters:
-                    waiter.put(event)
-                self.events.put(event)
-                continue
-            with self._lock:
-                waiter = self._waiters.get(event.get("request_id"))
-            if waiter is not None:
+            for waiter in waiters:
                 waiter.put(event)
-            if self.subscription.wants(event):
+            if internal or self.subscription.wants(event):
                 self.events.put(event)
 
-    def watch(self) -> queue.Queue[dict[str, Any]]:
-        """A queue of every event from now on, until ``unwatch``."""
+    def watch(self, swarm_id: str) -> queue.Queue[dict[str, Any]]:
+        """A queue of every event of ``swarm_id`` (and a router failure) from now on."""
         watcher: queue.Queue[dict[str, Any]] = queue.Queue()
         with self._lock:
-            self._watchers.append(watcher)
+            self._watchers.append((watcher, swarm_id))
             if self.failure is not None:
                 watcher.put(self.failure)
         return watcher
 
     def unwatch(self, watcher: queue.Queue[dict[str, Any]]) -> None:
         with self._lock:
-            self._watchers.remove(watcher)
+            self._watchers = [(q, swarm) for q, swarm in self._watchers if q is not watcher]
 
     def expect(self, request_id: Any) -> queue.Queue[dict[str, Any]]:
         with self._lock:
@@ -138,19 +145,29 @@ class Codeswarm:
         time: str | None = None,
         partition: str | None = None,
         timeout: float = 60.0,
+        agents_per_node: int | None = None,
     ) -> dict:
         """Start a swarm; returns its ``swarm`` description (``swarm_id``, ``job_id``, ...).
 
-        With a ``prompt``, it returns once the prompt is in every node's inbox. ``time`` and
-        ``partition`` override the config's Slurm settings for this swarm.
+        It has ``nodes x agents_per_node`` agents (default: the config's
+        ``slurm.agents_per_node``), node ids 0..N-1. With a ``prompt``, it returns once the
+        prompt is in every agent's inbox. ``time`` and ``partition`` override the config's
+        Slurm settings for this swarm.
         """
-        command = _command("launch", nodes=nodes, prompt=prompt, time=time, partition=partition)
+        command = _command(
+            "launch",
+            nodes=nodes,
+            prompt=prompt,
+            time=time,
+            partition=partition,
+            agents_per_node=agents_per_node,
+        )
         waiter = self.sink.expect(command.request_id)
         try:
             self.router.tell(CommandReceived(command))
             swarm = self._await(waiter, "swarm_launched", timeout)["swarm"]
             if prompt:
-                self._answers(waiter, nodes, timeout)
+                self._answers(waiter, len(swarm["nodes"]), timeout)
             return swarm
         finally:
             self.sink.done(command.request_id)
@@ -289,6 +306,15 @@ class Codeswarm:
         command = _command("status", swarm_id=swarm_id)
         return self.call(command, "swarm_status", timeout)["swarm"]
 
+    def restart(self, swarm_id: str, nodes: Nodes, timeout: float = 150.0) -> dict:
+        """Resubmit, alone, the job-array tasks of these agents (they must have exited).
+
+        Returns the swarm as ``status`` does, each restarted agent ``pending`` in its new
+        ``slurm_job``; prompts sent to them meanwhile are held until they start.
+        """
+        command = _command("restart", swarm_id=swarm_id, nodes=nodes)
+        return self.call(command, "swarm_status", timeout)["swarm"]
+
     def terminate(self, swarm_id: str, timeout: float = 30.0) -> None:
         command = _command("terminate", swarm_id=swarm_id)
         self.call(command, "swarm_terminated", timeout)
@@ -335,15 +361,11 @@ class Codeswarm:
         """
         if types is not None:
             self.subscribe(types)
-        replay: list[dict[str, Any]] = []
-        until = 0
-        if since is not None:
-            if swarm_id is None:
-                raise CommandError(_invalid("since", "since needs the swarm_id whose log to read"))
-            tail = self._tail(swarm_id, since)
-            replay = list(tail.poll())
-            until = max(tail.seen, tail.since.cursor)
-        return self._stream(timeout, swarm_id, replay, until)
+        if since is None:
+            return self._stream(timeout, swarm_id, None)
+        if swarm_id is None:
+            raise CommandError(_invalid("since", "since needs the swarm_id whose log to read"))
+        return self._stream(timeout, swarm_id, self._tail(swarm_id, since))
 
     def history(
         self,
@@ -367,34 +389,53 @@ class Codeswarm:
         timeout: float,
         on_answer: Callable[[dict[str, Any]], None] | None = None,
         since: int | float | str | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[dict[str, Any]]:
         """Block until each injection (one node each) has finished, or ``timeout`` seconds.
 
         Returns one answer per id, in order: ``injection_id``, ``node_id``, ``status``
         (``completed``, ``interrupted``, ``failed``, or ``pending`` at the timeout),
         ``message`` (the node's final assistant message), ``error`` (a code) and ``detail``.
-        ``on_answer`` is called with each answer as it completes. Injections that finished
-        before the call are found in the event log (from ``since``, by default its start).
+        ``on_answer`` is called with each answer as it completes, ``on_event`` with each event
+        of these injections. Injections that finished before the call are found in the event
+        log, read from ``since``: by default from their acks when this object saw them, else
+        from the log's start. Setting ``cancel`` ends the wait early.
         """
         book = AnswerBook(injection_ids)
-        watcher = self.sink.watch()  # before reading the log: what is logged later comes here
+        if since is None:
+            acks = [self.sink.acked.get(i) for i in book.answers]
+            known = [cursor for cursor in acks if cursor is not None]
+            since = min(known) - 1 if known and len(known) == len(acks) else "start"
+
+        def take(event: dict[str, Any]) -> None:
+            if on_event is not None and book.tracks(event):
+                on_event(event)
+            answer = book.feed(event)
+            if answer is not None and on_answer is not None:
+                on_answer(answer)
+
+        watcher = self.sink.watch(swarm_id)  # before reading the log: later events come here
         try:
             until = 0
             if self.router.log_dir is not None:
-                tail = self._tail(swarm_id, "start" if since is None else since)
+                tail = self._tail(swarm_id, since)
                 for event in tail.poll():
-                    _answered(book.feed(event), on_answer)
+                    take(event)
                 until = tail.seen
             deadline = time.monotonic() + timeout
-            while not book.done():
-                try:
-                    event = watcher.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
+            while not book.done() and not (cancel is not None and cancel.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
+                try:
+                    event = watcher.get(timeout=min(left, CANCEL_POLL_SECONDS))
+                except queue.Empty:
+                    continue
                 if event is self.sink.failure:
                     raise CommandError(event)
-                if event.get("swarm_id") == swarm_id and event.get("cursor", until + 1) > until:
-                    _answered(book.feed(event), on_answer)
+                if event.get("cursor", until + 1) > until:
+                    take(event)
         finally:
             self.sink.unwatch(watcher)
         return book.results()
@@ -409,14 +450,22 @@ class Codeswarm:
             raise CommandError(_invalid("since", str(exc))) from None
         if records.id_problem(swarm_id) is not None:
             raise CommandError(_invalid("swarm_id", f"{swarm_id!r} is not a swarm id"))
-        return eventlog.LogTail(eventlog.swarm_log_dir(self.router.log_dir, swarm_id), start)
+        directory = eventlog.swarm_log_dir(self.router.log_dir, swarm_id)
+        try:
+            eventlog.check_since(directory, start)
+        except ValueError as exc:
+            raise CommandError(_invalid("since", str(exc))) from None
+        return eventlog.LogTail(directory, start)
 
     def _stream(
-        self, timeout: float | None, swarm_id: str | None, replay: list[dict], until: int
+        self, timeout: float | None, swarm_id: str | None, replay: eventlog.LogTail | None
     ) -> Iterator[dict[str, Any]]:
-        for event in replay:
-            if self.sink.subscription.wants(event):
-                yield event
+        until = 0
+        if replay is not None:
+            for event in replay.poll():
+                if self.sink.subscription.wants(event):
+                    yield event
+            until = max(replay.seen, replay.since.cursor)
         while True:
             if self.sink.failure is not None and self.sink.events.empty():
                 raise CommandError(self.sink.failure)
@@ -442,11 +491,6 @@ class Codeswarm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _answered(answer: dict[str, Any] | None, on_answer: Any) -> None:
-    if answer is not None and on_answer is not None:
-        on_answer(answer)
 
 
 def _invalid(field: str, message: str) -> dict[str, Any]:

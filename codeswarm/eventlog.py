@@ -14,6 +14,7 @@ a crash is dropped when the log is reopened; readers only ever take complete lin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from codeswarm.hpc import records
+from codeswarm.hpc.private import private_dir
 from codeswarm.protocol.codec import EncodedEvent, encode_event
 from codeswarm.protocol.since import START, Since
 
@@ -114,6 +116,15 @@ def _lines_backwards(path: Path) -> Iterator[bytes]:
             yield rest
 
 
+def _cursor_at_end(line: bytes) -> int | None:
+    """The cursor a logged line ends with (``,"cursor":N}``), or None if it does not."""
+    at = line.rfind(b'"cursor":', -32)
+    if at < 0 or not line.endswith(b"}"):
+        return None
+    digits = line[at + 9 : -1]
+    return int(digits) if digits.isdigit() else None
+
+
 def _cursor(line: bytes) -> int | None:
     try:
         cursor = json.loads(line).get("cursor")
@@ -136,6 +147,17 @@ def last_cursor(directory: Path) -> int:
     return _last_cursor(segments(directory))
 
 
+def check_since(directory: Path, since: Since) -> None:
+    """ValueError for a cursor past the log's end: it would hide every event up to it."""
+    if since.ts is None and since.cursor > 0:
+        last = last_cursor(directory)
+        if since.cursor > last:
+            raise ValueError(
+                f"since {since.cursor} is past the end of this swarm's event log (its last "
+                f'cursor is {last}); give a cursor you received, "start" or a time'
+            )
+
+
 class SwarmLog:
     """The open end of one swarm's log: appends lines and stamps cursors."""
 
@@ -143,7 +165,8 @@ class SwarmLog:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(directory.parent)  # events/: 0700 like the rest of the state dir
+        private_dir(directory)
         found = segments(directory)
         self.sizes = {path: path.stat().st_size for _, path in found}
         self.next_cursor = 1
@@ -158,20 +181,23 @@ class SwarmLog:
         self.sizes[self.path] = os.fstat(self.fd).st_size
 
     def _drop_partial_line(self, path: Path) -> None:
+        """Cut a line a crash left unfinished, back to the last newline (or to nothing)."""
         with open(path, "rb+") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            if size == 0:
+            end = handle.seek(0, os.SEEK_END)
+            if end == 0:
                 return
-            handle.seek(size - 1)
+            handle.seek(end - 1)
             if handle.read(1) == b"\n":
                 return
             keep = 0
-            for start in range(max(0, size - READ_CHUNK), -1, -READ_CHUNK):
+            while end > 0:
+                start = max(0, end - READ_CHUNK)
                 handle.seek(start)
-                cut = handle.read(min(READ_CHUNK, size - start)).rfind(b"\n")
+                cut = handle.read(end - start).rfind(b"\n")
                 if cut >= 0:
                     keep = start + cut + 1
                     break
+                end = start
             log.warning("event log %s: dropped a line cut short by a crash", path)
             handle.truncate(keep)
 
@@ -190,9 +216,10 @@ class SwarmLog:
             self._rotate()
 
     def _rotate(self) -> None:
+        path = _segment_path(self.directory, self.next_cursor)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # before the close
         os.close(self.fd)
-        self.path = _segment_path(self.directory, self.next_cursor)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.path, self.fd = path, fd
         self.sizes[self.path] = 0
         total = sum(self.sizes.values())
         for _, oldest in segments(self.directory)[:-1]:
@@ -202,7 +229,8 @@ class SwarmLog:
             oldest.unlink(missing_ok=True)
 
     def close(self) -> None:
-        os.close(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 class EventLog:
@@ -216,6 +244,9 @@ class EventLog:
         self.max_bytes = max_bytes
         self.open: OrderedDict[str, SwarmLog] = OrderedDict()
         self.failing: set[str] = set()
+        # The next cursor of each swarm whose log failed: sent events keep theirs, even if the
+        # file lost them, so a reopened log never hands one out twice.
+        self.floors: dict[str, int] = {}
 
     def record(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Stamp the logged events with their cursors and write them; returns what to send."""
@@ -242,6 +273,10 @@ class EventLog:
                 self.open[swarm_id].append(lines)
             except OSError as exc:
                 self._trouble(swarm_id, exc)
+                self.floors[swarm_id] = self.open[swarm_id].next_cursor
+                self.close(swarm_id)  # the next event reopens it
+        while len(self.open) > MAX_OPEN_LOGS:  # only now: a batch's logs stay open until written
+            self.open.popitem(last=False)[1].close()
         return sent
 
     def _log(self, swarm_id: str) -> SwarmLog | None:
@@ -257,9 +292,8 @@ class EventLog:
             self._trouble(swarm_id, exc)
             return None
         self.failing.discard(swarm_id)
+        swarm_log.next_cursor = max(swarm_log.next_cursor, self.floors.pop(swarm_id, 1))
         self.open[swarm_id] = swarm_log
-        while len(self.open) > MAX_OPEN_LOGS:
-            self.open.popitem(last=False)[1].close()
         return swarm_log
 
     def _trouble(self, swarm_id: str, exc: OSError) -> None:
@@ -382,6 +416,9 @@ class LogTail:
         end = data.rfind(b"\n") + 1
         self.offset += end
         for raw in data[:end].splitlines():
+            cursor = _cursor_at_end(raw)
+            if cursor is not None and cursor <= self.last_cursor:
+                continue  # read before, or before `since`: not worth parsing
             try:
                 event = EncodedEvent(json.loads(raw))
             except (ValueError, TypeError):

@@ -11,15 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from codeswarm.cli import main
-
-
-def run(config, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeswarm", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.support.cli import run_cli as run
 
 
 @pytest.mark.integration

@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm
+from tests.support.cli import run_cli as cli
 from tests.support.daemon import Daemon
-from tests.support.simulated_workers import ROOT, SimulatedScheduler
+from tests.support.simulated_workers import SimulatedScheduler
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,17 +34,6 @@ def swarm(tmp_path):
         launched = launcher.launch(nodes=2)
     yield launched["swarm_id"], path, scheduler.children[0].pid
     scheduler.close()
-
-
-def cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "codeswarm", *args, "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
 
 
 def json_lines(text: str) -> list[dict]:
@@ -90,11 +77,15 @@ def test_the_same_verbs_read_a_running_daemons_log(swarm, tmp_path):
         done = cli(config, "inject", swarm_id, "--prompt", "burst 5", "--wait", "--json")
         assert done.returncode == 0, done.stderr
         lines = json_lines(done.stdout)
-        assert [e["type"] for e in lines] == ["inject_ack", "inject_ack", "answer", "answer"]
-        assert {(a["node_id"], a["status"], a["message"]) for a in lines[2:]} == {
+        assert [e["type"] for e in lines[:2]] == ["inject_ack", "inject_ack"]
+        answers = [e for e in lines if e["type"] == "answer"]
+        assert {(a["node_id"], a["status"], a["message"]) for a in answers} == {
             (0, "completed", "done"),
             (1, "completed", "done"),
         }
+        streamed = [e for e in lines[2:] if e["type"] != "answer"]  # every event of the two
+        assert sum(e["type"] == "assistant_delta" for e in streamed) == 10
+        assert {e["injection_id"] for e in streamed} == {a["injection_id"] for a in answers}
         logged = json_lines(cli(config, "logs", swarm_id, "--json").stdout)
         assert sum(e["type"] == "assistant" for e in logged) == 2
         sent = daemon.wait_for(lambda evs: sum(e["type"] == "usage" for e in evs) == 2)
@@ -120,3 +111,18 @@ def test_bad_since_and_unknown_swarms_are_usage_and_plain_errors(swarm):
     assert bad.returncode == 2 and "--since" in bad.stderr
     unknown = cli(config, "logs", "sw-0000000000")
     assert unknown.returncode == 1 and "codeswarm list" in unknown.stderr
+
+
+def test_inject_wait_gives_up_at_its_timeout_while_a_daemon_runs(swarm, tmp_path):
+    swarm_id, config, worker = swarm
+    daemon = Daemon(config, tmp_path / "daemon.stderr")
+    os.kill(worker, signal.SIGSTOP)  # the node reads nothing: no answer will come
+    try:
+        daemon.wait_event("ready")
+        waited = cli(config, "inject", swarm_id, "--prompt", "hi", "--wait", "--timeout", "2")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        daemon.close()
+    assert waited.returncode == 1
+    assert sorted(waited.stdout.splitlines())[0].startswith("node ")
+    assert "no answer yet" in waited.stdout

@@ -143,7 +143,7 @@ def test_a_requeued_node_runs_again_after_it_exited():
     assert n.state == "exited"
     (started,) = n.worker_line(line("node_started", 2, pid=1, host="n2"))
     assert started["type"] == "node_started"
-    assert n.started() == []  # what the NodeActor does on node_started
+    assert n.started() == []  # what the NodeShard does on node_started
     assert n.state == "running"
     assert n.inject(injection("again")) == ([], [injection("again")])
 

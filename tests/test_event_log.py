@@ -154,3 +154,45 @@ def test_last_seqs_reads_back_to_what_the_saved_cursor_covers(tmp_path):
     assert eventlog.last_seqs(directory, saved, 0.0) == {"j1_0": 18, "j1_1": 19}
     assert eventlog.last_seqs(directory, {"j1_0": 18, "j1_1": 19}, 0.0) == {}
     assert eventlog.last_seqs(directory, {"j1_2": -1}, 0.0) == {"j1_0": 18, "j1_1": 19}
+
+
+def test_a_long_cut_line_is_dropped_and_every_whole_line_kept(tmp_path):
+    log = EventLog(tmp_path, 1 << 20, 1 << 30)
+    log.record([node_event("sw-a", 0), node_event("sw-a", 1)])
+    log.close_all()
+    (segment,) = (tmp_path / "events" / "sw-a").iterdir()
+    whole = segment.read_bytes()
+    with open(segment, "ab") as out:
+        # killed while writing a line longer than a read chunk, its newline far back
+        out.write(b'{"type":"assistant_delta","delta":"' + b"y" * 70_000)
+    again = EventLog(tmp_path, 1 << 20, 1 << 30)
+    assert [e["cursor"] for e in again.record([node_event("sw-a", 2)])] == [3]
+    again.close_all()
+    assert segment.read_bytes().startswith(whole)
+    assert [e["cursor"] for e in read_all(tmp_path, "sw-a")] == [1, 2, 3]
+
+
+def test_a_log_that_cannot_be_written_keeps_routing_and_never_reuses_a_cursor(tmp_path):
+    log = EventLog(tmp_path, 4096, 1 << 30)
+    log.record([node_event("sw-a", 0)])
+    directory = swarm_log_dir(tmp_path, "sw-a")
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()  # removed under the router: the next rotation cannot open a file
+    sent = []
+    for seq in range(1, 80):
+        sent += log.record([node_event("sw-a", seq)])
+    assert [e["cursor"] for e in sent] == list(range(2, 81))  # every event still goes out
+    log.close_all()
+    logged = [e["cursor"] for e in read_all(tmp_path, "sw-a")]
+    assert logged and logged == sorted(set(logged)) and logged[0] > 2  # reopened, no reuse
+
+
+def test_since_past_the_end_of_the_log_is_refused(tmp_path):
+    log = EventLog(tmp_path, 1 << 20, 1 << 30)
+    log.record([node_event("sw-a", seq) for seq in range(3)])
+    log.close_all()
+    directory = swarm_log_dir(tmp_path, "sw-a")
+    eventlog.check_since(directory, Since(cursor=3))
+    with pytest.raises(ValueError, match="past the end"):
+        eventlog.check_since(directory, Since(cursor=4))

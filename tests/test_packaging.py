@@ -91,10 +91,11 @@ def dists(tmp_path_factory) -> Dists:
 
 @pytest.fixture(scope="module")
 def installed(dists, tmp_path_factory) -> Installed:
-    """A fresh venv with the wheel and its dependencies (from the package index, pip's cache)."""
+    """A fresh venv with the wheel, its dependencies and its ``mcp`` extra (codeswarm.mcp needs
+    it to import), from the package index or pip's cache."""
     prefix = tmp_path_factory.mktemp("venv")
     venv.create(prefix, with_pip=True)
-    run([prefix / "bin" / "python", "-m", "pip", "install", "-q", dists.wheel])
+    run([prefix / "bin" / "python", "-m", "pip", "install", "-q", f"{dists.wheel}[mcp]"])
     return Installed(prefix, tmp_path_factory.mktemp("user"))
 
 
@@ -137,7 +138,11 @@ def test_installed_wheel_prints_help_and_imports_every_module_from_the_venv(inst
     probed = installed.run(["python", "-c", probe])
     assert probed.returncode == 0, probed.stderr[-3000:]
     imported = json.loads(probed.stdout)
-    assert {"codeswarm.backends.local", "codeswarm.hpc.codex_worker"} <= set(imported)
+    assert {
+        "codeswarm.backends.local",
+        "codeswarm.hpc.codex_worker",
+        "codeswarm.mcp.server",
+    } <= set(imported)
     site = str(installed.prefix / "lib")
     assert [f for f in imported.values() if not f.startswith(site)] == []
 

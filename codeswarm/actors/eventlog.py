@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pykka
 
-from codeswarm.actors.messages import CloseLog, Emit
+from codeswarm.actors.messages import AfterLog, CloseLog, Emit
 from codeswarm.eventlog import EventLog
 
 
@@ -21,6 +22,9 @@ class EventLogActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Emit):
             self.sink.tell(Emit(self.event_log.record(message.events)))
+        elif isinstance(message, AfterLog):
+            with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+                message.target.tell(message.message)
         elif isinstance(message, CloseLog):
             self.event_log.close(message.swarm_id)
 

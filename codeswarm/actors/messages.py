@@ -42,6 +42,14 @@ class CloseLog(NamedTuple):
     swarm_id: str
 
 
+class AfterLog(NamedTuple):
+    """Tell ``target`` ``message`` once every event sent to the log before it is written:
+    the cursor advances past a line only when its events are in the event log."""
+
+    target: Any
+    message: Any
+
+
 class FollowerLines(NamedTuple):
     generation: int
     lines: list[LineRecord]
@@ -143,10 +151,10 @@ class NodeStarted(NamedTuple):
     """Workers' own ``node_started`` were routed: the nodes run, whatever the last poll said.
 
     One message a batch: each costs the swarm's record a copy, so a thousand nodes starting
-    at once must not cost a thousand.
+    at once must not cost a thousand. ``nodes`` holds (node key, host, Slurm node) each.
     """
 
-    keys: list[str]
+    nodes: list[tuple[str, str | None, str | None]]
 
 
 class PollJobs(NamedTuple):
@@ -191,6 +199,21 @@ class Cancel(NamedTuple):
 
 class Cancelled(NamedTuple):
     swarm_id: str
+    request_id: Any
+    error: Exception | None
+
+
+class Resubmit(NamedTuple):
+    """Submit these array tasks of a swarm again, alone (``restart``)."""
+
+    swarm: Any  # registry.SwarmRecord
+    tasks: list[int]
+    request_id: Any
+
+
+class Resubmitted(NamedTuple):
+    swarm_id: str
+    tasks: dict[int, str]  # task -> its new Slurm id, <job>_<task>
     request_id: Any
     error: Exception | None
 

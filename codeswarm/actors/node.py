@@ -17,6 +17,7 @@ import pykka
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import (
     AddNode,
+    AfterLog,
     Emit,
     ForNodes,
     Inject,
@@ -64,7 +65,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.events: list[dict] = []
-        self.started: list[str] = []  # nodes whose node_started came
+        self.started: list[tuple[str, str | None, str | None]] = []  # (key, host, Slurm node)
         self.progress: list[tuple[str, dict[str, int], int]] = []
         self.writes: dict[str, tuple[Node, list[Injection]]] = {}
 
@@ -79,6 +80,7 @@ class NodeShard(pykka.ThreadingActor):
         timer: Timer,
         inject_timeout: float,
         supervisor: Any,
+        logged: bool = False,
     ) -> None:
         super().__init__()
         self.transport = transport
@@ -87,6 +89,7 @@ class NodeShard(pykka.ThreadingActor):
         self.inject_timeout = inject_timeout
         self.supervisor = supervisor
         self.nodes: dict[str, Node] = {}
+        self.logged = logged  # the sink is the event log: progress counts once it has written
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, ForNodes):
@@ -124,8 +127,12 @@ class NodeShard(pykka.ThreadingActor):
             self.tell_supervisor(NodeStarted(batch.started))
         if batch.events:
             self.sink.tell(Emit(batch.events))
-        if batch.progress:  # after the events: the cursor never passes an unsent line
-            self.tell_supervisor(Progress(batch.progress))
+        if batch.progress:  # after the events: the cursor never passes an unlogged line
+            progress = Progress(batch.progress)
+            if self.logged:
+                self.sink.tell(AfterLog(self.supervisor, progress))
+            else:
+                self.tell_supervisor(progress)
 
     def tell_supervisor(self, message: Any) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
@@ -167,7 +174,8 @@ class NodeShard(pykka.ThreadingActor):
                 kind = event["type"]
                 if kind == "node_started":
                     self.start_clocks(node, correlation.started())
-                    batch.started.append(correlation.key)
+                    where = (correlation.key, event.get("host"), event.get("slurm_node"))
+                    batch.started.append(where)
                 elif kind == "inject_delivered" or kind == "inject_failed":
                     handle = node.timers.pop(event["injection_id"], None)
                     if handle is not None:

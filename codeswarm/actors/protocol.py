@@ -7,6 +7,7 @@ way out passes the filter, the default one from the first line.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import selectors
@@ -31,6 +32,7 @@ from codeswarm.protocol.codec import MAX_LINE_BYTES
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 16
+REPLAY_BATCH = 1000  # events of a replay read and written at a time
 
 
 class LineReader:
@@ -91,11 +93,15 @@ class ProtocolActor(pykka.ThreadingActor):
         self.log_dir: str | None = None
         # swarm id -> the last cursor replayed: live events up to it were sent by the replay.
         self.replayed: dict[str, int] = {}
+        # swarm id -> [first, last] cursor this connection has sent live: a replay skips them.
+        self.sent: dict[str, list[int]] = {}
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Emit):
             events = self.past_replay(message.events) if self.replayed else message.events
-            self.write(self.subscription.select(events))
+            selected = self.subscription.select(events)
+            self.note_sent(selected)
+            self.write(selected)
         elif isinstance(message, Subscribe):
             self.subscribe(message)
         elif isinstance(message, Attach):
@@ -106,10 +112,14 @@ class ProtocolActor(pykka.ThreadingActor):
             self.thread.start()
 
     def subscribe(self, message: Subscribe) -> None:
-        """Answer ``subscribed``, then replay the log, if asked: live events queue behind."""
+        """Replay the log if asked, then answer ``subscribed`` at the seam.
+
+        Live events wait in this actor's mailbox meanwhile; those the replay already sent are
+        dropped when they come (``past_replay``), and the replay leaves out what this
+        connection sent live before it asked: nothing reaches the client twice.
+        """
         if message.events is not None:
             self.subscription = Subscription(message.events)
-        replay: list[dict] = []
         fields: dict[str, Any] = {}
         if message.since is not None:
             if self.log_dir is None:
@@ -119,11 +129,27 @@ class ProtocolActor(pykka.ThreadingActor):
                 )
                 self.write([error])
                 return
-            tail = LogTail(eventlog.swarm_log_dir(self.log_dir, message.swarm_id), message.since)
-            replay = list(tail.poll())
+            directory = eventlog.swarm_log_dir(self.log_dir, message.swarm_id)
+            try:
+                eventlog.check_since(directory, message.since)
+            except ValueError as exc:
+                error = error_event(
+                    errors.INVALID_FIELD, str(exc), field="since", request_id=message.request_id
+                )
+                self.write([error])
+                return
+            tail = LogTail(directory, message.since)
+            sent = self.sent.get(message.swarm_id, [0, -1])
+            replayed = 0
+            events = tail.poll()
+            while batch := list(itertools.islice(events, REPLAY_BATCH)):
+                fresh = [e for e in batch if not sent[0] <= e["cursor"] <= sent[1]]
+                selected = self.subscription.select(fresh)
+                replayed += len(selected)
+                self.write(selected)
             until = max(tail.seen, message.since.cursor)
             self.replayed[message.swarm_id] = until
-            fields = {"swarm_id": message.swarm_id, "replayed": len(replay), "replay_until": until}
+            fields = {"swarm_id": message.swarm_id, "replayed": replayed, "replay_until": until}
         answer = make_event(
             "subscribed",
             patterns=list(self.subscription.patterns),
@@ -131,19 +157,32 @@ class ProtocolActor(pykka.ThreadingActor):
             request_id=message.request_id,
             **fields,
         )
-        self.write([answer, *self.subscription.select(replay)])
+        self.write([answer])
+
+    def note_sent(self, events: list[dict]) -> None:
+        """Keep the span of cursors sent live per swarm (they come in order, one by one)."""
+        for event in events:
+            cursor = event.get("cursor")
+            if cursor is not None:
+                swarm_id = event.get("swarm_id") or (event.get("swarm") or {}).get("swarm_id")
+                span = self.sent.get(swarm_id)
+                if span is None:
+                    self.sent[swarm_id] = [cursor, cursor]
+                else:
+                    span[1] = cursor
 
     def past_replay(self, events: list[dict]) -> list[dict]:
         """Leave out what a replay has sent already; a swarm is forgotten once past its seam."""
         kept = []
         for event in events:
             cursor = event.get("cursor")
-            swarm_id = eventlog.logged_swarm(event) if cursor is not None else None
-            until = self.replayed.get(swarm_id) if swarm_id is not None else None
-            if until is not None:
-                if cursor <= until:
-                    continue
-                del self.replayed[swarm_id]
+            if cursor is not None:
+                swarm_id = event.get("swarm_id") or (event.get("swarm") or {}).get("swarm_id")
+                until = self.replayed.get(swarm_id)
+                if until is not None:
+                    if cursor <= until:
+                        continue
+                    del self.replayed[swarm_id]
             kept.append(event)
         return kept
 

@@ -42,6 +42,8 @@ from codeswarm.actors.messages import (
     Progress,
     ReadDiffs,
     RemoveNodes,
+    Resubmit,
+    Resubmitted,
     Started,
     StartFollower,
     Submit,
@@ -50,7 +52,7 @@ from codeswarm.actors.messages import (
 )
 from codeswarm.actors.node import NodeShard
 from codeswarm.actors.steering import ApprovalsActor
-from codeswarm.actors.swarms import SwarmTable, job_of, written_over
+from codeswarm.actors.swarms import SwarmTable, job_of, restart_tasks, written_over
 from codeswarm.actors.targeting import NodeTargeting
 from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
@@ -145,6 +147,10 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         for ref in (self.follower, *self.shards):
             if ref is not None:
                 ref.stop()
+        if self.log_dir is not None:
+            # The log is written to the end before the cursor is saved and its lock released:
+            # the next router must find every event this one sent.
+            self.sink.stop()
         self.write_registry()
         try:
             self.cursor.save()
@@ -184,12 +190,12 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 if key in self.nodes:  # a released node's last word is not kept
                     self.cursor.advance(key, offsets, last_seq)
         elif isinstance(message, NodeStarted):
-            by_job: dict[str, list[int]] = {}
-            for key in message.keys:
+            by_job: dict[str, dict[int, tuple[str | None, str | None]]] = {}
+            for key, host, slurm_node in message.nodes:
                 job_id, node_id = records.parse_node_key(key)
-                by_job.setdefault(job_id, []).append(node_id)
-            for job_id, node_ids in by_job.items():
-                self.table.node_started(job_id, node_ids, time.monotonic())
+                by_job.setdefault(job_id, {})[node_id] = (host, slurm_node)
+            for job_id, started in by_job.items():
+                self.table.node_started(job_id, started, time.monotonic())
         elif isinstance(message, CommandReceived):
             self.command(message.command)
         elif isinstance(message, Polled):
@@ -200,6 +206,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.backend_error("launch", message.error, message.command.request_id)
         elif isinstance(message, Cancelled):
             self.cancelled(message)
+        elif isinstance(message, Resubmitted):
+            self.resubmitted(message)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -346,7 +354,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 last_seqs,
                 self.cursor.saved_at - LOG_CLOCK_MARGIN,
             )
-            last_seqs.update((key, max(seq, last_seqs[key])) for key, seq in logged.items())
+            for key, seq in logged.items():
+                if key in last_seqs:  # the log may name nodes already followed, or none
+                    last_seqs[key] = max(seq, last_seqs[key])
         for key, last_seq in last_seqs.items():
             self.nodes[key] = self.spawn(record, records.parse_node_key(key)[1], last_seq)
         for key, lines in self.table.take_held(record.job_id):
@@ -360,7 +370,12 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
 
     def start_shard(self) -> Any:
         return NodeShard.start(
-            self.transport, self.sink, self.timer, self.inject_timeout, self.actor_ref
+            self.transport,
+            self.sink,
+            self.timer,
+            self.inject_timeout,
+            self.actor_ref,
+            logged=self.log_dir is not None,
         )
 
     def spawn(self, record: SwarmRecord, node_id: int, last_seq: int | None = None) -> Any:
@@ -450,6 +465,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             commands.ListSwarms: self.wait_for_poll,
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
+            commands.Restart: self.restart,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,
@@ -499,10 +515,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             job_id=submitted.job_id,
             backend=self.scheduler.name,
             mailbox=self.registry.mailbox,
-            nodes=command.nodes,
+            nodes=command.nodes * submitted.agents_per_node,
             created=round(time.time(), 3),
             state="pending",
             pids=submitted.pids,
+            agents_per_node=submitted.agents_per_node,
+            layout=submitted.layout,
+            task_agents=submitted.task_agents,
         )
         try:
             self.registry.put(record)
@@ -536,14 +555,21 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             return
         self.refresh_registry()
         if isinstance(command, commands.ListSwarms):
-            swarms = [record.to_event() for record in self.table.all()]
+            swarms = [self.swarm_event(record) for record in self.table.all()]
             self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
             return
         record = self.known_swarm(command.swarm_id, command.request_id)
         if record is not None:
-            self.emit(
-                make_event("swarm_status", request_id=command.request_id, swarm=record.to_event())
-            )
+            swarm = self.swarm_event(record)
+            self.emit(make_event("swarm_status", request_id=command.request_id, swarm=swarm))
+
+    def swarm_event(self, record: SwarmRecord) -> dict[str, Any]:
+        """The swarm as status and list show it: with why it waits while it is pending."""
+        swarm = record.to_event()
+        reason = self.scheduler.pending_reason(record.job_id) if record.state == "pending" else None
+        if reason:
+            swarm["pending_reason"] = reason
+        return swarm
 
     def terminate(self, command: commands.Terminate) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
@@ -569,6 +595,31 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.emit(
             make_event("swarm_terminated", request_id=message.request_id, swarm_id=message.swarm_id)
         )
+
+    def restart(self, command: commands.Restart) -> None:
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is None:
+            return
+        try:
+            tasks = restart_tasks(record, command.nodes)
+        except ValueError as exc:
+            self.error(errors.INVALID_FIELD, str(exc), command.request_id, field="nodes")
+            return
+        self.jobs.tell(Resubmit(record, tasks, command.request_id))
+
+    def resubmitted(self, message: Resubmitted) -> None:
+        if message.error is not None:
+            self.backend_error("restart", message.error, message.request_id)
+            return
+        record = self.table.by_swarm(message.swarm_id)
+        if record is None:
+            return
+        for key, told in self.table.resubmitted(record.job_id, message.tasks, time.monotonic()):
+            self.tell_node(key, told)
+        self.tell_live_swarms()  # the next poll asks about the new jobs
+        self.write_registry()
+        swarm = self.table.get(record.job_id) or record
+        self.emit(make_event("swarm_status", request_id=message.request_id, swarm=swarm.to_event()))
 
     def diff(self, command: commands.Diff) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)

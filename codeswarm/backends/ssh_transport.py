@@ -51,7 +51,7 @@ class ChannelStream:
 
 
 class InboxWriter:
-    """One ``hpc.inbox_writer`` on its own channel, shared by every NodeActor's writes.
+    """One ``hpc.inbox_writer`` on its own channel, shared by every NodeShard's writes.
 
     A write is a framed request answered with ``ok`` once the lines are in the inbox. A write
     that cannot be sent or is not answered within the timeout (a hung filesystem under the

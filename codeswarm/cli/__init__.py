@@ -25,6 +25,7 @@ from codeswarm.cli import history
 from codeswarm.cli.render import EventRenderer, print_swarm
 from codeswarm.config import Config, default_local_config, load_config
 from codeswarm.errors import CodeswarmError, CommandError
+from codeswarm.protocol.errors import INPUT_ERROR_CODES
 
 
 class CodeswarmGroup(click.Group):
@@ -33,6 +34,10 @@ class CodeswarmGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except CommandError as exc:
+            if exc.event["error"] in INPUT_ERROR_CODES:  # a value the router refused: usage
+                raise click.UsageError(explain(exc)) from exc
+            raise click.ClickException(explain(exc)) from exc
         except CodeswarmError as exc:
             raise click.ClickException(explain(exc)) from exc
 
@@ -62,7 +67,7 @@ def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--config",
         "config_path",
-        type=click.Path(dir_okay=False),
+        type=click.Path(exists=True, dir_okay=False),
         envvar="CODESWARM_CONFIG",
         help="Config file (default: $CODESWARM_CONFIG, else the built-in local config).",
     )(command)
@@ -76,7 +81,18 @@ def swarms_for(config_path: str | None, debug: bool, follow: str | None = None):
     return Codeswarm(load(config_path), follow=follow)
 
 
-@click.group(cls=CodeswarmGroup)
+EPILOG = """\b
+Output: with --json (every verb; daemon speaks JSON lines always) stdout
+carries only JSON: one document, or JSON lines for lists and streams;
+messages and errors go to stderr.
+Exit status: 0 ok; 1 failure (a codeswarm or cluster error, a node that
+failed, a failed doctor check); 2 usage error (an unknown option, a bad value).
+Shell completion (swarm ids too), in ~/.bashrc or ~/.zshrc:
+  eval "$(_CODESWARM_COMPLETE=bash_source codeswarm)"    (zsh: zsh_source)
+"""
+
+
+@click.group(cls=CodeswarmGroup, epilog=EPILOG)
 @click.version_option(__version__, prog_name="codeswarm")
 def main() -> None:
     """Run swarms of Codex agents on Slurm clusters or on this machine.
@@ -130,38 +146,6 @@ def stop_signals_fd() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     return read_fd
-
-
-@main.command()
-@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Agents, one a node.")
-@click.option("--prompt", help="A first prompt for every agent.")
-@click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
-@click.option("--partition", help="Slurm partition.")
-@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
-@config_option
-def launch(
-    nodes: int,
-    prompt: str | None,
-    time_limit: str | None,
-    partition: str | None,
-    as_json: bool,
-    config_path: str | None,
-    debug: bool,
-) -> None:
-    """Start a swarm of NODES agents and print its id.
-
-    \b
-    Example:
-      codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
-          --config configs/hpcfund.json
-    """
-    with swarms_for(config_path, debug) as swarms:
-        swarm = swarms.launch(nodes, prompt, time_limit, partition)
-    if as_json:
-        click.echo(json.dumps(swarm))
-    else:
-        click.echo(swarm["swarm_id"])
-        click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {nodes} nodes", err=True)
 
 
 @main.command(name="list")
@@ -222,7 +206,13 @@ def parse_nodes(value: str) -> int | list[int] | str:
     show_default=True,
     help="With --wait: stop waiting after this many seconds (exit 1; the agents go on).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print acks (and answers) as JSON lines.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON lines: each node's ack; with --wait also every event of the injections as it "
+    'comes, then one {"type": "answer", ...} line per node.',
+)
 @config_option
 def inject(
     swarm_id: str,
@@ -269,13 +259,23 @@ def inject(
         else:
             acks = swarms.inject_and_wait(swarm_id, content, selected, injection_id)
             since = min((ack.get("cursor", 1) for ack in acks), default=1) - 1
+        if injection_id is not None:
+            since = 0  # a retry: its answer may have come long ago
         failed = print_acks(acks, as_json, answers_follow=True)
         ids = [ack["injection_id"] for ack in acks if ack["type"] == "inject_ack"]
-        answers = history.wait_for_answers(swarms, config, swarm_id, ids, since, timeout, show)
+        answers = history.wait_for_answers(
+            swarms, config, swarm_id, ids, since, timeout, show, print_json if as_json else None
+        )
     for answer in answers:
         if answer["status"] == "pending":
             show(answer)
     sys.exit(1 if failed or answers_failed(answers) else 0)
+
+
+def print_json(event: dict[str, Any]) -> None:
+    """An injection's event as a JSON line; its ack is printed once already."""
+    if event["type"] != "inject_ack":
+        click.echo(json.dumps(event))
 
 
 def print_acks(acks: list[dict[str, Any]], as_json: bool, answers_follow: bool = False) -> bool:
@@ -378,8 +378,11 @@ def attach(
     help="Only swarms that ended at least this long ago: 90s, 30m, 12h, 7d, or 0 for all.",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line a swarm.")
 @config_option
-def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) -> None:
+def prune(
+    older_than: str, dry_run: bool, as_json: bool, config_path: str | None, debug: bool
+) -> None:
     """Forget finished swarms and remove their files from the cluster.
 
     A swarm that has exited or been terminated stays in `codeswarm list` until pruned. This
@@ -416,16 +419,32 @@ def prune(older_than: str, dry_run: bool, config_path: str | None, debug: bool) 
     verb = "would remove" if dry_run else "removed"
     kept = 0
     for swarm, result in pruned:
+        if as_json:
+            click.echo(json.dumps(prune_line(swarm, result, dry_run)))
         if result.error is not None:
             kept += 1
             click.echo(f"kept {swarm.swarm_id} (job {swarm.job_id}): {result.error}", err=True)
             continue
         files = "" if dry_run else f" ({len(result.removed)} paths)"
-        click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
+        if not as_json:
+            click.echo(f"{verb} {swarm.swarm_id} (job {swarm.job_id}, {swarm.state}){files}")
     if not pruned:
         click.echo(f"no finished swarm ended more than {older_than} ago", err=True)
     if kept:
         raise click.ClickException(f"{kept} swarm(s) kept: a git worktree could not be retired")
+
+
+def prune_line(swarm: Any, result: Any, dry_run: bool) -> dict[str, Any]:
+    """What prune did to one swarm, for --json."""
+    return {
+        "swarm_id": swarm.swarm_id,
+        "job_id": swarm.job_id,
+        "state": swarm.state,
+        "dry_run": dry_run,
+        "removed": result.removed,
+        "kept": result.error is not None,
+        "error": result.error,
+    }
 
 
 def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str) -> None:
@@ -439,10 +458,16 @@ def check_swarm(swarms: Any, config_path: str | None, debug: bool, swarm_id: str
 
 def _add_commands() -> None:
     from codeswarm.cli.diff import diff
+    from codeswarm.cli.doctor import doctor
+    from codeswarm.cli.launch import launch
     from codeswarm.cli.logs import logs
+    from codeswarm.cli.mcp import mcp_command
 
     main.add_command(diff)
+    main.add_command(config_option(doctor))
+    main.add_command(config_option(launch))
     main.add_command(logs)
+    main.add_command(mcp_command)
 
 
 _add_commands()
@@ -450,15 +475,43 @@ _add_commands()
 
 @main.command()
 @click.argument("swarm_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the router's answer as JSON.")
 @config_option
-def terminate(swarm_id: str, config_path: str | None, debug: bool) -> None:
+def terminate(swarm_id: str, as_json: bool, config_path: str | None, debug: bool) -> None:
     """Stop every agent of a swarm (their running turns are interrupted, outboxes archived)."""
     with swarms_for(config_path, debug) as swarms:
         swarms.terminate(swarm_id)
+    if as_json:
+        click.echo(json.dumps({"type": "swarm_terminated", "swarm_id": swarm_id}))
     click.echo(f"terminating {swarm_id}", err=True)
+
+
+@main.command()
+@click.argument("swarm_id")
+@click.option("--nodes", required=True, help='Agents whose tasks to resubmit: 3, 2,3 or "all".')
+@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+@config_option
+def restart(swarm_id: str, nodes: str, as_json: bool, config_path: str | None, debug: bool) -> None:
+    """Resubmit, alone, the job-array tasks of agents that have exited (slurm.layout array).
+
+    \b
+    Examples:
+      codeswarm restart sw-1a2b3c4d5e --nodes 3     # the task that runs agent 3
+      codeswarm restart sw-1a2b3c4d5e --nodes all   # every task that has exited
+    """
+    with swarms_for(config_path, debug) as swarms:
+        swarm = swarms.restart(swarm_id, parse_nodes(nodes))
+    if as_json:
+        click.echo(json.dumps(swarm))
+    else:
+        print_swarm(swarm, brief=False)
 
 
 from codeswarm.cli.steering import COMMANDS  # noqa: E402 (its verbs use the helpers above)
 
 for _verb in COMMANDS:
     main.add_command(_verb)
+
+from codeswarm.cli.completion import complete_swarm_ids  # noqa: E402 (after every verb)
+
+complete_swarm_ids(main)

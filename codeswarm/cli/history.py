@@ -21,7 +21,7 @@ import click
 from codeswarm.answers import AnswerBook
 from codeswarm.config import Config
 from codeswarm.errors import MailboxBusyError
-from codeswarm.eventlog import LogTail, last_cursor, swarm_log_dir
+from codeswarm.eventlog import LogTail, check_since, last_cursor, swarm_log_dir
 from codeswarm.protocol.since import parse_since
 from codeswarm.protocol.subscription import Subscription, pattern_problem
 from codeswarm.prune import parse_age
@@ -78,14 +78,23 @@ def daemon_log(
     swarm_id: str,
     since: int | float | str,
     idle_exit: float | None,
-) -> Iterator[dict[str, Any]]:
-    """The daemon's log of a swarm from ``since``, as it grows; ends once quiet ``idle_exit``."""
-    tail = LogTail(swarm_log_dir(config.router.state_dir, swarm_id), parse_since(since))
+    deadline: float | None = None,
+) -> Iterator[dict[str, Any] | None]:
+    """The daemon's log of a swarm from ``since``, as it grows; ends once quiet ``idle_exit``
+    or at ``deadline`` (monotonic). With a deadline, None comes on each quiet poll, so a
+    caller can stop without waiting for another event."""
+    directory = swarm_log_dir(config.router.state_dir, swarm_id)
+    start = parse_since(since)
+    try:
+        check_since(directory, start)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    tail = LogTail(directory, start)
     if idle_exit == 0:  # what is there now, once
         yield from tail.poll()
         return
     quiet_since = time.monotonic()
-    while True:
+    while deadline is None or time.monotonic() < deadline:
         fresh = False
         for event in tail.poll():
             fresh = True
@@ -95,6 +104,8 @@ def daemon_log(
             quiet_since = now
         elif idle_exit is not None and now - quiet_since >= idle_exit:
             return
+        elif deadline is not None:
+            yield None
         time.sleep(POLL_SECONDS)
 
 
@@ -139,18 +150,24 @@ def wait_for_answers(
     since: int,
     timeout: float,
     on_answer: Callable[[dict[str, Any]], None],
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Each injection's answer, from this call's router or from the daemon's log."""
     if swarms is not None:
-        return swarms.wait(swarm_id, injection_ids, timeout, on_answer=on_answer, since=since)
+        return swarms.wait(
+            swarm_id, injection_ids, timeout, on_answer=on_answer, since=since, on_event=on_event
+        )
     book = AnswerBook(injection_ids)
     deadline = time.monotonic() + timeout
-    for event in daemon_log(config, swarm_id, since, idle_exit=None):
+    events = daemon_log(config, swarm_id, since, None, deadline)
+    while not book.done() and (event := next(events, False)) is not False:
+        if event is None:
+            continue
+        if on_event is not None and book.tracks(event):
+            on_event(event)
         answer = book.feed(event)
         if answer is not None:
             on_answer(answer)
-        if book.done() or time.monotonic() > deadline:
-            break
     return book.results()
 
 

@@ -183,6 +183,9 @@ class SimulatedScheduler:
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         return None
 
+    def pending_reason(self, job_id: str) -> str | None:
+        return None  # processes start at once: nothing waits
+
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in set(swarm.pids):
             if pid_state(pid, swarm.job_id) == "running":

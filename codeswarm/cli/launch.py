@@ -1,0 +1,148 @@
+"""``codeswarm launch``: submit a swarm, and with ``--wait`` stay until every node has started.
+
+While it waits, a terminal's stderr shows one line that is rewritten in place: the job's
+state, why Slurm holds it (``swarm.pending_reason``), and the time since submission. Nothing
+of it reaches stdout, which carries the swarm id (or the swarm as JSON) alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from codeswarm.registry import FINAL_STATES
+
+POLL_SECONDS = 2.0  # each status asks the scheduler once: one squeue on a cluster
+
+
+def elapsed(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` past an hour: how long the job has waited."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def started(swarm: dict[str, Any]) -> bool:
+    """Every node of the swarm runs."""
+    return all(node["state"] == "running" for node in swarm["nodes"])
+
+
+def progress(swarm: dict[str, Any], now: float) -> str:
+    """One line for a person waiting: ``job 42 pending (Priority), 0:42``."""
+    running = sum(node["state"] == "running" for node in swarm["nodes"])
+    if swarm["state"] == "pending":
+        reason = swarm.get("pending_reason")
+        what = f"pending ({reason})" if reason else "pending"
+    else:
+        what = f"{running}/{len(swarm['nodes'])} nodes running"
+    return f"job {swarm['job_id']} {what}, {elapsed(now - swarm['created'])}"
+
+
+def wait_until_started(
+    status: Callable[[], dict[str, Any]],
+    show: Callable[[dict[str, Any]], None],
+    poll_seconds: float = POLL_SECONDS,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Poll ``status`` until every node runs; the swarm then. ClickException if the job
+    ended first, or if ``timeout`` seconds passed (the job stays queued)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        swarm = status()
+        if started(swarm):
+            return swarm
+        if swarm["state"] in FINAL_STATES:
+            raise click.ClickException(
+                f"{swarm['swarm_id']} ended ({swarm['state']}) before every node started: "
+                f"see `codeswarm status {swarm['swarm_id']}`, and on Slurm the job's output "
+                f"logs/slurm-{swarm['job_id']}.out in the cluster directory"
+            )
+        if deadline is not None and time.monotonic() >= deadline:
+            raise click.ClickException(
+                f"{swarm['swarm_id']} has not started within {timeout:g}s "
+                f"({progress(swarm, time.time())}); it stays queued: "
+                f"`codeswarm status {swarm['swarm_id']}` to look again, "
+                f"`codeswarm terminate {swarm['swarm_id']}` to give up"
+            )
+        show(swarm)
+        time.sleep(poll_seconds)
+
+
+@click.command()
+@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Slurm nodes.")
+@click.option(
+    "--agents-per-node",
+    type=click.IntRange(1, 256),
+    help="Agents on each node (default: the config's slurm.agents_per_node, 1).",
+)
+@click.option("--prompt", help="A first prompt for every agent.")
+@click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
+@click.option("--partition", help="Slurm partition.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Return once every node runs (exit 1 if the job ends first); on a terminal, "
+    "show the pending reason and the time waited meanwhile.",
+)
+@click.option(
+    "--timeout",
+    "wait_timeout",
+    type=click.FloatRange(min=0),
+    help="With --wait: give up waiting after this many seconds (exit 1; the job stays queued).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+def launch(
+    nodes: int,
+    agents_per_node: int | None,
+    prompt: str | None,
+    time_limit: str | None,
+    partition: str | None,
+    wait: bool,
+    wait_timeout: float | None,
+    as_json: bool,
+    config_path: str | None,
+    debug: bool,
+) -> None:
+    """Start a swarm on NODES nodes and print its id; its agents are numbered 0..N-1.
+
+    \b
+    Examples:
+      codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
+          --config configs/hpcfund.json
+      codeswarm launch --nodes 2 --wait --timeout 600 --json
+      codeswarm launch --nodes 2 --agents-per-node 8   # 16 agents, node ids 0..15
+    """
+    from codeswarm.cli import swarms_for
+
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
+    tty = sys.stderr.isatty()
+
+    def show(swarm: dict[str, Any]) -> None:
+        if tty:
+            click.echo(f"\r\033[K{progress(swarm, time.time())}", nl=False, err=True)
+
+    with swarms_for(config_path, debug) as swarms:
+        swarm = swarms.launch(nodes, prompt, time_limit, partition, agents_per_node=agents_per_node)
+        if not as_json:
+            click.echo(swarm["swarm_id"])  # at once: the id to terminate if the wait is cut short
+        if wait:
+            try:
+                swarm = wait_until_started(
+                    lambda: swarms.status(swarm["swarm_id"]), show, timeout=wait_timeout
+                )
+            finally:
+                if tty:
+                    click.echo("\r\033[K", nl=False, err=True)
+    if as_json:
+        click.echo(json.dumps(swarm))
+        return
+    state = "running" if wait else swarm["state"]
+    agents = len(swarm["nodes"])
+    shape = f"{nodes} nodes" + (f", {agents} agents" if agents != nodes else "")
+    click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {shape}, {state}", err=True)

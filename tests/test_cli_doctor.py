@@ -1,0 +1,319 @@
+"""codeswarm doctor: its pure parts, then real runs on the local backend and the test cluster."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import paramiko
+import pytest
+from click.testing import CliRunner
+
+from codeswarm.cli import main
+from codeswarm.config import parse_config
+from codeswarm.doctor import (
+    Check,
+    connect_failure,
+    model_endpoint,
+    parse_probe,
+    probe_checks,
+    python_problem,
+)
+from codeswarm.doctor_slurm import srun_argv, srun_fix
+from codeswarm.errors import BackendError
+from tests.support.worker import agent_settings
+from tests.test_slurm import cluster_codex, slurm_config  # noqa: F401 (fixtures)
+
+
+def provider(base_url: str) -> dict:
+    return {
+        "model_provider": "site",
+        "model_providers": {"site": {"name": "s", "base_url": base_url, "wire_api": "responses"}},
+    }
+
+
+def test_model_endpoint_is_what_codex_will_call():
+    agent = parse_config({"backend": "local", "agent": {"config": provider("http://h:1/v1")}})
+    assert model_endpoint(agent.agent) == "http://h:1/v1"
+    assert model_endpoint(parse_config({"backend": "local"}).agent) == "https://api.openai.com/v1"
+    builtin = parse_config({"backend": "local", "agent": {"config": {"model_provider": "oss"}}})
+    assert model_endpoint(builtin.agent) is None
+
+
+def test_python_versions():
+    assert python_problem("3.11.7") is None
+    assert python_problem("3.8") is None
+    assert "3.8 or newer" in python_problem("3.6")
+    assert "not a version" in python_problem("Python")
+
+
+def wrapped(cause: BaseException) -> BackendError:
+    try:
+        raise BackendError("cannot connect") from cause
+    except BackendError as exc:
+        return exc
+
+
+def test_connect_failure_names_the_step_that_failed():
+    assert connect_failure(wrapped(socket.gaierror(-2, "Name or service not known"))) == "reach"
+    assert connect_failure(wrapped(ConnectionRefusedError(111, "refused"))) == "reach"
+    unknown = paramiko.SSHException("Server '[h]:22' not found in known_hosts")
+    assert connect_failure(wrapped(unknown)) == "host_key"
+    assert connect_failure(wrapped(paramiko.AuthenticationException("denied"))) == "login"
+
+
+def test_parse_probe_skips_what_srun_and_setup_print():
+    out = b'srun: job 7 queued and waiting\nmodule loaded {x}\n{"codex": {"ok": true}}\n'
+    assert parse_probe(out) == {"codex": {"ok": True}}
+    with pytest.raises(BackendError, match="no result"):
+        parse_probe(b"sh: python3: not found\n")
+
+
+def test_srun_takes_the_jobs_options_and_setup():
+    config = parse_config(
+        {
+            "ssh": {"login_alias": "c"},
+            "cluster": {"workspace_root": "/w"},
+            "slurm": {"partition": "gpu", "account": "a1", "setup": ["module load python"]},
+        }
+    )
+    argv = srun_argv(config, ["python3", "-m", "hpc.doctor_probe"])
+    assert argv[0] == "srun" and "--partition=gpu" in argv and "--account=a1" in argv
+    assert not any(a.startswith("--qos") for a in argv)
+    shell = argv.index("sh")
+    assert argv[shell + 2] == 'module load python\nexec "$@"'
+    assert argv[-3:] == ["python3", "-m", "hpc.doctor_probe"]
+
+
+def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token_file = tmp_path / "token"
+    token_file.write_text("written-by-someone-else")
+    argv = [
+        sys.executable,
+        "-m",
+        "codeswarm.hpc.doctor_probe",
+        "--token-file",
+        str(token_file),
+        "--token",
+        "mine",
+        "--codex",
+        str(tmp_path / "no-codex"),
+        "--endpoint",
+        f"http://127.0.0.1:{port}/v1",
+    ]
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+    found = parse_probe(done.stdout)
+    checks = {c.name: c for c in probe_checks(found, "a compute node", "http://x/v1", "cx", True)}
+    assert {c.status for c in checks.values() if c.name != "python on a compute node"} == {"fail"}
+    assert checks["python on a compute node"].status == "pass"
+    assert "not what was written" in checks["workspace shared"].detail
+    assert "cluster.workspace_root" in checks["workspace shared"].fix
+    assert "agent.codex_path" in checks["codex on a compute node"].fix
+    assert "refused" in checks["model endpoint"].detail.lower()
+
+    token_file.unlink()
+    again = parse_probe(subprocess.run(argv, capture_output=True, timeout=60).stdout)
+    assert not again["shared"]["ok"] and "cannot read" in again["shared"]["detail"]
+
+
+def test_a_failed_check_prints_its_fix():
+    from codeswarm.cli.doctor import line
+
+    failed = line(Check("workspace", "fail", "/w is missing", "Create it."))
+    assert failed == "FAIL workspace: /w is missing\n     fix: Create it."
+    assert line(Check("login", "pass", "ok")) == "ok   login: ok"
+
+
+def doctor(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(main, ["doctor", "--json", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def statuses(report: dict) -> dict[str, str]:
+    return {check["name"]: check["status"] for check in report["checks"]}
+
+
+@pytest.mark.integration
+def test_local_doctor_passes_with_codex_and_the_model_server(config_file, model_server):
+    code, report = doctor("--config", str(config_file))
+    assert code == 0, report
+    assert report["ok"] and report["backend"] == "local"
+    assert set(statuses(report).values()) == {"pass"}
+    assert set(statuses(report)) >= {"state dir", "workspace", "codex on this machine"}
+    endpoint = next(c for c in report["checks"] if c["name"] == "model endpoint")
+    assert "HTTP 200" in endpoint["detail"]
+    assert not list(
+        Path(json.loads(config_file.read_text())["cluster"]["workspace_root"]).rglob(
+            "doctor-*.token"
+        )
+    )
+
+
+@pytest.mark.integration
+def test_local_doctor_fails_an_unreachable_model_and_a_workspace_it_cannot_write(
+    config_file, tmp_path
+):
+    data = json.loads(config_file.read_text())
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data["agent"]["config"] = provider(f"http://127.0.0.1:{port}/v1")
+    config_file.write_text(json.dumps(data))
+    code, report = doctor("--config", str(config_file))
+    assert code == 1 and not report["ok"]
+    endpoint = next(c for c in report["checks"] if c["name"] == "model endpoint")
+    assert endpoint["status"] == "fail" and f"127.0.0.1:{port}" in endpoint["fix"]
+
+    (tmp_path / "a-file").write_text("")
+    data["cluster"]["workspace_root"] = str(tmp_path / "a-file" / "ws")
+    config_file.write_text(json.dumps(data))
+    code, report = doctor("--config", str(config_file))
+    assert code == 1
+    assert statuses(report)["workspace"] == "fail"
+    assert statuses(report)["model endpoint"] == "skip"
+
+    human = CliRunner().invoke(main, ["doctor", "--config", str(config_file)])
+    assert human.exit_code == 1
+    assert "FAIL workspace" in human.stdout and "fix: Set cluster.workspace_root" in human.stdout
+
+
+def write_slurm_config(tmp_path: Path, data: dict) -> str:
+    path = tmp_path / "slurm.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.fixture
+def doctor_config(slurm_config, cluster_codex, model_server):  # noqa: F811 (fixtures)
+    def make(**extra):
+        data = slurm_config(**extra)
+        data["agent"] = {
+            "codex_path": cluster_codex,
+            "config": agent_settings(cluster_codex, model_server.url)["agent"]["config"],
+        }
+        return data
+
+    return make
+
+
+@pytest.mark.integration
+def test_slurm_doctor_passes_on_the_test_cluster(doctor_config, tmp_path):
+    code, report = doctor("--config", write_slurm_config(tmp_path, doctor_config()))
+    assert code == 0, report
+    found = statuses(report)
+    for name in (
+        "ssh alias",
+        "host key",
+        "login",
+        "slurm",
+        "python",
+        "workspace",
+        "compute node",
+        "workspace shared",
+        "codex on a compute node",
+        "model endpoint",
+    ):
+        assert found[name] == "pass", (name, report)
+    codex = next(c for c in report["checks"] if c["name"] == "codex on a compute node")
+    assert codex["detail"].startswith("codex-cli")
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_an_unknown_host_key(doctor_config, minicluster, tmp_path):
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    other_key = ssh_dir / "other"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
+    )
+    known = ssh_dir / "known_hosts"
+    kind, key = (ssh_dir / "other.pub").read_text().split()[:2]
+    known.write_text(f"[127.0.0.1]:2222 {kind} {key}\n")  # the host, with another key
+    source = Path(minicluster["MINICLUSTER_SSH_CONFIG"]).read_text()
+    config = ssh_dir / "config"
+    config.write_text(source.replace(minicluster["MINICLUSTER_KNOWN_HOSTS"], str(known)))
+    data = doctor_config()
+    data["ssh"]["ssh_config"] = str(config)
+    data["ssh"]["known_hosts"] = str(known)
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert found["ssh alias"] == "pass" and found["host key"] == "fail"
+    assert found["login"] == "skip" and found["compute node"] == "skip"
+    host_key = next(c for c in report["checks"] if c["name"] == "host key")
+    assert "known_hosts" in host_key["fix"]
+
+    known.write_text("")  # no entry at all: unknown, not changed
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1 and statuses(report)["host key"] == "fail"
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_a_refused_login_and_an_unknown_host(
+    doctor_config, minicluster, tmp_path
+):
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir()
+    stranger = ssh_dir / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    source = Path(minicluster["MINICLUSTER_SSH_CONFIG"]).read_text()
+    config = ssh_dir / "config"
+    config.write_text(source.replace(minicluster["MINICLUSTER_SSH_KEY"], str(stranger)))
+    data = doctor_config()
+    data["ssh"]["ssh_config"] = str(config)
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert (found["ssh alias"], found["host key"], found["login"]) == ("pass", "pass", "fail")
+    login = next(c for c in report["checks"] if c["name"] == "login")
+    assert "BatchMode=yes" in login["fix"]
+
+    config.write_text(source.replace("HostName 127.0.0.1", "HostName no-such-host.invalid"))
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert (found["ssh alias"], found["host key"], found["login"]) == ("fail", "skip", "skip")
+    alias = next(c for c in report["checks"] if c["name"] == "ssh alias")
+    assert "HostName and Port" in alias["fix"]
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_a_missing_workspace(doctor_config, minicluster, tmp_path):
+    data = doctor_config()
+    missing = f"{minicluster['MINICLUSTER_HOME']}/no-such-workspace-{tmp_path.name}"
+    data["cluster"]["workspace_root"] = missing
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert found["login"] == "pass" and found["slurm"] == "pass"
+    assert found["workspace"] == "fail" and found["workspace shared"] == "skip"
+    workspace = next(c for c in report["checks"] if c["name"] == "workspace")
+    assert missing in workspace["detail"] and "mkdir -p" in workspace["fix"]
+    assert not Path(missing).exists()
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_an_srun_that_fails(doctor_config, tmp_path):
+    data = doctor_config(slurm={"partition": "no-such-partition", "time": "00:05:00"})
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert found["workspace"] == "pass" and found["compute node"] == "fail"
+    assert found["workspace shared"] == "skip" and found["model endpoint"] == "skip"
+    srun = next(c for c in report["checks"] if c["name"] == "compute node")
+    assert "partition" in srun["detail"].lower() and "slurm.partition" in srun["fix"]
+
+
+def test_srun_fix_tells_a_busy_queue_from_a_failed_step():
+    try:
+        raise BackendError("`srun ...` on c: timed out") from TimeoutError()
+    except BackendError as exc:
+        assert "--srun-timeout" in srun_fix(exc, 300)
+    assert "cluster.python" in srun_fix(BackendError("`srun` exited 1: bad partition"), 300)
