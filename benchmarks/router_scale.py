@@ -1,9 +1,12 @@
 """Router scale on the local backend with simulated workers, each figure beside a baseline.
 
-1. Fan-out of one ``nodes:"all"`` inject to 64, 256 and 1,024 nodes, until every
-   ``inject_delivered`` (targets 0.5 s, 1 s, 3 s). Baseline: one process per inbox write,
-   the way the original design ran one ``ssh`` per injection.
-2. Router RSS with 1,024 NodeActors (target <= 150 MB), beside the RSS before launching.
+1. Fan-out of one ``nodes:"all"`` inject to 64, 256, 1,024 and 10,000 nodes, until every
+   ``inject_delivered`` (issue 10: 1,024 in 0.15 s, 10,000 in 1.5 s), each swarm terminated
+   after it is measured. Baseline, with ``--baseline-tree DIR``: the same measurement run on
+   the code in DIR (the router and simulated workers before the change, e.g. ``git archive
+   <commit> | tar -x -C DIR``) in the same run; else one process per inbox write, the way the
+   original design ran one ``ssh`` per injection.
+2. Router RSS with 1,024 nodes (target <= 150 MB), beside the RSS before launching.
 3. Events per second through the simulated workers' outbox writes, follower, router and the
    protocol output with 16 and 64 nodes streaming (target >= 50,000, issue 10: 200,000),
    beside the follower process alone reading the same files, and the router process's CPU
@@ -12,11 +15,12 @@
 4. Outbox line written -> its event on the protocol output, median and p99, at the default poll
    settings (target median <= 30 ms), beside the follower alone.
 
-Run: .venv/bin/python benchmarks/router_scale.py
+Run: .venv/bin/python benchmarks/router_scale.py [--baseline-tree DIR] [--fan-out 64,1024]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -27,8 +31,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+# The code measured: this checkout, or the baseline tree a --baseline-tree run starts us on.
+ROOT = Path(os.environ.get("CODESWARM_BENCH_TREE") or Path(__file__).resolve().parents[1])
 sys.path.insert(0, str(ROOT))
 
 from codeswarm.actors.messages import CommandReceived  # noqa: E402
@@ -66,6 +72,7 @@ class Output:
         self.cond = threading.Condition()
         self.lines: list[tuple[float, bytes]] = []
         self.parsed: list[tuple[float, dict]] = []
+        self.counts: dict[str, int] = {}
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -81,8 +88,19 @@ class Output:
     @property
     def events(self) -> list[tuple[float, dict]]:
         """Every event so far, parsed; call with ``cond`` held or after the reader is done."""
-        self.parsed.extend((t, json.loads(line)) for t, line in self.lines[len(self.parsed) :])
+        for t, line in self.lines[len(self.parsed) :]:
+            event = json.loads(line)
+            self.parsed.append((t, event))
+            self.counts[event["type"]] = self.counts.get(event["type"], 0) + 1
         return self.parsed
+
+    def wait_kind(self, kind: str, count: int, timeout: float = 120.0) -> None:
+        """Wait until ``count`` events of type ``kind`` have come, counted as they are parsed."""
+        with self.cond:
+            if not self.cond.wait_for(
+                lambda: self.events and self.counts.get(kind, 0) >= count, timeout
+            ):
+                raise TimeoutError(f"after {len(self.lines)} events")
 
     def wait(self, predicate, timeout: float = 120.0) -> list[tuple[float, dict]]:
         with self.cond:
@@ -99,7 +117,8 @@ class Output:
 
     def count(self, kind: str) -> int:
         with self.cond:
-            return sum(1 for _, e in self.events if e["type"] == kind)
+            self.events  # noqa: B018 (parses what came, and counts it)
+            return self.counts.get(kind, 0)
 
 
 class Bench:
@@ -123,13 +142,11 @@ class Bench:
         before = self.output.count("swarm_launched")
         started = self.output.count("node_started")
         self.router.tell(CommandReceived(commands.Launch(nodes=nodes)))
-        events = self.output.wait(
-            lambda evs: sum(e["type"] == "swarm_launched" for _, e in evs) > before
-        )
-        self.output.wait(
-            lambda evs: sum(e["type"] == "node_started" for _, e in evs) >= started + nodes
-        )
-        return [e for _, e in events if e["type"] == "swarm_launched"][-1]["swarm"]
+        self.output.wait_kind("swarm_launched", before + 1)
+        self.output.wait_kind("node_started", started + nodes)
+        with self.output.cond:
+            events = self.output.events
+            return next(e for _, e in reversed(events) if e["type"] == "swarm_launched")["swarm"]
 
     def inject_all(self, swarm_id: str, content: str) -> float:
         before = self.output.count("inject_delivered")
@@ -138,10 +155,14 @@ class Bench:
         self.router.tell(
             CommandReceived(commands.Inject(content=content, nodes="all", swarm_id=swarm_id))
         )
-        self.output.wait(
-            lambda evs: sum(e["type"] == "inject_delivered" for _, e in evs) >= before + nodes
-        )
+        self.output.wait_kind("inject_delivered", before + nodes)
         return time.time() - started
+
+    def terminate(self, swarm_id: str, nodes: int) -> None:
+        """End a measured swarm: its simulated workers' polling would load the next figure."""
+        exited = self.output.count("node_exited")
+        self.router.tell(CommandReceived(commands.Terminate(swarm_id=swarm_id)))
+        self.output.wait_kind("node_exited", exited + nodes, timeout=600)
 
     def swarm_nodes(self, swarm_id: str) -> list:
         with self.output.cond:
@@ -273,31 +294,120 @@ def report_throughput(bench: Bench, nodes: int, per_node: int) -> None:
     )
 
 
+def idle_cpu(bench: Bench, seconds: float) -> float:
+    """Percent of a core the router process uses while every simulated worker is stopped."""
+    pids = [child.pid for child in bench.scheduler.children if child.poll() is None]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.0)  # what was written before the stop is routed first
+    before = os.times()
+    time.sleep(seconds)
+    after = os.times()
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    return 100 * (sum(after[:2]) - sum(before[:2])) / seconds
+
+
+def report_ten_thousand(bench: Bench, idle_rss: float) -> None:
+    """RSS, idle CPU and line-to-output latency with 10,000 live nodes."""
+    before = rss_mb()  # the harness keeps every event it read: count the launch's growth too
+    swarm = bench.launch(10_000)
+    print(
+        f"router RSS with 10,000 nodes: {rss_mb():.1f} MB, {rss_mb() - before:.1f} MB more than "
+        f"before their launch (target 300 MB); before launching anything: {idle_rss:.1f} MB"
+    )
+    print(f"router idle CPU with 10,000 nodes: {idle_cpu(bench, 5.0):.1f}% of a core (target 2%)")
+    report_latency(bench, "with 10,000 live outbox files")
+    bench.terminate(swarm["swarm_id"], 10_000)
+
+
+FAN_OUT_TARGETS = {64: 0.5, 256: 1.0, 1024: 0.15, 10_000: 1.5}
+
+
+def fan_out(bench: Bench, sizes: list[int], report: Any = None) -> dict[int, float]:
+    """Seconds from one inject to "all" until every inject_delivered, per swarm size."""
+    took = {}
+    for nodes in sizes:
+        swarm = bench.launch(nodes)
+        took[nodes] = bench.inject_all(swarm["swarm_id"], "hello")
+        if report is not None:
+            report(nodes, took[nodes])
+        bench.terminate(swarm["swarm_id"], nodes)
+    return took
+
+
+def fan_out_of_tree(tree: str, sizes: list[int], timeout: float) -> dict[int, float]:
+    """``fan_out`` run in a process on the code in ``tree``: today's code beside the change.
+
+    Each size's figure is printed as it is measured, so a run past ``timeout`` (then killed,
+    with its process group) keeps those.
+    """
+    env = {**os.environ, "CODESWARM_BENCH_TREE": tree}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as work:
+        sized = ",".join(map(str, sizes))
+        argv = [sys.executable, __file__, "--fan-out-json", sized, "--work-dir", work]
+        child = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Its own process group: the run, its follower and its simulated workers.
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        out.seek(0)
+        return {int(k): v for line in out.read().splitlines() for k, v in json.loads(line).items()}
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline-tree", help="measure the fan-out of this tree's code too")
+    parser.add_argument("--fan-out", default="64,256,1024,10000", help="swarm sizes")
+    parser.add_argument("--baseline-timeout", type=float, default=300.0, help="seconds")
+    parser.add_argument("--fan-out-json", help=argparse.SUPPRESS)  # a baseline run's figures
+    parser.add_argument("--work-dir", help=argparse.SUPPRESS)  # ...in a directory we remove
+    args = parser.parse_args()
+    if args.fan_out_json:
+        bench = Bench(Path(args.work_dir))
+        try:
+            sizes = [int(n) for n in args.fan_out_json.split(",")]
+            fan_out(bench, sizes, lambda n, t: print(json.dumps({n: t}), flush=True))
+        finally:
+            bench.close()
+        return
+    sizes = [int(n) for n in args.fan_out.split(",")]
+    baseline = {}
+    if args.baseline_tree:
+        baseline = fan_out_of_tree(args.baseline_tree, sizes, args.baseline_timeout)
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp))
         try:
             idle_rss = rss_mb()
             report_latency(bench, "with 1 outbox file")
-            print('fan-out of one nodes:"all" inject, until every inject_delivered')
-            for nodes, target in ((64, 0.5), (256, 1.0), (1024, 3.0)):
-                swarm = bench.launch(nodes)
-                took = bench.inject_all(swarm["swarm_id"], "hello")
-                base = process_per_write(bench.mailbox, swarm["job_id"], nodes)
-                print(
-                    f"  {nodes:5d} nodes: {took:6.3f} s (target {target} s); "
-                    f"one process per write: {base:6.3f} s"
-                )
-            actors = 2 + 64 + 256 + 1024
+            swarm = bench.launch(1024)
             print(
-                f"router RSS with {actors} NodeActors: {rss_mb():.1f} MB (target 150 MB "
-                f"for 1,024); before launching: {idle_rss:.1f} MB"
+                f"router RSS with 1,024 nodes: {rss_mb():.1f} MB (target 150 MB); "
+                f"before launching: {idle_rss:.1f} MB"
             )
+            bench.terminate(swarm["swarm_id"], 1024)
+            print('fan-out of one nodes:"all" inject, until every inject_delivered')
+            for nodes, took in fan_out(bench, sizes).items():
+                if nodes in baseline:
+                    base = f"{baseline[nodes]:6.3f} s before the change ({args.baseline_tree})"
+                elif args.baseline_tree:
+                    base = f"before the change: not done in {args.baseline_timeout:g} s"
+                else:
+                    swarm = bench.launch(nodes)
+                    per_write = process_per_write(bench.mailbox, swarm["job_id"], nodes)
+                    bench.terminate(swarm["swarm_id"], nodes)
+                    base = f"one process per write: {per_write:6.3f} s"
+                target = FAN_OUT_TARGETS.get(nodes)
+                print(f"  {nodes:6d} nodes: {took:6.3f} s (target {target} s); {base}")
 
             for nodes, per_node in ((16, 2500), (64, 1000)):
                 report_throughput(bench, nodes, per_node)
 
-            report_latency(bench, "with 1,425 outbox files")
+            report_ten_thousand(bench, idle_rss)
         finally:
             bench.close()
 

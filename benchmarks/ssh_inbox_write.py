@@ -1,9 +1,11 @@
 """Inbox writes over SSH: codeswarm's one connection beside one ``ssh`` process per write.
 
 The original design ran ``ssh <alias> 'cat >> inbox'`` for every injection. This measures
-100 single writes both ways, and a 64-node fan-out (codeswarm writes from 64 threads, as 64
-NodeActors do, through one long-lived writer), against the minicluster (tests/cluster/minicluster;
-run as root: it starts the cluster if it is not up).
+100 single writes both ways, a 64-node fan-out, and fan-outs to 1,024 and 10,000 nodes as the
+node shards write them (batch frames, each append answered once durable; target 0.3 s for
+1,024) beside the path before them (a thread a node, one request each, through the same
+long-lived writer), against the minicluster (tests/cluster/minicluster; run as root: it starts
+the cluster if it is not up).
 
 Run: .venv/bin/python benchmarks/ssh_inbox_write.py
 """
@@ -32,6 +34,25 @@ def ms(values: list[float]) -> str:
     ordered = sorted(v * 1000 for v in values)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return f"median {statistics.median(ordered):7.2f} ms   p99 {p99:7.2f} ms"
+
+
+def fan_out_both_ways(transport: SSHTransport, line: bytes, nodes: int) -> tuple[float, float]:
+    """Seconds to append ``line`` to ``nodes`` inboxes batched, and a thread per node."""
+    job = uuid.uuid4().hex[:8]
+    started = time.perf_counter()
+    results = transport.append_inboxes([(f"{job}a", node, [line]) for node in range(nodes)])
+    batched = time.perf_counter() - started
+    assert results == [None] * nodes, [r for r in results if r is not None][:1]
+    threads = [
+        threading.Thread(target=transport.append_inbox, args=(f"{job}b", node, [line]))
+        for node in range(nodes)
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return batched, time.perf_counter() - started
 
 
 def main() -> None:
@@ -84,6 +105,11 @@ def main() -> None:
         print("fan-out to 64 nodes")
         print(f"  codeswarm (64 threads, one writer)          {fan_out * 1000:7.1f} ms")
         print(f"  baseline: 64 ssh processes in turn          {sequential * 1000:7.1f} ms")
+        for nodes in (1024, 10_000):
+            batched, threaded = fan_out_both_ways(transport, line, nodes)
+            print(f"fan-out to {nodes:,} nodes (target 0.3 s for 1,024)")
+            print(f"  codeswarm (batch frames, one round trip)    {batched * 1000:7.1f} ms")
+            print(f"  baseline: a thread and a request per node   {threaded * 1000:7.1f} ms")
     finally:
         connection.close()
         subprocess.run(["rm", "-rf", workspace], check=False)

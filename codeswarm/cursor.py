@@ -1,6 +1,6 @@
 """The follower cursor: how far the router has emitted each outbox file, kept across restarts.
 
-It advances only once a NodeActor has emitted a line's events, so a crash loses nothing. It
+It advances only once a NodeShard has emitted a line's events, so a crash loses nothing. It
 also keeps each node's last emitted ``seq``, which seeds a restarted router's duplicate filter.
 Saved at most twice a second and on shutdown: after a crash the follower reads up to half a
 second of lines again, and the event log (``codeswarm.eventlog.last_seqs``) tells the new

@@ -15,6 +15,7 @@ a crash is dropped when the log is reopened; readers only ever take complete lin
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -61,7 +62,13 @@ def logged_swarm(event: dict[str, Any]) -> str | None:
         swarm_id = event.get("swarm_id")
     else:
         return None
-    return swarm_id if records.id_problem(swarm_id) is None else None
+    return swarm_id if isinstance(swarm_id, str) and _safe_id(swarm_id) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _safe_id(swarm_id: str) -> bool:
+    """Whether a swarm id may name a directory; remembered: a log sees a few ids, many times."""
+    return records.id_problem(swarm_id) is None
 
 
 def segments(directory: Path) -> list[tuple[int, Path]]:
@@ -245,9 +252,15 @@ class EventLog:
         """Stamp the logged events with their cursors and write them; returns what to send."""
         batches: dict[str, list[bytes]] = {}
         sent = []
+        last_id: str | None = None  # a batch is mostly one swarm's: look its log up once
+        swarm_log = None
         for event in events:
             swarm_id = logged_swarm(event)
-            swarm_log = self._log(swarm_id) if swarm_id is not None else None
+            if swarm_id is None:
+                sent.append(event)
+                continue
+            if swarm_id != last_id:
+                last_id, swarm_log = swarm_id, self._log(swarm_id)
             if swarm_log is not None:
                 stamped = _stamped(event, swarm_log.next_cursor)
                 if stamped is not None:
@@ -306,11 +319,13 @@ class EventLog:
 
 def _stamped(event: dict[str, Any], cursor: int) -> EncodedEvent | None:
     """``event`` with its cursor and its protocol line; None if it cannot be encoded."""
+    if isinstance(event, EncodedEvent) and "cursor" not in event:
+        # A routed worker event, handed on by one actor to the next: stamped where it is.
+        event["cursor"] = cursor
+        event.line = event.line[:-2] + b',"cursor":%d}\n' % cursor
+        return event
     stamped = EncodedEvent(event)
     stamped["cursor"] = cursor
-    if isinstance(event, EncodedEvent) and "cursor" not in event:
-        stamped.line = event.line[:-2] + b',"cursor":%d}\n' % cursor
-        return stamped
     try:
         stamped.line = encode_event(stamped)
     except (TypeError, ValueError, RecursionError):

@@ -56,7 +56,7 @@ class Timer:
 
         Most timers are cancelled long before they are due (an injection's timeout, once the
         worker has read it), and each holds an actor's ref: without this a busy router would
-        keep every finished NodeActor's inbox alive until its timeout passed.
+        keep every finished shard message alive until its timeout passed.
         """
         with self._cond:
             self._cancelled_count += 1

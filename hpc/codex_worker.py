@@ -36,6 +36,7 @@ from .mailbox_io import (
     OutboxWriter,
     StateStore,
     archive_outbox,
+    create_inbox,
     ensure_mailbox,
     last_seq,
 )
@@ -81,10 +82,9 @@ class Worker:
             os.path.join(mailbox, records.STATE_DIR, records.state_name(job_id, node_id))
         )
         self.state = self.store.load()
-        self.inbox = InboxReader(
-            os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id)),
-            self.state["inbox_offset"],
-        )
+        inbox = os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
+        create_inbox(inbox)
+        self.inbox = InboxReader(inbox, self.state["inbox_offset"])
         self.outbox_path = os.path.join(
             mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)
         )

@@ -2,7 +2,8 @@
 
 Run as ``python3 -m hpc.inbox_writer --mailbox DIR`` on one SSH channel. Each request on stdin
 (``inbox_writer_wire``) is appended to ``inbox/<JOB>_<NODE>.jsonl`` in one locked write (see
-``mailbox_io.append_lines``), then answered on stdout. EOF on stdin ends it.
+``mailbox_io.append_lines``), then answered on stdout; the answers to a batch of requests are
+flushed together. EOF on stdin ends it.
 """
 
 import argparse
@@ -16,23 +17,27 @@ from .mailbox_io import append_lines
 def serve(mailbox, stdin, stdout):
     while True:
         try:
-            request = inbox_writer_wire.read_request(stdin)
+            requests = inbox_writer_wire.read_requests(stdin)
         except inbox_writer_wire.FrameError as exc:
             stdout.write(inbox_writer_wire.encode_reply(inbox_writer_wire.UNREADABLE, str(exc)))
             stdout.flush()
             return 2
-        if request is None:
+        if requests is None:
             return 0
-        request_id, key, data = request
-        try:
-            job_id, node_id = records.parse_node_key(key)
-            path = os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
-            append_lines(path, data)
-            reply = inbox_writer_wire.encode_reply(request_id)
-        except (OSError, records.RecordError) as exc:
-            reply = inbox_writer_wire.encode_reply(request_id, str(exc))
-        stdout.write(reply)
+        for request_id, key, data in requests:
+            stdout.write(append(mailbox, request_id, key, data))
         stdout.flush()
+
+
+def append(mailbox, request_id, key, data):
+    """Append one request's lines to its inbox; the reply that says how it went."""
+    try:
+        job_id, node_id = records.parse_node_key(key)
+        path = os.path.join(mailbox, records.INBOX_DIR, records.record_name(job_id, node_id))
+        append_lines(path, data)
+    except (OSError, records.RecordError) as exc:
+        return inbox_writer_wire.encode_reply(request_id, str(exc))
+    return inbox_writer_wire.encode_reply(request_id)
 
 
 def main(argv=None):

@@ -8,6 +8,10 @@ A request is framed by length, so that a prompt may hold any bytes::
 
     <request id> <JOB>_<NODE> <length>\\n<length bytes: whole inbox lines>
 
+Many requests may travel as one batch: ``batch <count>\n`` and then that many requests. The
+writer answers each request once its lines are in the inbox, and flushes its replies once a
+batch, so that a thousand appends cost one round trip over SSH, not a thousand.
+
 A reply is one line: ``<request id> ok`` or ``<request id> error <message>``. A request whose
 header cannot be read is answered ``- error <message>``, and the writer stops: it can no longer
 tell where the next request starts.
@@ -37,6 +41,34 @@ def encode_request(request_id: str, key: str, data: bytes) -> bytes:
     return b"%s %s %d\n%s" % (request_id.encode("ascii"), key.encode("ascii"), len(data), data)
 
 
+def encode_batch(requests: list[bytes]) -> bytes:
+    """Encoded requests (``encode_request``) as one batch, answered in one flush."""
+    return b"batch %d\n%s" % (len(requests), b"".join(requests))
+
+
+def read_requests(stream: BinaryIO) -> list[tuple[str, str, bytes]] | None:
+    """The next request, or every request of the next batch; None at EOF.
+
+    A batch cut short is the requests read whole before the cut (None if there are none).
+    """
+    header = stream.readline()
+    if not header:
+        return None
+    fields = header.split()
+    if len(fields) != 2 or fields[0] != b"batch":
+        request = _read_body(stream, header)
+        return None if request is None else [request]
+    if not fields[1].isdigit():
+        raise FrameError("malformed batch count %r" % fields[1].decode("ascii", "replace"))
+    requests = []
+    for _ in range(int(fields[1])):
+        request = read_request(stream)
+        if request is None:
+            break
+        requests.append(request)
+    return requests or None
+
+
 def read_request(stream: BinaryIO) -> tuple[str, str, bytes] | None:
     """The next request as (request id, node key, data); None at EOF.
 
@@ -46,6 +78,11 @@ def read_request(stream: BinaryIO) -> tuple[str, str, bytes] | None:
     header = stream.readline()
     if not header:
         return None
+    return _read_body(stream, header)
+
+
+def _read_body(stream: BinaryIO, header: bytes) -> tuple[str, str, bytes] | None:
+    """The request whose header line is ``header``, its data read from ``stream``."""
     try:
         request_id, key, length = header.decode("ascii").split()
     except (UnicodeDecodeError, ValueError):

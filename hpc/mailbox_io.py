@@ -21,6 +21,15 @@ def ensure_mailbox(root):
         private_dir(os.path.join(root, name))
 
 
+def create_inbox(path):
+    """Make a node's inbox, empty, if it is not there: the worker does, at its start.
+
+    Creating a file costs a shared filesystem far more than appending to one, so a fan-out to
+    thousands of running nodes must find their inboxes there already.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE))
+
+
 def append_lines(path, data):
     """Append whole lines to ``path`` in one write under an exclusive lock.
 

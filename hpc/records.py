@@ -355,6 +355,20 @@ def _job_id_problem(job_id):
     return id_problem(job_id)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _decode_object(text):
+    """``json.loads(text)``, minus its two whitespace scans on the router's busiest path."""
+    try:
+        value, end = _DECODER.raw_decode(text)
+        if end == len(text) or not text[end:].strip():
+            return value
+    except ValueError:
+        pass
+    return json.loads(text)  # says what is wrong; allows leading blanks
+
+
 def parse_outbox_line(line):
     """Decode one outbox line into an event dict; RecordError says what is wrong with it.
 
@@ -363,7 +377,7 @@ def parse_outbox_line(line):
     try:
         if isinstance(line, bytes):
             line = line.decode("utf-8")
-        event = json.loads(line)
+        event = _decode_object(line)
     except ValueError as exc:
         raise RecordError("outbox line is not UTF-8 JSON: %s" % exc) from None
     problem = outbox_event_problem(event)

@@ -1,10 +1,20 @@
-"""NodeCorrelation, and the NodeActor that drives it: one node's rules, without threads."""
+"""NodeCorrelation, and the NodeShard that drives many: one node's rules, without threads."""
 
 import json
 
 from codeswarm.actors.correlation import NodeCorrelation
-from codeswarm.actors.messages import Emit, Injection, Progress, WorkerLines
-from codeswarm.actors.node import NodeActor
+from codeswarm.actors.messages import (
+    AddNode,
+    Emit,
+    ForNodes,
+    Inject,
+    Injection,
+    InterruptNode,
+    Progress,
+    WorkerLines,
+)
+from codeswarm.actors.node import NodeShard
+from codeswarm.errors import BackendError
 from codeswarm.hpc import records
 from codeswarm.protocol import encode_event, encode_events, event_errors
 from codeswarm.protocol.codec import EncodedEvent
@@ -133,7 +143,7 @@ def test_a_requeued_node_runs_again_after_it_exited():
     assert n.state == "exited"
     (started,) = n.worker_line(line("node_started", 2, pid=1, host="n2"))
     assert started["type"] == "node_started"
-    assert n.started() == []  # what the NodeActor does on node_started
+    assert n.started() == []  # what the NodeShard does on node_started
     assert n.state == "running"
     assert n.inject(injection("again")) == ([], [injection("again")])
 
@@ -164,7 +174,8 @@ def test_a_batch_is_emitted_in_order_before_the_cursor_may_pass_it():
     n = node()
     n.written(injection())
     told: list = []
-    actor = NodeActor(n, None, Recorder(told), None, 5.0, Recorder(told))
+    actor = NodeShard(None, Recorder(told), None, 5.0, Recorder(told))
+    actor.on_receive(AddNode(n))
     batch = [
         line("turn_started", 1, injection_id="i1", turn_id="t"),
         line("assistant_delta", 2, injection_id="i1", delta="a"),
@@ -173,9 +184,8 @@ def test_a_batch_is_emitted_in_order_before_the_cursor_may_pass_it():
         line("assistant_delta", 3, injection_id="i1", delta="b"),
     ]
     offsets = [100 * (k + 1) for k in range(len(batch))]
-    actor.on_receive(
-        WorkerLines([("77_0:9", o, raw) for o, raw in zip(offsets, batch, strict=True)])
-    )
+    lines = WorkerLines([("77_0:9", o, raw) for o, raw in zip(offsets, batch, strict=True)])
+    actor.on_receive(ForNodes([("77_0", lines)]))
     emit, progress = told
     assert isinstance(emit, Emit) and isinstance(progress, Progress)
     assert [(e["type"], e.get("seq")) for e in emit.events] == [
@@ -185,4 +195,70 @@ def test_a_batch_is_emitted_in_order_before_the_cursor_may_pass_it():
         ("assistant_delta", 3),
     ]
     assert json.loads(encode_events(emit.events)[0].splitlines()[3])["delta"] == "b"
-    assert progress == Progress("77_0", {"77_0:9": offsets[-1]}, 3)
+    assert progress == Progress([("77_0", {"77_0:9": offsets[-1]}, 3)])
+
+
+class Inboxes:
+    """Stands for the transport: each batched write it was asked for; node 1's inbox fails."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int, list[bytes]]]] = []
+
+    def append_inboxes(self, appends):
+        self.batches.append(appends)
+        return [BackendError("disk full") if node == 1 else None for _, node, _ in appends]
+
+    def append_inbox(self, job_id, node_id, lines):
+        self.append_inboxes([(job_id, node_id, lines)])
+
+
+class Clock:
+    def call_later(self, delay, ref, message):
+        return Recorder([])
+
+
+def shard_of(nodes: int) -> tuple[NodeShard, Inboxes, list]:
+    told: list = []
+    inboxes = Inboxes()
+    shard = NodeShard(inboxes, Recorder(told), Clock(), 5.0, Recorder(told))
+    for node_id in range(nodes):
+        shard.on_receive(AddNode(NodeCorrelation("sw-1", "77", node_id, "pending")))
+    return shard, inboxes, told
+
+
+def test_an_inject_to_many_nodes_is_one_batched_write_each_acked_or_failed_alone():
+    shard, inboxes, told = shard_of(3)
+    shard.on_receive(ForNodes([(f"77_{n}", Inject(injection(f"i-{n}", "r"))) for n in range(3)]))
+    assert [[(job, node) for job, node, _ in batch] for batch in inboxes.batches] == [
+        [("77", 0), ("77", 1), ("77", 2)]
+    ]
+    (emit,) = told
+    outcome = {e["node_id"]: (e["type"], e.get("error")) for e in emit.events}
+    assert outcome == {
+        0: ("inject_ack", None),
+        1: ("inject_failed", "backend"),
+        2: ("inject_ack", None),
+    }
+
+
+def test_a_node_told_twice_in_one_batch_is_written_in_order():
+    shard, inboxes, told = shard_of(1)
+    shard.on_receive(
+        ForNodes(
+            [
+                ("77_0", Inject(injection("a"))),
+                ("77_0", Inject(injection("a"))),  # the same id again: a duplicate, not written
+                ("77_0", Inject(injection("b"))),
+                ("77_0", InterruptNode("r-int")),
+            ]
+        )
+    )
+    written = [json.loads(lines[0])["injection_id"] for b in inboxes.batches for _, _, lines in b]
+    assert written == ["a", "b"]
+    (emit,) = told
+    assert [(e["type"], e.get("injection_id"), e.get("duplicate")) for e in emit.events] == [
+        ("inject_ack", "a", None),
+        ("inject_ack", "a", True),
+        ("inject_ack", "b", None),
+        ("error", None, None),  # a pending node runs no turn to interrupt
+    ]

@@ -3,7 +3,7 @@
 import io
 import json
 
-from codeswarm.hpc import inbox_writer, mailbox_io
+from codeswarm.hpc import inbox_writer, inbox_writer_wire, mailbox_io
 
 
 def request(request_id: str, key: str, data: bytes) -> bytes:
@@ -42,3 +42,38 @@ def test_a_request_cut_short_appends_nothing(tmp_path):
     assert inbox_writer.serve(str(tmp_path), io.BytesIO(cut), stdout) == 0
     assert not (tmp_path / "inbox" / "42_0.jsonl").exists()
     assert stdout.getvalue() == b""
+
+
+class CountingFlushes(io.BytesIO):
+    """stdout that counts its flushes, each one a round trip's answers over SSH."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def test_a_batch_is_answered_append_by_append_in_one_flush(tmp_path):
+    mailbox_io.ensure_mailbox(str(tmp_path))
+    frames = [request(str(n), f"42_{n}", b'{"type":"interrupt"}\n') for n in range(50)]
+    frames[7] = request("7", "../etc_0", b"{}\n")
+    stdin = io.BytesIO(inbox_writer_wire.encode_batch(frames) + request("x", "42_0", b"{}\n"))
+    stdout = CountingFlushes()
+    assert inbox_writer.serve(str(tmp_path), stdin, stdout) == 0
+    answers = stdout.getvalue().decode().splitlines()
+    assert [a.split()[:2] for a in answers] == [
+        [str(n), "error" if n == 7 else "ok"] for n in range(50)
+    ] + [["x", "ok"]]
+    assert stdout.flushes == 2  # the batch, then the lone request
+    assert (tmp_path / "inbox" / "42_49.jsonl").read_bytes() == b'{"type":"interrupt"}\n'
+    assert (tmp_path / "inbox" / "42_0.jsonl").read_bytes() == b'{"type":"interrupt"}\n{}\n'
+
+
+def test_a_batch_cut_short_appends_the_requests_read_whole(tmp_path):
+    mailbox_io.ensure_mailbox(str(tmp_path))
+    whole = request("1", "42_1", b"{}\n")
+    stdin = io.BytesIO(b"batch 2\n" + whole + b"2 42_2 400\n{")
+    stdout = io.BytesIO()
+    assert inbox_writer.serve(str(tmp_path), stdin, stdout) == 0
+    assert stdout.getvalue() == b"1 ok\n"
+    assert not (tmp_path / "inbox" / "42_2.jsonl").exists()

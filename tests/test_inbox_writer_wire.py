@@ -60,3 +60,18 @@ def test_replies_round_trip(request_id, error):
     expected = None if error is None else error.replace("\n", " ") or "error"
     assert wire.parse_reply(line) == (request_id, expected)
     assert wire.parse_reply(line[:-1]) == (request_id, expected)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(tokens, tokens, st.binary(max_size=100)), min_size=1, max_size=10))
+def test_a_batch_reads_back_as_its_requests_and_a_lone_request_as_one(requests):
+    frames = [wire.encode_request(*request) for request in requests]
+    stream = io.BytesIO(wire.encode_batch(frames) + frames[0])
+    assert wire.read_requests(stream) == requests
+    assert wire.read_requests(stream) == requests[:1]
+    assert wire.read_requests(stream) is None
+
+
+def test_a_batch_count_that_is_not_a_number_is_a_frame_error():
+    with pytest.raises(wire.FrameError):
+        wire.read_requests(io.BytesIO(b"batch x\n"))

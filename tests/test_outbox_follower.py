@@ -420,3 +420,35 @@ def test_a_long_running_follower_keeps_state_only_for_files_still_there(mailbox)
         path.unlink()  # codeswarm prune
     follower.poll()
     assert follower.skip == set()
+
+
+def test_a_poll_opens_only_the_outboxes_a_stat_shows_grown_and_every_one_each_reopen(
+    mailbox, monkeypatch
+):
+    from codeswarm.hpc import outbox_follower
+
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.path.basename(path))
+        return real_open(path, *args, **kwargs)
+
+    for node in range(20):
+        append(mailbox / "outbox" / f"9_{node}.jsonl", event(0, tag=str(node)))
+    monkeypatch.setattr(outbox_follower.os, "open", counting_open)  # os itself: poll only
+    written: list[bytes] = []
+    follower = outbox_follower.Follower(str(mailbox), {}, [], written.append)
+    follower.poll()  # the first poll opens every file
+    assert len(opened) == 20
+    append(mailbox / "outbox" / "9_7.jsonl", event(1))
+    opened.clear()
+    follower.poll()
+    assert opened == ["9_7.jsonl"]
+    opened.clear()
+    follower.last_reopen -= outbox_follower.REOPEN_SECONDS
+    follower.poll()
+    assert len(opened) == 20
+    follower.flush()
+    lines = [r for r in b"".join(written).splitlines() if r.startswith(b"L\t")]
+    assert len(lines) == 21

@@ -297,18 +297,26 @@ def test_bad_calls_are_refused_by_the_protocol_schemas(simulated):
     assert answers["nojob"]["error"] == "unknown_swarm"
 
 
-def node_actor_threads() -> int:
-    return sum(t.name.startswith("NodeActor") for t in threading.enumerate())
+def node_shard_threads() -> int:
+    return sum(t.name.startswith("NodeShard") for t in threading.enumerate())
+
+
+def shard_nodes(swarms, job_id: str) -> list[str]:
+    """The nodes of a job the supervisor's shards still own (with their timers)."""
+    shards = swarms.router.supervisor.proxy().shards.get()
+    owned = [key for shard in shards for key in shard.proxy().nodes.get()]
+    return [key for key in owned if key.startswith(f"{job_id}_")]
 
 
 def test_a_finished_swarm_releases_its_actors_and_cursor_and_stays_listed(simulated):
     swarms, _ = simulated()
-    before = node_actor_threads()
+    before = node_shard_threads()
     swarm = swarms.launch(nodes=3)
     sid = swarm["swarm_id"]
     request = swarms.inject(sid, "hello", nodes="all")
     collect(swarms, lambda evs: sum(e.get("request_id") == request for e in evs) >= 3 * 6)
-    assert node_actor_threads() == before + 3
+    assert len(shard_nodes(swarms, swarm["job_id"])) == 3
+    assert node_shard_threads() == before  # a fixed pool: no thread a node
     swarms.terminate(sid)
     collect(swarms, lambda evs: sum(e["type"] == "node_exited" for e in evs) == 3)
     supervisor = swarms.router.supervisor.proxy()
@@ -320,8 +328,8 @@ def test_a_finished_swarm_releases_its_actors_and_cursor_and_stays_listed(simula
     cursor = supervisor.cursor.get()
     assert not any(key.startswith(swarm["job_id"]) for key in cursor.offsets)
     assert cursor.seqs == {}
-    time.sleep(0.3)
-    assert node_actor_threads() == before
+    assert shard_nodes(swarms, swarm["job_id"]) == []
+    assert node_shard_threads() == before
     stored = swarms.router.registry.get(sid)
     assert stored.state == "terminated" and stored.ended is not None
     assert set(stored.last_seqs) == {"0", "1", "2"}

@@ -238,6 +238,28 @@ def test_a_hung_writer_or_slow_command_fails_alone_and_leaks_nothing(slurm_confi
         transport.close()
 
 
+def test_a_fan_out_goes_in_batches_and_each_append_is_answered_alone(slurm_config):
+    config = parse_config(slurm_config())
+    connection = SSHConnection(config.ssh)
+    transport = SSHTransport(connection, config.cluster.cluster_dir, "python3", 0.02, 1.0)
+    line = b'{"type":"interrupt"}\n'
+    appends = [("66", node, [line]) for node in range(1500)]  # two batch frames
+    appends[5] = ("66", 5, [b"no newline"])
+    try:
+        transport.prepare()
+        results = transport.append_inboxes(appends)
+        again = transport.append_inboxes(appends[:3])
+    finally:
+        transport.close()
+    assert [node for node, result in enumerate(results) if result is not None] == [5]
+    assert "partial line" in str(results[5]) and results[5].code == "ssh"
+    assert again == [None] * 3
+    inbox = Path(config.cluster.cluster_dir) / "mailbox" / "inbox"
+    assert (inbox / "66_1499.jsonl").read_bytes() == line
+    assert (inbox / "66_0.jsonl").read_bytes() == line * 2
+    assert not (inbox / "66_5.jsonl").exists()
+
+
 def test_refused_host_keys_leave_no_connection_behind(slurm_config, tmp_path):
     data = slurm_config()
     empty = tmp_path / "known_hosts"

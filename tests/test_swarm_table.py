@@ -71,6 +71,7 @@ def test_nodes_reported_gone_wait_the_grace_then_fail_and_the_swarm_exits():
     table.follow(record(node_states={"0": "running", "1": "running"}, state="running"), 0.0)
     told = table.apply({"7": {0: "exited", 1: "running"}}, now=10.0)
     assert [type(m) for _, m in told] == [NodeRunning]
+    assert table.apply({"7": {0: "exited", 1: "running"}}, now=10.5) == []  # told once
     assert table.get("7").node_state(0) == "running"
     told = table.apply({"7": {0: "exited", 1: "exited"}}, now=12.5)
     assert [(k, type(m)) for k, m in told] == [("7_0", NodeGone)]
@@ -93,7 +94,7 @@ def test_pending_after_running_is_a_requeue_not_an_exit():
 def test_node_started_marks_the_node_running_before_any_poll():
     table = SwarmTable(gone_grace=0.0, drain_seconds=1.0)
     table.follow(record(), 0.0)
-    table.node_started("7", 1, now=0.1)
+    table.node_started("7", {1: (None, None)}, now=0.1)
     assert table.get("7").node_state(1) == "running"
     assert table.get("7").state == "running"
     assert table.dirty == {"7"}
@@ -273,7 +274,7 @@ def test_cancelled_timers_do_not_pile_up_until_they_are_due():
 def test_node_started_keeps_where_the_agent_runs_and_a_write_keeps_it():
     table = SwarmTable(gone_grace=0.0, drain_seconds=1.0)
     table.follow(record(agents_per_node=2), now=0.0)
-    table.node_started("7", 1, now=1.0, where=("vm", "n2"))
+    table.node_started("7", {1: ("vm", "n2")}, now=1.0)
     mine = table.get("7")
     assert mine.hosts == {"1": ["vm", "n2"]} and mine.node_state(1) == "running"
     stored = written_over(record(), mine)

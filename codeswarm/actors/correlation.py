@@ -1,4 +1,4 @@
-"""One node's injection bookkeeping, as a plain object the NodeActor drives.
+"""One node's injection bookkeeping, as a plain object its NodeShard drives.
 
 It decides, it does not act: each method returns the events to emit and, where the node must be
 written to, the injections to write. The actor owns the I/O and the timers. That keeps every

@@ -102,11 +102,33 @@ class WorkerLines(NamedTuple):
 
 
 class Progress(NamedTuple):
-    """A NodeActor has emitted everything up to these file offsets and this seq."""
+    """A shard has emitted everything up to these file offsets and seqs.
 
-    key: str
-    offsets: dict[str, int]
-    last_seq: int
+    ``nodes`` holds (node key, file identity -> offset, last seq), one entry a node.
+    """
+
+    nodes: list[tuple[str, dict[str, int], int]]
+
+
+class ForNodes(NamedTuple):
+    """Messages for nodes of one shard, each as (node key, message), handled in order.
+
+    Consecutive ``Inject`` messages become one batched inbox write.
+    """
+
+    items: list[tuple[str, Any]]
+
+
+class AddNode(NamedTuple):
+    """A shard takes over a node (its correlation, with the last seq already emitted)."""
+
+    correlation: Any  # correlation.NodeCorrelation
+
+
+class RemoveNodes(NamedTuple):
+    """A released swarm's nodes leave their shard, with their timers."""
+
+    keys: list[str]
 
 
 class NodeRunning(NamedTuple):
@@ -126,11 +148,13 @@ class InjectTimeout(NamedTuple):
 
 
 class NodeStarted(NamedTuple):
-    """A worker's own ``node_started`` was routed: the node runs, whatever the last poll said."""
+    """Workers' own ``node_started`` were routed: the nodes run, whatever the last poll said.
 
-    key: str
-    host: str | None = None
-    slurm_node: str | None = None
+    One message a batch: each costs the swarm's record a copy, so a thousand nodes starting
+    at once must not cost a thousand. ``nodes`` holds (node key, host, Slurm node) each.
+    """
+
+    nodes: list[tuple[str, str | None, str | None]]
 
 
 class PollJobs(NamedTuple):

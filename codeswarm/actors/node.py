@@ -1,4 +1,10 @@
-"""NodeActor: one per (job_id, node_id), owning that node's injection queue and correlation."""
+"""NodeShard: one of a few actors, each owning many nodes' injection queues and correlation.
+
+A thread per node does not scale to 10,000 agents (a pykka ThreadingActor is a thread). A shard
+handles the messages for its nodes in the order it is told them, so each node keeps its own
+order; and a batch of messages for many of its nodes costs one batched inbox write, one
+``Emit`` and one ``Progress``.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,10 @@ import pykka
 
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import (
+    AddNode,
     AfterLog,
     Emit,
+    ForNodes,
     Inject,
     Injection,
     InjectTimeout,
@@ -22,6 +30,7 @@ from codeswarm.actors.messages import (
     NodeRunning,
     NodeStarted,
     Progress,
+    RemoveNodes,
     WorkerLines,
 )
 from codeswarm.backends import Transport
@@ -33,12 +42,39 @@ from codeswarm.timer import Timer, TimerHandle
 log = logging.getLogger(__name__)
 
 
-class NodeActor(pykka.ThreadingActor):
-    """Writes this node's inbox, correlates its outbox events, and times out silent workers."""
+class Node:
+    """One node's correlation and the timeout clocks of its unread injections."""
+
+    __slots__ = ("correlation", "timers")
+
+    def __init__(self, correlation: NodeCorrelation) -> None:
+        self.correlation = correlation
+        self.timers: dict[str, TimerHandle] = {}
+
+    def cancel_timers(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+
+
+class Batch:
+    """What one ``ForNodes`` produces: events in order, nodes started, progress, and the
+    writes not yet sent."""
+
+    __slots__ = ("events", "progress", "started", "writes")
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.started: list[tuple[str, str | None, str | None]] = []  # (key, host, Slurm node)
+        self.progress: list[tuple[str, dict[str, int], int]] = []
+        self.writes: dict[str, tuple[Node, list[Injection]]] = {}
+
+
+class NodeShard(pykka.ThreadingActor):
+    """Writes its nodes' inboxes, correlates their outbox events, times out silent workers."""
 
     def __init__(
         self,
-        correlation: NodeCorrelation,
         transport: Transport,
         sink: Any,
         timer: Timer,
@@ -47,126 +83,171 @@ class NodeActor(pykka.ThreadingActor):
         logged: bool = False,
     ) -> None:
         super().__init__()
-        self.node = correlation
-        self.key = correlation.key
-        self.supervisor = supervisor
         self.transport = transport
         self.sink = sink
         self.timer = timer
         self.inject_timeout = inject_timeout
-        self.timers: dict[str, TimerHandle] = {}
+        self.supervisor = supervisor
+        self.nodes: dict[str, Node] = {}
         self.logged = logged  # the sink is the event log: progress counts once it has written
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, WorkerLines):
-            self.worker_lines(message.lines)
-        elif isinstance(message, Inject):
-            events, to_write = self.node.inject(message.injection)
-            self.emit(events)
-            self.write(to_write)
-        elif isinstance(message, InjectTimeout):
-            self.timers.pop(message.injection_id, None)
-            self.emit(self.node.timed_out(message.injection_id, self.inject_timeout))
-        elif isinstance(message, NodeRunning):
-            self.start_clocks(self.node.started())
-        elif isinstance(message, NodePending):
-            self.node.requeued()
-        elif isinstance(message, NodeGone):
-            if self.node.state != "exited":
-                self.emit(self.node.gone(message.reason))
-        elif isinstance(message, InterruptNode):
-            self.deliver(records.inbox_interrupt(), message.request_id, "interrupt_ack", {})
-        elif isinstance(message, NodeCommand):
-            ack = f"{message.command}_ack"  # approve_ack, steer_ack
-            self.deliver(message.record, message.request_id, ack, message.ack)
+        if isinstance(message, ForNodes):
+            self.handle(message.items)
+        elif isinstance(message, AddNode):
+            self.nodes[message.correlation.key] = Node(message.correlation)
+        elif isinstance(message, RemoveNodes):
+            for key in message.keys:
+                node = self.nodes.pop(key, None)
+                if node is not None:
+                    node.cancel_timers()
 
     def on_stop(self) -> None:
-        for handle in self.timers.values():
-            handle.cancel()
+        for node in self.nodes.values():
+            node.cancel_timers()
 
-    def emit(self, events: list[dict]) -> None:
-        if events:
-            self.sink.tell(Emit(events))
-
-    def worker_lines(self, lines: list[tuple[str, int, bytes]]) -> None:
-        events: list[dict] = []
-        offsets: dict[str, int] = {}
-        for identity, offset, raw in lines:
-            offsets[identity] = offset
-            for event in self.node.worker_line(raw):
-                events.append(event)
-                kind = event["type"]
-                if kind == "node_started":
-                    self.start_clocks(self.node.started())
-                    with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
-                        self.supervisor.tell(
-                            NodeStarted(self.key, event.get("host"), event.get("slurm_node"))
-                        )
-                elif kind in ("inject_delivered", "inject_failed"):
-                    handle = self.timers.pop(event["injection_id"], None)
-                    if handle is not None:
-                        handle.cancel()
-        self.emit(events)
-        progress = Progress(self.key, offsets, self.node.last_seq)
-        with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+    def handle(self, items: list[tuple[str, Any]]) -> None:
+        batch = Batch()
+        for key, message in items:
+            node = self.nodes.get(key)
+            if node is None:
+                log.warning("dropped a message for node %s: it has been released", key)
+                continue
+            if key in batch.writes:  # its pending write goes first: a node keeps its order
+                self.flush(batch)
+            if isinstance(message, Inject):
+                events, to_write = node.correlation.inject(message.injection)
+                batch.events += events
+                if to_write:
+                    batch.writes[key] = (node, to_write)
+            else:
+                self.dispatch(node, message, batch)
+        self.flush(batch)
+        if batch.started:  # the supervisor knows they run before a client can
+            self.tell_supervisor(NodeStarted(batch.started))
+        if batch.events:
+            self.sink.tell(Emit(batch.events))
+        if batch.progress:  # after the events: the cursor never passes an unlogged line
+            progress = Progress(batch.progress)
             if self.logged:
                 self.sink.tell(AfterLog(self.supervisor, progress))
             else:
-                self.supervisor.tell(progress)
+                self.tell_supervisor(progress)
 
-    def start_clocks(self, injection_ids: list[str]) -> None:
-        """The worker must read each of these within inject_timeout seconds from now."""
-        for injection_id in injection_ids:
-            self.timers[injection_id] = self.timer.call_later(
-                self.inject_timeout, self.actor_ref, InjectTimeout(injection_id)
+    def tell_supervisor(self, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
+            self.supervisor.tell(message)
+
+    def dispatch(self, node: Node, message: Any, batch: Batch) -> None:
+        correlation = node.correlation
+        if isinstance(message, WorkerLines):
+            self.worker_lines(node, message.lines, batch)
+        elif isinstance(message, InjectTimeout):
+            node.timers.pop(message.injection_id, None)
+            batch.events += correlation.timed_out(message.injection_id, self.inject_timeout)
+        elif isinstance(message, NodeRunning):
+            self.start_clocks(node, correlation.started())
+        elif isinstance(message, NodePending):
+            correlation.requeued()
+        elif isinstance(message, NodeGone):
+            if correlation.state != "exited":
+                batch.events += correlation.gone(message.reason)
+        elif isinstance(message, InterruptNode):
+            interrupt = records.inbox_interrupt()
+            batch.events.append(
+                self.deliver(correlation, interrupt, message.request_id, "interrupt_ack", {})
+            )
+        elif isinstance(message, NodeCommand):
+            ack = f"{message.command}_ack"  # approve_ack, steer_ack
+            batch.events.append(
+                self.deliver(correlation, message.record, message.request_id, ack, message.ack)
             )
 
-    def write(self, injections: list[Injection]) -> None:
-        """Append injections to the inbox in one write; ack or fail each.
+    def worker_lines(self, node: Node, lines: list[tuple[str, int, bytes]], batch: Batch) -> None:
+        correlation = node.correlation
+        offsets: dict[str, int] = {}
+        events = batch.events
+        for identity, offset, raw in lines:
+            offsets[identity] = offset
+            for event in correlation.worker_line(raw):
+                events.append(event)
+                kind = event["type"]
+                if kind == "node_started":
+                    self.start_clocks(node, correlation.started())
+                    where = (correlation.key, event.get("host"), event.get("slurm_node"))
+                    batch.started.append(where)
+                elif kind == "inject_delivered" or kind == "inject_failed":
+                    handle = node.timers.pop(event["injection_id"], None)
+                    if handle is not None:
+                        handle.cancel()
+        batch.progress.append((correlation.key, offsets, correlation.last_seq))
+
+    def start_clocks(self, node: Node, injection_ids: list[str]) -> None:
+        """The worker must read each of these within inject_timeout seconds from now."""
+        key = node.correlation.key
+        for injection_id in injection_ids:
+            node.timers[injection_id] = self.timer.call_later(
+                self.inject_timeout, self.actor_ref, ForNodes([(key, InjectTimeout(injection_id))])
+            )
+
+    def flush(self, batch: Batch) -> None:
+        """Append every pending injection to its inbox in one batched write; ack or fail each.
 
         The timeout clock starts now if the node runs, else when it starts.
         """
-        if not injections:
+        if not batch.writes:
             return
-        lines = [
-            records.encode_line(records.inbox_injection(i.kind, i.injection_id, i.content)).encode()
-            for i in injections
-        ]
-        try:
-            self.transport.append_inbox(self.node.job_id, self.node.node_id, lines)
-        except BackendError as exc:
-            self.emit(
-                [self.node.write_failed(i, exc.code, str(exc), exc.stderr) for i in injections]
+        pending = list(batch.writes.values())
+        batch.writes.clear()
+        appends = [
+            (
+                node.correlation.job_id,
+                node.correlation.node_id,
+                [
+                    records.encode_line(
+                        records.inbox_injection(i.kind, i.injection_id, i.content)
+                    ).encode()
+                    for i in injections
+                ],
             )
-            return
-        events = []
-        for injection in injections:
-            events += self.node.written(injection)
-        self.emit(events)
-        if self.node.state == "running":
-            self.start_clocks([i.injection_id for i in injections])
+            for node, injections in pending
+        ]
+        results = self.transport.append_inboxes(appends)
+        for (node, injections), error in zip(pending, results, strict=True):
+            correlation = node.correlation
+            if error is not None:
+                batch.events += [
+                    correlation.write_failed(i, error.code, str(error), error.stderr)
+                    for i in injections
+                ]
+                continue
+            for injection in injections:
+                batch.events += correlation.written(injection)
+            if correlation.state == "running":
+                self.start_clocks(node, [i.injection_id for i in injections])
 
-    def deliver(self, record: dict, request_id: Any, ack: str, fields: dict[str, Any]) -> None:
-        """Write a record for the running worker (interrupt, approve, steer), then ack it.
+    def deliver(
+        self,
+        correlation: NodeCorrelation,
+        record: dict,
+        request_id: Any,
+        ack: str,
+        fields: dict[str, Any],
+    ) -> dict:
+        """Write a record for the running worker (interrupt, approve, steer); its ack or error.
 
         A node that is not running has no turn to act on: the record is not written, and the
         error names the node (``node_gone`` once it has exited).
         """
-        if self.node.state != "running":
-            code = errors.NODE_GONE if self.node.state == "exited" else errors.INVALID_FIELD
-            message = f"node {self.node.node_id} is {self.node.state}: it runs no turn"
-            self.emit([self.node.event("error", request_id, error=code, message=message, **fields)])
-            return
+        if correlation.state != "running":
+            code = errors.NODE_GONE if correlation.state == "exited" else errors.INVALID_FIELD
+            message = f"node {correlation.node_id} is {correlation.state}: it runs no turn"
+            return correlation.event("error", request_id, error=code, message=message, **fields)
         line = records.encode_line(record).encode()
         try:
-            self.transport.append_inbox(self.node.job_id, self.node.node_id, [line])
+            self.transport.append_inbox(correlation.job_id, correlation.node_id, [line])
         except BackendError as exc:
-            self.emit(
-                [
-                    self.node.event(
-                        "error", request_id, error=errors.BACKEND, message=str(exc), **fields
-                    )
-                ]
+            return correlation.event(
+                "error", request_id, error=errors.BACKEND, message=str(exc), **fields
             )
-            return
-        self.emit([self.node.event(ack, request_id, **fields)])
+        return correlation.event(ack, request_id, **fields)

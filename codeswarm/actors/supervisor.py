@@ -1,8 +1,8 @@
-"""SupervisorActor: routes follower lines to NodeActors and answers commands, never waiting.
+"""SupervisorActor: routes follower lines to node shards and answers commands, never waiting.
 
 Everything that can block on the cluster runs elsewhere and comes back as a message: the
 scheduler's submit and cancel (SchedulerActor), its poll (JobPollerActor), inbox writes
-(NodeActors), the follower's stream (FollowerActor). Here are only decisions (SwarmTable,
+(NodeShards), the follower's stream (FollowerActor). Here are only decisions (SwarmTable,
 NodeCorrelation) and the local state directory (registry, cursor).
 """
 
@@ -22,6 +22,7 @@ from codeswarm.actors.diffs import DiffReaderActor
 from codeswarm.actors.follower import FollowerActor
 from codeswarm.actors.jobs import JobPollerActor, SchedulerActor
 from codeswarm.actors.messages import (
+    AddNode,
     AnswerDue,
     Cancel,
     Cancelled,
@@ -30,6 +31,7 @@ from codeswarm.actors.messages import (
     Emit,
     FollowerDied,
     FollowerLines,
+    ForNodes,
     InputClosed,
     Launched,
     LaunchFailed,
@@ -39,6 +41,7 @@ from codeswarm.actors.messages import (
     PollJobs,
     Progress,
     ReadDiffs,
+    RemoveNodes,
     Resubmit,
     Resubmitted,
     Started,
@@ -47,7 +50,7 @@ from codeswarm.actors.messages import (
     Tick,
     WorkerLines,
 )
-from codeswarm.actors.node import NodeActor
+from codeswarm.actors.node import NodeShard
 from codeswarm.actors.steering import ApprovalsActor
 from codeswarm.actors.swarms import SwarmTable, job_of, restart_tasks, written_over
 from codeswarm.actors.targeting import NodeTargeting
@@ -66,6 +69,7 @@ TICK_SECONDS = 0.5
 STOP_SECONDS = 10.0
 LOG_CLOCK_MARGIN = 30.0  # seconds before the cursor's save that the log is read back to
 FRESH_STATE_SECONDS = 2.0  # status and list wait this long at most for a fresh poll
+NODE_SHARDS = 4  # actors (threads) sharing every node; more buys nothing on a few cores
 
 
 class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
@@ -101,7 +105,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.log_dir = log_dir  # where the event log is, when this router writes it
         # A swarm whose nodes have all exited is released once its outbox was quiet this long.
         self.table = SwarmTable(gone_grace, drain_seconds=gone_grace + TICK_SECONDS)
-        self.nodes: dict[str, Any] = {}
+        self.shards: list[Any] = []
+        self.nodes: dict[str, Any] = {}  # node key -> the shard that owns it
+        self.next_shard = 0
         self.registry_version: Any = None
         self.registry_problem = ""
         self.answers: dict[int, commands.Command] = {}
@@ -117,6 +123,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
     # ---- life cycle -------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        self.shards = [self.start_shard() for _ in range(NODE_SHARDS)]
         self.refresh_registry()
         if self.follow is not None:
             self.start_follower()
@@ -137,7 +144,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             for ref in (self.jobs, self.poller, self.diffs, self.approvals)
             if ref is not None
         ]
-        for ref in (self.follower, *self.nodes.values()):
+        for ref in (self.follower, *self.shards):
             if ref is not None:
                 ref.stop()
         if self.log_dir is not None:
@@ -179,12 +186,16 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         if isinstance(message, FollowerLines):
             self.route(message)
         elif isinstance(message, Progress):
-            if message.key in self.nodes:  # a released node's last word is not kept
-                self.cursor.advance(message.key, message.offsets, message.last_seq)
+            for key, offsets, last_seq in message.nodes:
+                if key in self.nodes:  # a released node's last word is not kept
+                    self.cursor.advance(key, offsets, last_seq)
         elif isinstance(message, NodeStarted):
-            job_id, node_id = records.parse_node_key(message.key)
-            where = (message.host, message.slurm_node)
-            self.table.node_started(job_id, node_id, time.monotonic(), where)
+            by_job: dict[str, dict[int, tuple[str | None, str | None]]] = {}
+            for key, host, slurm_node in message.nodes:
+                job_id, node_id = records.parse_node_key(key)
+                by_job.setdefault(job_id, {})[node_id] = (host, slurm_node)
+            for job_id, started in by_job.items():
+                self.table.node_started(job_id, started, time.monotonic())
         elif isinstance(message, CommandReceived):
             self.command(message.command)
         elif isinstance(message, Polled):
@@ -309,6 +320,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         for key, identity, offset, raw in message.lines:
             batches.setdefault(key, []).append((identity, offset, raw))
         unknown = False
+        told: list[tuple[str, Any]] = []
         for key, lines in batches.items():
             job_id = job_of(key)
             if key not in self.nodes and job_id not in self.table.followed:
@@ -320,15 +332,18 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                     continue
                 self.start_nodes(record)  # late lines of a released swarm
             self.table.touched(job_id, now)
-            if not self.tell_node(key, WorkerLines(lines)):
+            if key in self.nodes:
+                told.append((key, WorkerLines(lines)))
+            else:
                 log.warning("dropped lines of %s: swarm %s has no such node", key, job_id)
+        self.tell_nodes_at_once(told)
         if unknown:
             self.refresh_registry(force=True)
 
     # ---- swarms and nodes -------------------------------------------------------------------
 
     def start_nodes(self, record: SwarmRecord) -> None:
-        """Follow a swarm: a NodeActor per node, then any lines held until it was known."""
+        """Follow a swarm: its nodes to the shards, then any lines held until it was known."""
         self.table.follow(record, time.monotonic())
         keys = [records.node_key(record.job_id, node_id) for node_id in range(record.nodes)]
         last_seqs = {key: self.saved_seq(record, key) for key in keys if key not in self.nodes}
@@ -353,14 +368,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         node_id = records.parse_node_key(key)[1]
         return self.cursor.seqs.get(key, record.last_seqs.get(str(node_id), -1))
 
-    def spawn(self, record: SwarmRecord, node_id: int, last_seq: int | None = None) -> Any:
-        correlation = NodeCorrelation(
-            record.swarm_id, record.job_id, node_id, record.node_state(node_id)
-        )
-        key = records.node_key(record.job_id, node_id)
-        correlation.last_seq = self.saved_seq(record, key) if last_seq is None else last_seq
-        return NodeActor.start(
-            correlation,
+    def start_shard(self) -> Any:
+        return NodeShard.start(
             self.transport,
             self.sink,
             self.timer,
@@ -369,39 +378,77 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             logged=self.log_dir is not None,
         )
 
+    def spawn(self, record: SwarmRecord, node_id: int, last_seq: int | None = None) -> Any:
+        """Give the node to the next shard in turn; that shard."""
+        correlation = NodeCorrelation(
+            record.swarm_id, record.job_id, node_id, record.node_state(node_id)
+        )
+        key = records.node_key(record.job_id, node_id)
+        correlation.last_seq = self.saved_seq(record, key) if last_seq is None else last_seq
+        shard = self.shards[self.next_shard % len(self.shards)]
+        self.next_shard += 1
+        shard.tell(AddNode(correlation))
+        return shard
+
     def release(self, job_id: str) -> None:
         """A finished swarm's actors, timers and cursor entries go; its record stays, final."""
         record = self.table.get(job_id)
         assert record is not None
+        leaving: dict[Any, list[str]] = {}
         for node_id in range(record.nodes):
-            ref = self.nodes.pop(records.node_key(job_id, node_id), None)
-            if ref is not None:
-                ref.stop(block=False)
+            key = records.node_key(job_id, node_id)
+            shard = self.nodes.pop(key, None)
+            if shard is not None:
+                leaving.setdefault(shard, []).append(key)
+        for shard, keys in leaving.items():
+            shard.tell(RemoveNodes(keys))
         self.table.release(job_id, self.cursor.forget(job_id))
         if self.log_dir is not None:
             self.sink.tell(CloseLog(record.swarm_id))
         log.info("released swarm %s (job %s): every node exited", record.swarm_id, job_id)
 
     def tell_node(self, key: str, message: Any) -> bool:
-        """Tell a node's actor; one that died is logged and replaced. False if no such node."""
-        ref = self.nodes.get(key)
-        if ref is None:
+        """Tell a node's shard a message for it. False if there is no such node."""
+        if key not in self.nodes:
             return False
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            job_id, node_id = records.parse_node_key(key)
-            log.error("the actor of node %s had died (a bug); starting a new one", key)
-            record = self.table.get(job_id)
-            assert record is not None
-            self.nodes[key] = self.spawn(record, node_id)
-            self.nodes[key].tell(message)
+        self.tell_nodes_at_once([(key, message)])
         return True
+
+    def tell_nodes_at_once(self, items: list[tuple[str, Any]]) -> None:
+        """Tell known nodes these (key, message) pairs: one ``ForNodes`` a shard, in order.
+
+        A shard that died (a bug) is logged and replaced, its nodes started afresh.
+        """
+        by_shard: dict[Any, list[tuple[str, Any]]] = {}
+        for item in items:
+            by_shard.setdefault(self.nodes[item[0]], []).append(item)
+        for shard, told in by_shard.items():
+            try:
+                shard.tell(ForNodes(told))
+            except pykka.ActorDeadError:
+                self.replace_shard(shard).tell(ForNodes(told))
+
+    def replace_shard(self, dead: Any) -> Any:
+        log.error("a node shard had died (a bug); starting a new one for its nodes")
+        shard = self.start_shard()
+        self.shards[self.shards.index(dead)] = shard
+        for key, owner in list(self.nodes.items()):
+            if owner is dead:
+                job_id, node_id = records.parse_node_key(key)
+                record = self.table.get(job_id)
+                assert record is not None
+                correlation = NodeCorrelation(
+                    record.swarm_id, job_id, node_id, record.node_state(node_id)
+                )
+                correlation.last_seq = self.saved_seq(record, key)
+                shard.tell(AddNode(correlation))
+                self.nodes[key] = shard
+        return shard
 
     def polled(self, message: Polled) -> None:
         if message.states is not None:
-            for key, told in self.table.apply(message.states, time.monotonic()):
-                self.tell_node(key, told)
+            changes = self.table.apply(message.states, time.monotonic())
+            self.tell_nodes_at_once([(key, told) for key, told in changes if key in self.nodes])
         for token in list(self.answers):
             self.answer(token)
 

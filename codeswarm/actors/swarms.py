@@ -103,6 +103,8 @@ class SwarmTable:
         self.followed: set[str] = set()
         self.active: dict[str, float] = {}  # followed job -> last line or state change
         self.gone_since: dict[str, float] = {}  # node key -> first "exited" from the scheduler
+        # node key -> the scheduler's state its node was last told: a poll tells only changes
+        self.reported: dict[str, str] = {}
         self.dirty: set[str] = set()  # jobs whose record must be written to the registry
         self.held: dict[str, Held] = {}
         self.held_bytes = 0
@@ -169,7 +171,9 @@ class SwarmTable:
         self.active.pop(job_id, None)
         record = self.records[job_id]
         for node_id in range(record.nodes):
-            self.gone_since.pop(records.node_key(job_id, node_id), None)
+            key = records.node_key(job_id, node_id)
+            self.gone_since.pop(key, None)
+            self.reported.pop(key, None)
         record = replace(record, last_seqs={**record.last_seqs, **last_seqs}).with_state("exited")
         self.records[job_id] = record
         self.dirty.add(job_id)
@@ -184,29 +188,36 @@ class SwarmTable:
     def node_started(
         self,
         job_id: str,
-        node_id: int,
+        started: dict[int, tuple[str | None, str | None]],
         now: float,
-        where: tuple[str | None, str | None] = (None, None),
     ) -> None:
-        """A worker's own ``node_started`` was routed: it runs before the next poll says so.
+        """Workers' own ``node_started`` were routed: they run before the next poll says so.
 
-        ``where`` is its (host, Slurm node), kept for ``swarm_status``. Its ``node_exited``
-        is not taken as the node's end: a requeued job runs again, and only the scheduler
-        knows. A final swarm stays final.
+        ``started`` maps each node to its (host, Slurm node), kept for ``swarm_status``. Their
+        ``node_exited`` is not taken as the node's end: a requeued job runs again, and only
+        the scheduler knows. A final swarm stays final.
         """
         record = self.records.get(job_id)
         if record is None or record.is_final():
             return
         hosts = record.hosts
-        if where != (None, None) and tuple(hosts.get(str(node_id)) or ()) != where:
-            record = replace(record, hosts={**hosts, str(node_id): list(where)})
+        moved = {
+            str(node_id): list(where)
+            for node_id, where in started.items()
+            if where != (None, None) and tuple(hosts.get(str(node_id)) or ()) != where
+        }
+        if moved:
+            record = replace(record, hosts={**hosts, **moved})
             self.records[job_id] = record
             self.dirty.add(job_id)
-        if record.node_state(node_id) != "running":
-            self._update(record, {**record.node_states, str(node_id): "running"}, now)
+        running = {str(n): "running" for n in started if record.node_state(n) != "running"}
+        if running:
+            self._update(record, {**record.node_states, **running}, now)
 
     def apply(self, states: dict[str, dict[int, str]], now: float) -> list[tuple[str, Any]]:
         """The scheduler's node states: (node key, message) for each node told of a change.
+
+        A node is told a state once, not on every poll: 10,000 nodes are polled every second.
 
         A node reported gone stays as it was for ``gone_grace`` seconds, so that the follower
         can deliver the worker's own last events before its open injections are failed.
@@ -221,13 +232,16 @@ class SwarmTable:
                 key = records.node_key(job_id, node_id)
                 if state != "exited":
                     self.gone_since.pop(key, None)
-                    told.append((key, NodeRunning() if state == "running" else NodePending()))
+                    if self.reported.get(key) != state:
+                        self.reported[key] = state
+                        told.append((key, NodeRunning() if state == "running" else NodePending()))
                     node_states[str(node_id)] = state
                     continue
                 since = self.gone_since.setdefault(key, now)
                 if now - since >= self.gone_grace:
                     if record.node_state(node_id) != "exited":
                         told.append((key, NodeGone("the worker process ended")))
+                    self.reported[key] = "exited"
                     node_states[str(node_id)] = "exited"
             self._update(record, node_states, now)
         return told

@@ -1,9 +1,10 @@
 """Commands aimed at a swarm's nodes: inject, interrupt, approve, steer and approvals.
 
 Each names a swarm (or a job) and ``nodes`` (an index, a list or ``"all"``). The swarm is
-resolved once; then every node is told on its own, and a node that cannot be told (its swarm
-has ended, or it has no such index) fails alone with an event that names it, while the others
-go ahead. The SupervisorActor mixes this in: the node actors and the swarm table are its own.
+resolved once; then every node is told (an inject to many nodes in one message a shard, so
+that their inboxes are written in one batch), and a node that cannot be told (its swarm has
+ended, or it has no such index) fails alone with an event that names it, while the others go
+ahead. The SupervisorActor mixes this in: the node actors and the swarm table are its own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class NodeTargeting:
 
     table: Any
     approvals: Any
+    nodes: dict[str, Any]
+    tell_nodes_at_once: Any
 
     def resolve(self, command: Any) -> tuple[SwarmRecord | None, list[int]]:
         """The swarm and nodes a targeted command names; an unknown swarm_id is reported."""
@@ -38,15 +41,15 @@ class NodeTargeting:
         return swarm, list(range(swarm.nodes)) if swarm else []
 
     def unreachable(
-        self, swarm: SwarmRecord | None, job_id: str, node_id: int, message: Any
+        self, swarm: SwarmRecord | None, job_id: str, node_id: int
     ) -> tuple[str, str] | None:
-        """Tell one node; (error code, why) when it cannot be told, else None."""
+        """(error code, why) when a node cannot be told, else None."""
         key = records.node_key(job_id, node_id)
         if swarm is None:
             return errors.UNKNOWN_TARGET, f"no node {key} in any swarm this router knows"
         if swarm.is_final():
             return errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
-        if not self.tell_node(key, message):
+        if key not in self.nodes:
             why = f"swarm {swarm.swarm_id} has no node {node_id} (it has {swarm.nodes})"
             return errors.UNKNOWN_TARGET, why
         return None
@@ -72,11 +75,15 @@ class NodeTargeting:
             )
             return
         job_id = swarm.job_id if swarm else command.job_id
+        told: list[tuple[str, Any]] = []
         for node_id in nodes:
             injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
-            injection = Injection(injection_id, command.content, command.request_id, command.kind)
-            failed = self.unreachable(swarm, job_id, node_id, Inject(injection))
+            failed = self.unreachable(swarm, job_id, node_id)
             if failed is None:
+                injection = Injection(
+                    injection_id, command.content, command.request_id, command.kind
+                )
+                told.append((records.node_key(job_id, node_id), Inject(injection)))
                 continue
             self.emit(
                 make_event(
@@ -90,6 +97,7 @@ class NodeTargeting:
                     message=failed[1],
                 )
             )
+        self.tell_nodes_at_once(told)
 
     def interrupt(self, command: commands.Interrupt) -> None:
         self.tell_nodes(command, InterruptNode(command.request_id))
@@ -122,9 +130,12 @@ class NodeTargeting:
                     field="job_id",
                 )
             return
+        told: list[tuple[str, Any]] = []
         for node_id in nodes:
-            failed = self.unreachable(swarm, swarm.job_id, node_id, message)
-            if failed is not None:
+            failed = self.unreachable(swarm, swarm.job_id, node_id)
+            if failed is None:
+                told.append((records.node_key(swarm.job_id, node_id), message))
+            else:
                 self.error(
                     *failed,
                     command.request_id,
@@ -133,3 +144,4 @@ class NodeTargeting:
                     job_id=swarm.job_id,
                     node_id=node_id,
                 )
+        self.tell_nodes_at_once(told)

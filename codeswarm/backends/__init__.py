@@ -41,6 +41,12 @@ class Transport(Protocol):
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         """Append whole lines to a node's inbox, atomically with respect to other writers."""
 
+    def append_inboxes(
+        self, appends: list[tuple[str, int, list[bytes]]]
+    ) -> list[BackendError | None]:
+        """Append to many inboxes, each (job id, node id, lines), in as few round trips as
+        the transport allows; one result per append, None once it is durable."""
+
     def read_states(self, job_id: str, node_ids: list[int]) -> dict[int, bytes]:
         """The workers' state files of these nodes, those that exist (pending approvals)."""
 

@@ -103,6 +103,19 @@ class LocalTransport:
         except OSError as exc:
             raise BackendError(f"cannot write inbox {path}: {exc}") from exc
 
+    def append_inboxes(
+        self, appends: list[tuple[str, int, list[bytes]]]
+    ) -> list[BackendError | None]:
+        results: list[BackendError | None] = []
+        for job_id, node_id, lines in appends:
+            try:
+                self.append_inbox(job_id, node_id, lines)
+            except BackendError as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
     def read_states(self, job_id: str, node_ids: list[int]) -> dict[int, bytes]:
         found = {}
         for node_id in node_ids:

@@ -13,6 +13,7 @@ import posixpath
 import shlex
 import stat
 import threading
+import time
 from importlib import resources
 from typing import Any
 
@@ -28,6 +29,7 @@ from codeswarm.registry import SwarmRecord
 
 MIN_PYTHON = (3, 8)
 CODEX_INSTALL_TIMEOUT = 900.0  # npm fetches about 170 MB the first time
+BATCH_APPENDS = 1024  # appends a batch frame: the writer answers a batch in one flush
 
 
 class ChannelStream:
@@ -49,7 +51,7 @@ class ChannelStream:
 
 
 class InboxWriter:
-    """One ``hpc.inbox_writer`` on its own channel, shared by every NodeActor's writes.
+    """One ``hpc.inbox_writer`` on its own channel, shared by every NodeShard's writes.
 
     A write is a framed request answered with ``ok`` once the lines are in the inbox. A write
     that cannot be sent or is not answered within the timeout (a hung filesystem under the
@@ -65,33 +67,65 @@ class InboxWriter:
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._channel: paramiko.Channel | None = None
-        self._waiting: dict[str, tuple[paramiko.Channel, list[Any]]] = {}
+        self._waiting: dict[str, tuple[paramiko.Channel, tuple[threading.Event, list[Any]]]] = {}
         self._ids = itertools.count()
 
     def append(self, key: str, data: bytes) -> None:
-        request_id = str(next(self._ids))
-        frame = inbox_writer_wire.encode_request(request_id, key, data)
-        done = threading.Event()
-        slot: list[Any] = [done, None]
+        error = self.append_many([(key, data)])[0]
+        if error is not None:
+            raise error
+
+    def append_many(self, appends: list[tuple[str, bytes]]) -> list[BackendError | None]:
+        """Append each (node key, lines) in batches sent at once; one result per append.
+
+        Each is answered on its own once durable; the batches go out in one ``sendall`` and
+        their answers come back together, so many appends cost about one round trip.
+        """
+        slots: list[tuple[str, str, threading.Event, list[Any]]] = []
+        frames = []
+        for key, data in appends:
+            request_id = str(next(self._ids))
+            frames.append(inbox_writer_wire.encode_request(request_id, key, data))
+            slots.append((key, request_id, threading.Event(), [None]))
+        payload = b"".join(
+            inbox_writer_wire.encode_batch(frames[start : start + BATCH_APPENDS])
+            for start in range(0, len(frames), BATCH_APPENDS)
+        )
         with self._lock:
             channel = self._open()
-            self._waiting[request_id] = (channel, slot)
+            for _, request_id, done, result in slots:
+                self._waiting[request_id] = (channel, (done, result))
         try:
             with self._send_lock:
-                channel.sendall(frame)
+                channel.sendall(payload)
         except (OSError, paramiko.SSHException) as exc:
             reason = self._ended(channel) or describe(exc)
             self._broken(channel, reason)
-            raise BackendError(f"inbox write to {key}: {reason}", code=errors.SSH) from exc
-        if not done.wait(self.timeout):
-            self._broken(channel)
-            raise BackendError(
-                f"inbox write to {key}: no answer from {self.connection.alias} in "
-                f"{self.timeout:g} s",
-                code=errors.SSH,
-            )
-        if slot[1] is not None:
-            raise BackendError(f"inbox write to {key}: {slot[1]}", stderr=slot[1], code=errors.SSH)
+            return [
+                BackendError(f"inbox write to {key}: {reason}", code=errors.SSH)
+                for key, *_ in slots
+            ]
+        deadline = time.monotonic() + self.timeout
+        results: list[BackendError | None] = []
+        for key, _, done, result in slots:
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                self._broken(channel)
+                results.append(
+                    BackendError(
+                        f"inbox write to {key}: no answer from {self.connection.alias} in "
+                        f"{self.timeout:g} s",
+                        code=errors.SSH,
+                    )
+                )
+            elif result[0] is not None:
+                results.append(
+                    BackendError(
+                        f"inbox write to {key}: {result[0]}", stderr=result[0], code=errors.SSH
+                    )
+                )
+            else:
+                results.append(None)
+        return results
 
     def _open(self) -> paramiko.Channel:
         """The live channel, opened when needed (called with the lock held)."""
@@ -125,9 +159,9 @@ class InboxWriter:
                 with self._lock:
                     waiting = self._waiting.pop(request_id, None)
                 if waiting is not None:
-                    _, slot = waiting
-                    slot[1] = error
-                    slot[0].set()
+                    _, (done, result) = waiting
+                    result[0] = error
+                    done.set()
         self._broken(channel)
 
     def _ended(self, channel: paramiko.Channel) -> str:
@@ -140,14 +174,14 @@ class InboxWriter:
         with self._lock:
             if self._channel is channel:
                 self._channel = None
-            for request_id, (owner, slot) in list(self._waiting.items()):
+            for request_id, (owner, (done, result)) in list(self._waiting.items()):
                 if owner is channel:
                     del self._waiting[request_id]
-                    slot[1] = reason or (
+                    result[0] = reason or (
                         f"the inbox writer's channel to {self.connection.alias} closed before "
                         "answering (the login node dropped the session?)"
                     )
-                    slot[0].set()
+                    done.set()
 
     def close(self) -> None:
         with self._lock:
@@ -259,6 +293,12 @@ class SSHTransport:
 
     def append_inbox(self, job_id: str, node_id: int, lines: list[bytes]) -> None:
         self.writer.append(records.node_key(job_id, node_id), b"".join(lines))
+
+    def append_inboxes(
+        self, appends: list[tuple[str, int, list[bytes]]]
+    ) -> list[BackendError | None]:
+        keyed = [(records.node_key(job, node), b"".join(lines)) for job, node, lines in appends]
+        return self.writer.append_many(keyed)
 
     def start_follower(self, header: bytes) -> ChannelStream:
         argv = self.hpc_command(

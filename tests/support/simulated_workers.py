@@ -30,19 +30,46 @@ from codeswarm.registry import SwarmRecord
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class AnswerOutbox(mailbox_io.OutboxWriter):
+    """An outbox whose events wait for ``flush``: a simulated node answers a prompt at once, so
+    its whole answer is one write, and a thousand nodes cost the one process a thousand."""
+
+    def __init__(self, path: str, job_id: str, node_id: int) -> None:
+        super().__init__(path, job_id, node_id, 0)
+        self.pending: list[bytes] = []
+
+    def write(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = records.outbox_event(kind, self.job_id, self.node_id, self.next_seq, **fields)
+        self.next_seq += 1
+        self.pending.append(records.encode_line(event).encode())
+        return event
+
+    def flush(self) -> None:
+        data = b"".join(self.pending)
+        self.pending.clear()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
 class SimulatedNode:
     def __init__(self, mailbox: str, job_id: str, node_id: int) -> None:
         key = records.node_key(job_id, node_id)
-        self.inbox = mailbox_io.InboxReader(os.path.join(mailbox, "inbox", key + ".jsonl"))
-        self.outbox = mailbox_io.OutboxWriter(
-            os.path.join(mailbox, "outbox", key + ".jsonl"), job_id, node_id, 0
-        )
+        inbox = os.path.join(mailbox, "inbox", key + ".jsonl")
+        mailbox_io.create_inbox(inbox)
+        self.inbox = mailbox_io.InboxReader(inbox)
+        self.outbox = AnswerOutbox(os.path.join(mailbox, "outbox", key + ".jsonl"), job_id, node_id)
         self.activity = Activity(
             self.outbox.write,
             os.path.join(mailbox, "logs", key),
             worker_settings.WORKER_DEFAULTS["max_event_bytes"],
         )
         self.outbox.write("node_started", pid=os.getpid(), host="simulated")
+        self.outbox.flush()
 
     def answer(self, deltas: int) -> bool:
         lines = self.inbox.poll()
@@ -73,6 +100,7 @@ class SimulatedNode:
                 reasoning_output_tokens=0,
                 total_tokens=1 + count,
             )
+            self.outbox.flush()
         return bool(lines)
 
     def command(self, injection_id: str, lines: int, size: int) -> None:
