@@ -244,9 +244,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.registry_trouble(exc)
             return
         self.registry_version = version
-        new, _ = self.table.merge(stored, time.monotonic())
+        new, _, told = self.table.merge(stored, time.monotonic())
         for record in new:
             self.start_nodes(record)
+        for key, message in told:  # array tasks another process restarted
+            self.tell_node(key, message)
+        if told:
+            self.tell_live_swarms()  # the next poll asks about their new jobs
         for job_id in list(self.table.held):  # lines of a swarm that ended before we saw it
             record = self.table.get(job_id)
             if record is not None:
