@@ -63,6 +63,12 @@ def moved_on(mine: SwarmRecord, other: SwarmRecord) -> list[int]:
     )
 
 
+def only_resubmitted(record: SwarmRecord, tasks: dict[int, str]) -> SwarmRecord:
+    """The record as one whose cancel stops only these resubmitted tasks' jobs."""
+    jobs = sorted({job_number(job) for job in tasks.values()})
+    return replace(record, job_id=str(jobs[0]), tasks={str(t): j for t, j in tasks.items()})
+
+
 def nodes_of(record: SwarmRecord, tasks: list[int]) -> set[str]:
     return {str(node) for task in tasks for node in record.task_nodes(task)}
 
@@ -334,6 +340,19 @@ class SwarmTable:
         self._update(record, node_states, now)
         self.dirty.add(job_id)
         return told
+
+    def polled(self, job_id: str) -> SwarmRecord | None:
+        """The swarm as the last poll saw it: nodes reported gone count as exited, although
+        they are kept running for the grace (``restart`` decides on this)."""
+        record = self.records.get(job_id)
+        if record is None:
+            return None
+        gone = {
+            str(node): "exited"
+            for node in range(record.nodes)
+            if records.node_key(job_id, node) in self.gone_since
+        }
+        return replace(record, node_states={**record.node_states, **gone}) if gone else record
 
     def set_state(self, job_id: str, state: str) -> SwarmRecord | None:
         """A swarm-level change made here (terminate); None if the swarm is unknown."""
