@@ -136,12 +136,28 @@ def batch_script(
     return "\n".join(lines)
 
 
-def sbatch_argv(cluster_dir: str) -> list[str]:
-    """sbatch reading the script on stdin, its output in ``<cluster_dir>/logs``.
+def resubmission_script(script: str, job_id: str) -> str:
+    """A swarm's saved script, its workers filing under the array's first job ``job_id``.
+
+    The export is in the script, not in ``--export``, which would override a site's
+    ``--export=NONE``.
+    """
+    lines = script.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("exec ")), None)
+    if at is None:
+        raise BackendError("the swarm's saved job.sh has no exec line: launch a new swarm")
+    lines.insert(at, f"export {slurm_env.JOB_ID}={shlex.quote(job_id)}")
+    return "\n".join(lines)
+
+
+def sbatch_argv(cluster_dir: str, array: bool = False) -> list[str]:
+    """sbatch reading the script on stdin, its output in ``<cluster_dir>/logs``: one file a
+    job, or one an array task (``slurm-<job>_<task>.out``, the ``slurm_job`` status shows).
 
     It runs under umask 077: Slurm creates the output file, and runs the job, with the umask
     sbatch had, and the output holds the workers' logs.
     """
+    name = "slurm-%A_%a.out" if array else "slurm-%j.out"
     return [
         "sh",
         "-c",
@@ -149,7 +165,7 @@ def sbatch_argv(cluster_dir: str) -> list[str]:
         "sh",
         "sbatch",
         "--parsable",
-        f"--output={posixpath.join(cluster_dir, 'logs', 'slurm-%j.out')}",
+        f"--output={posixpath.join(cluster_dir, 'logs', name)}",
     ]
 
 
@@ -178,6 +194,18 @@ def parse_squeue(output: bytes) -> dict[str, str]:
         else:
             states[job_id] = "exited"
     return states
+
+
+def resubmitted_tasks(output: bytes, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+    """From ``squeue -r -o %i`` of the swarm's job name: task -> id of the jobs neither
+    ``swarm`` itself nor known in its ``tasks``, for the ``tasks`` asked for."""
+    known = {swarm.job_id, *(job.partition("_")[0] for job in swarm.tasks.values())}
+    found = {}
+    for line in output.decode("utf-8", "replace").split():
+        job, _, task = line.partition("_")
+        if job.isdigit() and task.isdigit() and job not in known and int(task) in tasks:
+            found[int(task)] = line
+    return found
 
 
 def node_states(swarm: SwarmRecord, states: dict[str, str]) -> dict[int, str]:
@@ -239,7 +267,9 @@ class SlurmScheduler:
         )
         try:
             out = self.connection.run(
-                sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+                sbatch_argv(cluster_dir, shape.layout == "array"),
+                stdin=script.encode(),
+                timeout=SBATCH_TIMEOUT,
             )
             job_id = parse_job_id(out)
         except BackendError:
@@ -285,15 +315,33 @@ class SlurmScheduler:
         """The swarm's saved script again, for these array tasks only (``--array`` on the
         command line wins over the script's); its workers file under the first job's id."""
         cluster_dir = self.transport.cluster_dir
-        script = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
-        argv = [
-            *sbatch_argv(cluster_dir),
-            f"--array={','.join(map(str, tasks))}",
-            f"--export=ALL,{slurm_env.JOB_ID}={swarm.job_id}",
-            script,
-        ]
-        job_id = parse_job_id(self.connection.run(argv, timeout=SBATCH_TIMEOUT))
+        saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        script = resubmission_script(
+            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
+        )
+        argv = [*sbatch_argv(cluster_dir, array=True), f"--array={','.join(map(str, tasks))}"]
+        try:
+            out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
+            job_id = parse_job_id(out)
+        except BackendError:
+            # sbatch may have queued the tasks before its answer was lost: adopt them.
+            found = self.find_resubmitted(swarm, tasks)
+            if not found:
+                raise
+            log.warning("sbatch's answer was lost; found the resubmitted tasks %s", found)
+            return found
         return {task: f"{job_id}_{task}" for task in tasks}
+
+    def find_resubmitted(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+        """The swarm's queued array tasks that are neither its first array's nor known
+        resubmissions: a resubmission of ``tasks`` whose answer was lost."""
+        try:
+            out = self.connection.run(
+                ["squeue", "--me", "-h", "-r", "-n", f"codeswarm-{swarm.swarm_id}", "-o", "%i"]
+            )
+        except BackendError:
+            return {}
+        return resubmitted_tasks(out, swarm, tasks)
 
     def pending_reason(self, job_id: str) -> str | None:
         return reason_of(self.reasons, job_id)
