@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from codeswarm.actors.messages import CommandReceived
 from codeswarm.backends import Submitted
 from codeswarm.backends.slurm import node_states
 from codeswarm.config import parse_config
-from codeswarm.embed import Codeswarm
+from codeswarm.embed import Codeswarm, _command
 from codeswarm.errors import CommandError
 from codeswarm.registry import SwarmRecord, SwarmRegistry
 
@@ -125,13 +126,16 @@ def test_a_restart_answered_while_a_terminate_waits_is_cancelled_with_it(config)
         job_id = running(swarms, swarm_id)["job_id"]
         del scheduler.states[f"{job_id}_1"]
         scheduler.resubmit_may_answer.clear()
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(1) as pool:
             restart = pool.submit(swarms.restart, swarm_id, 1)
             assert scheduler.resubmitting.wait(30)
-            terminate = pool.submit(swarms.terminate, swarm_id)  # queued behind the sbatch
-            scheduler.resubmit_may_answer.set()
+            terminate = _command("terminate", swarm_id=swarm_id)
+            terminated = swarms.sink.expect(terminate.request_id)
+            swarms.router.tell(CommandReceived(terminate))
+            swarms.status(swarm_id)  # answered after the terminate's cancel was queued
+            scheduler.resubmit_may_answer.set()  # behind the sbatch
             assert restart.result(30)["nodes"][1]["slurm_job"] == "101_1"
-            terminate.result(30)
+            assert terminated.get(timeout=30)["type"] == "swarm_terminated"
         swarms.status(swarm_id)
     # the terminate's record was taken before the restart: the new job is withdrawn after it
     assert [(s.job_id, s.tasks) for s in scheduler.cancelled] == [
@@ -139,3 +143,22 @@ def test_a_restart_answered_while_a_terminate_waits_is_cancelled_with_it(config)
         ("101", {"1": "101_1"}),
     ]
     assert scheduler.states == {}
+
+
+def test_a_prompt_sent_right_after_another_process_restarted_the_task_reaches_it(config):
+    scheduler = ArrayScheduler()
+    with Codeswarm(config, scheduler=scheduler) as daemon:
+        swarm_id = daemon.launch(nodes=2)["swarm_id"]
+        job_id = running(daemon, swarm_id)["job_id"]
+        del scheduler.states[f"{job_id}_1"]
+        for _ in range(50):  # the daemon sees the task gone, after its grace
+            if daemon.status(swarm_id)["nodes"][1]["state"] == "exited":
+                break
+        with Codeswarm(config, scheduler=scheduler, follow=None) as cli:
+            assert cli.restart(swarm_id, nodes=1)["nodes"][1]["slurm_job"] == "101_1"
+        scheduler.states["101_1"] = "running"
+        [answer] = daemon.inject_and_wait(swarm_id, "back again", nodes=1, timeout=30)
+        assert answer["type"] == "inject_ack", answer
+        assert daemon.status(swarm_id)["nodes"][1]["slurm_job"] == "101_1"
+        daemon.terminate(swarm_id)
+    assert {job.partition("_")[0] for job in scheduler.cancelled[-1].tasks.values()} == {"101"}

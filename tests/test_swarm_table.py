@@ -378,3 +378,19 @@ def test_a_write_of_an_all_exited_view_does_not_end_a_swarm_restarted_elsewhere(
     stored = replace(stored, node_states={**ended.node_states, "2": "pending", "3": "pending"})
     written = written_over(replace(stored, state="pending"), daemon.get("7"))
     assert written.state == "pending" and written.node_state(2) == "pending"
+
+
+def test_a_restart_elsewhere_met_in_the_answer_to_our_own_write_is_adopted():
+    daemon = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    daemon.follow(array(), now=0.0)
+    daemon.apply({"7": {2: "exited", 3: "exited"}}, now=1.0)
+    daemon.node_started("7", 0, now=1.0, where=("vm", "n1"))  # a write of ours is due
+    cli = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    cli.follow(array(), now=0.0)
+    cli.resubmitted("7", {1: "9_1"}, now=1.0)
+    registry = written_over(array(), cli.get("7"))
+    answer = written_over(registry, daemon.get("7"))  # our write, under the lock
+    told = daemon.stored(answer, "7", now=2.0)
+    assert told == [("7_2", NodePending()), ("7_3", NodePending())]
+    assert daemon.get("7").slurm_job(2) == "9_1" and "7" not in daemon.dirty
+    assert daemon.apply({"7": {2: "exited"}}, now=6.5) == []  # a fresh grace at the new job

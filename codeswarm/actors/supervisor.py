@@ -147,6 +147,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         for ref in (self.follower, *self.nodes.values()):
             if ref is not None:
                 ref.stop()
+        self.nodes.clear()  # the last registry write tells no node anything
         if self.log_dir is not None:
             # The log is written to the end before the cursor is saved and its lock released:
             # the next router must find every event this one sent.
@@ -279,8 +280,12 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         except (RegistryError, OSError) as exc:
             self.registry_trouble(exc)
             return
+        told = []
         for job_id, record in mine.items():
-            self.table.stored(stored.get(record.swarm_id) if record else None, job_id)
+            answer = stored.get(record.swarm_id) if record else None
+            told += self.table.stored(answer, job_id, time.monotonic())
+        for key, message in told:  # array tasks another process restarted meanwhile
+            self.tell_node(key, message)
         if before == self.registry_version:  # nobody else wrote since we read: skip our write
             self.registry_version = after
         self.registry_problem = ""

@@ -363,14 +363,21 @@ class SwarmTable:
         self.dirty.add(job_id)
         return self.records[job_id]
 
-    def stored(self, record: SwarmRecord | None, job_id: str) -> None:
-        """The registry's answer to a write: adopt it (another process may have moved on)."""
+    def stored(self, record: SwarmRecord | None, job_id: str, now: float) -> list[tuple[str, Any]]:
+        """The registry's answer to a write: adopt it (another process may have moved on),
+        with (node key, message) for the agents of array tasks another process restarted."""
         self.dirty.discard(job_id)
+        told: list[tuple[str, Any]] = []
         if record is None:  # pruned by another process: forget it once no longer followed
             if job_id not in self.followed:
                 self.records.pop(job_id, None)
-        else:
-            self.records[job_id] = record
+            return told
+        mine = self.records.get(job_id)
+        if mine is not None and job_id in self.followed:
+            told = self._adopt_restarts(mine, record, now)
+            self.dirty.discard(job_id)  # what it changed is what the registry holds
+        self.records[job_id] = record
+        return told
 
     # ---- lines of swarms not yet known ------------------------------------------------------
 
