@@ -147,6 +147,18 @@ def test_parse_squeue_keeps_each_array_task():
     }
 
 
+def test_parse_squeue_expands_pending_tasks_listed_in_one_line():
+    output = b"40_[2-4,7%2]|PENDING|JobArrayTaskLimit\n40_0|RUNNING|None\n41_[5]|PENDING|x\n"
+    assert parse_squeue(output) == {
+        "40_2": "pending",
+        "40_3": "pending",
+        "40_4": "pending",
+        "40_7": "pending",
+        "40_0": "running",
+        "41_5": "pending",
+    }
+
+
 def test_each_agent_of_an_array_takes_its_task_state():
     swarm = SwarmRecord(
         "sw-a", "40", "slurm", "/m", nodes=6, created=0.0, layout="array", task_agents=2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,20 @@ def parse_job_id(sbatch_output: bytes) -> str:
     return job_id
 
 
+def array_tasks(job_id: str) -> list[str]:
+    """``1234_[2-5,7%2]``, pending tasks squeue lists in one line, as ``1234_2`` ...
+    ``1234_7``; any other id as itself."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
+    if match is None:
+        return [job_id]
+    job, ranges = match.groups()
+    tasks = []
+    for part in filter(None, ranges.split(",")):
+        first, _, last = part.partition("-")
+        tasks += range(int(first), int(last or first) + 1)
+    return [f"{job}_{task}" for task in tasks]
+
+
 def parse_squeue(output: bytes) -> dict[str, str]:
     """``squeue -h -r -o %i|%T[|%r]`` as job id (``1234``, array task ``1234_2``) -> pending
     | running | exited."""
@@ -188,11 +203,12 @@ def parse_squeue(output: bytes) -> dict[str, str]:
             continue
         state = rest.split("|")[0].split()[0] if rest.strip() else ""
         if state in PENDING_STATES:
-            states[job_id] = "pending"
+            state = "pending"
         elif state in RUNNING_STATES:
-            states[job_id] = "running"
+            state = "running"
         else:
-            states[job_id] = "exited"
+            state = "exited"
+        states.update(dict.fromkeys(array_tasks(job_id), state))
     return states
 
 
