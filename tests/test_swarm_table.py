@@ -394,3 +394,15 @@ def test_a_restart_elsewhere_met_in_the_answer_to_our_own_write_is_adopted():
     assert told == [("7_2", NodePending()), ("7_3", NodePending())]
     assert daemon.get("7").slurm_job(2) == "9_1" and "7" not in daemon.dirty
     assert daemon.apply({"7": {2: "exited"}}, now=6.5) == []  # a fresh grace at the new job
+
+
+def test_a_registry_written_by_a_newer_codeswarm_loads_and_keeps_its_keys(tmp_path):
+    registry = SwarmRegistry(tmp_path, "/mb")
+    registry.put(record(state="running"))
+    data = json.loads(registry.path.read_text())
+    data["sw-7"]["continuations"] = ["8"]  # a field this version does not know
+    registry.path.write_text(json.dumps(data))
+    assert registry.get("sw-7").state == "running"
+    registry.update("sw-7", lambda old: old.with_state("terminated"))
+    kept = json.loads(registry.path.read_text())["sw-7"]
+    assert kept["continuations"] == ["8"] and kept["state"] == "terminated"
