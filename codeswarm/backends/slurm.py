@@ -364,5 +364,5 @@ class SlurmScheduler:
 
     def cancel(self, swarm: SwarmRecord) -> None:
         """The job, or the array with every task resubmitted alone."""
-        resubmitted = {task.partition("_")[0] for task in swarm.tasks.values()}
-        self.connection.run(["scancel", swarm.job_id, *sorted(resubmitted)])
+        jobs = {swarm.job_id, *(task.partition("_")[0] for task in swarm.tasks.values())}
+        self.connection.run(["scancel", *sorted(jobs)])
