@@ -77,6 +77,24 @@ _TIME = _re(
 )
 _MEM = _re(r"\d+[KMGTkmgt]?", 'must be a Slurm memory size such as "4000" or "16G"')
 _OPTION = _rule(lambda v: v.startswith("--"), "must start with '--' (one sbatch option an item)")
+# sbatch options that set the swarm's shape: codeswarm sets them, from these keys.
+_SHAPE_OPTIONS = {
+    "--nodes": "launch --nodes",
+    "--ntasks-per-node": "slurm.agents_per_node",
+    "--ntasks": "slurm.agents_per_node",
+    "--array": 'slurm.layout "array", slurm.array_nodes_per_task and slurm.array_throttle',
+    "--distribution": "slurm.agents_per_node (agents are numbered node by node)",
+}
+
+
+def _not_shape(value: str) -> None:
+    name = value.split("=", 1)[0]
+    if name in _SHAPE_OPTIONS:
+        raise ValidationError(
+            f"{name} sets the swarm's shape, which codeswarm sets: use {_SHAPE_OPTIONS[name]}"
+        )
+
+
 _VERSION = _re(r"\w[\w.+-]*", 'must be an npm version or tag such as "0.46.0"')
 _ENV = r"[A-Za-z_][A-Za-z0-9_]*"
 _ABSOLUTE = _rule(lambda v: v.startswith("/"), "must be an absolute path (~ is not expanded)")
@@ -231,7 +249,7 @@ class SlurmConfig:
     constraint: str | None = _k(_str(_WORD), None)
     cpus_per_task: int | None = _k(_int(_POSITIVE), None)
     mem: str | None = _k(_str(_MEM), None)
-    extra_args: tuple[str, ...] = _k(_strs(_OPTION), ())
+    extra_args: tuple[str, ...] = _k(_strs(_OPTION, _not_shape), ())
     setup: tuple[str, ...] = _k(_strs(), ())
     signal_seconds: int = _k(_int(_rule(lambda v: 0 < v <= 65535, "must be 1 to 65535")), 60)
     agents_per_node: int = _k(_int(_rule(lambda v: 1 <= v <= 256, "must be 1 to 256")), 1)

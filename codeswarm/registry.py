@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,11 @@ class SwarmRecord:
             ended = round(time.time(), 3)
         return replace(self, state=new, ended=ended)
 
+    @classmethod
+    def load(cls, value: dict[str, Any]) -> SwarmRecord:
+        """A stored record; keys a newer codeswarm added are left aside (and kept on write)."""
+        return cls(**{key: v for key, v in value.items() if key in RECORD_FIELDS})
+
     def to_event(self) -> dict[str, Any]:
         """The ``swarm`` object of swarm events (see the protocol's SwarmSchema)."""
         return {
@@ -116,6 +121,9 @@ class SwarmRecord:
             "agents_per_node": self.agents_per_node,
             "layout": self.layout,
         }
+
+
+RECORD_FIELDS = {f.name for f in fields(SwarmRecord)}
 
 
 class SwarmRegistry:
@@ -159,7 +167,7 @@ class SwarmRegistry:
         try:
             data = json.loads(self.path.read_text())
             for value in data.values():
-                SwarmRecord(**value)
+                SwarmRecord.load(value)
         except (ValueError, TypeError, AttributeError) as exc:
             raise RegistryError(
                 f"{self.path} is damaged ({exc}); move it aside to start with no swarms"
@@ -176,14 +184,14 @@ class SwarmRegistry:
 
     def all(self) -> list[SwarmRecord]:
         with self._locked() as data:
-            records = [SwarmRecord(**value) for value in data.values()]
+            records = [SwarmRecord.load(value) for value in data.values()]
         mine = [r for r in records if r.mailbox == self.mailbox]
         return sorted(mine, key=lambda r: r.created)
 
     def get(self, swarm_id: str) -> SwarmRecord | None:
         with self._locked() as data:
             value = data.get(swarm_id)
-        return SwarmRecord(**value) if value and value["mailbox"] == self.mailbox else None
+        return SwarmRecord.load(value) if value and value["mailbox"] == self.mailbox else None
 
     def by_job(self, job_id: str) -> SwarmRecord | None:
         return next((r for r in self.all() if r.job_id == job_id), None)
@@ -199,8 +207,8 @@ class SwarmRegistry:
         with self._locked() as data:
             if swarm_id not in data:
                 return None
-            record = change(SwarmRecord(**data[swarm_id]))
-            data[swarm_id] = asdict(record)
+            record = change(SwarmRecord.load(data[swarm_id]))
+            data[swarm_id] = {**data[swarm_id], **asdict(record)}
         return record
 
     def update_all(
@@ -218,8 +226,8 @@ class SwarmRegistry:
                 if swarm_id not in data:
                     stored[swarm_id] = None
                     continue
-                record = change(SwarmRecord(**data[swarm_id]))
-                data[swarm_id] = asdict(record)
+                record = change(SwarmRecord.load(data[swarm_id]))
+                data[swarm_id] = {**data[swarm_id], **asdict(record)}
                 stored[swarm_id] = record
         return stored, (versions[0], versions[1])
 
@@ -237,7 +245,7 @@ def peek(state_dir: str | os.PathLike[str], mailbox: str) -> list[SwarmRecord]:
     """
     try:
         data = json.loads((Path(os.path.expanduser(state_dir)) / "swarms.json").read_text())
-        records = [SwarmRecord(**value) for value in data.values()]
+        records = [SwarmRecord.load(value) for value in data.values()]
     except (OSError, ValueError, TypeError, AttributeError):
         return []
     return sorted((r for r in records if r.mailbox == mailbox), key=lambda r: r.created)

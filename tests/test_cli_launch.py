@@ -200,3 +200,49 @@ def test_status_and_list_lines_show_why_a_swarm_waits(capsys):
     waiting, running = capsys.readouterr().out.splitlines()
     assert "1 nodes (1 pending) (Priority)  slurm" in waiting
     assert "(Priority)" not in running and "1 nodes (1 running)  slurm" in running
+
+
+def array(state: str, nodes: list[str], job: str = "42", **extra) -> dict:
+    """Agents one a task of job array ``job``."""
+    swarmed = swarm(state, nodes, layout="array", **extra)
+    for node in swarmed["nodes"]:
+        node["slurm_job"] = f"{job}_{node['node_id']}"
+    return swarmed
+
+
+def test_an_array_throttled_below_its_tasks_has_started_once_the_throttle_runs():
+    answers = iter(
+        [
+            array("pending", ["pending", "pending", "pending"]),
+            array("running", ["running", "pending", "pending"]),
+            array("running", ["running", "running", "pending"]),
+        ]
+    )
+    done = wait_until_started(lambda: next(answers), lambda s: None, 0, throttle=2)
+    assert [n["state"] for n in done["nodes"]] == ["running", "running", "pending"]
+
+
+def test_an_array_whose_task_ran_and_ended_while_others_run_has_started():
+    answers = iter(
+        [
+            array("running", ["running", "pending"]),
+            array("running", ["exited", "running"]),
+        ]
+    )
+    done = wait_until_started(lambda: next(answers), lambda s: None, 0)
+    assert [n["state"] for n in done["nodes"]] == ["exited", "running"]
+
+
+def test_an_array_fails_fast_when_a_task_ends_before_it_ever_ran():
+    answers = iter(
+        [
+            array("pending", ["pending", "pending"]),
+            array("running", ["running", "exited"]),
+            array("running", ["running", "pending"]),
+        ]
+    )
+    with pytest.raises(click.ClickException, match="agent 1 of sw-1 exited before it ever ran"):
+        wait_until_started(lambda: next(answers), lambda s: None, 0)
+    # the task's own log: one per array task
+    with pytest.raises(click.ClickException, match=r"logs/slurm-42_1\.out"):
+        wait_until_started(lambda: array("running", ["running", "exited"]), lambda s: None, 0)

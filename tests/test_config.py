@@ -250,6 +250,18 @@ INVALID = [
         _with("slurm", extra_args=["--exclusive", "-N 2"]),
         "slurm.extra_args[1]: must start with '--'",
     ),
+    (
+        "extra_args setting the shape",
+        _with("slurm", extra_args=["--exclusive", "--ntasks-per-node=4"]),
+        "slurm.extra_args[1]: --ntasks-per-node sets the swarm's shape, which codeswarm "
+        "sets: use slurm.agents_per_node",
+    ),
+    (
+        "extra_args making an array",
+        _with("slurm", extra_args=["--array=0-3"]),
+        "slurm.extra_args[0]: --array sets the swarm's shape, which codeswarm sets: use "
+        'slurm.layout "array"',
+    ),
     ("setup not a list", _with("slurm", setup="module load x"), "slurm.setup: must be a list"),
     (
         "newline in setup",

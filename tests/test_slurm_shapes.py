@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from codeswarm.model_server import Reply
+from tests.support.cli import run_cli
 from tests.support.daemon import Daemon
 from tests.test_slurm import cluster_codex, slurm_config, slurm_config_file  # noqa: F401
 
@@ -126,8 +127,11 @@ def test_an_array_task_cancelled_alone_is_reported_alone_and_resubmitted_alone(
         d.send({"command": "restart", "swarm_id": swarm_id, "nodes": [0], "request_id": "R0"})
         refused = d.wait_event("error", request_id="R0")
         assert "still runs" in refused["message"], refused
-        d.send({"command": "restart", "swarm_id": swarm_id, "nodes": 1, "request_id": "R1"})
-        restarted = d.wait_event("swarm_status", request_id="R1")["swarm"]["nodes"]
+        # restarted by another process, the CLI: the daemon adopts the new task from the
+        # registry, holds the prompt until it starts, and terminate cancels it too
+        done = run_cli(config_file, "restart", swarm_id, "--nodes", "1", "--json")
+        assert done.returncode == 0, done.stderr
+        restarted = json.loads(done.stdout)["nodes"]
         assert restarted[1]["slurm_job"] not in (f"{job_id}_1", None), restarted
         assert restarted[1]["slurm_job"].endswith("_1") and restarted[0]["state"] == "running"
         d.send(

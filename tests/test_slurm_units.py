@@ -12,6 +12,9 @@ from codeswarm.backends.slurm import (
     parse_pending_reasons,
     parse_squeue,
     reason_of,
+    resubmission_script,
+    resubmitted_tasks,
+    sbatch_argv,
 )
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
@@ -125,7 +128,7 @@ def test_the_shape_sets_nodes_tasks_and_array(slurm, nodes, apn, lines):
     config = full_config(**slurm)
     shape = Shape.of(nodes, apn, config.slurm)
     assert shape.options() == lines
-    assert shape.nodes * shape.agents_per_node == nodes * (apn or slurm.get("agents_per_node", 1))
+    assert shape.agents_per_node == (apn or slurm.get("agents_per_node", 1))
 
 
 def test_an_array_the_nodes_do_not_fill_is_refused_with_what_to_change():
@@ -141,6 +144,18 @@ def test_parse_squeue_keeps_each_array_task():
         "40_1": "exited",
         "40_2": "pending",
         "41": "running",
+    }
+
+
+def test_parse_squeue_expands_pending_tasks_listed_in_one_line():
+    output = b"40_[2-4,7%2]|PENDING|JobArrayTaskLimit\n40_0|RUNNING|None\n41_[5]|PENDING|x\n"
+    assert parse_squeue(output) == {
+        "40_2": "pending",
+        "40_3": "pending",
+        "40_4": "pending",
+        "40_7": "pending",
+        "40_0": "running",
+        "41_5": "pending",
     }
 
 
@@ -219,3 +234,36 @@ def test_an_array_waits_for_the_reason_its_first_waiting_task_gives():
     assert reason_of(reasons, "40") == "Resources"
     assert reason_of(reasons, "7") == "QOS"
     assert reason_of(reasons, "4") is None
+
+
+def test_each_array_task_logs_to_its_own_file_named_as_status_names_it():
+    assert sbatch_argv("/c")[-1] == "--output=/c/logs/slurm-%j.out"
+    assert sbatch_argv("/c", array=True)[-1] == "--output=/c/logs/slurm-%A_%a.out"
+
+
+def test_a_resubmission_exports_the_first_job_id_in_the_script_not_with_export():
+    script = GOLDEN_ARRAY.read_text()
+    again = resubmission_script(script, "40")
+    added = [line for line in again.splitlines() if line not in script.splitlines()]
+    assert added == [f"export {slurm_env.JOB_ID}=40"]
+    lines = again.splitlines()
+    assert lines.index(added[0]) == len(lines) - 2 and lines[-1].startswith("exec ")
+    with pytest.raises(BackendError, match="no exec line"):
+        resubmission_script("#!/bin/bash\n", "40")
+
+
+def test_a_resubmission_whose_answer_was_lost_is_found_among_the_swarms_tasks():
+    swarm = SwarmRecord(
+        "sw-a",
+        "40",
+        "slurm",
+        "/m",
+        nodes=4,
+        created=0.0,
+        layout="array",
+        task_agents=1,
+        tasks={"1": "41_1"},
+    )
+    squeue = b"40_0\n40_2\n41_1\n45_1\n45_3\n46_0\nbogus\n"
+    assert resubmitted_tasks(squeue, swarm, [1, 3]) == {1: "45_1", 3: "45_3"}
+    assert resubmitted_tasks(b"40_1\n41_1\n", swarm, [1]) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_merge_follows_new_live_swarms_adopts_final_states_and_forgets_removed_o
     table.follow(record("1", state="running"), 0.0)
     gone = record("3", state="exited", node_states={"0": "exited", "1": "exited"})
     table.merge([record("1", state="running"), gone], 0.0)
-    new, removed = table.merge(
+    new, removed, _ = table.merge(
         [record("1", state="terminated"), record("2"), record("4", nodes=1)], 1.0
     )
     assert [r.job_id for r in new] == ["2", "4"]
@@ -125,7 +126,7 @@ def test_merge_follows_new_live_swarms_adopts_final_states_and_forgets_removed_o
     assert table.get("1").state == "terminated"
     assert table.followed == {"1", "2", "4"}
     done = record("5", nodes=1, state="exited", node_states={"0": "exited"})
-    new, _ = table.merge([record("1"), record("2"), record("4", nodes=1), done], 2.0)
+    new, _, _ = table.merge([record("1"), record("2"), record("4", nodes=1), done], 2.0)
     assert new == [] and "5" not in table.followed
 
 
@@ -328,3 +329,81 @@ def test_a_resubmitted_task_waits_for_its_new_job_and_is_polled_there():
     assert [mine.slurm_job(n) for n in range(6)] == ["7_0", "7_0", "9_1", "9_1", "7_2", "7_2"]
     assert mine.node_state(2) == mine.node_state(3) == "pending"
     assert written_over(array(), mine).tasks == {"1": "9_1"}
+
+
+def test_a_restart_done_by_another_process_is_adopted_and_its_agents_wait():
+    daemon = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    daemon.follow(array(), now=0.0)
+    daemon.apply({"7": {2: "exited", 3: "exited"}}, now=1.0)  # gone, within the grace
+    cli = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    cli.follow(array(), now=0.0)
+    cli.resubmitted("7", {1: "9_1"}, now=1.0)
+    stored = written_over(array(), cli.get("7"))
+    _, _, told = daemon.merge([stored], now=2.0)
+    assert told == [("7_2", NodePending()), ("7_3", NodePending())]
+    mine = daemon.get("7")
+    assert mine.tasks == {"1": "9_1"} and mine.slurm_job(2) == "9_1"
+    assert mine.node_state(2) == mine.node_state(3) == "pending"
+    # the grace started by the old job's end does not carry over to the new job
+    assert daemon.apply({"7": {2: "exited"}}, now=6.5) == []
+    assert mine.node_state(0) == "running"
+    assert daemon.merge([stored], now=3.0)[2] == []  # adopted once
+
+
+def test_two_routers_restarting_different_tasks_keep_both_restarts():
+    daemon = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    daemon.follow(array(), now=0.0)
+    daemon.resubmitted("7", {1: "9_1"}, now=1.0)
+    stored = written_over(array(), daemon.get("7"))
+    states = {**stored.node_states, "0": "exited", "1": "exited"}
+    cli = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    cli.follow(replace(stored, node_states=states), now=0.0)
+    cli.resubmitted("7", {0: "10_0"}, now=2.0)
+    stored = written_over(stored, cli.get("7"))
+    assert stored.tasks == {"1": "9_1", "0": "10_0"}
+    daemon.node_started("7", 2, now=3.0, where=("vm", "n3"))
+    stored = written_over(stored, daemon.get("7"))  # the daemon's next write
+    assert stored.tasks == {"1": "9_1", "0": "10_0"}
+    assert stored.node_state(0) == stored.node_state(1) == "pending"
+    assert stored.node_state(2) == "running" and stored.hosts == {"2": ["vm", "n3"]}
+    # an older resubmission of the same task never replaces a newer one
+    assert written_over(replace(stored, tasks={"1": "12_1"}), daemon.get("7")).tasks["1"] == "12_1"
+
+
+def test_a_write_of_an_all_exited_view_does_not_end_a_swarm_restarted_elsewhere():
+    ended = array(node_states={str(n): "exited" for n in range(6)})
+    daemon = SwarmTable(gone_grace=0.0, drain_seconds=0.0)
+    daemon.follow(ended, now=0.0)
+    daemon.release("7", {})
+    stored = replace(array(), tasks={"1": "9_1"})
+    stored = replace(stored, node_states={**ended.node_states, "2": "pending", "3": "pending"})
+    written = written_over(replace(stored, state="pending"), daemon.get("7"))
+    assert written.state == "pending" and written.node_state(2) == "pending"
+
+
+def test_a_restart_elsewhere_met_in_the_answer_to_our_own_write_is_adopted():
+    daemon = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    daemon.follow(array(), now=0.0)
+    daemon.apply({"7": {2: "exited", 3: "exited"}}, now=1.0)
+    daemon.node_started("7", 0, now=1.0, where=("vm", "n1"))  # a write of ours is due
+    cli = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
+    cli.follow(array(), now=0.0)
+    cli.resubmitted("7", {1: "9_1"}, now=1.0)
+    registry = written_over(array(), cli.get("7"))
+    answer = written_over(registry, daemon.get("7"))  # our write, under the lock
+    told = daemon.stored(answer, "7", now=2.0)
+    assert told == [("7_2", NodePending()), ("7_3", NodePending())]
+    assert daemon.get("7").slurm_job(2) == "9_1" and "7" not in daemon.dirty
+    assert daemon.apply({"7": {2: "exited"}}, now=6.5) == []  # a fresh grace at the new job
+
+
+def test_a_registry_written_by_a_newer_codeswarm_loads_and_keeps_its_keys(tmp_path):
+    registry = SwarmRegistry(tmp_path, "/mb")
+    registry.put(record(state="running"))
+    data = json.loads(registry.path.read_text())
+    data["sw-7"]["continuations"] = ["8"]  # a field this version does not know
+    registry.path.write_text(json.dumps(data))
+    assert registry.get("sw-7").state == "running"
+    registry.update("sw-7", lambda old: old.with_state("terminated"))
+    kept = json.loads(registry.path.read_text())["sw-7"]
+    assert kept["continuations"] == ["8"] and kept["state"] == "terminated"

@@ -26,6 +26,7 @@ from codeswarm.actors.messages import (
     Resubmitted,
     Submit,
     Sweep,
+    Withdraw,
 )
 from codeswarm.backends import Scheduler
 from codeswarm.timer import Timer
@@ -126,6 +127,8 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.cancel(message))
             elif isinstance(message, Resubmit):
                 self.supervisor.tell(self.resubmit(message))
+            elif isinstance(message, Withdraw):
+                self.withdraw(message.swarm)
             elif isinstance(message, Sweep):
                 self.sweep()
 
@@ -171,12 +174,23 @@ class SchedulerActor(pykka.ThreadingActor):
         try:
             tasks = self.scheduler.resubmit(swarm, message.tasks)
         except Exception as exc:  # answered as a failed restart, whatever went wrong
-            return Resubmitted(swarm.swarm_id, {}, message.request_id, exc)
-        return Resubmitted(swarm.swarm_id, tasks, message.request_id, None)
+            return Resubmitted(swarm, {}, message.request_id, exc)
+        return Resubmitted(swarm, tasks, message.request_id, None)
+
+    def withdraw(self, swarm: Any) -> None:
+        try:
+            self.scheduler.cancel(swarm)
+        except Exception as exc:
+            log.error(
+                "cannot cancel job %s, resubmitted for swarm %s after it ended: %s (scancel it)",
+                swarm.job_id,
+                swarm.swarm_id,
+                exc,
+            )
 
     def cancel(self, message: Cancel) -> Cancelled:
         try:
             self.scheduler.cancel(message.swarm)
         except Exception as exc:  # answered as a failed terminate, whatever went wrong
-            return Cancelled(message.swarm.swarm_id, message.request_id, exc)
-        return Cancelled(message.swarm.swarm_id, message.request_id, None)
+            return Cancelled(message.swarm, message.request_id, exc)
+        return Cancelled(message.swarm, message.request_id, None)

@@ -198,7 +198,7 @@ class Cancel(NamedTuple):
 
 
 class Cancelled(NamedTuple):
-    swarm_id: str
+    swarm: Any  # registry.SwarmRecord, as the Cancel had it
     request_id: Any
     error: Exception | None
 
@@ -212,10 +212,17 @@ class Resubmit(NamedTuple):
 
 
 class Resubmitted(NamedTuple):
-    swarm_id: str
+    swarm: Any  # registry.SwarmRecord, as the Resubmit had it
     tasks: dict[int, str]  # task -> its new Slurm id, <job>_<task>
     request_id: Any
     error: Exception | None
+
+
+class Withdraw(NamedTuple):
+    """Cancel jobs resubmitted for a swarm that ended or was pruned meanwhile: nobody would
+    follow them. ``swarm`` names only those jobs; a failure is logged, not answered."""
+
+    swarm: Any  # registry.SwarmRecord
 
 
 class Sweep(NamedTuple):

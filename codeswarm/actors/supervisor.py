@@ -48,11 +48,18 @@ from codeswarm.actors.messages import (
     StartFollower,
     Submit,
     Tick,
+    Withdraw,
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
 from codeswarm.actors.steering import ApprovalsActor
-from codeswarm.actors.swarms import SwarmTable, job_of, restart_tasks, written_over
+from codeswarm.actors.swarms import (
+    SwarmTable,
+    job_of,
+    only_resubmitted,
+    restart_tasks,
+    written_over,
+)
 from codeswarm.actors.targeting import NodeTargeting
 from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
@@ -147,6 +154,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         for ref in (self.follower, *self.shards):
             if ref is not None:
                 ref.stop()
+        self.nodes.clear()  # the last registry write tells no node anything
         if self.log_dir is not None:
             # The log is written to the end before the cursor is saved and its lock released:
             # the next router must find every event this one sent.
@@ -255,9 +263,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.registry_trouble(exc)
             return
         self.registry_version = version
-        new, _ = self.table.merge(stored, time.monotonic())
+        new, _, told = self.table.merge(stored, time.monotonic())
         for record in new:
             self.start_nodes(record)
+        for key, message in told:  # array tasks another process restarted
+            self.tell_node(key, message)
+        if told:
+            self.tell_live_swarms()  # the next poll asks about their new jobs
         for job_id in list(self.table.held):  # lines of a swarm that ended before we saw it
             record = self.table.get(job_id)
             if record is not None:
@@ -279,8 +291,12 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         except (RegistryError, OSError) as exc:
             self.registry_trouble(exc)
             return
+        told = []
         for job_id, record in mine.items():
-            self.table.stored(stored.get(record.swarm_id) if record else None, job_id)
+            answer = stored.get(record.swarm_id) if record else None
+            told += self.table.stored(answer, job_id, time.monotonic())
+        for key, message in told:  # array tasks another process restarted meanwhile
+            self.tell_node(key, message)
         if before == self.registry_version:  # nobody else wrote since we read: skip our write
             self.registry_version = after
         self.registry_problem = ""
@@ -465,7 +481,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             commands.ListSwarms: self.wait_for_poll,
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
-            commands.Restart: self.restart,
+            commands.Restart: self.wait_for_poll,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,
@@ -541,8 +557,11 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 )
             )
 
-    def wait_for_poll(self, command: commands.ListSwarms | commands.Status) -> None:
-        """Answer status and list after a fresh scheduler poll, or sooner if it is slow."""
+    def wait_for_poll(
+        self, command: commands.ListSwarms | commands.Status | commands.Restart
+    ) -> None:
+        """Answer status, list and restart after a fresh scheduler poll, or sooner if it is
+        slow: restart decides which tasks have exited on what the scheduler says now."""
         token = next(self.answer_tokens)
         self.answers[token] = command
         self.tell_live_swarms()
@@ -554,6 +573,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         if command is None:
             return
         self.refresh_registry()
+        if isinstance(command, commands.Restart):
+            self.restart(command)
+            return
         if isinstance(command, commands.ListSwarms):
             swarms = [self.swarm_event(record) for record in self.table.all()]
             self.emit(make_event("swarm_list", request_id=command.request_id, swarms=swarms))
@@ -585,23 +607,30 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.jobs.tell(Cancel(record, command.request_id))
 
     def cancelled(self, message: Cancelled) -> None:
+        swarm_id = message.swarm.swarm_id
         if message.error is not None:
             self.backend_error("terminate", message.error, message.request_id)
             return
-        record = self.table.by_swarm(message.swarm_id)
+        record = self.table.by_swarm(swarm_id)
         if record is not None:
+            # A restart answered while the cancel waited its turn: its jobs were not in it.
+            later = {
+                int(task): job
+                for task, job in record.tasks.items()
+                if message.swarm.tasks.get(task) != job
+            }
+            if later:
+                self.jobs.tell(Withdraw(only_resubmitted(record, later)))
             self.table.set_state(record.job_id, "terminated")
             self.write_registry()  # before the answer: a CLI exits on it
-        self.emit(
-            make_event("swarm_terminated", request_id=message.request_id, swarm_id=message.swarm_id)
-        )
+        self.emit(make_event("swarm_terminated", request_id=message.request_id, swarm_id=swarm_id))
 
     def restart(self, command: commands.Restart) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
         if record is None:
             return
         try:
-            tasks = restart_tasks(record, command.nodes)
+            tasks = restart_tasks(self.table.polled(record.job_id) or record, command.nodes)
         except ValueError as exc:
             self.error(errors.INVALID_FIELD, str(exc), command.request_id, field="nodes")
             return
@@ -611,8 +640,19 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         if message.error is not None:
             self.backend_error("restart", message.error, message.request_id)
             return
-        record = self.table.by_swarm(message.swarm_id)
-        if record is None:
+        record = self.table.by_swarm(message.swarm.swarm_id)
+        if record is None or record.is_final():
+            # Terminated, released or pruned while sbatch ran: nobody would follow or stop
+            # the new jobs, so they are cancelled.
+            self.jobs.tell(Withdraw(only_resubmitted(message.swarm, message.tasks)))
+            ended = f"has {record.state}" if record else "was removed"
+            jobs = ", ".join(message.tasks.values())
+            self.error(
+                errors.BACKEND,
+                f"swarm {message.swarm.swarm_id} {ended} while its tasks were resubmitted: "
+                f"cancelled {jobs}",
+                message.request_id,
+            )
             return
         for key, told in self.table.resubmitted(record.job_id, message.tasks, time.monotonic()):
             self.tell_node(key, told)

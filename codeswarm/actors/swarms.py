@@ -38,20 +38,66 @@ def with_node_states(record: SwarmRecord, node_states: dict[str, str]) -> SwarmR
     return record.with_state("pending")  # before the start, or requeued
 
 
+def job_number(slurm_job: str) -> int:
+    """The job number of a Slurm id (``1240`` of ``1240_2``): later submissions have higher."""
+    head = slurm_job.partition("_")[0]
+    return int(head) if head.isdigit() else -1
+
+
+def newer_tasks(ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
+    """Both routers' resubmissions, each task at its latest (highest job number)."""
+    merged = dict(ours)
+    for task, job in theirs.items():
+        if task not in merged or job_number(job) > job_number(merged[task]):
+            merged[task] = job
+    return merged
+
+
+def moved_on(mine: SwarmRecord, other: SwarmRecord) -> list[int]:
+    """The array tasks ``other`` resubmitted later than ``mine`` knows (another router's
+    ``restart``): their agents' states and hosts are ``other``'s to say."""
+    return sorted(
+        int(task)
+        for task, job in other.tasks.items()
+        if job_number(job) > job_number(mine.tasks.get(task, mine.job_id))
+    )
+
+
+def only_resubmitted(record: SwarmRecord, tasks: dict[int, str]) -> SwarmRecord:
+    """The record as one whose cancel stops only these resubmitted tasks' jobs."""
+    jobs = sorted({job_number(job) for job in tasks.values()})
+    return replace(record, job_id=str(jobs[0]), tasks={str(t): j for t, j in tasks.items()})
+
+
+def nodes_of(record: SwarmRecord, tasks: list[int]) -> set[str]:
+    return {str(node) for task in tasks for node in record.task_nodes(task)}
+
+
 def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     """What to store when this router writes ``mine`` over ``stored`` (read under the lock).
 
-    Node states and last seqs are this router's observations; the swarm state only moves
-    forward, so a terminate written meanwhile by another process is never undone.
+    Node states and last seqs are this router's observations, except for array tasks another
+    router resubmitted meanwhile: each task keeps its latest resubmission, and those tasks'
+    agents keep the stored states and hosts. The swarm state only moves forward, so a
+    terminate written meanwhile by another process is never undone.
     """
+    theirs = nodes_of(stored, moved_on(mine, stored))
+    node_states = {n: s for n, s in mine.node_states.items() if n not in theirs}
+    node_states.update({n: s for n, s in stored.node_states.items() if n in theirs})
+    hosts = {n: h for n, h in mine.hosts.items() if n not in theirs}
     updated = replace(
         stored,
-        node_states=mine.node_states,
+        node_states=node_states,
         last_seqs=mine.last_seqs or stored.last_seqs,
-        hosts=mine.hosts or stored.hosts,
-        tasks=mine.tasks or stored.tasks,
+        hosts={**stored.hosts, **hosts},
+        tasks=newer_tasks(mine.tasks, stored.tasks),
     )
-    return updated.with_state(mine.state)
+    if not theirs:
+        return updated.with_state(mine.state)
+    # Agents restarted elsewhere run again: the state follows the merged node states, and
+    # only a terminate or a failure of ours is kept.
+    updated = with_node_states(updated, node_states)
+    return updated.with_state(mine.state) if mine.state != "exited" else updated
 
 
 def restart_tasks(record: SwarmRecord, nodes: tuple[int, ...] | str) -> list[int]:
@@ -127,14 +173,19 @@ class SwarmTable:
         self.followed.add(record.job_id)
         self.active[record.job_id] = now
 
-    def merge(self, stored: list[SwarmRecord], now: float) -> tuple[list[SwarmRecord], list[str]]:
-        """Take in the registry's records: (swarms to start following, jobs it no longer has).
+    def merge(
+        self, stored: list[SwarmRecord], now: float
+    ) -> tuple[list[SwarmRecord], list[str], list[tuple[str, Any]]]:
+        """Take in the registry's records: (swarms to start following, jobs it no longer has,
+        (node key, message) for each node told of a change).
 
-        Other processes launch, terminate and prune swarms: a new live swarm is followed; a
-        state they made final is adopted; a record they removed is forgotten.
+        Other processes launch, terminate, restart and prune swarms: a new live swarm is
+        followed; a state they made final is adopted; array tasks they resubmitted are
+        adopted (their agents wait for the new job); a record they removed is forgotten.
         """
         new = []
         seen = set()
+        told: list[tuple[str, Any]] = []
         for record in stored:
             seen.add(record.job_id)
             mine = self.records.get(record.job_id)
@@ -144,10 +195,15 @@ class SwarmTable:
                     self.follow(record, now)
                     new.append(record)
             elif record.job_id in self.followed:
+                told += self._adopt_restarts(mine, record, now)
                 if record.is_final():  # terminated elsewhere; live states are ours to say
+                    mine = self.records[record.job_id]
                     self.records[record.job_id] = mine.with_state(record.state)
             elif record.job_id not in self.dirty:
                 self.records[record.job_id] = record
+                if moved_on(mine, record) and not record.is_final():
+                    self.follow(record, now)  # released here, then restarted elsewhere
+                    new.append(record)
         removed = [
             job
             for job in self.records
@@ -155,7 +211,35 @@ class SwarmTable:
         ]
         for job in removed:
             del self.records[job]
-        return new, removed
+        return new, removed, told
+
+    def _adopt_restarts(
+        self, mine: SwarmRecord, stored: SwarmRecord, now: float
+    ) -> list[tuple[str, Any]]:
+        """Array tasks another router resubmitted: poll their new jobs, their agents wait."""
+        restarted = moved_on(mine, stored)
+        if not restarted:
+            return []
+        nodes = nodes_of(mine, restarted)
+        node_states = {n: s for n, s in mine.node_states.items() if n not in nodes}
+        hosts = {n: h for n, h in mine.hosts.items() if n not in nodes}
+        told = []
+        for node in sorted(nodes, key=int):
+            key = records.node_key(mine.job_id, int(node))
+            self.gone_since.pop(key, None)
+            # A new job already ended is found gone by the next poll, after the grace.
+            state = "running" if stored.node_states.get(node) == "running" else "pending"
+            node_states[node] = state
+            if node in stored.hosts:
+                hosts[node] = stored.hosts[node]
+            told.append((key, NodeRunning() if state == "running" else NodePending()))
+        record = replace(mine, tasks=newer_tasks(mine.tasks, stored.tasks), hosts=hosts)
+        if record.state == "exited" and not stored.is_final():  # ended here, not there
+            record = replace(record, state=stored.state, ended=None)
+        self.records[mine.job_id] = record
+        self._update(record, node_states, now)
+        self.touched(mine.job_id, now)
+        return told
 
     def releasable(self, now: float) -> list[str]:
         """Followed swarms whose nodes have all exited and whose outboxes went quiet."""
@@ -271,6 +355,19 @@ class SwarmTable:
         self.dirty.add(job_id)
         return told
 
+    def polled(self, job_id: str) -> SwarmRecord | None:
+        """The swarm as the last poll saw it: nodes reported gone count as exited, although
+        they are kept running for the grace (``restart`` decides on this)."""
+        record = self.records.get(job_id)
+        if record is None:
+            return None
+        gone = {
+            str(node): "exited"
+            for node in range(record.nodes)
+            if records.node_key(job_id, node) in self.gone_since
+        }
+        return replace(record, node_states={**record.node_states, **gone}) if gone else record
+
     def set_state(self, job_id: str, state: str) -> SwarmRecord | None:
         """A swarm-level change made here (terminate); None if the swarm is unknown."""
         record = self.records.get(job_id)
@@ -280,14 +377,21 @@ class SwarmTable:
         self.dirty.add(job_id)
         return self.records[job_id]
 
-    def stored(self, record: SwarmRecord | None, job_id: str) -> None:
-        """The registry's answer to a write: adopt it (another process may have moved on)."""
+    def stored(self, record: SwarmRecord | None, job_id: str, now: float) -> list[tuple[str, Any]]:
+        """The registry's answer to a write: adopt it (another process may have moved on),
+        with (node key, message) for the agents of array tasks another process restarted."""
         self.dirty.discard(job_id)
+        told: list[tuple[str, Any]] = []
         if record is None:  # pruned by another process: forget it once no longer followed
             if job_id not in self.followed:
                 self.records.pop(job_id, None)
-        else:
-            self.records[job_id] = record
+            return told
+        mine = self.records.get(job_id)
+        if mine is not None and job_id in self.followed:
+            told = self._adopt_restarts(mine, record, now)
+            self.dirty.discard(job_id)  # what it changed is what the registry holds
+        self.records[job_id] = record
+        return told
 
     # ---- lines of swarms not yet known ------------------------------------------------------
 

@@ -28,7 +28,12 @@ class NodeTargeting:
     tell_nodes_at_once: Any
 
     def resolve(self, command: Any) -> tuple[SwarmRecord | None, list[int]]:
-        """The swarm and nodes a targeted command names; an unknown swarm_id is reported."""
+        """The swarm and nodes a targeted command names; an unknown swarm_id is reported.
+
+        The registry is looked at first (a stat when unchanged): a restart or terminate that
+        another process finished before this command was sent is taken in before it.
+        """
+        self.refresh_registry()
         if command.swarm_id is not None:
             swarm = self.known_swarm(command.swarm_id, command.request_id)
         else:

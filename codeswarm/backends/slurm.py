@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -136,12 +137,28 @@ def batch_script(
     return "\n".join(lines)
 
 
-def sbatch_argv(cluster_dir: str) -> list[str]:
-    """sbatch reading the script on stdin, its output in ``<cluster_dir>/logs``.
+def resubmission_script(script: str, job_id: str) -> str:
+    """A swarm's saved script, its workers filing under the array's first job ``job_id``.
+
+    The export is in the script, not in ``--export``, which would override a site's
+    ``--export=NONE``.
+    """
+    lines = script.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("exec ")), None)
+    if at is None:
+        raise BackendError("the swarm's saved job.sh has no exec line: launch a new swarm")
+    lines.insert(at, f"export {slurm_env.JOB_ID}={shlex.quote(job_id)}")
+    return "\n".join(lines)
+
+
+def sbatch_argv(cluster_dir: str, array: bool = False) -> list[str]:
+    """sbatch reading the script on stdin, its output in ``<cluster_dir>/logs``: one file a
+    job, or one an array task (``slurm-<job>_<task>.out``, the ``slurm_job`` status shows).
 
     It runs under umask 077: Slurm creates the output file, and runs the job, with the umask
     sbatch had, and the output holds the workers' logs.
     """
+    name = "slurm-%A_%a.out" if array else "slurm-%j.out"
     return [
         "sh",
         "-c",
@@ -149,7 +166,7 @@ def sbatch_argv(cluster_dir: str) -> list[str]:
         "sh",
         "sbatch",
         "--parsable",
-        f"--output={posixpath.join(cluster_dir, 'logs', 'slurm-%j.out')}",
+        f"--output={posixpath.join(cluster_dir, 'logs', name)}",
     ]
 
 
@@ -162,6 +179,20 @@ def parse_job_id(sbatch_output: bytes) -> str:
     return job_id
 
 
+def array_tasks(job_id: str) -> list[str]:
+    """``1234_[2-5,7%2]``, pending tasks squeue lists in one line, as ``1234_2`` ...
+    ``1234_7``; any other id as itself."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
+    if match is None:
+        return [job_id]
+    job, ranges = match.groups()
+    tasks = []
+    for part in filter(None, ranges.split(",")):
+        first, _, last = part.partition("-")
+        tasks += range(int(first), int(last or first) + 1)
+    return [f"{job}_{task}" for task in tasks]
+
+
 def parse_squeue(output: bytes) -> dict[str, str]:
     """``squeue -h -r -o %i|%T[|%r]`` as job id (``1234``, array task ``1234_2``) -> pending
     | running | exited."""
@@ -172,12 +203,25 @@ def parse_squeue(output: bytes) -> dict[str, str]:
             continue
         state = rest.split("|")[0].split()[0] if rest.strip() else ""
         if state in PENDING_STATES:
-            states[job_id] = "pending"
+            state = "pending"
         elif state in RUNNING_STATES:
-            states[job_id] = "running"
+            state = "running"
         else:
-            states[job_id] = "exited"
+            state = "exited"
+        states.update(dict.fromkeys(array_tasks(job_id), state))
     return states
+
+
+def resubmitted_tasks(output: bytes, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+    """From ``squeue -r -o %i`` of the swarm's job name: task -> id of the jobs neither
+    ``swarm`` itself nor known in its ``tasks``, for the ``tasks`` asked for."""
+    known = {swarm.job_id, *(job.partition("_")[0] for job in swarm.tasks.values())}
+    found = {}
+    for line in output.decode("utf-8", "replace").split():
+        job, _, task = line.partition("_")
+        if job.isdigit() and task.isdigit() and job not in known and int(task) in tasks:
+            found[int(task)] = line
+    return found
 
 
 def node_states(swarm: SwarmRecord, states: dict[str, str]) -> dict[int, str]:
@@ -239,7 +283,9 @@ class SlurmScheduler:
         )
         try:
             out = self.connection.run(
-                sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+                sbatch_argv(cluster_dir, shape.layout == "array"),
+                stdin=script.encode(),
+                timeout=SBATCH_TIMEOUT,
             )
             job_id = parse_job_id(out)
         except BackendError:
@@ -285,20 +331,38 @@ class SlurmScheduler:
         """The swarm's saved script again, for these array tasks only (``--array`` on the
         command line wins over the script's); its workers file under the first job's id."""
         cluster_dir = self.transport.cluster_dir
-        script = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
-        argv = [
-            *sbatch_argv(cluster_dir),
-            f"--array={','.join(map(str, tasks))}",
-            f"--export=ALL,{slurm_env.JOB_ID}={swarm.job_id}",
-            script,
-        ]
-        job_id = parse_job_id(self.connection.run(argv, timeout=SBATCH_TIMEOUT))
+        saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        script = resubmission_script(
+            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
+        )
+        argv = [*sbatch_argv(cluster_dir, array=True), f"--array={','.join(map(str, tasks))}"]
+        try:
+            out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
+            job_id = parse_job_id(out)
+        except BackendError:
+            # sbatch may have queued the tasks before its answer was lost: adopt them.
+            found = self.find_resubmitted(swarm, tasks)
+            if not found:
+                raise
+            log.warning("sbatch's answer was lost; found the resubmitted tasks %s", found)
+            return found
         return {task: f"{job_id}_{task}" for task in tasks}
+
+    def find_resubmitted(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+        """The swarm's queued array tasks that are neither its first array's nor known
+        resubmissions: a resubmission of ``tasks`` whose answer was lost."""
+        try:
+            out = self.connection.run(
+                ["squeue", "--me", "-h", "-r", "-n", f"codeswarm-{swarm.swarm_id}", "-o", "%i"]
+            )
+        except BackendError:
+            return {}
+        return resubmitted_tasks(out, swarm, tasks)
 
     def pending_reason(self, job_id: str) -> str | None:
         return reason_of(self.reasons, job_id)
 
     def cancel(self, swarm: SwarmRecord) -> None:
         """The job, or the array with every task resubmitted alone."""
-        resubmitted = {task.partition("_")[0] for task in swarm.tasks.values()}
-        self.connection.run(["scancel", swarm.job_id, *sorted(resubmitted)])
+        jobs = {swarm.job_id, *(task.partition("_")[0] for task in swarm.tasks.values())}
+        self.connection.run(["scancel", *sorted(jobs)])

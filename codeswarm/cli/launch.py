@@ -43,19 +43,65 @@ def progress(swarm: dict[str, Any], now: float) -> str:
     return f"job {swarm['job_id']} {what}, {elapsed(now - swarm['created'])}"
 
 
+def task_of(node: dict[str, Any]) -> str:
+    """The array task an agent runs in: the ``<task>`` of its ``slurm_job`` ``<job>_<task>``."""
+    return str(node.get("slurm_job") or "").rpartition("_")[2]
+
+
+def array_started(swarm: dict[str, Any], ran: set[int], throttle: int | None) -> bool:
+    """A job array has started once every task runs or has ended after running, or, with
+    ``throttle``, once as many tasks run as may run at once: the rest wait their turn."""
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for node in swarm["nodes"]:
+        tasks.setdefault(task_of(node), []).append(node)
+    up = sum(all(n["state"] == "running" for n in nodes) for nodes in tasks.values())
+    done = sum(
+        all(n["state"] == "exited" and n["node_id"] in ran for n in nodes)
+        for nodes in tasks.values()
+    )
+    if up + done == len(tasks):
+        return True
+    return throttle is not None and up >= min(throttle, len(tasks) - done)
+
+
+def never_ran(swarm: dict[str, Any], ran: set[int]) -> dict[str, Any] | None:
+    """The first agent that exited without ever running (its task failed to start)."""
+    return next(
+        (n for n in swarm["nodes"] if n["state"] == "exited" and n["node_id"] not in ran), None
+    )
+
+
 def wait_until_started(
     status: Callable[[], dict[str, Any]],
     show: Callable[[dict[str, Any]], None],
     poll_seconds: float = POLL_SECONDS,
     timeout: float | None = None,
+    throttle: int | None = None,
 ) -> dict[str, Any]:
     """Poll ``status`` until every node runs; the swarm then. ClickException if the job
-    ended first, or if ``timeout`` seconds passed (the job stays queued)."""
+    ended first, or if ``timeout`` seconds passed (the job stays queued).
+
+    A job array (its tasks start and end apart, ``throttle`` at a time) has started as
+    ``array_started`` says, and fails at once when an agent exited before it ever ran.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
+    ran: set[int] = set()
     while True:
         swarm = status()
         if started(swarm):
             return swarm
+        if swarm.get("layout") == "array":
+            nodes = swarm["nodes"]
+            ran |= {n["node_id"] for n in nodes if n["state"] == "running" or n.get("host")}
+            lost = never_ran(swarm, ran)
+            if lost is not None:
+                raise click.ClickException(
+                    f"agent {lost['node_id']} of {swarm['swarm_id']} exited before it ever "
+                    f"ran: see `codeswarm status {swarm['swarm_id']}`, and the array task's "
+                    f"output logs/slurm-{lost.get('slurm_job')}.out in the cluster directory"
+                )
+            if array_started(swarm, ran, throttle):
+                return swarm
         if swarm["state"] in FINAL_STATES:
             raise click.ClickException(
                 f"{swarm['swarm_id']} ended ({swarm['state']}) before every node started: "
@@ -86,8 +132,10 @@ def wait_until_started(
 @click.option(
     "--wait",
     is_flag=True,
-    help="Return once every node runs (exit 1 if the job ends first); on a terminal, "
-    "show the pending reason and the time waited meanwhile.",
+    help="Return once every node runs (exit 1 if the job ends first; a job array: once "
+    "every task runs or ran, or as many as slurm.array_throttle allows, exit 1 if an "
+    "agent exits before it ever ran); on a terminal, show the pending reason and the "
+    "time waited meanwhile.",
 )
 @click.option(
     "--timeout",
@@ -134,7 +182,10 @@ def launch(
         if wait:
             try:
                 swarm = wait_until_started(
-                    lambda: swarms.status(swarm["swarm_id"]), show, timeout=wait_timeout
+                    lambda: swarms.status(swarm["swarm_id"]),
+                    show,
+                    timeout=wait_timeout,
+                    throttle=swarms.router.config.slurm.array_throttle,
                 )
             finally:
                 if tty:
@@ -142,7 +193,7 @@ def launch(
     if as_json:
         click.echo(json.dumps(swarm))
         return
-    state = "running" if wait else swarm["state"]
+    state = swarm["state"]
     agents = len(swarm["nodes"])
     shape = f"{nodes} nodes" + (f", {agents} agents" if agents != nodes else "")
     click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {shape}, {state}", err=True)
