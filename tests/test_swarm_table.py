@@ -361,7 +361,7 @@ def test_two_routers_restarting_different_tasks_keep_both_restarts():
     cli.resubmitted("7", {0: "10_0"}, now=2.0)
     stored = written_over(stored, cli.get("7"))
     assert stored.tasks == {"1": "9_1", "0": "10_0"}
-    daemon.node_started("7", 2, now=3.0, where=("vm", "n3"))
+    daemon.node_started("7", {2: ("vm", "n3")}, now=3.0)
     stored = written_over(stored, daemon.get("7"))  # the daemon's next write
     assert stored.tasks == {"1": "9_1", "0": "10_0"}
     assert stored.node_state(0) == stored.node_state(1) == "pending"
@@ -385,7 +385,7 @@ def test_a_restart_elsewhere_met_in_the_answer_to_our_own_write_is_adopted():
     daemon = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
     daemon.follow(array(), now=0.0)
     daemon.apply({"7": {2: "exited", 3: "exited"}}, now=1.0)
-    daemon.node_started("7", 0, now=1.0, where=("vm", "n1"))  # a write of ours is due
+    daemon.node_started("7", {0: ("vm", "n1")}, now=1.0)  # a write of ours is due
     cli = SwarmTable(gone_grace=5.0, drain_seconds=1.0)
     cli.follow(array(), now=0.0)
     cli.resubmitted("7", {1: "9_1"}, now=1.0)
