@@ -78,6 +78,25 @@ def test_wait_fails_when_the_job_ends_first():
         wait_until_started(lambda: next(answers), lambda s: None, 0)
 
 
+def test_wait_fails_as_soon_as_one_node_exits_while_another_runs():
+    half = swarm("running", ["running", "exited"], backend="local")
+    answers = iter([half, AssertionError("polled again after node 1 exited")])
+
+    def status() -> dict:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with pytest.raises(click.ClickException, match="node 1 exited") as failure:
+        wait_until_started(status, lambda s: None, 0)
+    assert "logs/42_1.worker.log" in failure.value.message
+    on_slurm = swarm("running", ["exited", "running"], backend="slurm")
+    with pytest.raises(click.ClickException, match="node 0 exited") as failure:
+        wait_until_started(lambda: on_slurm, lambda s: None, 0)
+    assert "logs/slurm-42.out" in failure.value.message
+
+
 @pytest.mark.integration
 def test_local_launch_wait_returns_with_every_node_running(config_file):
     done = cli(config_file, "launch", "--nodes", "2", "--wait", "--json")

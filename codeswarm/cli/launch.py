@@ -32,6 +32,18 @@ def started(swarm: dict[str, Any]) -> bool:
     return all(node["state"] == "running" for node in swarm["nodes"])
 
 
+def node_log(swarm: dict[str, Any], node_id: int) -> str:
+    """Where a node's output went, relative to the cluster directory."""
+    if swarm.get("backend") == "slurm":
+        return f"logs/slurm-{swarm['job_id']}.out"
+    return f"logs/{swarm['job_id']}_{node_id}.worker.log"
+
+
+def exited_nodes(swarm: dict[str, Any]) -> list[int]:
+    """The nodes whose worker has already ended: they will never run again in this job."""
+    return [node["node_id"] for node in swarm["nodes"] if node["state"] == "exited"]
+
+
 def progress(swarm: dict[str, Any], now: float) -> str:
     """One line for a person waiting: ``job 42 pending (Priority), 0:42``."""
     running = sum(node["state"] == "running" for node in swarm["nodes"])
@@ -49,13 +61,22 @@ def wait_until_started(
     poll_seconds: float = POLL_SECONDS,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Poll ``status`` until every node runs; the swarm then. ClickException if the job
-    ended first, or if ``timeout`` seconds passed (the job stays queued)."""
+    """Poll ``status`` until every node runs; the swarm then. ClickException if a node or
+    the job ended first (the others may run on, but the swarm will never be whole), or if
+    ``timeout`` seconds passed (the job stays queued)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         swarm = status()
         if started(swarm):
             return swarm
+        gone = exited_nodes(swarm)
+        if gone and swarm["state"] not in FINAL_STATES:
+            logs = ", ".join(f"node {n}: {node_log(swarm, n)}" for n in gone)
+            raise click.ClickException(
+                f"{swarm['swarm_id']}: node {', '.join(map(str, gone))} exited before every "
+                f"node started; its log in the cluster directory ({logs}); "
+                f"`codeswarm terminate {swarm['swarm_id']}` ends the nodes still running"
+            )
         if swarm["state"] in FINAL_STATES:
             raise click.ClickException(
                 f"{swarm['swarm_id']} ended ({swarm['state']}) before every node started: "
@@ -81,8 +102,8 @@ def wait_until_started(
 @click.option(
     "--wait",
     is_flag=True,
-    help="Return once every node runs (exit 1 if the job ends first); on a terminal, "
-    "show the pending reason and the time waited meanwhile.",
+    help="Return once every node runs (exit 1 if a node or the job ends first); on a "
+    "terminal, show the pending reason and the time waited meanwhile.",
 )
 @click.option(
     "--timeout",
