@@ -2,7 +2,8 @@
 
 While it waits, a terminal's stderr shows one line that is rewritten in place: the job's
 state, why Slurm holds it (``swarm.pending_reason``), and the time since submission. Nothing
-of it reaches stdout, which carries the swarm id (or the swarm as JSON) alone.
+of it reaches stdout, which carries the swarm id (or the swarm as JSON) alone, printed
+before the wait so that a wait cut short still leaves the id behind.
 """
 
 from __future__ import annotations
@@ -111,7 +112,14 @@ def wait_until_started(
     type=click.FloatRange(min=0),
     help="With --wait: give up waiting after this many seconds (exit 1; the job stays queued).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the swarm as JSON; with --wait, two JSON lines: the swarm as launched "
+    "(at once), then as the wait left it (every node running, or the last state seen "
+    "when the wait fails).",
+)
 def launch(
     nodes: int,
     prompt: str | None,
@@ -143,18 +151,29 @@ def launch(
 
     with swarms_for(config_path, debug) as swarms:
         swarm = swarms.launch(nodes, prompt, time_limit, partition)
-        if not as_json:
-            click.echo(swarm["swarm_id"])  # at once: the id to terminate if the wait is cut short
+        # At once: the id to look at or terminate if the wait is cut short. With --wait
+        # --json this is the first of two JSON lines, the second the swarm after the wait.
+        click.echo(json.dumps(swarm) if as_json else swarm["swarm_id"])
         if wait:
+            last = swarm
+
+            def status() -> dict[str, Any]:
+                nonlocal last
+                last = swarms.status(swarm["swarm_id"])
+                return last
+
             try:
-                swarm = wait_until_started(
-                    lambda: swarms.status(swarm["swarm_id"]), show, timeout=wait_timeout
-                )
+                swarm = wait_until_started(status, show, timeout=wait_timeout)
+            except (click.ClickException, KeyboardInterrupt):
+                if as_json:  # the last state seen: a script learns why without asking again
+                    click.echo(json.dumps(last))
+                raise
             finally:
                 if tty:
                     click.echo("\r\033[K", nl=False, err=True)
+            if as_json:
+                click.echo(json.dumps(swarm))
     if as_json:
-        click.echo(json.dumps(swarm))
         return
     state = "running" if wait else swarm["state"]
     click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {nodes} nodes, {state}", err=True)
