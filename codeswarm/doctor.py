@@ -5,8 +5,9 @@ Each check yields a ``Check`` as soon as it is known, so a person sees progress 
 ``squeue``), and says so, rather than piling up errors that share one cause.
 
 The compute-node probes (the workspace is shared, codex runs, the model answers) are one
-``hpc.doctor_probe`` run: under ``srun`` on a cluster (``doctor_slurm``), as a plain process
-on the local backend (here).
+``hpc.doctor_probe`` run, its source sent on stdin (it must not depend on the shared
+workspace it checks): under ``srun`` on a cluster (``doctor_slurm``), as a plain process on
+the local backend (here).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +98,17 @@ def python_problem(version: str) -> str | None:
     return None
 
 
+def probe_source() -> bytes:
+    """``hpc/doctor_probe.py`` as this codeswarm ships it: sent on stdin, so the probe runs on a
+    node that does not see the workspace and can say so, rather than fail to import."""
+    return resources.files("codeswarm.hpc").joinpath("doctor_probe.py").read_bytes()
+
+
 def probe_argv(
-    python: str, cluster_dir: str, token_file: str, token: str, codex: str, endpoint: str | None
+    python: str, token_file: str, token: str, codex: str, endpoint: str | None
 ) -> list[str]:
-    """``hpc.doctor_probe`` from the copy in ``cluster_dir``, as the workers import it."""
-    argv = ["env", f"PYTHONPATH={cluster_dir}", python, "-m", "hpc.doctor_probe"]
-    argv += ["--token-file", token_file, "--token", token, "--codex", codex]
+    """``python - ARGS``: the probe reads its own source from stdin (``probe_source``)."""
+    argv = [python, "-", "--token-file", token_file, "--token", token, "--codex", codex]
     return argv + (["--endpoint", endpoint] if endpoint else [])
 
 
@@ -221,9 +228,15 @@ def local_checks(config: Config) -> Iterator[Check]:
             yield from skipped(["model endpoint"], "needs codex")
             return
         endpoint = model_endpoint(config.agent)
-        argv = probe_argv(sys.executable, cluster_dir, str(token_file), token, codex, endpoint)
+        argv = probe_argv(sys.executable, str(token_file), token, codex, endpoint)
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+            done = subprocess.run(
+                argv,
+                input=probe_source(),
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+                check=False,
+            )
             found = parse_probe(done.stdout)
         except (subprocess.TimeoutExpired, BackendError) as exc:
             fix = f"Run `{shlex.join(argv)}` to see where it stops."

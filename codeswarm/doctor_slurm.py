@@ -25,6 +25,7 @@ from codeswarm.doctor import (
     parse_probe,
     probe_argv,
     probe_checks,
+    probe_source,
     python_problem,
     skipped,
 )
@@ -156,11 +157,9 @@ def _cluster_checks(
     codex = transport.installed_codex or config.agent.codex_path
     endpoint = model_endpoint(config.agent)
     try:
-        argv = srun_argv(
-            config, probe_argv(python, cluster_dir, token_file, token, codex, endpoint)
-        )
+        argv = srun_argv(config, probe_argv(python, token_file, token, codex, endpoint))
         try:
-            found = parse_probe(connection.run(argv, timeout=srun_timeout))
+            found = parse_probe(connection.run(argv, stdin=probe_source(), timeout=srun_timeout))
         except BackendError as exc:
             detail = f"srun on {alias}: {exc.stderr}" if exc.stderr else str(exc)
             yield Check("compute node", FAIL, detail, srun_fix(exc, srun_timeout))

@@ -1,8 +1,9 @@
 """What ``codeswarm doctor`` asks a compute node: does it see the workspace, run codex, reach
 the model?
 
-Run under ``srun`` as ``python3 -m hpc.doctor_probe --token-file F --token T --codex PATH
-[--endpoint URL]`` (on the local backend, as a plain process). It prints one JSON object on
+Run under ``srun`` as ``python3 - --token-file F --token T --codex PATH [--endpoint URL]``
+with this file on stdin (on the local backend, as a plain process): it must not be imported
+from the workspace whose sharing it checks. It prints one JSON object on
 stdout, one entry per probe, each ``{"ok": bool, "detail": str}``, and exits 0: the verdicts
 are the router's to judge and explain. Standard library only, Python 3.8+.
 """

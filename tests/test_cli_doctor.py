@@ -19,7 +19,9 @@ from codeswarm.doctor import (
     connect_failure,
     model_endpoint,
     parse_probe,
+    probe_argv,
     probe_checks,
+    probe_source,
     python_problem,
 )
 from codeswarm.doctor_slurm import srun_argv, srun_fix
@@ -80,12 +82,12 @@ def test_srun_takes_the_jobs_options_and_setup():
             "slurm": {"partition": "gpu", "account": "a1", "setup": ["module load python"]},
         }
     )
-    argv = srun_argv(config, ["python3", "-m", "hpc.doctor_probe"])
+    argv = srun_argv(config, ["python3", "-"])
     assert argv[0] == "srun" and "--partition=gpu" in argv and "--account=a1" in argv
     assert not any(a.startswith("--qos") for a in argv)
     shell = argv.index("sh")
     assert argv[shell + 2] == 'module load python\nexec "$@"'
-    assert argv[-3:] == ["python3", "-m", "hpc.doctor_probe"]
+    assert argv[-2:] == ["python3", "-"]
 
 
 def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path):
@@ -94,20 +96,16 @@ def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path
         port = sock.getsockname()[1]
     token_file = tmp_path / "token"
     token_file.write_text("written-by-someone-else")
-    argv = [
+    argv = probe_argv(
         sys.executable,
-        "-m",
-        "codeswarm.hpc.doctor_probe",
-        "--token-file",
         str(token_file),
-        "--token",
         "mine",
-        "--codex",
         str(tmp_path / "no-codex"),
-        "--endpoint",
         f"http://127.0.0.1:{port}/v1",
-    ]
-    done = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+    )
+    # From a directory with no hpc/ in sight, as on a node that does not mount the workspace.
+    run = {"input": probe_source(), "capture_output": True, "timeout": 60, "cwd": tmp_path}
+    done = subprocess.run(argv, **run, check=True)
     found = parse_probe(done.stdout)
     checks = {c.name: c for c in probe_checks(found, "a compute node", "http://x/v1", "cx", True)}
     assert {c.status for c in checks.values() if c.name != "python on a compute node"} == {"fail"}
@@ -117,9 +115,12 @@ def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path
     assert "agent.codex_path" in checks["codex on a compute node"].fix
     assert "refused" in checks["model endpoint"].detail.lower()
 
-    token_file.unlink()
-    again = parse_probe(subprocess.run(argv, capture_output=True, timeout=60).stdout)
+    token_file.unlink()  # the workspace is not shared: the token check says so, and the fix
+    again = parse_probe(subprocess.run(argv, **run).stdout)
     assert not again["shared"]["ok"] and "cannot read" in again["shared"]["detail"]
+    unshared = {c.name: c for c in probe_checks(again, "a compute node", None, "cx", True)}
+    assert unshared["workspace shared"].status == "fail"
+    assert "compute nodes mount" in unshared["workspace shared"].fix
 
 
 def test_a_failed_check_prints_its_fix():
