@@ -98,10 +98,28 @@ def python_problem(version: str) -> str | None:
     return None
 
 
-def probe_source() -> bytes:
-    """``hpc/doctor_probe.py`` as this codeswarm ships it: sent on stdin, so the probe runs on a
-    node that does not see the workspace and can say so, rather than fail to import."""
-    return resources.files("codeswarm.hpc").joinpath("doctor_probe.py").read_bytes()
+NETWORK_ENV = {
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "ssl_cert_file",
+    "ssl_cert_dir",
+}
+
+
+def network_env(agent: AgentConfig) -> dict[str, str]:
+    """The variables of agent.env that decide how codex reaches the model (proxies, CAs),
+    "$NAME" left for the node to expand; no API key, which the probe does not send."""
+    return {k: v for k, v in agent.env.items() if k.lower() in NETWORK_ENV}
+
+
+def probe_source(env: dict[str, str] | None = None) -> bytes:
+    """``hpc/doctor_probe.py`` as this codeswarm ships it, after ``PROBE_ENV = env``: sent on
+    stdin, so the probe runs on a node that does not see the workspace and can say so, and
+    a proxy's credentials stay off the command line."""
+    source = resources.files("codeswarm.hpc").joinpath("doctor_probe.py").read_bytes()
+    return f"PROBE_ENV = {json.dumps(env or {})}\n".encode() + source
 
 
 def probe_argv(
@@ -232,7 +250,7 @@ def local_checks(config: Config) -> Iterator[Check]:
         try:
             done = subprocess.run(
                 argv,
-                input=probe_source(),
+                input=probe_source(network_env(config.agent)),
                 capture_output=True,
                 timeout=PROBE_TIMEOUT,
                 check=False,

@@ -22,6 +22,7 @@ from codeswarm.doctor import (
     Check,
     connect_failure,
     model_endpoint,
+    network_env,
     parse_probe,
     probe_argv,
     probe_checks,
@@ -159,7 +160,8 @@ def _cluster_checks(
     try:
         argv = srun_argv(config, probe_argv(python, token_file, token, codex, endpoint))
         try:
-            found = parse_probe(connection.run(argv, stdin=probe_source(), timeout=srun_timeout))
+            source = probe_source(network_env(config.agent))
+            found = parse_probe(connection.run(argv, stdin=source, timeout=srun_timeout))
         except BackendError as exc:
             detail = f"srun on {alias}: {exc.stderr}" if exc.stderr else str(exc)
             yield Check("compute node", FAIL, detail, srun_fix(exc, srun_timeout))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import paramiko
@@ -18,6 +21,7 @@ from codeswarm.doctor import (
     Check,
     connect_failure,
     model_endpoint,
+    network_env,
     parse_probe,
     probe_argv,
     probe_checks,
@@ -121,6 +125,39 @@ def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path
     unshared = {c.name: c for c in probe_checks(again, "a compute node", None, "cx", True)}
     assert unshared["workspace shared"].status == "fail"
     assert "compute nodes mount" in unshared["workspace shared"].fix
+
+
+def test_the_probe_reaches_the_model_through_the_proxy_agent_env_names(tmp_path):
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # a proxy is asked for the whole URL
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    config = parse_config(
+        {
+            "backend": "local",
+            "agent": {"env": {"HTTP_PROXY": "$SITE_PROXY", "OPENAI_API_KEY": "sk-x"}},
+        }
+    )
+    source = probe_source(network_env(config.agent))
+    assert b"sk-x" not in source  # only what routes the request goes to the node
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        argv = probe_argv(
+            sys.executable, str(tmp_path / "t"), "t", "codex", "http://model.invalid/v1"
+        )
+        env = {"PATH": os.environ["PATH"], "SITE_PROXY": f"http://127.0.0.1:{proxy.server_port}"}
+        done = subprocess.run(argv, input=source, capture_output=True, env=env, timeout=60)
+        proxy.shutdown()
+    found = parse_probe(done.stdout)
+    assert found["endpoint"]["ok"], found
+    assert seen == ["http://model.invalid/v1/models"]
 
 
 def test_a_failed_check_prints_its_fix():
