@@ -18,6 +18,7 @@ from codeswarm.doctor import (
     FAIL,
     ON_NODE,
     PASS,
+    PROBE_TIMEOUT,
     PYTHON_VERSION,
     Check,
     connect_failure,
@@ -157,11 +158,15 @@ def _cluster_checks(
     yield Check("workspace", PASS, f"{cluster_dir} is writable, codeswarm's scripts installed")
     codex = transport.installed_codex or config.agent.codex_path
     endpoint = model_endpoint(config.agent)
+    name = f"codeswarm-doctor-{secrets.token_hex(4)}"
     try:
-        argv = srun_argv(config, probe_argv(python, token_file, token, codex, endpoint))
+        command = probe_argv(python, token_file, token, codex, endpoint)
+        argv = srun_argv(config, command, name, srun_timeout)
         try:
             source = probe_source(network_env(config.agent))
-            found = parse_probe(connection.run(argv, stdin=source, timeout=srun_timeout))
+            # --immediate bounds the wait in the queue; the ssh timeout adds the probe's run.
+            out = connection.run(argv, stdin=source, timeout=srun_timeout + PROBE_TIMEOUT)
+            found = parse_probe(out)
         except BackendError as exc:
             detail = f"srun on {alias}: {exc.stderr}" if exc.stderr else str(exc)
             yield Check("compute node", FAIL, detail, srun_fix(exc, srun_timeout))
@@ -170,12 +175,16 @@ def _cluster_checks(
         yield Check("compute node", PASS, "srun ran the probe")
         yield from probe_checks(found, "a compute node", endpoint, codex, shared=True)
     finally:
+        with contextlib.suppress(BackendError):  # a step still queued or running: not left behind
+            connection.run(["scancel", "--me", f"--name={name}"])
         with contextlib.suppress(BackendError):
             connection.run(["rm", "-f", token_file])
 
 
-def srun_argv(config: Config, command: list[str]) -> list[str]:
-    """One short 1-node step with the job's options and ``slurm.setup``, running ``command``."""
+def srun_argv(config: Config, command: list[str], name: str, wait: float) -> list[str]:
+    """One short 1-node step with the job's options and ``slurm.setup``, running ``command``;
+    named ``name`` (to cancel it by), given up by srun itself if not allocated within ``wait``
+    seconds."""
     slurm = config.slurm
     options = {
         "partition": slurm.partition,
@@ -184,18 +193,21 @@ def srun_argv(config: Config, command: list[str]) -> list[str]:
         "constraint": slurm.constraint,
         "gres": slurm.gres,
     }
-    argv = ["srun", "--job-name=codeswarm-doctor", "--nodes=1", "--ntasks=1", "--time=2"]
+    argv = ["srun", f"--job-name={name}", f"--immediate={max(int(wait), 1)}"]
+    argv += ["--nodes=1", "--ntasks=1", "--time=2"]
     argv += [f"--{name}={value}" for name, value in options.items() if value is not None]
     script = "\n".join([*slurm.setup, 'exec "$@"'])
     return [*argv, "sh", "-c", script, "sh", *command]
 
 
 def srun_fix(exc: BackendError, srun_timeout: float) -> str:
-    """What to do when the probe's srun failed: it waited too long, or ran and failed."""
+    """What to do when the probe's srun failed: it waited too long (``--immediate`` gave up on
+    a step Slurm had queued, or the ssh command timed out), or ran and failed."""
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, TimeoutError):
         seen = seen.__cause__ or seen.__context__
-    if seen is not None or "timed out" in str(exc):
+    queued = "queued and waiting" in f"{exc.stderr or ''}{exc}"
+    if seen is not None or queued or "timed out" in str(exc):
         return (
             f"srun did not run a 1-node step within {srun_timeout:.0f}s: the queue is busy "
             "(retry with a longer --srun-timeout) or slurm.partition/account/qos cannot run it."

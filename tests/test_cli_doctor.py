@@ -15,6 +15,7 @@ import paramiko
 import pytest
 from click.testing import CliRunner
 
+from codeswarm.backends.ssh import SSHConnection
 from codeswarm.cli import main
 from codeswarm.config import parse_config
 from codeswarm.doctor import (
@@ -86,8 +87,9 @@ def test_srun_takes_the_jobs_options_and_setup():
             "slurm": {"partition": "gpu", "account": "a1", "setup": ["module load python"]},
         }
     )
-    argv = srun_argv(config, ["python3", "-"])
+    argv = srun_argv(config, ["python3", "-"], "codeswarm-doctor-1a", 300)
     assert argv[0] == "srun" and "--partition=gpu" in argv and "--account=a1" in argv
+    assert "--job-name=codeswarm-doctor-1a" in argv and "--immediate=300" in argv
     assert not any(a.startswith("--qos") for a in argv)
     shell = argv.index("sh")
     assert argv[shell + 2] == 'module load python\nexec "$@"'
@@ -349,9 +351,46 @@ def test_slurm_doctor_names_an_srun_that_fails(doctor_config, tmp_path):
     assert "partition" in srun["detail"].lower() and "slurm.partition" in srun["fix"]
 
 
+@pytest.mark.integration
+def test_slurm_doctor_gives_up_on_a_busy_queue_and_leaves_no_job_queued(
+    doctor_config, minicluster, tmp_path
+):
+    data = doctor_config()
+    connection = SSHConnection(parse_config(data).ssh)
+    blocker = (
+        connection.run(
+            [
+                "sbatch",
+                "--parsable",
+                f"--partition={minicluster['MINICLUSTER_PARTITION']}",
+                f"--nodes={minicluster['MINICLUSTER_NODES']}",
+                "--time=5",
+                "--exclusive",
+                "--output=/dev/null",
+                "--wrap",
+                "sleep 600",
+            ]
+        )
+        .decode()
+        .strip()
+    )
+    try:
+        code, report = doctor("--srun-timeout", "3", "--config", write_slurm_config(tmp_path, data))
+        assert code == 1
+        srun = next(c for c in report["checks"] if c["name"] == "compute node")
+        assert srun["status"] == "fail" and "--srun-timeout" in srun["fix"], srun["detail"]
+        names = connection.run(["squeue", "--me", "-h", "-o", "%j"]).decode().split()
+        assert not [n for n in names if n.startswith("codeswarm-doctor")], names
+    finally:
+        connection.run(["scancel", blocker])
+        connection.close()
+
+
 def test_srun_fix_tells_a_busy_queue_from_a_failed_step():
     try:
         raise BackendError("`srun ...` on c: timed out") from TimeoutError()
     except BackendError as exc:
         assert "--srun-timeout" in srun_fix(exc, 300)
     assert "cluster.python" in srun_fix(BackendError("`srun` exited 1: bad partition"), 300)
+    gave_up = "srun: job 9 queued and waiting for resources\nsrun: error: Unable to allocate"
+    assert "--srun-timeout" in srun_fix(BackendError("`srun` exited 1", stderr=gave_up), 300)
