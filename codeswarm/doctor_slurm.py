@@ -20,6 +20,7 @@ from codeswarm.doctor import (
     PASS,
     PROBE_TIMEOUT,
     PYTHON_VERSION,
+    SKIP,
     Check,
     connect_failure,
     model_endpoint,
@@ -47,13 +48,14 @@ def slurm_checks(config: Config, srun_timeout: float) -> Iterator[Check]:
         config.cluster.python,
         1.0,
         1.0,
-        config.agent.codex_version,
+        None,  # codex is installed as a check of its own (_codex_install), not by prepare()
     )
     try:
         checks = list(_ssh_checks(connection, alias))
         yield from checks
         if any(check.status == FAIL for check in checks):
-            yield from skipped(["slurm", "python", "workspace", *ON_NODE], "needs a login")
+            needs = ["slurm", "python", "workspace", "codex install", *ON_NODE]
+            yield from skipped(needs, "needs a login")
             return
         yield from _cluster_checks(config, connection, transport, srun_timeout)
     finally:
@@ -109,7 +111,7 @@ def _cluster_checks(
             f"sbatch and squeue must be on the PATH of a non-interactive `ssh {alias}` "
             "(set it in ~/.bashrc on the login node), and the controller up.",
         )
-        yield from skipped(["python", "workspace", *ON_NODE], "needs slurm")
+        yield from skipped(["python", "workspace", "codex install", *ON_NODE], "needs slurm")
         return
     python = config.cluster.python
     try:
@@ -125,7 +127,7 @@ def _cluster_checks(
             "Set cluster.python to a Python 3.8 or newer on the login node "
             "(an absolute path works).",
         )
-        yield from skipped(["workspace", *ON_NODE], "needs python")
+        yield from skipped(["workspace", "codex install", *ON_NODE], "needs python")
         return
     yield Check("python", PASS, f"{python} is Python {version} on {alias}")
     root, cluster_dir = config.cluster.workspace_root, config.cluster.cluster_dir
@@ -141,7 +143,7 @@ def _cluster_checks(
             f"Create it (`ssh {alias} mkdir -p {shlex.quote(root)}`) on the filesystem "
             "the compute nodes share, or set cluster.workspace_root to one that is.",
         )
-        yield from skipped(ON_NODE, "needs the workspace")
+        yield from skipped(["codex install", *ON_NODE], "needs the workspace")
         return
     try:
         transport.prepare()
@@ -153,13 +155,18 @@ def _cluster_checks(
             str(exc),
             f"Fix what the message names in {cluster_dir} (permissions, quota).",
         )
-        yield from skipped(ON_NODE, "needs the workspace")
+        yield from skipped(["codex install", *ON_NODE], "needs the workspace")
         return
     yield Check("workspace", PASS, f"{cluster_dir} is writable, codeswarm's scripts installed")
-    codex = transport.installed_codex or config.agent.codex_path
-    endpoint = model_endpoint(config.agent)
     name = f"codeswarm-doctor-{secrets.token_hex(4)}"
     try:
+        install = _codex_install(config, transport)
+        yield install
+        if install.status == FAIL:
+            yield from skipped(ON_NODE, "needs codex")
+            return
+        codex = transport.installed_codex or config.agent.codex_path
+        endpoint = model_endpoint(config.agent)
         command = probe_argv(python, token_file, token, codex, endpoint)
         argv = srun_argv(config, command, name, srun_timeout)
         try:
@@ -179,6 +186,25 @@ def _cluster_checks(
             connection.run(["scancel", "--me", f"--name={name}"])
         with contextlib.suppress(BackendError):
             connection.run(["rm", "-f", token_file])
+
+
+def _codex_install(config: Config, transport: Any) -> Check:
+    """agent.codex_version installed with npm on the login node, as ``launch`` would."""
+    version = config.agent.codex_version
+    if not version:
+        return Check("codex install", SKIP, f"agent.codex_version unset: {config.agent.codex_path}")
+    try:
+        transport.installed_codex = transport.install_codex(version)
+    except BackendError as exc:
+        return Check(
+            "codex install",
+            FAIL,
+            str(exc),
+            f"Make npm work on {config.ssh.login_alias} (on the PATH of a non-interactive ssh "
+            "command, reaching its registry), or set agent.codex_path to a codex binary on the "
+            "shared filesystem instead of agent.codex_version.",
+        )
+    return Check("codex install", PASS, f"@openai/codex@{version} at {transport.installed_codex}")
 
 
 def srun_argv(config: Config, command: list[str], name: str, wait: float) -> list[str]:
