@@ -145,7 +145,9 @@ def probe_checks(
     found: dict[str, dict[str, Any]], where: str, endpoint: str | None, codex: str, shared: bool
 ) -> Iterator[Check]:
     """The probe's verdicts as report lines, each failure with its fix; ``shared`` when the
-    probe ran on a compute node, whose view of the workspace is then checked too."""
+    probe ran on a compute node, whose view of the workspace is then checked too, and whose
+    python and codex are named apart from the login node's."""
+    on = f" on {where}" if shared else ""
     if shared:
         ok = found["shared"]["ok"]
         yield Check(
@@ -160,7 +162,7 @@ def probe_checks(
     python = found["python"]["detail"]
     problem = python_problem(python)
     yield Check(
-        "python on " + where,
+        "python" + on,
         FAIL if problem else PASS,
         problem or f"Python {python}",
         "Set cluster.python to a Python 3.8+ the compute nodes have, or load one in "
@@ -170,7 +172,7 @@ def probe_checks(
     )
     ok = found["codex"]["ok"]
     yield Check(
-        "codex on " + where,
+        "codex" + on,
         PASS if ok else FAIL,
         found["codex"]["detail"],
         ""
@@ -242,6 +244,7 @@ def local_checks(config: Config) -> Iterator[Check]:
         try:
             codex = worker_settings(config)["agent"]["codex_path"]
         except CodeswarmError as exc:
+            yield from skipped(["python"], "needs codex")
             yield Check("codex", FAIL, str(exc), "Install codex as the message says.")
             yield from skipped(["model endpoint"], "needs codex")
             return
@@ -257,8 +260,9 @@ def local_checks(config: Config) -> Iterator[Check]:
             )
             found = parse_probe(done.stdout)
         except (subprocess.TimeoutExpired, BackendError) as exc:
-            fix = f"Run `{shlex.join(argv)}` to see where it stops."
-            yield Check("probe", FAIL, f"hpc.doctor_probe: {exc}", fix)
+            fix = f"Run `{shlex.join(argv)} < hpc/doctor_probe.py` to see where it stops."
+            yield Check("python", FAIL, f"hpc.doctor_probe: {exc}", fix)
+            yield from skipped(["codex", "model endpoint"], "needs the probe")
             return
         yield from probe_checks(found, "this machine", endpoint, codex, shared=False)
     finally:

@@ -176,6 +176,9 @@ def doctor(*args: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
+LOCAL_CHECKS = ["state dir", "workspace", "python", "codex", "model endpoint"]
+
+
 def statuses(report: dict) -> dict[str, str]:
     return {check["name"]: check["status"] for check in report["checks"]}
 
@@ -186,7 +189,7 @@ def test_local_doctor_passes_with_codex_and_the_model_server(config_file, model_
     assert code == 0, report
     assert report["ok"] and report["backend"] == "local"
     assert set(statuses(report).values()) == {"pass"}
-    assert set(statuses(report)) >= {"state dir", "workspace", "codex on this machine"}
+    assert list(statuses(report)) == LOCAL_CHECKS
     endpoint = next(c for c in report["checks"] if c["name"] == "model endpoint")
     assert "HTTP 200" in endpoint["detail"]
     assert not list(
@@ -210,6 +213,13 @@ def test_local_doctor_fails_an_unreachable_model_and_a_workspace_it_cannot_write
     assert code == 1 and not report["ok"]
     endpoint = next(c for c in report["checks"] if c["name"] == "model endpoint")
     assert endpoint["status"] == "fail" and f"127.0.0.1:{port}" in endpoint["fix"]
+    assert list(statuses(report)) == LOCAL_CHECKS
+
+    data["agent"]["codex_path"] = str(tmp_path / "no-codex")
+    config_file.write_text(json.dumps(data))
+    code, report = doctor("--config", str(config_file))
+    assert code == 1 and statuses(report)["codex"] == "fail", report
+    assert sorted(statuses(report)) == sorted(LOCAL_CHECKS)
 
     (tmp_path / "a-file").write_text("")
     data["cluster"]["workspace_root"] = str(tmp_path / "a-file" / "ws")
@@ -218,6 +228,7 @@ def test_local_doctor_fails_an_unreachable_model_and_a_workspace_it_cannot_write
     assert code == 1
     assert statuses(report)["workspace"] == "fail"
     assert statuses(report)["model endpoint"] == "skip"
+    assert sorted(statuses(report)) == sorted(LOCAL_CHECKS)  # one name a check, whatever failed
 
     human = CliRunner().invoke(main, ["doctor", "--config", str(config_file)])
     assert human.exit_code == 1
@@ -263,6 +274,7 @@ def test_slurm_doctor_passes_on_the_test_cluster(doctor_config, tmp_path):
         assert found[name] == "pass", (name, report)
     codex = next(c for c in report["checks"] if c["name"] == "codex on a compute node")
     assert codex["detail"].startswith("codex-cli")
+    assert found["codex install"] == "skip"  # agent.codex_path names the binary
 
 
 @pytest.mark.integration
@@ -337,6 +349,21 @@ def test_slurm_doctor_names_a_missing_workspace(doctor_config, minicluster, tmp_
     workspace = next(c for c in report["checks"] if c["name"] == "workspace")
     assert missing in workspace["detail"] and "mkdir -p" in workspace["fix"]
     assert not Path(missing).exists()
+
+
+@pytest.mark.integration
+def test_slurm_doctor_names_a_failed_codex_install_as_its_own_check(doctor_config, tmp_path):
+    data = doctor_config()
+    del data["agent"]["codex_path"]
+    data["agent"]["codex_version"] = "0.0.0-no-such-version"
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert found["workspace"] == "pass" and found["codex install"] == "fail"
+    assert found["compute node"] == "skip" and found["codex on a compute node"] == "skip"
+    install = next(c for c in report["checks"] if c["name"] == "codex install")
+    assert "0.0.0-no-such-version" in install["detail"]
+    assert "npm" in install["fix"] and "agent.codex_path" in install["fix"]
 
 
 @pytest.mark.integration
