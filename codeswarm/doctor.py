@@ -87,6 +87,26 @@ def connect_failure(exc: BaseException) -> str:
     return "reach"  # e.g. the ssh config does not resolve the alias: no connection was tried
 
 
+def host_key_fix(exc: BaseException, alias: str | None, known_hosts: str) -> str:
+    """The fix for a refused host key, from the refusal's own words (``known_hosts.verify``
+    knows whether the key is unknown, changed, revoked or only CA-signed); ``known_hosts``
+    says which files codeswarm reads."""
+    refusal = exc.__cause__
+    while refusal is not None and not isinstance(refusal, BackendError):
+        refusal = refusal.__cause__
+    if refusal is None:
+        action = f"Check the server's fingerprint, then add its key to {known_hosts}."
+    else:
+        text = str(refusal.args[0]).replace("<alias>", str(alias))
+        _, sep, action = text.partition(". ")
+        if not sep:  # @revoked: there is nothing to accept
+            action = (
+                f"Do not connect: {text}. Ask the cluster's administrators for the host's "
+                "current key and its fingerprint."
+            )
+    return f"{action.rstrip('.')}. codeswarm reads {known_hosts}."
+
+
 def python_problem(version: str) -> str | None:
     """Why a ``major.minor`` Python cannot run the cluster scripts, or None."""
     major, _, rest = version.strip().partition(".")

@@ -23,6 +23,7 @@ from codeswarm.doctor import (
     SKIP,
     Check,
     connect_failure,
+    host_key_fix,
     model_endpoint,
     network_env,
     parse_probe,
@@ -72,9 +73,9 @@ def _ssh_checks(connection: Any, alias: str | None) -> Iterator[Check]:
         fixes = {
             "reach": f"Check HostName and Port of {where}, and that `ssh {alias} true` "
             "reaches it from this machine (VPN, ProxyJump).",
-            "host_key": f"Run `ssh {alias} true` once and accept the host key, or add it "
-            "with ssh-keyscan to the known_hosts file codeswarm reads (ssh.known_hosts, or "
-            "UserKnownHostsFile of the alias).",
+            "host_key": host_key_fix(
+                exc, alias, "ssh.known_hosts, or the UserKnownHostsFile of the alias"
+            ),
             "login": f"Make `ssh -o BatchMode=yes {alias} true` work without a prompt: an "
             "IdentityFile in the alias (or ssh.identity_file), or a key loaded in ssh-agent.",
         }

@@ -21,6 +21,7 @@ from codeswarm.config import parse_config
 from codeswarm.doctor import (
     Check,
     connect_failure,
+    host_key_fix,
     model_endpoint,
     network_env,
     parse_probe,
@@ -70,6 +71,42 @@ def test_connect_failure_names_the_step_that_failed():
     unknown = paramiko.SSHException("Server '[h]:22' not found in known_hosts")
     assert connect_failure(wrapped(unknown)) == "host_key"
     assert connect_failure(wrapped(paramiko.AuthenticationException("denied"))) == "login"
+
+
+def refusal(tmp_path: Path, known_line: str) -> BackendError:
+    """What connecting raises when known_hosts.verify refuses the server's key."""
+    from codeswarm.backends import known_hosts
+
+    path = tmp_path / "known_hosts"
+    path.write_text(known_line + "\n")
+    server = paramiko.Ed25519Key.from_private_key_file(str(ed25519(tmp_path, "server")))
+    try:
+        known_hosts.verify(
+            known_hosts.load((str(path),)), "[h]:2222", "ssh-ed25519", server.asbytes()
+        )
+    except BackendError as refused:
+        return wrapped(refused)
+    raise AssertionError("verify accepted the key")
+
+
+def ed25519(tmp_path: Path, name: str) -> Path:
+    key = tmp_path / name
+    if key.exists():
+        return key
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def test_the_host_key_fix_follows_the_refusal(tmp_path):
+    other = " ".join(Path(str(ed25519(tmp_path, "other")) + ".pub").read_text().split()[:2])
+    changed = host_key_fix(refusal(tmp_path, f"[h]:2222 {other}"), "c", "K")
+    assert "ssh-keygen -R '[h]:2222'" in changed and "accept" not in changed
+    assert changed.endswith("codeswarm reads K.")
+    ca_only = host_key_fix(refusal(tmp_path, f"@cert-authority * {other}"), "c", "K")
+    assert "plain entry" in ca_only and "ssh-keyscan" in ca_only
+    unknown = host_key_fix(refusal(tmp_path, f"other-host {other}"), "c", "K")
+    assert "`ssh c true`" in unknown and "ssh-keygen -R" not in unknown
+    assert "not in known_hosts" not in unknown  # the diagnosis is the detail; the fix is the action
 
 
 def test_parse_probe_skips_what_srun_and_setup_print():
@@ -300,7 +337,7 @@ def test_slurm_doctor_names_an_unknown_host_key(doctor_config, minicluster, tmp_
     assert found["ssh alias"] == "pass" and found["host key"] == "fail"
     assert found["login"] == "skip" and found["compute node"] == "skip"
     host_key = next(c for c in report["checks"] if c["name"] == "host key")
-    assert "known_hosts" in host_key["fix"]
+    assert "ssh-keygen -R" in host_key["fix"], host_key  # a changed key: not "accept it"
 
     known.write_text("")  # no entry at all: unknown, not changed
     code, report = doctor("--config", write_slurm_config(tmp_path, data))
