@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -416,6 +417,7 @@ def test_slurm_doctor_names_an_srun_that_fails(doctor_config, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)
 def test_slurm_doctor_gives_up_on_a_busy_queue_and_leaves_no_job_queued(
     doctor_config, minicluster, tmp_path
 ):
@@ -439,6 +441,12 @@ def test_slurm_doctor_gives_up_on_a_busy_queue_and_leaves_no_job_queued(
         .strip()
     )
     try:
+        for _ in range(500):  # the blocker must hold every node before doctor asks for one
+            state = connection.run(["squeue", "-j", blocker, "-h", "-o", "%T"]).decode().strip()
+            if state == "RUNNING":
+                break
+            time.sleep(1)
+        assert state == "RUNNING", f"other jobs hold the test cluster's nodes: {state}"
         code, report = doctor("--srun-timeout", "3", "--config", write_slurm_config(tmp_path, data))
         assert code == 1
         srun = next(c for c in report["checks"] if c["name"] == "compute node")
