@@ -216,7 +216,12 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class SlurmConfig:
-    """sbatch options; None leaves the choice to the cluster's defaults."""
+    """sbatch options; None leaves the choice to the cluster's defaults.
+
+    ``agents_per_node`` and ``layout`` shape the swarm (the local backend honours
+    ``agents_per_node`` too): ``job`` is one job of all nodes, ``array`` a job array of
+    ``array_nodes_per_task`` nodes a task, at most ``array_throttle`` running at once.
+    """
 
     partition: str | None = _k(_str(_WORD), None)
     account: str | None = _k(_str(_WORD), None)
@@ -229,6 +234,10 @@ class SlurmConfig:
     extra_args: tuple[str, ...] = _k(_strs(_OPTION), ())
     setup: tuple[str, ...] = _k(_strs(), ())
     signal_seconds: int = _k(_int(_rule(lambda v: 0 < v <= 65535, "must be 1 to 65535")), 60)
+    agents_per_node: int = _k(_int(_rule(lambda v: 1 <= v <= 256, "must be 1 to 256")), 1)
+    layout: str = _k(_str(_choice("job", "array")), "job")
+    array_nodes_per_task: int = _k(_int(_POSITIVE), 1)
+    array_throttle: int | None = _k(_int(_POSITIVE), None)
 
 
 @dataclass(frozen=True)

@@ -145,19 +145,29 @@ class Codeswarm:
         time: str | None = None,
         partition: str | None = None,
         timeout: float = 60.0,
+        agents_per_node: int | None = None,
     ) -> dict:
         """Start a swarm; returns its ``swarm`` description (``swarm_id``, ``job_id``, ...).
 
-        With a ``prompt``, it returns once the prompt is in every node's inbox. ``time`` and
-        ``partition`` override the config's Slurm settings for this swarm.
+        It has ``nodes x agents_per_node`` agents (default: the config's
+        ``slurm.agents_per_node``), node ids 0..N-1. With a ``prompt``, it returns once the
+        prompt is in every agent's inbox. ``time`` and ``partition`` override the config's
+        Slurm settings for this swarm.
         """
-        command = _command("launch", nodes=nodes, prompt=prompt, time=time, partition=partition)
+        command = _command(
+            "launch",
+            nodes=nodes,
+            prompt=prompt,
+            time=time,
+            partition=partition,
+            agents_per_node=agents_per_node,
+        )
         waiter = self.sink.expect(command.request_id)
         try:
             self.router.tell(CommandReceived(command))
             swarm = self._await(waiter, "swarm_launched", timeout)["swarm"]
             if prompt:
-                self._answers(waiter, nodes, timeout)
+                self._answers(waiter, len(swarm["nodes"]), timeout)
             return swarm
         finally:
             self.sink.done(command.request_id)
@@ -294,6 +304,15 @@ class Codeswarm:
 
     def status(self, swarm_id: str, timeout: float = 30.0) -> dict:
         command = _command("status", swarm_id=swarm_id)
+        return self.call(command, "swarm_status", timeout)["swarm"]
+
+    def restart(self, swarm_id: str, nodes: Nodes, timeout: float = 150.0) -> dict:
+        """Resubmit, alone, the job-array tasks of these agents (they must have exited).
+
+        Returns the swarm as ``status`` does, each restarted agent ``pending`` in its new
+        ``slurm_job``; prompts sent to them meanwhile are held until they start.
+        """
+        command = _command("restart", swarm_id=swarm_id, nodes=nodes)
         return self.call(command, "swarm_status", timeout)["swarm"]
 
     def terminate(self, swarm_id: str, timeout: float = 30.0) -> None:

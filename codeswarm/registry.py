@@ -40,6 +40,10 @@ def merged_state(old: str, new: str) -> str:
 class SwarmRecord:
     """One swarm: a scheduler job of ``nodes`` workers and where its mailbox lives.
 
+    ``nodes`` counts agents (Slurm nodes x ``agents_per_node``): every agent is a protocol
+    node. With ``layout`` ``array``, agents ``t x task_agents`` on run in array task ``t``.
+    ``hosts`` is each agent's [host, Slurm node] from its last ``node_started``; ``tasks``
+    the job ids of array tasks resubmitted alone (task -> ``<new job>_<task>``).
     ``ended`` is when it reached a final state; ``last_seqs`` is each node's last emitted
     ``seq``, kept once the router has released the swarm so that late lines are not repeated.
     """
@@ -55,6 +59,31 @@ class SwarmRecord:
     pids: list[int] = field(default_factory=list)
     ended: float | None = None
     last_seqs: dict[str, int] = field(default_factory=dict)
+    agents_per_node: int = 1
+    layout: str = "job"
+    task_agents: int = 0
+    hosts: dict[str, list[str | None]] = field(default_factory=dict)
+    tasks: dict[str, str] = field(default_factory=dict)
+
+    def slurm_job(self, node_id: int) -> str:
+        """The scheduler job an agent runs in: the array task's id (``1234_2``) in an array,
+        that of its resubmission (``1240_2``) once ``restart`` resubmitted it."""
+        if self.layout == "array" and self.task_agents:
+            task = node_id // self.task_agents
+            return self.tasks.get(str(task), f"{self.job_id}_{task}")
+        return self.job_id
+
+    def task_nodes(self, task: int) -> range:
+        """The agents array task ``task`` runs."""
+        return range(task * self.task_agents, min((task + 1) * self.task_agents, self.nodes))
+
+    def node_event(self, node_id: int) -> dict[str, Any]:
+        """One entry of the swarm event's ``nodes`` (see the protocol's NodeStateSchema)."""
+        host, slurm_node = self.hosts.get(str(node_id)) or (None, None)
+        entry = {"node_id": node_id, "state": self.node_state(node_id), "host": host}
+        if self.backend == "slurm":
+            entry.update(slurm_node=slurm_node, slurm_job=self.slurm_job(node_id))
+        return entry
 
     def node_state(self, node_id: int) -> str:
         return self.node_states.get(str(node_id), "pending")
@@ -81,9 +110,11 @@ class SwarmRecord:
             "swarm_id": self.swarm_id,
             "job_id": self.job_id,
             "backend": self.backend,
-            "nodes": [{"node_id": n, "state": self.node_state(n)} for n in range(self.nodes)],
+            "nodes": [self.node_event(n) for n in range(self.nodes)],
             "state": self.state,
             "created": self.created,
+            "agents_per_node": self.agents_per_node,
+            "layout": self.layout,
         }
 
 

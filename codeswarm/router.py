@@ -66,7 +66,8 @@ def build_backend(config: Config) -> tuple[Any, Any, float]:
         scheduler = SlurmScheduler(transport, config.slurm, config.cluster.python)
         return transport, scheduler, SLURM_POLL_SECONDS
     transport = LocalTransport(cluster_dir, poll, idle)
-    return transport, LocalScheduler(cluster_dir), LOCAL_POLL_SECONDS
+    scheduler = LocalScheduler(cluster_dir, agents_per_node=config.slurm.agents_per_node)
+    return transport, scheduler, LOCAL_POLL_SECONDS
 
 
 class Router:

@@ -1,6 +1,6 @@
 """The compute-node worker: feeds inbox prompts to one ``codex app-server``, writes events.
 
-Run as ``python3 -m hpc.codex_worker --mailbox DIR`` (one per node, job and node ids from
+Run as ``python3 -m hpc.codex_worker --mailbox DIR`` (one per agent, job and node ids from
 Slurm's environment). Everything happens on one main thread, which consumes a queue fed by the
 app-server's reader thread and polls the inbox between messages, so no lock guards the state.
 Signal handlers only set a flag.
@@ -24,6 +24,7 @@ from . import (
     git_worktree,
     private,
     records,
+    slurm_env,
     steering,
     workdir,
     worker_settings,
@@ -136,8 +137,14 @@ class Worker:
             self.stop_reason = reason
 
     def run(self):
-        host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-        self.emit("node_started", pid=os.getpid(), host=host)
+        # Several agents share a node: say which host and which Slurm node (one host may
+        # run several slurmd) this one is on.
+        self.emit(
+            "node_started",
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            slurm_node=os.environ.get("SLURMD_NODENAME"),
+        )
         self.approvals.restarted()
         if self.state["in_flight"]:
             self.fail(
@@ -514,10 +521,15 @@ def parse_args(argv):
     )
     parser.add_argument("--mailbox", required=True, help="the mailbox directory")
     parser.add_argument(
-        "--job-id", default=os.environ.get("SLURM_JOB_ID"), help="default: $SLURM_JOB_ID"
+        "--job-id",
+        default=slurm_env.job_id(os.environ),
+        help="default: $SLURM_ARRAY_JOB_ID in a job array, else $SLURM_JOB_ID",
     )
     parser.add_argument(
-        "--node-id", type=int, default=os.environ.get("SLURM_NODEID"), help="default: $SLURM_NODEID"
+        "--node-id",
+        type=int,
+        default=slurm_env.node_id(os.environ),
+        help="default: $SLURM_PROCID (plus the array task's first agent in a job array)",
     )
     parser.add_argument(
         "--workspace",
@@ -534,7 +546,7 @@ def parse_args(argv):
     parser.add_argument("--codex-path", help="the codex binary (overrides the settings file)")
     args = parser.parse_args(argv)
     if args.job_id is None or args.node_id is None:
-        parser.error("give --job-id and --node-id, or run under Slurm (SLURM_JOB_ID, SLURM_NODEID)")
+        parser.error("give --job-id and --node-id, or run under srun (SLURM_JOB_ID, SLURM_PROCID)")
     return args
 
 

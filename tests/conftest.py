@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +13,7 @@ from codeswarm.codex_binary import find_codex
 from codeswarm.errors import CodexNotFoundError
 from codeswarm.model_server import ModelServer
 from tests.support.cluster import ClusterError, minicluster_up
+from tests.support.sshd import Sshd, keygen
 from tests.support.worker import CODEX_HOMES, WorkerRun, agent_settings
 
 
@@ -84,7 +86,9 @@ def ssh_agent(tmp_path):
     env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
     try:
         subprocess.run(
-            ["sh", "-c", 'until [ -S "$SSH_AUTH_SOCK" ]; do sleep 0.05; done'],
+            # The socket exists a moment before the agent accepts on it; `ssh-add -l` exits 2
+            # until it can talk to the agent (1: no keys yet).
+            ["sh", "-c", "until ssh-add -l >/dev/null 2>&1; [ $? -ne 2 ]; do sleep 0.05; done"],
             env=env,
             check=True,
             timeout=10,
@@ -93,3 +97,18 @@ def ssh_agent(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def root_sshd(tmp_path_factory):
+    """An sshd of this module's own that lets root in with a fresh key, and a known_hosts."""
+    if os.geteuid() != 0:
+        pytest.skip("the test sshd runs as root and logs in as root")
+    files = tmp_path_factory.mktemp("sshd")
+    files.chmod(0o755)
+    key = files / "key"
+    sshd = Sshd("root", keygen(key)).start()
+    known = files / "known_hosts"
+    known.write_text(sshd.known_line() + "\n")
+    yield SimpleNamespace(sshd=sshd, key=key, known=known, files=files)
+    sshd.stop()

@@ -124,7 +124,7 @@ class QueuedSwarms:
     def __exit__(self, *exc):
         return False
 
-    def launch(self, nodes, prompt, time_limit, partition):
+    def launch(self, nodes, prompt, time_limit, partition, agents_per_node=None):
         return swarm("pending", ["pending"] * nodes, backend="slurm")
 
     def status(self, swarm_id):

@@ -67,8 +67,9 @@ def test_an_unknown_host_key_is_refused_with_its_fingerprint(tmp_path, host_key)
         text=True,
         check=True,
     ).stdout.split()[1]
+    other = keygen(tmp_path / "other.key", "-t", "ed25519")
     with pytest.raises(BackendError) as refused:
-        verify(["other ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE"], "login", host_key, tmp_path)
+        verify([f"other {other[0]} {other[1]}"], "login", host_key, tmp_path)
     assert fingerprint in str(refused.value)
     assert "never accepts an unknown host key" in str(refused.value)
 

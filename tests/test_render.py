@@ -6,7 +6,7 @@ import click
 import pytest
 
 from codeswarm.cli.activity import DECISIONS, clock, diff_stat
-from codeswarm.cli.render import EventRenderer
+from codeswarm.cli.render import EventRenderer, node_place
 from codeswarm.protocol.subscription import EVENT_TYPES
 
 SWARM = {"swarm_id": "sw-1", "job_id": "41", "node_id": 3}
@@ -521,3 +521,12 @@ def test_diff_stat_counts_inside_hunks_only():
     assert diff_stat(DIFF) == (2, 2, 2)
     assert diff_stat("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n") == (1, 1, 1)
     assert diff_stat("") == (0, 0, 0)
+
+
+def test_status_says_where_each_agent_runs():
+    slurm = {"host": "vm", "slurm_node": "n1", "slurm_job": "40_1", "node_id": 3}
+    assert node_place(slurm) == " on vm (Slurm node n1, job 40_1)"
+    assert node_place({"host": "laptop", "node_id": 0}) == " on laptop"
+    assert node_place({"host": None, "slurm_node": None, "slurm_job": "40", "node_id": 0}) == (
+        " (job 40)"
+    )

@@ -599,10 +599,16 @@ def test_a_wrong_cluster_python_names_the_command_its_status_and_stderr(slurm_co
         message = str(write.value)
         assert f"{bad} -m hpc.inbox_writer" in message and "exited 127" in message, message
         assert "No such file or directory" in message, message
-        follower = transport.start_follower(follower_wire.encode_header({}, [], False))
-        with pytest.raises(OSError, match=f"{bad} -m hpc.outbox_follower.* exited 127"):
-            follower.read(4096)
-        follower.close()
+        # The command may die before its header is sent (the start fails) or after (the first
+        # read does): either way the error names the command and its status.
+        with pytest.raises(
+            (OSError, BackendError), match=f"{bad} -m hpc.outbox_follower.* exited 127"
+        ):
+            follower = transport.start_follower(follower_wire.encode_header({}, [], False))
+            try:
+                follower.read(4096)
+            finally:
+                follower.close()
     finally:
         transport.close()
 

@@ -5,18 +5,24 @@ from pathlib import Path
 import pytest
 
 from codeswarm.backends.slurm import (
+    Shape,
     batch_script,
+    node_states,
     parse_job_id,
     parse_pending_reasons,
     parse_squeue,
+    reason_of,
 )
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
+from codeswarm.hpc import slurm_env
+from codeswarm.registry import SwarmRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_script.sh"
+GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
 
 
-def full_config():
+def full_config(**slurm):
     return parse_config(
         {
             "ssh": {"login_alias": "hpc"},
@@ -28,6 +34,7 @@ def full_config():
                 "gres": "gpu:1",
                 "extra_args": ["--exclusive"],
                 "setup": ["module load python/3.11"],
+                **slurm,
             },
         }
     )
@@ -37,7 +44,7 @@ def test_batch_script_matches_the_golden_file():
     config = full_config()
     script = batch_script(
         swarm_id="sw-abc",
-        nodes=4,
+        shape=Shape.of(4, None, config.slurm),
         slurm=config.slurm,
         cluster_dir=config.cluster.cluster_dir,
         python="python3",
@@ -50,7 +57,7 @@ def test_launch_overrides_time_and_partition():
     config = full_config()
     script = batch_script(
         swarm_id="sw-abc",
-        nodes=1,
+        shape=Shape.of(1, None, config.slurm),
         slurm=config.slurm,
         cluster_dir="/c",
         python="python3",
@@ -85,6 +92,115 @@ def test_parse_squeue():
     }
 
 
+def test_the_array_layout_matches_its_golden_file():
+    config = full_config(
+        layout="array", agents_per_node=4, array_nodes_per_task=2, array_throttle=3
+    )
+    script = batch_script(
+        swarm_id="sw-abc",
+        shape=Shape.of(6, None, config.slurm),
+        slurm=config.slurm,
+        cluster_dir=config.cluster.cluster_dir,
+        python="python3",
+        settings_path=config.cluster.cluster_dir + "/swarms/sw-abc/worker.json",
+    )
+    assert script == GOLDEN_ARRAY.read_text(), "update tests/golden/batch_script_array.sh"
+
+
+@pytest.mark.parametrize(
+    ("slurm", "nodes", "apn", "lines"),
+    [
+        ({"agents_per_node": 2}, 3, None, ["--nodes=3", "--ntasks-per-node=2"]),
+        ({"agents_per_node": 2}, 3, 5, ["--nodes=3", "--ntasks-per-node=5"]),
+        ({"layout": "array"}, 3, None, ["--nodes=1", "--ntasks-per-node=1", "--array=0-2"]),
+        (
+            {"layout": "array", "array_nodes_per_task": 2, "array_throttle": 1},
+            4,
+            2,
+            ["--nodes=2", "--ntasks-per-node=2", "--array=0-1%1"],
+        ),
+    ],
+)
+def test_the_shape_sets_nodes_tasks_and_array(slurm, nodes, apn, lines):
+    config = full_config(**slurm)
+    shape = Shape.of(nodes, apn, config.slurm)
+    assert shape.options() == lines
+    assert shape.nodes * shape.agents_per_node == nodes * (apn or slurm.get("agents_per_node", 1))
+
+
+def test_an_array_the_nodes_do_not_fill_is_refused_with_what_to_change():
+    config = full_config(layout="array", array_nodes_per_task=2)
+    with pytest.raises(BackendError, match="array_nodes_per_task"):
+        Shape.of(3, None, config.slurm)
+
+
+def test_parse_squeue_keeps_each_array_task():
+    output = b"40_0|RUNNING\n40_1|CANCELLED\n40_2|PENDING\n41|RUNNING\n"
+    assert parse_squeue(output) == {
+        "40_0": "running",
+        "40_1": "exited",
+        "40_2": "pending",
+        "41": "running",
+    }
+
+
+def test_each_agent_of_an_array_takes_its_task_state():
+    swarm = SwarmRecord(
+        "sw-a", "40", "slurm", "/m", nodes=6, created=0.0, layout="array", task_agents=2
+    )
+    states = parse_squeue(b"40_0|RUNNING\n40_2|PENDING\n41|RUNNING\n")
+    assert node_states(swarm, states) == {
+        0: "running",
+        1: "running",
+        2: "exited",  # task 1 was cancelled alone
+        3: "exited",
+        4: "pending",
+        5: "pending",
+    }
+    one_job = SwarmRecord("sw-b", "41", "slurm", "/m", nodes=4, created=0.0, agents_per_node=2)
+    assert node_states(one_job, states) == dict.fromkeys(range(4), "running")
+
+
+@pytest.mark.parametrize(
+    ("env", "ids"),
+    [
+        ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "3", "SLURM_NODEID": "1"}, ("7", 3)),
+        ({"SLURM_JOB_ID": "7", "SLURM_NODEID": "1"}, ("7", 1)),
+        (
+            {
+                "SLURM_JOB_ID": "12",
+                "SLURM_ARRAY_JOB_ID": "9",
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_PROCID": "1",
+                "CODESWARM_AGENTS_PER_TASK": "4",
+            },
+            ("9", 9),
+        ),
+        (
+            {
+                "SLURM_JOB_ID": "20",
+                "SLURM_ARRAY_JOB_ID": "20",
+                "SLURM_ARRAY_TASK_ID": "1",
+                "SLURM_PROCID": "0",
+                "CODESWARM_AGENTS_PER_TASK": "2",
+                "CODESWARM_JOB_ID": "9",
+            },
+            ("9", 2),
+        ),
+        ({}, (None, None)),
+    ],
+)
+def test_a_worker_knows_its_job_and_agent_index_from_slurm(env, ids):
+    assert (slurm_env.job_id(env), slurm_env.node_id(env)) == ids
+
+
+def test_a_swarm_past_the_node_ids_is_refused_with_what_to_change():
+    config = full_config(agents_per_node=256)
+    with pytest.raises(BackendError, match="4096 nodes x 256 agents is 1048576 agents"):
+        Shape.of(4096, None, config.slurm)
+    assert Shape.of(390, None, config.slurm).agents_per_node == 256
+
+
 def test_parse_squeue_with_reasons():
     output = b"12|PENDING|Priority\n13|RUNNING|None\n14|PENDING|\n15|CANCELLED by 0|None\n"
     output += b"16|PENDING|None\n"
@@ -96,3 +212,10 @@ def test_parse_squeue_with_reasons():
         "16": "pending",
     }
     assert parse_pending_reasons(output) == {"12": "Priority"}
+
+
+def test_an_array_waits_for_the_reason_its_first_waiting_task_gives():
+    reasons = parse_pending_reasons(b"40_0|RUNNING|None\n40_1|PENDING|Resources\n7|PENDING|QOS\n")
+    assert reason_of(reasons, "40") == "Resources"
+    assert reason_of(reasons, "7") == "QOS"
+    assert reason_of(reasons, "4") is None

@@ -148,7 +148,7 @@ def test_a_missing_ssh_config_file_names_the_setting(tmp_path):
 def test_without_ssh_paramiko_resolves_the_same_options(tmp_path, without_ssh):
     config = tmp_path / "config"
     config.write_text(
-        "Host hpc\n  HostName login.cluster.edu\n  User klowery\n  Port 2200\n"
+        "Host hpc\n  HostName Login.Cluster.EDU\n  User klowery\n  Port 2200\n"
         "  IdentityFile ~/.ssh/id_%r\n  ProxyJump bastion\n  HostKeyAlias hpc-login\n"
         "  UserKnownHostsFile /etc/hpc_known_hosts\n  ConnectTimeout 9\n"
     )
@@ -175,9 +175,10 @@ def test_a_literal_percent_is_expanded_once(tmp_path):
     config = tmp_path / "config"
     config.write_text(
         "Host hpc\n  IdentityFile /keys/k%%\n  UserKnownHostsFile /kh/%%%h\n"
-        "  ProxyCommand nc %h %p # 100%%\n"
+        "  ProxyCommand nc %h %p # 100%%\n  IdentityAgent /tmp/agent%%d.sock\n"
     )
     hop = resolve_host("hpc", settings(config))
+    assert hop.identity_agent == "/tmp/agent%d.sock"
     assert hop.identity_files == ("/keys/k%",)
     assert hop.known_hosts[0] == "/kh/%hpc"
     assert hop.proxy_command == "nc hpc 22 # 100%"
@@ -193,3 +194,15 @@ def test_identity_agent_forms(tmp_path, monkeypatch):
     agents = {a: resolve_host(a, settings(config)).identity_agent for a in ("off", "env", "path")}
     assert agents == {"off": "none", "env": "/run/agent.sock", "path": str(Path.home() / "me.sock")}
     assert resolve_host("default", settings(config)).identity_agent is None
+
+
+def test_a_known_hosts_path_with_a_space_is_read_whole(tmp_path):
+    spaced = tmp_path / "My Files" / "known hosts"
+    spaced.parent.mkdir()
+    spaced.write_text("")
+    config = tmp_path / "config"
+    config.write_text(f'Host hpc\n  UserKnownHostsFile "{spaced}" /kh/other\n')
+    assert resolve_host("hpc", settings(config)).known_hosts[:2] == (str(spaced), "/kh/other")
+    config.write_text(f'Host hpc\n  UserKnownHostsFile "{tmp_path}/no such/file"\n')
+    with pytest.raises(BackendError, match=r"'such/file' is not a path; a file name with a space"):
+        resolve_host("hpc", settings(config))

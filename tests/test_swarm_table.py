@@ -10,7 +10,13 @@ import pytest
 
 from codeswarm.actors.jobs import BACKOFF_LIMIT_SECONDS, JobPollerActor, backoff
 from codeswarm.actors.messages import NodeGone, NodePending, NodeRunning
-from codeswarm.actors.swarms import HELD_BYTES, HELD_SECONDS, SwarmTable, written_over
+from codeswarm.actors.swarms import (
+    HELD_BYTES,
+    HELD_SECONDS,
+    SwarmTable,
+    restart_tasks,
+    written_over,
+)
 from codeswarm.cursor import CursorStore
 from codeswarm.errors import BackendError, RegistryError
 from codeswarm.registry import SwarmRecord, SwarmRegistry, merged_state
@@ -262,3 +268,62 @@ def test_cancelled_timers_do_not_pile_up_until_they_are_due():
         assert any(entry[2] is keep for entry in timer._heap)
     finally:
         timer.stop()
+
+
+def test_node_started_keeps_where_the_agent_runs_and_a_write_keeps_it():
+    table = SwarmTable(gone_grace=0.0, drain_seconds=1.0)
+    table.follow(record(agents_per_node=2), now=0.0)
+    table.node_started("7", 1, now=1.0, where=("vm", "n2"))
+    mine = table.get("7")
+    assert mine.hosts == {"1": ["vm", "n2"]} and mine.node_state(1) == "running"
+    stored = written_over(record(), mine)
+    assert stored.hosts == {"1": ["vm", "n2"]}
+    nodes = stored.to_event()["nodes"]
+    assert nodes[1] == {
+        "node_id": 1,
+        "state": "running",
+        "host": "vm",
+        "slurm_node": "n2",
+        "slurm_job": "7",
+    }
+    assert nodes[0]["host"] is None
+
+
+def array(**fields) -> SwarmRecord:
+    """Six agents in three array tasks of two: task 1 (agents 2, 3) cancelled alone."""
+    states = {"0": "running", "1": "running", "2": "exited", "3": "exited"}
+    states.update({"4": "pending", "5": "pending"})
+    given = {"state": "running", "node_states": states, **fields}
+    return record(nodes=6, layout="array", task_agents=2, **given)
+
+
+@pytest.mark.parametrize(("nodes", "tasks"), [((3,), [1]), ((2, 3), [1]), ("all", [1])])
+def test_restart_takes_the_exited_tasks_of_the_agents_named(nodes, tasks):
+    assert restart_tasks(array(), nodes) == tasks
+
+
+@pytest.mark.parametrize(
+    ("swarm", "nodes", "problem"),
+    [
+        (array(), (0,), r"array task 0 \(7_0\) still runs or waits"),
+        (array(), (3, 4), r"array task 2 \(7_2\) still runs"),
+        (array(), (6,), "has nodes 0 to 5"),
+        (array(state="terminated"), (3,), "has terminated: launch a new one"),
+        (record(state="running"), (0,), "is one Slurm job, not an array"),
+        (array(node_states={}), "all", "no task of swarm sw-7 has exited"),
+    ],
+)
+def test_restart_refuses_what_it_cannot_resubmit_and_says_why(swarm, nodes, problem):
+    with pytest.raises(ValueError, match=problem):
+        restart_tasks(swarm, nodes)
+
+
+def test_a_resubmitted_task_waits_for_its_new_job_and_is_polled_there():
+    table = SwarmTable(gone_grace=0.0, drain_seconds=1.0)
+    table.follow(array(), now=0.0)
+    told = table.resubmitted("7", {1: "9_1"}, now=1.0)
+    assert told == [("7_2", NodePending()), ("7_3", NodePending())]
+    mine = table.get("7")
+    assert [mine.slurm_job(n) for n in range(6)] == ["7_0", "7_0", "9_1", "9_1", "7_2", "7_2"]
+    assert mine.node_state(2) == mine.node_state(3) == "pending"
+    assert written_over(array(), mine).tasks == {"1": "9_1"}

@@ -22,6 +22,8 @@ from codeswarm.actors.messages import (
     LiveSwarms,
     Polled,
     PollJobs,
+    Resubmit,
+    Resubmitted,
     Submit,
     Sweep,
 )
@@ -122,12 +124,18 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.submit(message))
             elif isinstance(message, Cancel):
                 self.supervisor.tell(self.cancel(message))
+            elif isinstance(message, Resubmit):
+                self.supervisor.tell(self.resubmit(message))
             elif isinstance(message, Sweep):
                 self.sweep()
 
     def submit(self, message: Submit) -> Launched | LaunchFailed:
         command = message.command
-        options = {"time": command.time, "partition": command.partition}
+        options = {
+            "time": command.time,
+            "partition": command.partition,
+            "agents_per_node": command.agents_per_node,
+        }
         try:
             submitted = self.scheduler.submit(
                 message.swarm_id, command.nodes, message.settings, **options
@@ -157,6 +165,14 @@ class SchedulerActor(pykka.ThreadingActor):
                 del self.unsettled[swarm_id]
         if self.unsettled:
             self.timer.call_later(self.sweep_seconds, self.actor_ref, Sweep())
+
+    def resubmit(self, message: Resubmit) -> Resubmitted:
+        swarm = message.swarm
+        try:
+            tasks = self.scheduler.resubmit(swarm, message.tasks)
+        except Exception as exc:  # answered as a failed restart, whatever went wrong
+            return Resubmitted(swarm.swarm_id, {}, message.request_id, exc)
+        return Resubmitted(swarm.swarm_id, tasks, message.request_id, None)
 
     def cancel(self, message: Cancel) -> Cancelled:
         try:

@@ -129,6 +129,8 @@ class NodeStarted(NamedTuple):
     """A worker's own ``node_started`` was routed: the node runs, whatever the last poll said."""
 
     key: str
+    host: str | None = None
+    slurm_node: str | None = None
 
 
 class PollJobs(NamedTuple):
@@ -173,6 +175,21 @@ class Cancel(NamedTuple):
 
 class Cancelled(NamedTuple):
     swarm_id: str
+    request_id: Any
+    error: Exception | None
+
+
+class Resubmit(NamedTuple):
+    """Submit these array tasks of a swarm again, alone (``restart``)."""
+
+    swarm: Any  # registry.SwarmRecord
+    tasks: list[int]
+    request_id: Any
+
+
+class Resubmitted(NamedTuple):
+    swarm_id: str
+    tasks: dict[int, str]  # task -> its new Slurm id, <job>_<task>
     request_id: Any
     error: Exception | None
 

@@ -99,7 +99,9 @@ class NodeActor(pykka.ThreadingActor):
                 if kind == "node_started":
                     self.start_clocks(self.node.started())
                     with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
-                        self.supervisor.tell(NodeStarted(self.key))
+                        self.supervisor.tell(
+                            NodeStarted(self.key, event.get("host"), event.get("slurm_node"))
+                        )
                 elif kind in ("inject_delivered", "inject_failed"):
                     handle = self.timers.pop(event["injection_id"], None)
                     if handle is not None:

@@ -39,6 +39,8 @@ from codeswarm.actors.messages import (
     PollJobs,
     Progress,
     ReadDiffs,
+    Resubmit,
+    Resubmitted,
     Started,
     StartFollower,
     Submit,
@@ -47,7 +49,7 @@ from codeswarm.actors.messages import (
 )
 from codeswarm.actors.node import NodeActor
 from codeswarm.actors.steering import ApprovalsActor
-from codeswarm.actors.swarms import SwarmTable, job_of, written_over
+from codeswarm.actors.swarms import SwarmTable, job_of, restart_tasks, written_over
 from codeswarm.actors.targeting import NodeTargeting
 from codeswarm.backends import Scheduler, Transport
 from codeswarm.cursor import CursorStore
@@ -181,7 +183,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                 self.cursor.advance(message.key, message.offsets, message.last_seq)
         elif isinstance(message, NodeStarted):
             job_id, node_id = records.parse_node_key(message.key)
-            self.table.node_started(job_id, node_id, time.monotonic())
+            where = (message.host, message.slurm_node)
+            self.table.node_started(job_id, node_id, time.monotonic(), where)
         elif isinstance(message, CommandReceived):
             self.command(message.command)
         elif isinstance(message, Polled):
@@ -192,6 +195,8 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.backend_error("launch", message.error, message.command.request_id)
         elif isinstance(message, Cancelled):
             self.cancelled(message)
+        elif isinstance(message, Resubmitted):
+            self.resubmitted(message)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -413,6 +418,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             commands.ListSwarms: self.wait_for_poll,
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
+            commands.Restart: self.restart,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,
@@ -462,10 +468,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             job_id=submitted.job_id,
             backend=self.scheduler.name,
             mailbox=self.registry.mailbox,
-            nodes=command.nodes,
+            nodes=command.nodes * submitted.agents_per_node,
             created=round(time.time(), 3),
             state="pending",
             pids=submitted.pids,
+            agents_per_node=submitted.agents_per_node,
+            layout=submitted.layout,
+            task_agents=submitted.task_agents,
         )
         try:
             self.registry.put(record)
@@ -539,6 +548,31 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.emit(
             make_event("swarm_terminated", request_id=message.request_id, swarm_id=message.swarm_id)
         )
+
+    def restart(self, command: commands.Restart) -> None:
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is None:
+            return
+        try:
+            tasks = restart_tasks(record, command.nodes)
+        except ValueError as exc:
+            self.error(errors.INVALID_FIELD, str(exc), command.request_id, field="nodes")
+            return
+        self.jobs.tell(Resubmit(record, tasks, command.request_id))
+
+    def resubmitted(self, message: Resubmitted) -> None:
+        if message.error is not None:
+            self.backend_error("restart", message.error, message.request_id)
+            return
+        record = self.table.by_swarm(message.swarm_id)
+        if record is None:
+            return
+        for key, told in self.table.resubmitted(record.job_id, message.tasks, time.monotonic()):
+            self.tell_node(key, told)
+        self.tell_live_swarms()  # the next poll asks about the new jobs
+        self.write_registry()
+        swarm = self.table.get(record.job_id) or record
+        self.emit(make_event("swarm_status", request_id=message.request_id, swarm=swarm.to_event()))
 
     def diff(self, command: commands.Diff) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)

@@ -45,9 +45,43 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     forward, so a terminate written meanwhile by another process is never undone.
     """
     updated = replace(
-        stored, node_states=mine.node_states, last_seqs=mine.last_seqs or stored.last_seqs
+        stored,
+        node_states=mine.node_states,
+        last_seqs=mine.last_seqs or stored.last_seqs,
+        hosts=mine.hosts or stored.hosts,
+        tasks=mine.tasks or stored.tasks,
     )
     return updated.with_state(mine.state)
+
+
+def restart_tasks(record: SwarmRecord, nodes: tuple[int, ...] | str) -> list[int]:
+    """The array tasks ``restart`` resubmits for these agents; ValueError says why none.
+
+    Only a live swarm's array tasks whose agents have all exited are resubmitted: a running
+    task would run twice, and an ended swarm is never brought back.
+    """
+    if record.layout != "array" or not record.task_agents:
+        raise ValueError(
+            f"swarm {record.swarm_id} is one Slurm job, not an array: restart resubmits the "
+            'tasks of a job array (slurm.layout "array")'
+        )
+    if record.is_final():
+        raise ValueError(f"swarm {record.swarm_id} has {record.state}: launch a new one")
+    wanted = range(record.nodes) if nodes == "all" else nodes
+    if any(node >= record.nodes for node in wanted):
+        raise ValueError(f"swarm {record.swarm_id} has nodes 0 to {record.nodes - 1}")
+    tasks = sorted({node // record.task_agents for node in wanted})
+    live = [t for t in tasks if any(record.node_state(n) != "exited" for n in record.task_nodes(t))]
+    if nodes == "all":
+        tasks = [t for t in tasks if t not in live]
+        if not tasks:
+            raise ValueError(f"no task of swarm {record.swarm_id} has exited")
+    elif live:
+        raise ValueError(
+            f"array task {live[0]} ({record.slurm_job(live[0] * record.task_agents)}) still "
+            "runs or waits: restart resubmits tasks whose agents have all exited"
+        )
+    return tasks
 
 
 @dataclass
@@ -147,16 +181,29 @@ class SwarmTable:
         if job_id in self.followed:
             self.active[job_id] = now
 
-    def node_started(self, job_id: str, node_id: int, now: float) -> None:
+    def node_started(
+        self,
+        job_id: str,
+        node_id: int,
+        now: float,
+        where: tuple[str | None, str | None] = (None, None),
+    ) -> None:
         """A worker's own ``node_started`` was routed: it runs before the next poll says so.
 
-        Its ``node_exited`` is not taken as the node's end: a requeued job runs again, and
-        only the scheduler knows. A final swarm stays final.
+        ``where`` is its (host, Slurm node), kept for ``swarm_status``. Its ``node_exited``
+        is not taken as the node's end: a requeued job runs again, and only the scheduler
+        knows. A final swarm stays final.
         """
         record = self.records.get(job_id)
-        if record is None or record.node_state(node_id) == "running" or record.is_final():
+        if record is None or record.is_final():
             return
-        self._update(record, {**record.node_states, str(node_id): "running"}, now)
+        hosts = record.hosts
+        if where != (None, None) and tuple(hosts.get(str(node_id)) or ()) != where:
+            record = replace(record, hosts={**hosts, str(node_id): list(where)})
+            self.records[job_id] = record
+            self.dirty.add(job_id)
+        if record.node_state(node_id) != "running":
+            self._update(record, {**record.node_states, str(node_id): "running"}, now)
 
     def apply(self, states: dict[str, dict[int, str]], now: float) -> list[tuple[str, Any]]:
         """The scheduler's node states: (node key, message) for each node told of a change.
@@ -191,6 +238,24 @@ class SwarmTable:
             self.records[record.job_id] = updated
             self.dirty.add(record.job_id)
             self.touched(record.job_id, now)
+
+    def resubmitted(self, job_id: str, tasks: dict[int, str], now: float) -> list[tuple[str, Any]]:
+        """Array tasks resubmitted alone: their agents wait for the new job, (key, NodePending)
+        for each."""
+        record = self.records[job_id]
+        record = replace(record, tasks={**record.tasks, **{str(t): j for t, j in tasks.items()}})
+        node_states = dict(record.node_states)
+        told = []
+        for task in tasks:
+            for node_id in record.task_nodes(task):
+                key = records.node_key(job_id, node_id)
+                self.gone_since.pop(key, None)
+                node_states[str(node_id)] = "pending"
+                told.append((key, NodePending()))
+        self.records[job_id] = record
+        self._update(record, node_states, now)
+        self.dirty.add(job_id)
+        return told
 
     def set_state(self, job_id: str, state: str) -> SwarmRecord | None:
         """A swarm-level change made here (terminate); None if the swarm is unknown."""

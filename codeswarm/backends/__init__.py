@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from codeswarm.errors import BackendError
+from codeswarm.hpc import records
 from codeswarm.registry import SwarmRecord
 
 
@@ -67,10 +69,29 @@ def follower_args(mailbox: str, poll_seconds: float, idle_poll_seconds: float) -
     ]
 
 
+def agent_count(nodes: int, agents_per_node: int) -> int:
+    """A swarm's agents; BackendError past the node ids the mailbox's file names allow."""
+    agents = nodes * agents_per_node
+    if agents > records.NODE_ID_MAX + 1:
+        raise BackendError(
+            f"{nodes} nodes x {agents_per_node} agents is {agents} agents; a swarm has at "
+            f"most {records.NODE_ID_MAX + 1}: launch fewer nodes or agents per node"
+        )
+    return agents
+
+
 @dataclass(frozen=True)
 class Submitted:
+    """A started job: its agents are ``nodes x agents_per_node`` protocol nodes.
+
+    With ``layout`` ``array``, each array task runs ``task_agents`` of them.
+    """
+
     job_id: str
     pids: list[int]
+    agents_per_node: int = 1
+    layout: str = "job"
+    task_agents: int = 0
 
 
 class Scheduler(Protocol):
@@ -79,7 +100,11 @@ class Scheduler(Protocol):
     def submit(
         self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
     ) -> Submitted:
-        """Start a job of ``nodes`` workers with the given worker settings."""
+        """Start a job of ``nodes`` nodes with the given worker settings.
+
+        ``options`` may hold ``agents_per_node`` (None: the configured number), ``time``
+        and ``partition``.
+        """
 
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         """Each job's node states (``pending``, ``running``, ``exited``), in one batched call."""
@@ -89,6 +114,12 @@ class Scheduler(Protocol):
 
     def cancel(self, swarm: SwarmRecord) -> None:
         """Ask every worker of the job to stop (SIGTERM, as ``scancel`` does)."""
+
+    def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+        """Submit these tasks of a job array again, alone: task -> its new scheduler id.
+
+        Only a scheduler with job arrays (Slurm) is asked: ``restart`` refuses other swarms.
+        """
 
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         """Cancel a job submitted for ``swarm_id`` although its launch was reported failed.

@@ -85,6 +85,31 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
+def split_files(value: str, option: str) -> list[str]:
+    """The files of a UserKnownHostsFile/GlobalKnownHostsFile value as ``ssh -G`` prints it.
+
+    ssh -G prints the list unquoted, so a path with a space comes out as two words: words are
+    joined again where the joined path exists; a word left that is not a path (it does not
+    start with ``/`` or ``~``) is such a split, and is refused rather than read wrongly.
+    """
+    words, files = value.split(), []
+    while words:
+        take = next((n for n in range(len(words), 1, -1) if _exists(" ".join(words[:n]))), 1)
+        path, words = " ".join(words[:take]), words[take:]
+        if not path.startswith(("/", "~")):
+            raise _refused(
+                f"{option} {value!r}: {path!r} is not a path; a file name with a space in it "
+                "cannot be told apart from two files here. Use a path without spaces (or "
+                "create the file, so that codeswarm can find it)"
+            )
+        files.append(path)
+    return files
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(os.path.expanduser(path))
+
+
 def load(paths: tuple[str, ...]) -> list[KnownKey]:
     """Every usable line of the files that exist, in order."""
     keys = []

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from codeswarm.backends import Pruned, Submitted, follower_args
+from codeswarm.backends import Pruned, Submitted, agent_count, follower_args
 from codeswarm.errors import BackendError
 from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
 from codeswarm.hpc.git_worktree import WorktreeError
@@ -169,14 +169,19 @@ class LocalScheduler:
 
     name = "local"
 
-    def __init__(self, cluster_dir: str, python: str = sys.executable) -> None:
+    def __init__(
+        self, cluster_dir: str, python: str = sys.executable, agents_per_node: int = 1
+    ) -> None:
         self.cluster_dir = Path(cluster_dir)
         self.python = python
+        self.agents_per_node = agents_per_node
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def submit(
         self, swarm_id: str, nodes: int, settings: dict[str, Any], **options: Any
     ) -> Submitted:
+        """Start ``nodes x agents_per_node`` workers: a "node" here is a group of agents."""
+        agents_per_node = options.get("agents_per_node") or self.agents_per_node
         job_id = f"local-{uuid.uuid4().hex[:10]}"
         swarm_dir = self.cluster_dir / "swarms" / swarm_id
         private_dir(swarm_dir.parent)
@@ -186,7 +191,7 @@ class LocalScheduler:
         with open(settings_path, "wb", opener=private_file) as f:
             f.write(data)
         pids = []
-        for node_id in range(nodes):
+        for node_id in range(agent_count(nodes, agents_per_node)):
             log = self.cluster_dir / "logs" / f"{records.node_key(job_id, node_id)}.worker.log"
             argv = [
                 self.python,
@@ -217,7 +222,7 @@ class LocalScheduler:
                 raise BackendError(f"cannot start a local worker: {exc}") from exc
             self._children[child.pid] = child
             pids.append(child.pid)
-        return Submitted(job_id, pids)
+        return Submitted(job_id, pids, agents_per_node)
 
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         for child in list(self._children.values()):

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import posixpath
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
-from codeswarm.backends import Submitted
+from codeswarm.backends import Submitted, agent_count
 from codeswarm.backends.ssh import SSHConnection
 from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import SlurmConfig
 from codeswarm.errors import BackendError
-from codeswarm.hpc import worker_settings
+from codeswarm.hpc import slurm_env, worker_settings
 from codeswarm.registry import SwarmRecord
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,64 @@ PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE
 RUNNING_STATES = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How a swarm of ``nodes`` nodes sits in Slurm: the sbatch options and exports it needs.
+
+    ``job``: one job of all nodes, ``agents_per_node`` srun tasks a node, the task id being
+    the agent's index. ``array``: a job array of ``tasks`` tasks of ``nodes_per_task`` nodes
+    each; a task's workers add its first agent's index (``hpc.slurm_env``).
+    """
+
+    nodes: int
+    agents_per_node: int
+    layout: str = "job"
+    nodes_per_task: int = 1
+    throttle: int | None = None
+
+    @classmethod
+    def of(cls, nodes: int, agents_per_node: int | None, slurm: SlurmConfig) -> Shape:
+        """The shape a launch asks for; BackendError if the array cannot hold ``nodes`` or
+        the swarm would have more agents than node ids."""
+        per_task = slurm.array_nodes_per_task
+        agents_per_node = agents_per_node or slurm.agents_per_node
+        agent_count(nodes, agents_per_node)
+        if slurm.layout == "array" and nodes % per_task:
+            raise BackendError(
+                f"{nodes} nodes do not split into array tasks of {per_task} "
+                "(slurm.array_nodes_per_task): launch a multiple of it, or change it"
+            )
+        return cls(
+            nodes,
+            agents_per_node,
+            slurm.layout,
+            per_task if slurm.layout == "array" else nodes,
+            slurm.array_throttle,
+        )
+
+    @property
+    def task_agents(self) -> int:
+        """The agents one array task runs; 0 for the job layout."""
+        return self.nodes_per_task * self.agents_per_node if self.layout == "array" else 0
+
+    def options(self) -> list[str]:
+        options = [f"--nodes={self.nodes_per_task}", f"--ntasks-per-node={self.agents_per_node}"]
+        if self.layout == "array":
+            last = self.nodes // self.nodes_per_task - 1
+            throttle = f"%{self.throttle}" if self.throttle else ""
+            options.append(f"--array=0-{last}{throttle}")
+        return options
+
+    def exports(self) -> list[str]:
+        if self.layout == "array":
+            return [f"export {slurm_env.AGENTS_PER_TASK}={self.task_agents}"]
+        return []
+
+
 def batch_script(
     *,
     swarm_id: str,
-    nodes: int,
+    shape: Shape,
     slurm: SlurmConfig,
     cluster_dir: str,
     python: str,
@@ -36,7 +91,7 @@ def batch_script(
     time: str | None = None,
     partition: str | None = None,
 ) -> str:
-    """The sbatch script of a swarm: one worker per node under srun.
+    """The sbatch script of a swarm: ``agents_per_node`` workers a node under srun.
 
     ``--signal=TERM@N`` (without ``B:``) signals the srun step, so every worker gets SIGTERM N
     seconds before the time limit, as it does on scancel. Paths, which may hold spaces, are
@@ -45,8 +100,7 @@ def batch_script(
     """
     options = [
         f"--job-name=codeswarm-{swarm_id}",
-        f"--nodes={nodes}",
-        "--ntasks-per-node=1",
+        *shape.options(),
         f"--time={time or slurm.time}",
         f"--signal=TERM@{slurm.signal_seconds}",
     ]
@@ -76,7 +130,8 @@ def batch_script(
     ]
     lines = ["#!/bin/bash", *(f"#SBATCH {o}" for o in options)]
     lines += ["set -u", *slurm.setup]
-    lines += [f"export PYTHONPATH={shlex.quote(cluster_dir)}", f"cd {shlex.quote(cluster_dir)}"]
+    lines += [f"export PYTHONPATH={shlex.quote(cluster_dir)}", *shape.exports()]
+    lines += [f"cd {shlex.quote(cluster_dir)}"]
     lines += [f"exec {shlex.join(worker)}", ""]
     return "\n".join(lines)
 
@@ -108,7 +163,8 @@ def parse_job_id(sbatch_output: bytes) -> str:
 
 
 def parse_squeue(output: bytes) -> dict[str, str]:
-    """``squeue -h -o %i|%T[|%r]`` as job id -> pending | running | exited."""
+    """``squeue -h -r -o %i|%T[|%r]`` as job id (``1234``, array task ``1234_2``) -> pending
+    | running | exited."""
     states = {}
     for line in output.decode("utf-8", "replace").splitlines():
         job_id, _, rest = line.strip().partition("|")
@@ -124,6 +180,11 @@ def parse_squeue(output: bytes) -> dict[str, str]:
     return states
 
 
+def node_states(swarm: SwarmRecord, states: dict[str, str]) -> dict[int, str]:
+    """Each agent's state: its job's, or its array task's (``1234_2``) in a job array."""
+    return {node: states.get(swarm.slurm_job(node), "exited") for node in range(swarm.nodes)}
+
+
 def parse_pending_reasons(output: bytes) -> dict[str, str]:
     """``squeue -h -o %i|%T|%r`` as job id -> why it waits (``Priority``, ``Resources``...),
     for the jobs that are pending."""
@@ -134,6 +195,13 @@ def parse_pending_reasons(output: bytes) -> dict[str, str]:
         if job_id and state.strip() in PENDING_STATES and reason.strip() not in ("", "None"):
             reasons[job_id] = reason.strip()
     return reasons
+
+
+def reason_of(reasons: dict[str, str], job_id: str) -> str | None:
+    """Why the job waits; for a job array, why its first waiting task does."""
+    if job_id in reasons:
+        return reasons[job_id]
+    return next((r for job, r in reasons.items() if job.startswith(f"{job_id}_")), None)
 
 
 class SlurmScheduler:
@@ -155,9 +223,10 @@ class SlurmScheduler:
         settings_path = posixpath.join(cluster_dir, "swarms", swarm_id, "worker.json")
         data = worker_settings.encode_settings(settings["agent"], settings["worker"])
         self.transport.write_file(settings_path, data)
+        shape = Shape.of(nodes, options.get("agents_per_node"), self.slurm)
         script = batch_script(
             swarm_id=swarm_id,
-            nodes=nodes,
+            shape=shape,
             slurm=self.slurm,
             cluster_dir=cluster_dir,
             python=self.python,
@@ -172,7 +241,7 @@ class SlurmScheduler:
             out = self.connection.run(
                 sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
             )
-            return Submitted(parse_job_id(out), [])
+            job_id = parse_job_id(out)
         except BackendError:
             # sbatch may have submitted before the answer was lost: adopt the job, never leave
             # one running that no registry knows.
@@ -180,12 +249,12 @@ class SlurmScheduler:
             if job_id is None:
                 raise
             log.warning("sbatch's answer was lost; found the job %s by name", job_id)
-            return Submitted(job_id, [])
+        return Submitted(job_id, [], shape.agents_per_node, shape.layout, shape.task_agents)
 
     def find_job(self, swarm_id: str) -> str | None:
         try:
             out = self.connection.run(
-                ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm_id}", "-o", "%i"]
+                ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm_id}", "-o", "%F"]
             )
         except BackendError:
             return None
@@ -194,27 +263,42 @@ class SlurmScheduler:
 
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         out = self.connection.run(
-            ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm_id}", "-o", "%i"]
+            ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm_id}", "-o", "%F"]
         )
-        job_ids = [job for job in out.decode("utf-8", "replace").split() if job.isdigit()]
+        found = out.decode("utf-8", "replace").split()
+        job_ids = sorted({job for job in found if job.isdigit()})
         if job_ids:
             self.connection.run(["scancel", *job_ids])
         return ",".join(job_ids) or None
 
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
-        """One squeue call for all jobs; a job squeue no longer lists has exited."""
+        """One squeue call for all jobs and array tasks (``-r``: a line each); a job or task
+        squeue no longer lists has exited."""
         if not swarms:
             return {}
-        out = self.connection.run(["squeue", "--me", "-h", "-o", "%i|%T|%r"])
+        out = self.connection.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%r"])
         states = parse_squeue(out)
         self.reasons = parse_pending_reasons(out)
-        return {
-            swarm.job_id: dict.fromkeys(range(swarm.nodes), states.get(swarm.job_id, "exited"))
-            for swarm in swarms
-        }
+        return {swarm.job_id: node_states(swarm, states) for swarm in swarms}
+
+    def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+        """The swarm's saved script again, for these array tasks only (``--array`` on the
+        command line wins over the script's); its workers file under the first job's id."""
+        cluster_dir = self.transport.cluster_dir
+        script = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        argv = [
+            *sbatch_argv(cluster_dir),
+            f"--array={','.join(map(str, tasks))}",
+            f"--export=ALL,{slurm_env.JOB_ID}={swarm.job_id}",
+            script,
+        ]
+        job_id = parse_job_id(self.connection.run(argv, timeout=SBATCH_TIMEOUT))
+        return {task: f"{job_id}_{task}" for task in tasks}
 
     def pending_reason(self, job_id: str) -> str | None:
-        return self.reasons.get(job_id)
+        return reason_of(self.reasons, job_id)
 
     def cancel(self, swarm: SwarmRecord) -> None:
-        self.connection.run(["scancel", swarm.job_id])
+        """The job, or the array with every task resubmitted alone."""
+        resubmitted = {task.partition("_")[0] for task in swarm.tasks.values()}
+        self.connection.run(["scancel", swarm.job_id, *sorted(resubmitted)])

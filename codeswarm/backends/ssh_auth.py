@@ -1,9 +1,9 @@
 """Public-key login as OpenSSH does it: identity files, their certificates, the agent.
 
 The order follows ssh: keys held by the agent that match an IdentityFile first, then the other
-agent keys (unless IdentitiesOnly), then the files themselves; each key with a certificate
-(CertificateFile, or ``<file>-cert.pub``) is offered as that certificate. Nothing ever
-prompts: an encrypted key that is not in the agent is skipped and named in the error.
+agent keys (unless IdentitiesOnly), then the files themselves; a key with certificates
+(CertificateFile, or ``<file>-cert.pub``) is offered as each certificate, then as itself.
+Nothing ever prompts: an encrypted key that is not in the agent is skipped and named.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import paramiko
 from paramiko.agent import AgentKey, AgentSSH
 
+from codeswarm.backends import ssh_keyfiles as keyfiles
 from codeswarm.backends.ssh_config import NO_AGENT, HostOptions
+from codeswarm.backends.ssh_keyfiles import CERT_SUFFIX
 
 log = logging.getLogger(__name__)
-CERT_SUFFIX = "-cert-v01@openssh.com"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Identities:
 
     keys: list[Identity] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    why_none: str = ""
 
 
 class SocketAgent(AgentSSH):
@@ -68,59 +70,12 @@ def open_agent(options: HostOptions) -> SocketAgent | None:
         return None
 
 
-def _public_blob(path: str) -> bytes | None:
-    """The public key of an identity file, from ``<file>.pub`` (readable without a password)."""
-    try:
-        return paramiko.PublicBlob.from_file(path + ".pub").key_blob
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _with_certificate(key: paramiko.PKey, path: str, certificates: tuple[str, ...]) -> str:
-    """Attach the first certificate that belongs to ``key``; the label names it."""
-    for cert in (*certificates, path + "-cert.pub"):
-        if not os.path.isfile(cert):
-            continue
-        try:
-            blob = paramiko.PublicBlob.from_file(cert)
-        except (OSError, ValueError, IndexError):
-            continue
-        if not blob.key_type.endswith(CERT_SUFFIX):
-            continue
-        try:
-            key.load_certificate(cert)
-        except ValueError:
-            continue
-        if _certified_key(blob.key_blob) == key.asbytes():
-            return f"{path} with certificate {cert}"
-        key.public_blob = None
-    return path
-
-
-def _certified_key(cert_blob: bytes) -> bytes:
-    """The plain public key a certificate blob certifies (its type, then the key fields)."""
-    msg = paramiko.Message(cert_blob)
-    cert_type = msg.get_text()
-    msg.get_string()  # nonce
-    plain = paramiko.Message()
-    plain.add_string(cert_type.removesuffix(CERT_SUFFIX))
-    if cert_type.startswith("ssh-ed25519"):
-        plain.add_string(msg.get_string())
-    elif cert_type.startswith("ssh-rsa"):
-        plain.add_mpint(msg.get_mpint())
-        plain.add_mpint(msg.get_mpint())
-    elif cert_type.startswith("ecdsa-"):
-        plain.add_string(msg.get_string())
-        plain.add_string(msg.get_string())
-    return plain.asbytes()
-
-
 def identities(options: HostOptions, agent: AgentSSH | None) -> Identities:
     """The keys to offer to ``options``' host, in ssh's order."""
     found = Identities()
     files = [p for p in options.identity_files if os.path.isfile(p)]
     agent_keys: list[AgentKey] = list(agent.get_keys()) if agent is not None else []
-    wanted = {b for b in (_public_blob(p) for p in files) if b is not None}
+    wanted = {b for b in (keyfiles.public_blob(p) for p in files) if b is not None}
     for key in sorted(agent_keys, key=lambda k: _plain_blob(k) not in wanted):
         if options.identities_only and _plain_blob(key) not in wanted:
             continue
@@ -134,40 +89,84 @@ def identities(options: HostOptions, agent: AgentSSH | None) -> Identities:
             key = paramiko.PKey.from_path(path)
         except (paramiko.PasswordRequiredException, TypeError):
             # cryptography says "password-protected" with a TypeError, paramiko with its own.
-            found.skipped.append(f"{path} (encrypted: add it to ssh-agent)")
+            found.skipped.append(f"{path} (encrypted, and not in the ssh-agent: add it there)")
             continue
-        except (OSError, ValueError, paramiko.SSHException) as exc:
-            found.skipped.append(f"{path} ({exc or type(exc).__name__})")
+        except Exception as exc:
+            # Any key paramiko cannot read (FIDO, DSA): one unusable key must not stop the
+            # login another key would make, as it does not in ssh.
+            found.skipped.append(f"{path} (paramiko cannot use it: {type(exc).__name__}: {exc})")
             continue
-        label = _with_certificate(key, path, options.certificate_files)
-        if key.public_blob is None and key.asbytes() in offered:
-            continue
-        found.keys.append(Identity(key, label))
+        # As ssh: the key's certificates first, then the plain key (a stale certificate
+        # must not hide a key the server takes as it is). from_path attaches -cert.pub itself.
+        key.public_blob = None
+        for certified, cert in keyfiles.certificates(key, path, options.certificate_files):
+            found.keys.append(Identity(certified, f"{path} with certificate {cert}"))
+        if key.asbytes() not in offered:
+            found.keys.append(Identity(key, path))
+    if not found.keys:
+        found.why_none = _why_none(options, files, agent, agent_keys)
     return found
+
+
+def _why_none(
+    options: HostOptions, files: list[str], agent: AgentSSH | None, agent_keys: list[AgentKey]
+) -> str:
+    """What was looked at when there is no key to offer at all."""
+    missing = [p for p in options.identity_files if p not in files]
+    parts = [f"no identity file exists of {', '.join(missing)}"] if missing and not files else []
+    if agent is None:
+        parts.append("no ssh-agent is reachable (SSH_AUTH_SOCK or IdentityAgent)")
+    elif not agent_keys:
+        parts.append("the ssh-agent holds no key")
+    elif options.identities_only:
+        parts.append(
+            f"the ssh-agent's {len(agent_keys)} key(s) match no IdentityFile, and "
+            "IdentitiesOnly is yes"
+        )
+    return "; ".join(parts)
 
 
 def _plain_blob(key: paramiko.PKey) -> bytes:
     """A key's plain public blob, even when it is an agent's certificate."""
     blob = key.blob if isinstance(key, AgentKey) else key.asbytes()
-    return _certified_key(blob) if key.get_name().endswith(CERT_SUFFIX) else blob
+    return keyfiles.certified_key(blob) if key.get_name().endswith(CERT_SUFFIX) else blob
 
 
 def authenticate(transport: paramiko.Transport, user: str, found: Identities) -> list[str]:
     """Log in with the first key the server takes; the labels of the keys it refused.
 
-    Raises paramiko.AuthenticationException naming every key offered when none is taken.
+    Raises paramiko.AuthenticationException naming every key offered when none is taken, and
+    saying what the server asks for when it wants more than a key (or takes no key at all).
     """
     refused: list[str] = []
+    accepted: list[str] = []
+    remaining: list[str] = []
     for identity in found.keys:
         try:
-            transport.auth_publickey(user, identity.key)
+            remaining = transport.auth_publickey(user, identity.key)
+        except paramiko.BadAuthenticationType as exc:
+            raise paramiko.AuthenticationException(
+                f"the server takes no public key for {user}: it allows only "
+                f"{', '.join(exc.allowed_types) or 'nothing'}, which codeswarm cannot answer "
+                "(it never prompts); ask the site for key login"
+            ) from exc
         except paramiko.AuthenticationException:
             refused.append(identity.label)
             continue
         if transport.is_authenticated():
             log.debug("logged in as %s with %s", user, identity.label)
             return refused
-    offered = "; ".join(refused) or "none (no identity file exists and no agent holds a key)"
+        # Partial success (AuthenticationMethods): ssh goes on with the methods still wanted.
+        accepted.append(identity.label)
+        if "publickey" not in remaining:
+            break
+    if accepted:
+        raise paramiko.AuthenticationException(
+            f"key {' and '.join(accepted)} accepted for {user}; the server also requires "
+            f"{' or '.join(remaining) or 'more'}, which codeswarm cannot answer (it never "
+            "prompts): ask the site for key-only login for this account"
+        )
+    offered = "; ".join(refused) or f"none ({found.why_none or 'no usable key'})"
     skipped = f"; not usable: {'; '.join(found.skipped)}" if found.skipped else ""
     raise paramiko.AuthenticationException(
         f"public key login as {user} refused; offered: {offered}{skipped}"

@@ -21,6 +21,7 @@ from typing import Any
 
 import paramiko
 
+from codeswarm.backends.known_hosts import split_files
 from codeswarm.config import SshConfig
 from codeswarm.errors import BackendError
 from codeswarm.protocol import errors
@@ -162,28 +163,41 @@ def _none(value: str | None) -> str | None:
     return None if value is None or value.lower() == "none" else value
 
 
+def _agent(value: str | None, tokens: dict[str, str], source: str) -> str | None:
+    """IdentityAgent: None for $SSH_AUTH_SOCK, "none" for no agent, else the socket path."""
+    if value is None or value == "SSH_AUTH_SOCK":
+        return None
+    if value.lower() == NO_AGENT:
+        return NO_AGENT
+    if value.startswith("$"):
+        return os.environ.get(value[1:], NO_AGENT)
+    return value if source == SSH_G else _path(value, tokens)
+
+
 def from_options(alias: str, found: dict[str, list[str]], source: str) -> HostOptions:
     """A HostOptions from resolved keyword -> values (ssh -G's, or paramiko's made alike).
 
-    ssh -G has already expanded the tokens of UserKnownHostsFile (and only those).
+    ssh -G has already expanded ``~`` and the tokens of UserKnownHostsFile and IdentityAgent
+    (and only those): expanding them again would turn ``%%`` into an error.
     """
 
     def one(key: str, default: str | None = None) -> str | None:
         return found[key][0] if found.get(key) else default
 
-    hostname = one("hostname", alias) or alias
+    # ssh looks the host up lowercased (ssh -G prints it so): hashed known_hosts need that.
+    hostname = (one("hostname", alias) or alias).lower()
     port = int(one("port", "22") or 22)
     user = one("user") or getpass.getuser()
     jump_text = _none(one("proxyjump")) or ""
     key_alias = _none(one("hostkeyalias"))
     tokens = token_values(alias, hostname, port, user, jump_text, key_alias)
-    known = (one("userknownhostsfile") or " ".join(DEFAULT_KNOWN_HOSTS)).split()
-    known += (one("globalknownhostsfile") or " ".join(GLOBAL_KNOWN_HOSTS)).split()
-    agent = one("identityagent")
-    if agent == "SSH_AUTH_SOCK":
-        agent = None
-    elif agent is not None and agent.lower() != NO_AGENT:
-        agent = os.environ.get(agent[1:], NO_AGENT) if agent[0] == "$" else _path(agent, tokens)
+    known = split_files(
+        one("userknownhostsfile") or " ".join(DEFAULT_KNOWN_HOSTS), "UserKnownHostsFile"
+    )
+    known += split_files(
+        one("globalknownhostsfile") or " ".join(GLOBAL_KNOWN_HOSTS), "GlobalKnownHostsFile"
+    )
+    agent = _agent(one("identityagent"), tokens, source)
     proxy_command = _none(one("proxycommand"))
     return HostOptions(
         alias=alias,

@@ -7,22 +7,19 @@ the keys ssh would offer. A failure names the hop, the address tried and the key
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shlex
 import socket
-import subprocess
 from typing import Any
 
 import paramiko
 
 from codeswarm.backends import known_hosts, ssh_auth
 from codeswarm.backends.ssh_config import HostOptions
+from codeswarm.backends.ssh_proxy import ProxyProcess
 from codeswarm.errors import BackendError
 from codeswarm.protocol import errors
 
 log = logging.getLogger(__name__)
-FAILURES = (OSError, EOFError, paramiko.SSHException)
 
 
 class HopChain:
@@ -30,7 +27,7 @@ class HopChain:
 
     def __init__(self) -> None:
         self.transports: list[paramiko.Transport] = []
-        self.proxies: list[paramiko.ProxyCommand] = []
+        self.proxies: list[ProxyProcess] = []
 
     @property
     def login(self) -> paramiko.Transport:
@@ -41,8 +38,7 @@ class HopChain:
         for transport in reversed(self.transports):
             transport.close()
         for proxy in self.proxies:
-            with contextlib.suppress(OSError, paramiko.SSHException):
-                proxy.close()
+            proxy.close()
         self.transports, self.proxies = [], []
 
 
@@ -54,10 +50,10 @@ def open_chain(alias: str, hops: list[HostOptions], timeout: float, keepalive: f
         try:
             sock = _socket(chain, hop, hop.connect_timeout or timeout)
             chain.transports.append(_login(sock, hop, hop.connect_timeout or timeout, keepalive))
-        except (*FAILURES, BackendError) as exc:
-            detail = _proxy_stderr(chain.proxies[-1]) if hop.proxy_command and chain.proxies else ""
+        except Exception as exc:  # whatever it is, the hops opened so far must be closed
+            detail = chain.proxies[-1].failure() if hop.proxy_command and chain.proxies else ""
             chain.close()
-            reason = exc.args[0] if isinstance(exc, BackendError) else describe(exc)
+            reason = exc.args[0] if isinstance(exc, BackendError) and exc.args else describe(exc)
             raise BackendError(
                 f"cannot connect to {alias}: {where}: {reason}{detail}. The ssh options came "
                 f"from {hop.source}; compare with `ssh -v {alias} true`, which must work "
@@ -83,8 +79,7 @@ def _socket(chain: HopChain, hop: HostOptions, timeout: float) -> Any:
             "direct-tcpip", (hop.hostname, hop.port), ("127.0.0.1", 0), timeout=timeout
         )
     if hop.proxy_command:
-        # As ssh does: the command runs under a shell, with exec so no shell is left behind.
-        proxy = paramiko.ProxyCommand(shlex.join(["/bin/sh", "-c", f"exec {hop.proxy_command}"]))
+        proxy = ProxyProcess(hop.proxy_command)
         chain.proxies.append(proxy)
         return proxy
     sock = socket.create_connection((hop.hostname, hop.port), timeout)
@@ -120,17 +115,6 @@ def _login(sock: Any, hop: HostOptions, timeout: float, keepalive: float) -> par
     if keepalive:
         transport.set_keepalive(int(keepalive))
     return transport
-
-
-def _proxy_stderr(proxy: paramiko.ProxyCommand) -> str:
-    """What a ProxyCommand printed on stderr, once it has exited."""
-    process: subprocess.Popen = proxy.process
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(1)
-    if process.returncode is None or process.stderr is None:
-        return ""
-    text = process.stderr.read().decode("utf-8", "replace").strip()
-    return f" (the ProxyCommand exited {process.returncode}: {text[-300:]})" if text else ""
 
 
 def describe(exc: BaseException) -> str:

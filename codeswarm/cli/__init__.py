@@ -486,6 +486,27 @@ def terminate(swarm_id: str, as_json: bool, config_path: str | None, debug: bool
     click.echo(f"terminating {swarm_id}", err=True)
 
 
+@main.command()
+@click.argument("swarm_id")
+@click.option("--nodes", required=True, help='Agents whose tasks to resubmit: 3, 2,3 or "all".')
+@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+@config_option
+def restart(swarm_id: str, nodes: str, as_json: bool, config_path: str | None, debug: bool) -> None:
+    """Resubmit, alone, the job-array tasks of agents that have exited (slurm.layout array).
+
+    \b
+    Examples:
+      codeswarm restart sw-1a2b3c4d5e --nodes 3     # the task that runs agent 3
+      codeswarm restart sw-1a2b3c4d5e --nodes all   # every task that has exited
+    """
+    with swarms_for(config_path, debug) as swarms:
+        swarm = swarms.restart(swarm_id, parse_nodes(nodes))
+    if as_json:
+        click.echo(json.dumps(swarm))
+    else:
+        print_swarm(swarm, brief=False)
+
+
 from codeswarm.cli.steering import COMMANDS  # noqa: E402 (its verbs use the helpers above)
 
 for _verb in COMMANDS:

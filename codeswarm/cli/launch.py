@@ -96,7 +96,12 @@ def wait_until_started(
 
 
 @click.command()
-@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Agents, one a node.")
+@click.option("--nodes", type=click.IntRange(1, 4096), required=True, help="Slurm nodes.")
+@click.option(
+    "--agents-per-node",
+    type=click.IntRange(1, 256),
+    help="Agents on each node (default: the config's slurm.agents_per_node, 1).",
+)
 @click.option("--prompt", help="A first prompt for every agent.")
 @click.option("--time", "time_limit", help="Slurm time limit, e.g. 02:00:00.")
 @click.option("--partition", help="Slurm partition.")
@@ -122,6 +127,7 @@ def wait_until_started(
 )
 def launch(
     nodes: int,
+    agents_per_node: int | None,
     prompt: str | None,
     time_limit: str | None,
     partition: str | None,
@@ -131,13 +137,14 @@ def launch(
     config_path: str | None,
     debug: bool,
 ) -> None:
-    """Start a swarm of NODES agents and print its id.
+    """Start a swarm on NODES nodes and print its id; its agents are numbered 0..N-1.
 
     \b
     Examples:
       codeswarm launch --nodes 4 --prompt "You are a distributed agent." \\
           --config configs/hpcfund.json
       codeswarm launch --nodes 2 --wait --timeout 600 --json
+      codeswarm launch --nodes 2 --agents-per-node 8   # 16 agents, node ids 0..15
     """
     from codeswarm.cli import swarms_for
 
@@ -150,7 +157,7 @@ def launch(
             click.echo(f"\r\033[K{progress(swarm, time.time())}", nl=False, err=True)
 
     with swarms_for(config_path, debug) as swarms:
-        swarm = swarms.launch(nodes, prompt, time_limit, partition)
+        swarm = swarms.launch(nodes, prompt, time_limit, partition, agents_per_node=agents_per_node)
         # At once: the id to look at or terminate if the wait is cut short. With --wait
         # --json this is the first of two JSON lines, the second the swarm after the wait.
         click.echo(json.dumps(swarm) if as_json else swarm["swarm_id"])
@@ -176,4 +183,6 @@ def launch(
     if as_json:
         return
     state = "running" if wait else swarm["state"]
-    click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {nodes} nodes, {state}", err=True)
+    agents = len(swarm["nodes"])
+    shape = f"{nodes} nodes" + (f", {agents} agents" if agents != nodes else "")
+    click.echo(f"job {swarm['job_id']} on {swarm['backend']}, {shape}, {state}", err=True)

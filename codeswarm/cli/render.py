@@ -30,7 +30,18 @@ def print_swarm(swarm: dict[str, Any], brief: bool) -> None:
     )
     if not brief:
         for node in swarm["nodes"]:
-            click.echo(f"  node {node['node_id']}: {node['state']}")
+            click.echo(f"  node {node['node_id']}: {node['state']}{node_place(node)}")
+
+
+def node_place(node: dict[str, Any]) -> str:
+    """Where an agent runs, as far as known: `` on HOST (Slurm node n1, job 40_1)``."""
+    slurm = [
+        f"{label} {clean(node[key])}"
+        for label, key in (("Slurm node", "slurm_node"), ("job", "slurm_job"))
+        if node.get(key)
+    ]
+    place = f" on {clean(node['host'])}" if node.get("host") else ""
+    return place + (f" ({', '.join(slurm)})" if slurm else "")
 
 
 def _plain(text: str, **style: Any) -> str:

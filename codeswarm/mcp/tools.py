@@ -100,7 +100,7 @@ class SwarmTools:
 
     async def launch(
         self,
-        nodes: Annotated[int, Field(ge=1, le=4096, description="How many agents, one a node.")],
+        nodes: Annotated[int, Field(ge=1, le=4096, description="How many (Slurm) nodes.")],
         prompt: Annotated[
             str | None, Field(description="A first prompt sent to every agent (optional).")
         ] = None,
@@ -110,8 +110,12 @@ class SwarmTools:
         partition: Annotated[
             str | None, Field(description="Slurm partition (clusters only).")
         ] = None,
+        agents_per_node: Annotated[
+            int | None,
+            Field(ge=1, le=256, description="Agents on each node (default: the config's, 1)."),
+        ] = None,
     ) -> dict[str, Any]:
-        """Start a new swarm of Codex agents, one per node.
+        """Start a new swarm of Codex agents, agents_per_node on each node (one by default).
 
         Use this once, before anything else, when no suitable swarm exists (call list to
         check). Returns the swarm: its swarm_id (pass it to every other tool), job_id,
@@ -119,7 +123,11 @@ class SwarmTools:
         until its nodes run. With a prompt, it also returns that prompt's injection_ids, as
         inject does. Next: inject a task (or, with a prompt, wait for its answers).
         """
-        swarm = clean(await blocking(self.swarms.launch, nodes, None, time, partition))
+        swarm = clean(
+            await blocking(
+                self.swarms.launch, nodes, None, time, partition, agents_per_node=agents_per_node
+            )
+        )
         if prompt:
             swarm.update(await self._inject(swarm["swarm_id"], prompt, "all", None))
         return swarm

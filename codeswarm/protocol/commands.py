@@ -98,13 +98,17 @@ class Interrupt:
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """Start a swarm of ``nodes`` agents, optionally sending each the first ``prompt``."""
+    """Start a swarm on ``nodes`` nodes, optionally sending each agent the first ``prompt``.
+
+    Each node runs ``agents_per_node`` agents (None: the config's ``slurm.agents_per_node``).
+    """
 
     nodes: int
     prompt: str | None = None
     time: str | None = None
     partition: str | None = None
     request_id: str | int | None = None
+    agents_per_node: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,15 @@ class Status:
 @dataclass(frozen=True, slots=True)
 class Terminate:
     swarm_id: str
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Resubmit, alone, the job-array tasks of these agents, once they have exited."""
+
+    swarm_id: str
+    nodes: Nodes
     request_id: str | int | None = None
 
 
@@ -169,6 +182,7 @@ Command = (
     | ListSwarms
     | Status
     | Terminate
+    | Restart
     | Ping
     | Shutdown
     | Subscribe
@@ -277,7 +291,17 @@ class SteerSchema(_TargetedSchema):
 
 
 class LaunchSchema(CommandSchema):
-    nodes = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=4096))
+    nodes = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1, max=4096),
+        metadata={"description": "Slurm nodes (local: groups of agents_per_node agents)"},
+    )
+    agents_per_node = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=256),
+        metadata={"description": "agents a node; default: the config's slurm.agents_per_node"},
+    )
     prompt = Content()
     time = SlurmTime()
     partition = SafeId()
@@ -303,6 +327,17 @@ class TerminateSchema(_SwarmSchema):
     @post_load
     def _make(self, data: dict[str, Any], **kwargs: Any) -> Terminate:
         return Terminate(swarm_id=data["swarm_id"], request_id=data.get("request_id"))
+
+
+class RestartSchema(_SwarmSchema):
+    nodes = NodeSelector(
+        required=True,
+        metadata={"description": 'agents whose array tasks to resubmit: an index, a list, "all"'},
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Restart:
+        return Restart(data["swarm_id"], data["nodes"], data.get("request_id"))
 
 
 class ApprovalsSchema(_SwarmSchema):
@@ -409,6 +444,7 @@ COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "list": ListSchema,
     "status": StatusSchema,
     "terminate": TerminateSchema,
+    "restart": RestartSchema,
     "ping": PingSchema,
     "shutdown": ShutdownSchema,
     "subscribe": SubscribeSchema,

@@ -307,7 +307,11 @@ class SteerFailedSchema(NodeEventSchema):
 
 
 class NodeStartedSchema(NodeEventSchema):
-    host = fields.String(required=True)
+    host = fields.String(required=True, metadata={"description": "the worker's host name"})
+    slurm_node = fields.String(
+        allow_none=True,
+        metadata={"description": "the Slurm node it runs on ($SLURMD_NODENAME); null locally"},
+    )
     pid = fields.Integer(required=True)
 
 
@@ -322,6 +326,15 @@ class InterruptAckSchema(NodeEventSchema):
 class NodeStateSchema(Schema):
     node_id = NodeId(required=True)
     state = fields.String(required=True, validate=validate.OneOf(SWARM_STATES))
+    host = fields.String(
+        allow_none=True, metadata={"description": "its host, from its last node_started"}
+    )
+    slurm_node = fields.String(
+        allow_none=True, metadata={"description": "its Slurm node, from its last node_started"}
+    )
+    slurm_job = fields.String(
+        metadata={"description": "the Slurm job (array task) it runs in: 1234 or 1234_2"}
+    )
 
 
 class SwarmSchema(Schema):
@@ -331,6 +344,11 @@ class SwarmSchema(Schema):
     nodes = fields.List(fields.Nested(NodeStateSchema), required=True)
     state = fields.String(required=True, validate=validate.OneOf(SWARM_STATES))
     created = fields.Float(required=True)
+    agents_per_node = fields.Integer(metadata={"description": "agents a node (1 by default)"})
+    layout = fields.String(
+        validate=validate.OneOf(("job", "array")),
+        metadata={"description": "one Slurm job, or a job array"},
+    )
     pending_reason = fields.String()  # status and list, while Slurm holds the job
 
 
