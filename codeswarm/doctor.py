@@ -5,8 +5,9 @@ Each check yields a ``Check`` as soon as it is known, so a person sees progress 
 ``squeue``), and says so, rather than piling up errors that share one cause.
 
 The compute-node probes (the workspace is shared, codex runs, the model answers) are one
-``hpc.doctor_probe`` run: under ``srun`` on a cluster (``doctor_slurm``), as a plain process
-on the local backend (here).
+``hpc.doctor_probe`` run, its source sent on stdin (it must not depend on the shared
+workspace it checks): under ``srun`` on a cluster (``doctor_slurm``), as a plain process on
+the local backend (here).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,26 @@ def connect_failure(exc: BaseException) -> str:
     return "reach"  # e.g. the ssh config does not resolve the alias: no connection was tried
 
 
+def host_key_fix(exc: BaseException, alias: str | None, known_hosts: str) -> str:
+    """The fix for a refused host key, from the refusal's own words (``known_hosts.verify``
+    knows whether the key is unknown, changed, revoked or only CA-signed); ``known_hosts``
+    says which files codeswarm reads."""
+    refusal = exc.__cause__
+    while refusal is not None and not isinstance(refusal, BackendError):
+        refusal = refusal.__cause__
+    if refusal is None:
+        action = f"Check the server's fingerprint, then add its key to {known_hosts}."
+    else:
+        text = str(refusal.args[0]).replace("<alias>", str(alias))
+        _, sep, action = text.partition(". ")
+        if not sep:  # @revoked: there is nothing to accept
+            action = (
+                f"Do not connect: {text}. Ask the cluster's administrators for the host's "
+                "current key and its fingerprint."
+            )
+    return f"{action.rstrip('.')}. codeswarm reads {known_hosts}."
+
+
 def python_problem(version: str) -> str | None:
     """Why a ``major.minor`` Python cannot run the cluster scripts, or None."""
     major, _, rest = version.strip().partition(".")
@@ -96,12 +118,35 @@ def python_problem(version: str) -> str | None:
     return None
 
 
+NETWORK_ENV = {
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "ssl_cert_file",
+    "ssl_cert_dir",
+}
+
+
+def network_env(agent: AgentConfig) -> dict[str, str]:
+    """The variables of agent.env that decide how codex reaches the model (proxies, CAs),
+    "$NAME" left for the node to expand; no API key, which the probe does not send."""
+    return {k: v for k, v in agent.env.items() if k.lower() in NETWORK_ENV}
+
+
+def probe_source(env: dict[str, str] | None = None) -> bytes:
+    """``hpc/doctor_probe.py`` as this codeswarm ships it, after ``PROBE_ENV = env``: sent on
+    stdin, so the probe runs on a node that does not see the workspace and can say so, and
+    a proxy's credentials stay off the command line."""
+    source = resources.files("codeswarm.hpc").joinpath("doctor_probe.py").read_bytes()
+    return f"PROBE_ENV = {json.dumps(env or {})}\n".encode() + source
+
+
 def probe_argv(
-    python: str, cluster_dir: str, token_file: str, token: str, codex: str, endpoint: str | None
+    python: str, token_file: str, token: str, codex: str, endpoint: str | None
 ) -> list[str]:
-    """``hpc.doctor_probe`` from the copy in ``cluster_dir``, as the workers import it."""
-    argv = ["env", f"PYTHONPATH={cluster_dir}", python, "-m", "hpc.doctor_probe"]
-    argv += ["--token-file", token_file, "--token", token, "--codex", codex]
+    """``python - ARGS``: the probe reads its own source from stdin (``probe_source``)."""
+    argv = [python, "-", "--token-file", token_file, "--token", token, "--codex", codex]
     return argv + (["--endpoint", endpoint] if endpoint else [])
 
 
@@ -120,7 +165,9 @@ def probe_checks(
     found: dict[str, dict[str, Any]], where: str, endpoint: str | None, codex: str, shared: bool
 ) -> Iterator[Check]:
     """The probe's verdicts as report lines, each failure with its fix; ``shared`` when the
-    probe ran on a compute node, whose view of the workspace is then checked too."""
+    probe ran on a compute node, whose view of the workspace is then checked too, and whose
+    python and codex are named apart from the login node's."""
+    on = f" on {where}" if shared else ""
     if shared:
         ok = found["shared"]["ok"]
         yield Check(
@@ -135,7 +182,7 @@ def probe_checks(
     python = found["python"]["detail"]
     problem = python_problem(python)
     yield Check(
-        "python on " + where,
+        "python" + on,
         FAIL if problem else PASS,
         problem or f"Python {python}",
         "Set cluster.python to a Python 3.8+ the compute nodes have, or load one in "
@@ -145,7 +192,7 @@ def probe_checks(
     )
     ok = found["codex"]["ok"]
     yield Check(
-        "codex on " + where,
+        "codex" + on,
         PASS if ok else FAIL,
         found["codex"]["detail"],
         ""
@@ -217,17 +264,25 @@ def local_checks(config: Config) -> Iterator[Check]:
         try:
             codex = worker_settings(config)["agent"]["codex_path"]
         except CodeswarmError as exc:
+            yield from skipped(["python"], "needs codex")
             yield Check("codex", FAIL, str(exc), "Install codex as the message says.")
             yield from skipped(["model endpoint"], "needs codex")
             return
         endpoint = model_endpoint(config.agent)
-        argv = probe_argv(sys.executable, cluster_dir, str(token_file), token, codex, endpoint)
+        argv = probe_argv(sys.executable, str(token_file), token, codex, endpoint)
         try:
-            done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+            done = subprocess.run(
+                argv,
+                input=probe_source(network_env(config.agent)),
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+                check=False,
+            )
             found = parse_probe(done.stdout)
         except (subprocess.TimeoutExpired, BackendError) as exc:
-            fix = f"Run `{shlex.join(argv)}` to see where it stops."
-            yield Check("probe", FAIL, f"hpc.doctor_probe: {exc}", fix)
+            fix = f"Run `{shlex.join(argv)} < hpc/doctor_probe.py` to see where it stops."
+            yield Check("python", FAIL, f"hpc.doctor_probe: {exc}", fix)
+            yield from skipped(["codex", "model endpoint"], "needs the probe")
             return
         yield from probe_checks(found, "this machine", endpoint, codex, shared=False)
     finally:

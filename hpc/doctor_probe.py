@@ -1,14 +1,21 @@
 """What ``codeswarm doctor`` asks a compute node: does it see the workspace, run codex, reach
 the model?
 
-Run under ``srun`` as ``python3 -m hpc.doctor_probe --token-file F --token T --codex PATH
-[--endpoint URL]`` (on the local backend, as a plain process). It prints one JSON object on
+Run under ``srun`` as ``python3 - --token-file F --token T --codex PATH [--endpoint URL]``
+with this file on stdin (on the local backend, as a plain process): it must not be imported
+from the workspace whose sharing it checks. It prints one JSON object on
 stdout, one entry per probe, each ``{"ok": bool, "detail": str}``, and exits 0: the verdicts
 are the router's to judge and explain. Standard library only, Python 3.8+.
+
+The sender may put ``PROBE_ENV = {...}`` before this source: the network variables of
+agent.env (proxies, CA files), applied to the request as the worker applies them to codex
+("$NAME" copies NAME from this node's environment). On stdin, not the command line, so a
+proxy's credentials do not show in ``ps`` or Slurm's accounting.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -64,6 +71,17 @@ def endpoint(base_url):
         return {"ok": False, "detail": "GET %s: %s" % (url, reason)}
 
 
+def apply_env(env, environ):
+    """Set agent.env's variables in ``environ``, as ``hpc.codex_home.codex_environment`` does."""
+    base = dict(environ)
+    for name, value in env.items():
+        if value.startswith("$"):
+            if value[1:] in base:
+                environ[name] = base[value[1:]]
+        else:
+            environ[name] = value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="hpc.doctor_probe")
     parser.add_argument("--token-file", required=True)
@@ -71,6 +89,7 @@ def main(argv=None):
     parser.add_argument("--codex", required=True)
     parser.add_argument("--endpoint")
     args = parser.parse_args(argv)
+    apply_env(globals().get("PROBE_ENV") or {}, os.environ)
     found = {
         "shared": shared(args.token_file, args.token),
         "codex": codex_version(args.codex),

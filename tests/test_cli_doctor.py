@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import paramiko
 import pytest
 from click.testing import CliRunner
 
+from codeswarm.backends.ssh import SSHConnection
 from codeswarm.cli import main
 from codeswarm.config import parse_config
 from codeswarm.doctor import (
     Check,
     connect_failure,
+    host_key_fix,
     model_endpoint,
+    network_env,
     parse_probe,
+    probe_argv,
     probe_checks,
+    probe_source,
     python_problem,
 )
 from codeswarm.doctor_slurm import srun_argv, srun_fix
@@ -65,6 +74,42 @@ def test_connect_failure_names_the_step_that_failed():
     assert connect_failure(wrapped(paramiko.AuthenticationException("denied"))) == "login"
 
 
+def refusal(tmp_path: Path, known_line: str) -> BackendError:
+    """What connecting raises when known_hosts.verify refuses the server's key."""
+    from codeswarm.backends import known_hosts
+
+    path = tmp_path / "known_hosts"
+    path.write_text(known_line + "\n")
+    server = paramiko.Ed25519Key.from_private_key_file(str(ed25519(tmp_path, "server")))
+    try:
+        known_hosts.verify(
+            known_hosts.load((str(path),)), "[h]:2222", "ssh-ed25519", server.asbytes()
+        )
+    except BackendError as refused:
+        return wrapped(refused)
+    raise AssertionError("verify accepted the key")
+
+
+def ed25519(tmp_path: Path, name: str) -> Path:
+    key = tmp_path / name
+    if key.exists():
+        return key
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
+
+
+def test_the_host_key_fix_follows_the_refusal(tmp_path):
+    other = " ".join(Path(str(ed25519(tmp_path, "other")) + ".pub").read_text().split()[:2])
+    changed = host_key_fix(refusal(tmp_path, f"[h]:2222 {other}"), "c", "K")
+    assert "ssh-keygen -R '[h]:2222'" in changed and "accept" not in changed
+    assert changed.endswith("codeswarm reads K.")
+    ca_only = host_key_fix(refusal(tmp_path, f"@cert-authority * {other}"), "c", "K")
+    assert "plain entry" in ca_only and "ssh-keyscan" in ca_only
+    unknown = host_key_fix(refusal(tmp_path, f"other-host {other}"), "c", "K")
+    assert "`ssh c true`" in unknown and "ssh-keygen -R" not in unknown
+    assert "not in known_hosts" not in unknown  # the diagnosis is the detail; the fix is the action
+
+
 def test_parse_probe_skips_what_srun_and_setup_print():
     out = b'srun: job 7 queued and waiting\nmodule loaded {x}\n{"codex": {"ok": true}}\n'
     assert parse_probe(out) == {"codex": {"ok": True}}
@@ -80,12 +125,13 @@ def test_srun_takes_the_jobs_options_and_setup():
             "slurm": {"partition": "gpu", "account": "a1", "setup": ["module load python"]},
         }
     )
-    argv = srun_argv(config, ["python3", "-m", "hpc.doctor_probe"])
+    argv = srun_argv(config, ["python3", "-"], "codeswarm-doctor-1a", 300)
     assert argv[0] == "srun" and "--partition=gpu" in argv and "--account=a1" in argv
+    assert "--job-name=codeswarm-doctor-1a" in argv and "--immediate=300" in argv
     assert not any(a.startswith("--qos") for a in argv)
     shell = argv.index("sh")
     assert argv[shell + 2] == 'module load python\nexec "$@"'
-    assert argv[-3:] == ["python3", "-m", "hpc.doctor_probe"]
+    assert argv[-2:] == ["python3", "-"]
 
 
 def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path):
@@ -94,20 +140,16 @@ def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path
         port = sock.getsockname()[1]
     token_file = tmp_path / "token"
     token_file.write_text("written-by-someone-else")
-    argv = [
+    argv = probe_argv(
         sys.executable,
-        "-m",
-        "codeswarm.hpc.doctor_probe",
-        "--token-file",
         str(token_file),
-        "--token",
         "mine",
-        "--codex",
         str(tmp_path / "no-codex"),
-        "--endpoint",
         f"http://127.0.0.1:{port}/v1",
-    ]
-    done = subprocess.run(argv, capture_output=True, timeout=60, check=True)
+    )
+    # From a directory with no hpc/ in sight, as on a node that does not mount the workspace.
+    run = {"input": probe_source(), "capture_output": True, "timeout": 60, "cwd": tmp_path}
+    done = subprocess.run(argv, **run, check=True)
     found = parse_probe(done.stdout)
     checks = {c.name: c for c in probe_checks(found, "a compute node", "http://x/v1", "cx", True)}
     assert {c.status for c in checks.values() if c.name != "python on a compute node"} == {"fail"}
@@ -117,9 +159,45 @@ def test_the_probe_reports_each_failure_and_the_report_says_what_to_fix(tmp_path
     assert "agent.codex_path" in checks["codex on a compute node"].fix
     assert "refused" in checks["model endpoint"].detail.lower()
 
-    token_file.unlink()
-    again = parse_probe(subprocess.run(argv, capture_output=True, timeout=60).stdout)
+    token_file.unlink()  # the workspace is not shared: the token check says so, and the fix
+    again = parse_probe(subprocess.run(argv, **run).stdout)
     assert not again["shared"]["ok"] and "cannot read" in again["shared"]["detail"]
+    unshared = {c.name: c for c in probe_checks(again, "a compute node", None, "cx", True)}
+    assert unshared["workspace shared"].status == "fail"
+    assert "compute nodes mount" in unshared["workspace shared"].fix
+
+
+def test_the_probe_reaches_the_model_through_the_proxy_agent_env_names(tmp_path):
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # a proxy is asked for the whole URL
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    config = parse_config(
+        {
+            "backend": "local",
+            "agent": {"env": {"HTTP_PROXY": "$SITE_PROXY", "OPENAI_API_KEY": "sk-x"}},
+        }
+    )
+    source = probe_source(network_env(config.agent))
+    assert b"sk-x" not in source  # only what routes the request goes to the node
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        argv = probe_argv(
+            sys.executable, str(tmp_path / "t"), "t", "codex", "http://model.invalid/v1"
+        )
+        env = {"PATH": os.environ["PATH"], "SITE_PROXY": f"http://127.0.0.1:{proxy.server_port}"}
+        done = subprocess.run(argv, input=source, capture_output=True, env=env, timeout=60)
+        proxy.shutdown()
+    found = parse_probe(done.stdout)
+    assert found["endpoint"]["ok"], found
+    assert seen == ["http://model.invalid/v1/models"]
 
 
 def test_a_failed_check_prints_its_fix():
@@ -136,6 +214,9 @@ def doctor(*args: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(result.stdout)
 
 
+LOCAL_CHECKS = ["state dir", "workspace", "python", "codex", "model endpoint"]
+
+
 def statuses(report: dict) -> dict[str, str]:
     return {check["name"]: check["status"] for check in report["checks"]}
 
@@ -146,7 +227,7 @@ def test_local_doctor_passes_with_codex_and_the_model_server(config_file, model_
     assert code == 0, report
     assert report["ok"] and report["backend"] == "local"
     assert set(statuses(report).values()) == {"pass"}
-    assert set(statuses(report)) >= {"state dir", "workspace", "codex on this machine"}
+    assert list(statuses(report)) == LOCAL_CHECKS
     endpoint = next(c for c in report["checks"] if c["name"] == "model endpoint")
     assert "HTTP 200" in endpoint["detail"]
     assert not list(
@@ -170,6 +251,13 @@ def test_local_doctor_fails_an_unreachable_model_and_a_workspace_it_cannot_write
     assert code == 1 and not report["ok"]
     endpoint = next(c for c in report["checks"] if c["name"] == "model endpoint")
     assert endpoint["status"] == "fail" and f"127.0.0.1:{port}" in endpoint["fix"]
+    assert list(statuses(report)) == LOCAL_CHECKS
+
+    data["agent"]["codex_path"] = str(tmp_path / "no-codex")
+    config_file.write_text(json.dumps(data))
+    code, report = doctor("--config", str(config_file))
+    assert code == 1 and statuses(report)["codex"] == "fail", report
+    assert sorted(statuses(report)) == sorted(LOCAL_CHECKS)
 
     (tmp_path / "a-file").write_text("")
     data["cluster"]["workspace_root"] = str(tmp_path / "a-file" / "ws")
@@ -178,6 +266,7 @@ def test_local_doctor_fails_an_unreachable_model_and_a_workspace_it_cannot_write
     assert code == 1
     assert statuses(report)["workspace"] == "fail"
     assert statuses(report)["model endpoint"] == "skip"
+    assert sorted(statuses(report)) == sorted(LOCAL_CHECKS)  # one name a check, whatever failed
 
     human = CliRunner().invoke(main, ["doctor", "--config", str(config_file)])
     assert human.exit_code == 1
@@ -223,6 +312,7 @@ def test_slurm_doctor_passes_on_the_test_cluster(doctor_config, tmp_path):
         assert found[name] == "pass", (name, report)
     codex = next(c for c in report["checks"] if c["name"] == "codex on a compute node")
     assert codex["detail"].startswith("codex-cli")
+    assert found["codex install"] == "skip"  # agent.codex_path names the binary
 
 
 @pytest.mark.integration
@@ -248,7 +338,7 @@ def test_slurm_doctor_names_an_unknown_host_key(doctor_config, minicluster, tmp_
     assert found["ssh alias"] == "pass" and found["host key"] == "fail"
     assert found["login"] == "skip" and found["compute node"] == "skip"
     host_key = next(c for c in report["checks"] if c["name"] == "host key")
-    assert "known_hosts" in host_key["fix"]
+    assert "ssh-keygen -R" in host_key["fix"], host_key  # a changed key: not "accept it"
 
     known.write_text("")  # no entry at all: unknown, not changed
     code, report = doctor("--config", write_slurm_config(tmp_path, data))
@@ -300,6 +390,21 @@ def test_slurm_doctor_names_a_missing_workspace(doctor_config, minicluster, tmp_
 
 
 @pytest.mark.integration
+def test_slurm_doctor_names_a_failed_codex_install_as_its_own_check(doctor_config, tmp_path):
+    data = doctor_config()
+    del data["agent"]["codex_path"]
+    data["agent"]["codex_version"] = "0.0.0-no-such-version"
+    code, report = doctor("--config", write_slurm_config(tmp_path, data))
+    assert code == 1
+    found = statuses(report)
+    assert found["workspace"] == "pass" and found["codex install"] == "fail"
+    assert found["compute node"] == "skip" and found["codex on a compute node"] == "skip"
+    install = next(c for c in report["checks"] if c["name"] == "codex install")
+    assert "0.0.0-no-such-version" in install["detail"]
+    assert "npm" in install["fix"] and "agent.codex_path" in install["fix"]
+
+
+@pytest.mark.integration
 def test_slurm_doctor_names_an_srun_that_fails(doctor_config, tmp_path):
     data = doctor_config(slurm={"partition": "no-such-partition", "time": "00:05:00"})
     code, report = doctor("--config", write_slurm_config(tmp_path, data))
@@ -311,9 +416,53 @@ def test_slurm_doctor_names_an_srun_that_fails(doctor_config, tmp_path):
     assert "partition" in srun["detail"].lower() and "slurm.partition" in srun["fix"]
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_slurm_doctor_gives_up_on_a_busy_queue_and_leaves_no_job_queued(
+    doctor_config, minicluster, tmp_path
+):
+    data = doctor_config()
+    connection = SSHConnection(parse_config(data).ssh)
+    blocker = (
+        connection.run(
+            [
+                "sbatch",
+                "--parsable",
+                f"--partition={minicluster['MINICLUSTER_PARTITION']}",
+                f"--nodes={minicluster['MINICLUSTER_NODES']}",
+                "--time=5",
+                "--exclusive",
+                "--output=/dev/null",
+                "--wrap",
+                "sleep 600",
+            ]
+        )
+        .decode()
+        .strip()
+    )
+    try:
+        for _ in range(500):  # the blocker must hold every node before doctor asks for one
+            state = connection.run(["squeue", "-j", blocker, "-h", "-o", "%T"]).decode().strip()
+            if state == "RUNNING":
+                break
+            time.sleep(1)
+        assert state == "RUNNING", f"other jobs hold the test cluster's nodes: {state}"
+        code, report = doctor("--srun-timeout", "3", "--config", write_slurm_config(tmp_path, data))
+        assert code == 1
+        srun = next(c for c in report["checks"] if c["name"] == "compute node")
+        assert srun["status"] == "fail" and "--srun-timeout" in srun["fix"], srun["detail"]
+        names = connection.run(["squeue", "--me", "-h", "-o", "%j"]).decode().split()
+        assert not [n for n in names if n.startswith("codeswarm-doctor")], names
+    finally:
+        connection.run(["scancel", blocker])
+        connection.close()
+
+
 def test_srun_fix_tells_a_busy_queue_from_a_failed_step():
     try:
         raise BackendError("`srun ...` on c: timed out") from TimeoutError()
     except BackendError as exc:
         assert "--srun-timeout" in srun_fix(exc, 300)
     assert "cluster.python" in srun_fix(BackendError("`srun` exited 1: bad partition"), 300)
+    gave_up = "srun: job 9 queued and waiting for resources\nsrun: error: Unable to allocate"
+    assert "--srun-timeout" in srun_fix(BackendError("`srun` exited 1", stderr=gave_up), 300)

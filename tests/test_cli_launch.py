@@ -78,12 +78,32 @@ def test_wait_fails_when_the_job_ends_first():
         wait_until_started(lambda: next(answers), lambda s: None, 0)
 
 
+def test_wait_fails_as_soon_as_one_node_exits_while_another_runs():
+    half = swarm("running", ["running", "exited"], backend="local")
+    answers = iter([half, AssertionError("polled again after node 1 exited")])
+
+    def status() -> dict:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with pytest.raises(click.ClickException, match="node 1 exited") as failure:
+        wait_until_started(status, lambda s: None, 0)
+    assert "logs/42_1.worker.log" in failure.value.message
+    on_slurm = swarm("running", ["exited", "running"], backend="slurm")
+    with pytest.raises(click.ClickException, match="node 0 exited") as failure:
+        wait_until_started(lambda: on_slurm, lambda s: None, 0)
+    assert "logs/slurm-42.out" in failure.value.message
+
+
 @pytest.mark.integration
 def test_local_launch_wait_returns_with_every_node_running(config_file):
     done = cli(config_file, "launch", "--nodes", "2", "--wait", "--json")
     assert done.returncode == 0, done.stderr
-    launched = json.loads(done.stdout)
+    first, launched = (json.loads(line) for line in done.stdout.splitlines())
     try:
+        assert first["swarm_id"] == launched["swarm_id"]  # printed before the wait
         assert [n["state"] for n in launched["nodes"]] == ["running", "running"]
         assert "\r" not in done.stderr  # no progress line when stderr is not a terminal
     finally:
@@ -93,6 +113,41 @@ def test_local_launch_wait_returns_with_every_node_running(config_file):
         "type": "swarm_terminated",
         "swarm_id": launched["swarm_id"],
     }
+
+
+class QueuedSwarms:
+    """A job the scheduler holds: launch answers, every status says pending (Priority)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def launch(self, nodes, prompt, time_limit, partition, agents_per_node=None):
+        return swarm("pending", ["pending"] * nodes, backend="slurm")
+
+    def status(self, swarm_id):
+        return swarm("pending", ["pending"], pending_reason="Priority", backend="slurm")
+
+
+def test_launch_wait_json_prints_the_swarm_before_the_wait_and_the_last_state_when_it_fails(
+    monkeypatch,
+):
+    from click.testing import CliRunner
+
+    import codeswarm.cli
+    from codeswarm.cli import main
+
+    monkeypatch.setattr(codeswarm.cli, "swarms_for", lambda *args: QueuedSwarms())
+    done = CliRunner().invoke(
+        main, ["launch", "--nodes", "1", "--wait", "--timeout", "0", "--json"]
+    )
+    assert done.exit_code == 1, done.output
+    launched, last = (json.loads(line) for line in done.stdout.splitlines())
+    assert launched["swarm_id"] == last["swarm_id"] == "sw-1"
+    assert last["pending_reason"] == "Priority"
+    assert "stays queued" in done.stderr
 
 
 @pytest.mark.integration

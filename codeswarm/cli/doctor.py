@@ -33,9 +33,10 @@ def doctor(as_json: bool, srun_timeout: float, config_path: str | None, debug: b
     \b
     Slurm backend: the ssh alias resolves, its host key is known, login works,
     sbatch and squeue answer, cluster.python is 3.8+, the workspace is writable,
-    and one short srun shows that a compute node sees a file the login node wrote,
-    runs codex and reaches the model endpoint.
-    Local backend: the state dir, the workspace, codex and the model endpoint.
+    agent.codex_version installs, and one short srun shows that a compute node
+    sees a file the login node wrote, runs codex and reaches the model endpoint
+    (through agent.env's proxy, if any).
+    Local backend: the state dir, the workspace, Python, codex, the model endpoint.
     Exits 1 if any check fails.
 
     \b

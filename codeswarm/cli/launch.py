@@ -2,7 +2,8 @@
 
 While it waits, a terminal's stderr shows one line that is rewritten in place: the job's
 state, why Slurm holds it (``swarm.pending_reason``), and the time since submission. Nothing
-of it reaches stdout, which carries the swarm id (or the swarm as JSON) alone.
+of it reaches stdout, which carries the swarm id (or the swarm as JSON) alone, printed
+before the wait so that a wait cut short still leaves the id behind.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ def elapsed(seconds: float) -> str:
 def started(swarm: dict[str, Any]) -> bool:
     """Every node of the swarm runs."""
     return all(node["state"] == "running" for node in swarm["nodes"])
+
+
+def node_log(swarm: dict[str, Any], node_id: int) -> str:
+    """Where a node's output went, relative to the cluster directory."""
+    if swarm.get("backend") == "slurm":
+        return f"logs/slurm-{swarm['job_id']}.out"
+    return f"logs/{swarm['job_id']}_{node_id}.worker.log"
+
+
+def exited_nodes(swarm: dict[str, Any]) -> list[int]:
+    """The nodes whose worker has already ended: they will never run again in this job."""
+    return [node["node_id"] for node in swarm["nodes"] if node["state"] == "exited"]
 
 
 def progress(swarm: dict[str, Any], now: float) -> str:
@@ -78,8 +91,9 @@ def wait_until_started(
     timeout: float | None = None,
     throttle: int | None = None,
 ) -> dict[str, Any]:
-    """Poll ``status`` until every node runs; the swarm then. ClickException if the job
-    ended first, or if ``timeout`` seconds passed (the job stays queued).
+    """Poll ``status`` until every node runs; the swarm then. ClickException if a node or
+    the job ended first (the others may run on, but the swarm will never be whole), or if
+    ``timeout`` seconds passed (the job stays queued).
 
     A job array (its tasks start and end apart, ``throttle`` at a time) has started as
     ``array_started`` says, and fails at once when an agent exited before it ever ran.
@@ -102,6 +116,13 @@ def wait_until_started(
                 )
             if array_started(swarm, ran, throttle):
                 return swarm
+        elif (gone := exited_nodes(swarm)) and swarm["state"] not in FINAL_STATES:
+            logs = ", ".join(f"node {n}: {node_log(swarm, n)}" for n in gone)
+            raise click.ClickException(
+                f"{swarm['swarm_id']}: node {', '.join(map(str, gone))} exited before every "
+                f"node started; its log in the cluster directory ({logs}); "
+                f"`codeswarm terminate {swarm['swarm_id']}` ends the nodes still running"
+            )
         if swarm["state"] in FINAL_STATES:
             raise click.ClickException(
                 f"{swarm['swarm_id']} ended ({swarm['state']}) before every node started: "
@@ -132,9 +153,9 @@ def wait_until_started(
 @click.option(
     "--wait",
     is_flag=True,
-    help="Return once every node runs (exit 1 if the job ends first; a job array: once "
-    "every task runs or ran, or as many as slurm.array_throttle allows, exit 1 if an "
-    "agent exits before it ever ran); on a terminal, show the pending reason and the "
+    help="Return once every node runs (exit 1 if a node or the job ends first; a job "
+    "array: once every task runs or ran, or as many as slurm.array_throttle allows, exit 1 "
+    "if an agent exits before it ever ran); on a terminal, show the pending reason and the "
     "time waited meanwhile.",
 )
 @click.option(
@@ -143,7 +164,14 @@ def wait_until_started(
     type=click.FloatRange(min=0),
     help="With --wait: give up waiting after this many seconds (exit 1; the job stays queued).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the swarm as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the swarm as JSON; with --wait, two JSON lines: the swarm as launched "
+    "(at once), then as the wait left it (every node running, or the last state seen "
+    "when the wait fails).",
+)
 def launch(
     nodes: int,
     agents_per_node: int | None,
@@ -177,21 +205,34 @@ def launch(
 
     with swarms_for(config_path, debug) as swarms:
         swarm = swarms.launch(nodes, prompt, time_limit, partition, agents_per_node=agents_per_node)
-        if not as_json:
-            click.echo(swarm["swarm_id"])  # at once: the id to terminate if the wait is cut short
+        # At once: the id to look at or terminate if the wait is cut short. With --wait
+        # --json this is the first of two JSON lines, the second the swarm after the wait.
+        click.echo(json.dumps(swarm) if as_json else swarm["swarm_id"])
         if wait:
+            last = swarm
+
+            def status() -> dict[str, Any]:
+                nonlocal last
+                last = swarms.status(swarm["swarm_id"])
+                return last
+
             try:
                 swarm = wait_until_started(
-                    lambda: swarms.status(swarm["swarm_id"]),
+                    status,
                     show,
                     timeout=wait_timeout,
                     throttle=swarms.router.config.slurm.array_throttle,
                 )
+            except (click.ClickException, KeyboardInterrupt):
+                if as_json:  # the last state seen: a script learns why without asking again
+                    click.echo(json.dumps(last))
+                raise
             finally:
                 if tty:
                     click.echo("\r\033[K", nl=False, err=True)
+            if as_json:
+                click.echo(json.dumps(swarm))
     if as_json:
-        click.echo(json.dumps(swarm))
         return
     state = swarm["state"]
     agents = len(swarm["nodes"])
