@@ -193,7 +193,7 @@ def launch(
       codeswarm launch --nodes 2 --wait --timeout 600 --json
       codeswarm launch --nodes 2 --agents-per-node 8   # 16 agents, node ids 0..15
     """
-    from codeswarm.cli import swarms_for
+    from codeswarm.cli import load, swarms_for
 
     if wait_timeout is not None and not wait:
         raise click.UsageError("--timeout goes with --wait")
@@ -221,7 +221,7 @@ def launch(
                     status,
                     show,
                     timeout=wait_timeout,
-                    throttle=swarms.router.config.slurm.array_throttle,
+                    throttle=load(config_path).slurm.array_throttle,
                 )
             except (click.ClickException, KeyboardInterrupt):
                 if as_json:  # the last state seen: a script learns why without asking again
