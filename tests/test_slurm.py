@@ -418,6 +418,9 @@ def drop_login_node(minicluster) -> None:
     """Stop sshd and cut every open session, as a login node reboot would."""
     pidfile = Path(minicluster["MINICLUSTER_DIR"]) / "run" / "pids" / "sshd.pid"
     subprocess.run(["kill", pidfile.read_text().strip()], check=False)
+    # Any other listener on its config too (a restart the pid file missed), then the sessions.
+    config = Path(minicluster["MINICLUSTER_DIR"]) / "ssh" / "sshd_config"
+    subprocess.run(["pkill", "-f", f"sshd -D -e -f {config}"], check=False)
     subprocess.run(["pkill", "-f", f"sshd: {minicluster['MINICLUSTER_USER']}"], check=False)
 
 

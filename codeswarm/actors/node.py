@@ -212,7 +212,10 @@ class NodeShard(pykka.ThreadingActor):
             )
             for node, injections in pending
         ]
-        results = self.transport.append_inboxes(appends)
+        try:
+            results = self.transport.append_inboxes(appends)
+        except BackendError as exc:  # a transport that fails the whole batch at once
+            results = [exc] * len(appends)
         for (node, injections), error in zip(pending, results, strict=True):
             correlation = node.correlation
             if error is not None:

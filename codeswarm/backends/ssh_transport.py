@@ -92,7 +92,12 @@ class InboxWriter:
             for start in range(0, len(frames), BATCH_APPENDS)
         )
         with self._lock:
-            channel = self._open()
+            try:
+                channel = self._open()
+            except BackendError as exc:  # the login node is down: every append fails, now
+                return [
+                    BackendError(f"inbox write to {key}: {exc}", code=exc.code) for key, *_ in slots
+                ]
             for _, request_id, done, result in slots:
                 self._waiting[request_id] = (channel, (done, result))
         try:
