@@ -33,6 +33,7 @@ from codeswarm.doctor import (
 )
 from codeswarm.doctor_slurm import srun_argv, srun_fix
 from codeswarm.errors import BackendError
+from tests.support.cluster import hold_every_node
 from tests.support.worker import agent_settings
 from tests.test_slurm import cluster_codex, slurm_config  # noqa: F401 (fixtures)
 
@@ -423,23 +424,7 @@ def test_slurm_doctor_gives_up_on_a_busy_queue_and_leaves_no_job_queued(
 ):
     data = doctor_config()
     connection = SSHConnection(parse_config(data).ssh)
-    blocker = (
-        connection.run(
-            [
-                "sbatch",
-                "--parsable",
-                f"--partition={minicluster['MINICLUSTER_PARTITION']}",
-                f"--nodes={minicluster['MINICLUSTER_NODES']}",
-                "--time=5",
-                "--exclusive",
-                "--output=/dev/null",
-                "--wrap",
-                "sleep 600",
-            ]
-        )
-        .decode()
-        .strip()
-    )
+    blocker = hold_every_node(connection, minicluster)
     try:
         for _ in range(500):  # the blocker must hold every node before doctor asks for one
             state = connection.run(["squeue", "-j", blocker, "-h", "-o", "%T"]).decode().strip()

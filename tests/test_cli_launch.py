@@ -16,6 +16,7 @@ from codeswarm.backends.ssh import SSHConnection
 from codeswarm.cli.launch import elapsed, progress, started, wait_until_started
 from codeswarm.config import load_config
 from tests.support.cli import run_cli as cli
+from tests.support.cluster import hold_every_node
 from tests.test_slurm import cluster_codex, slurm_config, slurm_config_file  # noqa: F401
 
 
@@ -161,25 +162,7 @@ def test_slurm_launch_wait_blocks_while_the_job_is_pending_and_says_why(
     config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
     config = load_config(config_file)
     connection = SSHConnection(config.ssh)
-    partition = minicluster["MINICLUSTER_PARTITION"]
-    nodes = minicluster["MINICLUSTER_NODES"]
-    blocker = (
-        connection.run(
-            [
-                "sbatch",
-                "--parsable",
-                f"--partition={partition}",
-                f"--nodes={nodes}",
-                "--time=5",
-                "--exclusive",
-                "--output=/dev/null",
-                "--wrap",
-                "sleep 600",
-            ]
-        )
-        .decode()
-        .strip()
-    )
+    blocker = hold_every_node(connection, minicluster)
     screen, terminal = os.openpty()
     waiting = subprocess.Popen(
         [

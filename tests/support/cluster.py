@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 SCRIPT = Path(__file__).resolve().parents[1] / "cluster" / "minicluster"
 
@@ -23,3 +24,19 @@ def minicluster_up() -> dict[str, str]:
             name, _, value = line[len("export ") :].partition("=")
             env[name] = value
     return env
+
+
+def hold_every_node(connection: Any, minicluster: dict[str, str]) -> str:
+    """Submit a job that takes every test-cluster node for 5 minutes; returns its job id."""
+    argv = [
+        "sbatch",
+        "--parsable",
+        f"--partition={minicluster['MINICLUSTER_PARTITION']}",
+        f"--nodes={minicluster['MINICLUSTER_NODES']}",
+        "--time=5",
+        "--exclusive",
+        "--output=/dev/null",
+        "--wrap",
+        "sleep 600",
+    ]
+    return connection.run(argv).decode().strip()
