@@ -476,7 +476,7 @@ class Codeswarm:
             if event is self.sink.failure:
                 raise CommandError(event)
             if swarm_id is not None:
-                if eventlog.logged_swarm(event) != swarm_id and event.get("swarm_id") != swarm_id:
+                if eventlog.event_swarm(event) != swarm_id:
                     continue
                 if event.get("cursor", until + 1) <= until:
                     continue  # the replay had it

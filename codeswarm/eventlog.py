@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +49,22 @@ def remove(state_dir: str | os.PathLike[str], swarm_id: str) -> None:
     shutil.rmtree(swarm_log_dir(state_dir, swarm_id), ignore_errors=True)
 
 
+def event_swarm(event: dict[str, Any]) -> Any:
+    """The swarm an event names: its ``swarm_id``, or the launched swarm's (None for neither)."""
+    if event.get("type") == "swarm_launched":
+        return (event.get("swarm") or {}).get("swarm_id")
+    return event.get("swarm_id")
+
+
 def logged_swarm(event: dict[str, Any]) -> str | None:
     """The swarm whose log keeps ``event``, or None for answers that belong to no swarm.
 
     Node events (they carry ``job_id``) and the swarm's launch and end are kept; query
     answers (status, lists, diffs) are not: they are state, asked for again at will.
     """
-    kind = event.get("type")
-    if kind == "swarm_launched":
-        swarm_id = (event.get("swarm") or {}).get("swarm_id")
-    elif "job_id" in event or kind in SWARM_EVENTS:
-        swarm_id = event.get("swarm_id")
-    else:
+    if "job_id" not in event and event.get("type") not in SWARM_EVENTS:
         return None
+    swarm_id = event_swarm(event)
     return swarm_id if isinstance(swarm_id, str) and _safe_id(swarm_id) else None
 
 
@@ -331,20 +334,6 @@ def _stamped(event: dict[str, Any], cursor: int) -> EncodedEvent | None:
     except (TypeError, ValueError, RecursionError):
         return None  # the client gets an unencodable_event error in its place, unlogged
     return stamped
-
-
-def read(
-    state_dir: str | os.PathLike[str],
-    swarm_id: str,
-    since: Since = START,
-    nodes: Iterable[int] | None = None,
-) -> Iterator[EncodedEvent]:
-    """A swarm's logged events after ``since``, oldest first, each with its line."""
-    wanted = None if nodes is None else set(nodes)
-    tail = LogTail(swarm_log_dir(state_dir, swarm_id), since)
-    for event in tail.poll():
-        if wanted is None or event.get("node_id") in wanted:
-            yield event
 
 
 class LogTail:

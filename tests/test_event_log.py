@@ -29,7 +29,7 @@ def node_event(swarm_id: str, seq: int, node_id: int = 0, kind: str = "assistant
 
 
 def read_all(state: Path, swarm_id: str, since: Since = eventlog.START) -> list[dict]:
-    return list(eventlog.read(state, swarm_id, since))
+    return list(LogTail(swarm_log_dir(state, swarm_id), since).poll())
 
 
 def test_events_get_a_cursor_per_swarm_and_are_read_back_as_sent(tmp_path):

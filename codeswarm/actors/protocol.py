@@ -164,7 +164,7 @@ class ProtocolActor(pykka.ThreadingActor):
         for event in events:
             cursor = event.get("cursor")
             if cursor is not None:
-                swarm_id = event.get("swarm_id") or (event.get("swarm") or {}).get("swarm_id")
+                swarm_id = eventlog.event_swarm(event)
                 span = self.sent.get(swarm_id)
                 if span is None:
                     self.sent[swarm_id] = [cursor, cursor]
@@ -177,7 +177,7 @@ class ProtocolActor(pykka.ThreadingActor):
         for event in events:
             cursor = event.get("cursor")
             if cursor is not None:
-                swarm_id = event.get("swarm_id") or (event.get("swarm") or {}).get("swarm_id")
+                swarm_id = eventlog.event_swarm(event)
                 until = self.replayed.get(swarm_id)
                 if until is not None:
                     if cursor <= until:
