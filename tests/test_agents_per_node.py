@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from codeswarm.config import load_config, parse_config
+from codeswarm.config import load_config
 from codeswarm.embed import Codeswarm
 from codeswarm.errors import CommandError
 from codeswarm.model_server import Reply
-from tests.support.simulated_workers import SimulatedScheduler
+from tests.support.simulated_workers import SimulatedScheduler, local_config
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +54,7 @@ def test_two_nodes_of_two_agents_each_answer_from_their_own_directory(config_fil
 
 
 def test_restart_of_a_one_job_swarm_is_refused_with_why(tmp_path):
-    config = parse_config(
-        {
-            "backend": "local",
-            "cluster": {"workspace_root": str(tmp_path / "ws")},
-            "router": {"state_dir": str(tmp_path / "state")},
-        }
-    )
+    config = local_config(tmp_path)
     scheduler = SimulatedScheduler(config.cluster.cluster_dir)
     try:
         with Codeswarm(config, scheduler=scheduler) as swarms:

@@ -9,22 +9,15 @@ import pytest
 from codeswarm.actors.messages import CommandReceived
 from codeswarm.backends.local import LocalTransport
 from codeswarm.cli.diff import full_diff, stat_table
-from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm, _command
 from codeswarm.errors import CommandError
 from codeswarm.protocol import decode_object
-from tests.support.simulated_workers import SimulatedScheduler
+from tests.support.simulated_workers import SimulatedScheduler, local_config
 
 
 @pytest.fixture
 def swarms(tmp_path):
-    config = parse_config(
-        {
-            "backend": "local",
-            "cluster": {"workspace_root": str(tmp_path / "ws")},
-            "router": {"state_dir": str(tmp_path / "state")},
-        }
-    )
+    config = local_config(tmp_path)
     scheduler = SimulatedScheduler(config.cluster.cluster_dir)
     try:
         with Codeswarm(config, scheduler=scheduler) as embedded:

@@ -14,20 +14,9 @@ from pathlib import Path
 import pykka
 import pytest
 
-from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm
 from codeswarm.protocol import event_errors
-from tests.support.simulated_workers import SimulatedScheduler
-
-
-def local_config(tmp_path: Path, **router):
-    return parse_config(
-        {
-            "backend": "local",
-            "cluster": {"workspace_root": str(tmp_path / "ws")},
-            "router": {"state_dir": str(tmp_path / "state"), **router},
-        }
-    )
+from tests.support.simulated_workers import SimulatedScheduler, local_config
 
 
 @pytest.fixture

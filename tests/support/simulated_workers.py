@@ -23,6 +23,7 @@ from typing import Any
 
 from codeswarm.backends import Submitted
 from codeswarm.backends.local import pid_state
+from codeswarm.config import Config, parse_config
 from codeswarm.hpc import mailbox_io, records, worker_settings
 from codeswarm.hpc.activity import Activity
 from codeswarm.registry import SwarmRecord
@@ -140,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         node.outbox.close()
         mailbox_io.archive_outbox(args.mailbox, args.job_id, node_id)
     return 0
+
+
+def local_config(tmp_path: Path, **router: Any) -> Config:
+    """A local-backend config whose cluster and state live under ``tmp_path``."""
+    return parse_config(
+        {
+            "backend": "local",
+            "cluster": {"workspace_root": str(tmp_path / "ws")},
+            "router": {"state_dir": str(tmp_path / "state"), **router},
+        }
+    )
 
 
 class SimulatedScheduler:
