@@ -8,7 +8,7 @@ without I/O, so every door reports the same thing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 # An answer's status: how the turn ended, or "failed" before it ran, or "pending" (not yet).
@@ -64,6 +64,20 @@ class AnswerBook:
             return None
         self.open -= 1
         return answer
+
+    def take(
+        self,
+        event: dict[str, Any],
+        on_answer: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``feed`` for a waiter: ``on_event`` sees each event of these injections,
+        ``on_answer`` each answer as it completes."""
+        if on_event is not None and self.tracks(event):
+            on_event(event)
+        answer = self.feed(event)
+        if answer is not None and on_answer is not None:
+            on_answer(answer)
 
     def results(self) -> list[dict[str, Any]]:
         """Every answer, in the order the ids were given; unfinished ones ``pending``."""

@@ -408,20 +408,13 @@ class Codeswarm:
             known = [cursor for cursor in acks if cursor is not None]
             since = min(known) - 1 if known and len(known) == len(acks) else "start"
 
-        def take(event: dict[str, Any]) -> None:
-            if on_event is not None and book.tracks(event):
-                on_event(event)
-            answer = book.feed(event)
-            if answer is not None and on_answer is not None:
-                on_answer(answer)
-
         watcher = self.sink.watch(swarm_id)  # before reading the log: later events come here
         try:
             until = 0
             if self.router.log_dir is not None:
                 tail = self._tail(swarm_id, since)
                 for event in tail.poll():
-                    take(event)
+                    book.take(event, on_answer, on_event)
                 until = tail.seen
             deadline = time.monotonic() + timeout
             while not book.done() and not (cancel is not None and cancel.is_set()):
@@ -435,7 +428,7 @@ class Codeswarm:
                 if event is self.sink.failure:
                     raise CommandError(event)
                 if event.get("cursor", until + 1) > until:
-                    take(event)
+                    book.take(event, on_answer, on_event)
         finally:
             self.sink.unwatch(watcher)
         return book.results()

@@ -161,13 +161,8 @@ def wait_for_answers(
     deadline = time.monotonic() + timeout
     events = daemon_log(config, swarm_id, since, None, deadline)
     while not book.done() and (event := next(events, False)) is not False:
-        if event is None:
-            continue
-        if on_event is not None and book.tracks(event):
-            on_event(event)
-        answer = book.feed(event)
-        if answer is not None:
-            on_answer(answer)
+        if event is not None:
+            book.take(event, on_answer, on_event)
     return book.results()
 
 
