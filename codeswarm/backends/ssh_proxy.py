@@ -96,6 +96,27 @@ class ProxyProcess(paramiko.ProxyCommand):
         text = self.stderr_tail()
         return f" ({how}: {text[-300:]})" if text else f" ({how})"
 
+    def _group_ended_after(self, sig: signal.Signals) -> bool:
+        """Signal the command's process group and wait up to STOP_WAIT for all of it to end.
+
+        The command itself is reaped here; a child it left behind is reaped by init, so the
+        group is watched until no member (zombies included) remains.
+        """
+        try:
+            os.killpg(self.process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return True
+        deadline = time.monotonic() + STOP_WAIT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(STOP_WAIT)
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            time.sleep(0.02)
+        return False
+
     def close(self) -> None:
         """End the command and everything it started, and reap it (idempotent).
 
@@ -116,13 +137,8 @@ class ProxyProcess(paramiko.ProxyCommand):
                 self._killed = True
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 # The group too: children the command started in the background.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.process.pid, sig)
-                try:
-                    self.process.wait(STOP_WAIT)
+                if self._group_ended_after(sig):
                     break
-                except subprocess.TimeoutExpired:
-                    continue
             # A process that left the group may still hold stderr open: the daemon thread
             # then ends when it does, and never holds up this close.
             self._drainer.join(1.0)
