@@ -42,6 +42,25 @@ from codeswarm.timer import Timer, TimerHandle
 log = logging.getLogger(__name__)
 
 
+def inbox_line(injection: Injection, encoded: dict[str, bytes]) -> bytes:
+    """The inbox line of an injection, as ``records.encode_line`` writes it.
+
+    A fan-out writes one prompt to thousands of inboxes: its content is encoded once
+    (``encoded`` keeps it), and only the injection id, an id safe in JSON as it is, differs.
+    """
+    content = encoded.get(injection.content)
+    if content is None:
+        record = records.inbox_injection(injection.kind, injection.injection_id, injection.content)
+        line = records.encode_line(record).encode()
+        encoded[injection.content] = line[line.index(b',"content":') :]
+        return line
+    if injection.kind not in records.INJECTION_TYPES:
+        raise records.RecordError(f"not an injection record type: {injection.kind!r}")
+    injection_id = records.check_id(injection.injection_id, "injection_id")
+    head = f'{{"type":"{injection.kind}","injection_id":"{injection_id}"'
+    return head.encode() + content
+
+
 class Node:
     """One node's correlation and the timeout clocks of its unread injections."""
 
@@ -199,16 +218,12 @@ class NodeShard(pykka.ThreadingActor):
             return
         pending = list(batch.writes.values())
         batch.writes.clear()
+        encoded: dict[str, bytes] = {}
         appends = [
             (
                 node.correlation.job_id,
                 node.correlation.node_id,
-                [
-                    records.encode_line(
-                        records.inbox_injection(i.kind, i.injection_id, i.content)
-                    ).encode()
-                    for i in injections
-                ],
+                [inbox_line(i, encoded) for i in injections],
             )
             for node, injections in pending
         ]
