@@ -26,12 +26,13 @@ last ``L`` record it handled.
 Shared filesystems: a poll lists the directories again only when a directory's own stat
 changed, and at least every REOPEN_SECONDS. It stats every outbox that had lines in the last
 ACTIVE_WINDOW_SECONDS and, in turn, a share of the quiet ones, each at least every
-STAT_SWEEP_SECONDS; one whose size is its offset is not opened (10,000 opens a poll would cost
-more than the lines). In turn again, it opens each outbox at least every REOPEN_SECONDS,
-fstats it (opening revalidates NFS attributes, close-to-open, where a bare stat may serve a
-stale size), reads past the offset and closes it: on NFS a new line waits at most that long
-for a stat that was stale. So with 10,000 agents a poll costs what happens, not 10,000 stats,
-and a quiet agent's first line waits at most STAT_SWEEP_SECONDS more. Only complete lines are
+STAT_SWEEP_SECONDS (and at least STAT_AT_LEAST a poll: a small swarm's every one); one whose
+size is its offset is not opened (10,000 opens a poll would cost more than the lines). In
+turn again, it opens each outbox at least every REOPEN_SECONDS, fstats it (opening
+revalidates NFS attributes, close-to-open, where a bare stat may serve a stale size), reads
+past the offset and closes it: on NFS a new line waits at most that long for a stat that was
+stale. So with 10,000 agents a poll costs what happens, not 10,000 stats, and a quiet
+agent's first line waits at most STAT_SWEEP_SECONDS more. Only complete lines are
 emitted; a partial last line waits for the next poll. A file that vanishes (ENOENT, ESTALE) is
 skipped until the next poll. An archived file read to its end is never opened again: archives
 do not grow. A cursor offset that is past the end of the file, or not just after a newline
@@ -54,6 +55,7 @@ from . import follower_wire, records
 DEFAULTS = {"poll_seconds": 0.02, "idle_poll_seconds": 1.0, "heartbeat_seconds": 5.0}
 ACTIVE_WINDOW_SECONDS = 2.0  # an outbox with lines this recently is statted every poll
 STAT_SWEEP_SECONDS = 0.25  # a quiet outbox is statted at least this often
+STAT_AT_LEAST = 256  # quiet outboxes statted a poll, at least: a small swarm's are all
 REOPEN_SECONDS = 1.0  # and opened at least this often, whatever a bare stat said
 READ_CHUNK = 1 << 20  # per file per poll; a file with more left makes the next poll immediate
 WRITE_BATCH = 4 << 20  # write out mid-poll past this many bytes, to bound memory
@@ -178,7 +180,7 @@ class Follower:
                 del self.active[path]
             elif path in self.index:
                 due.add(self.index[path])
-        due.update(self._sweep("stat", now, STAT_SWEEP_SECONDS))
+        due.update(self._sweep("stat", now, STAT_SWEEP_SECONDS, STAT_AT_LEAST))
         opened = self._sweep("open", now, REOPEN_SECONDS)
         due.update(opened)
         waiting = set()
@@ -204,16 +206,17 @@ class Follower:
         self.first_poll_done = True
         return lines, more
 
-    def _sweep(self, kind, now, seconds):
+    def _sweep(self, kind, now, seconds, at_least=0):
         """The indices of the quiet outboxes whose turn it is, so that each comes once in
-        ``seconds``: a share of them each poll, as much as the time since the last allows."""
+        ``seconds``: a share of them each poll, as much as the time since the last allows,
+        and ``at_least`` that many."""
         sweep = self.sweeps[kind]
         count = len(self.outboxes)
         if sweep[2] is not None and count:
             sweep[1] += count * min(now - sweep[2], seconds) / seconds
         sweep[2] = now
-        take = min(int(sweep[1]), count)
-        sweep[1] -= take
+        take = min(max(int(sweep[1]), at_least), count)
+        sweep[1] = max(sweep[1] - take, 0.0)
         start = sweep[0] % count if count else 0
         sweep[0] = start + take
         return {self.outboxes[(start + n) % count] for n in range(take)}

@@ -442,6 +442,7 @@ def test_a_poll_opens_only_grown_outboxes_and_sweeps_the_quiet_ones_in_turn(mail
         append(mailbox / "outbox" / f"9_{node}.jsonl", event(0, tag=str(node)))
     monkeypatch.setattr(outbox_follower.os, "open", counting_open)  # os itself: poll only
     monkeypatch.setattr(outbox_follower.os, "stat", counting_stat)
+    monkeypatch.setattr(outbox_follower, "STAT_AT_LEAST", 0)  # as if these were 10,000
     now = [1000.0]
     written: list[bytes] = []
     follower = outbox_follower.Follower(str(mailbox), {}, [], written.append, clock=lambda: now[0])
