@@ -36,6 +36,7 @@ from codeswarm.actors.messages import (
 from codeswarm.backends import Transport
 from codeswarm.errors import BackendError
 from codeswarm.hpc import records
+from codeswarm.hpc.follower_wire import LineRecord
 from codeswarm.protocol import errors
 from codeswarm.timer import Timer, TimerHandle
 
@@ -182,11 +183,11 @@ class NodeShard(pykka.ThreadingActor):
                 self.deliver(correlation, message.record, message.request_id, ack, message.ack)
             )
 
-    def worker_lines(self, node: Node, lines: list[tuple[str, int, bytes]], batch: Batch) -> None:
+    def worker_lines(self, node: Node, lines: list[LineRecord], batch: Batch) -> None:
         correlation = node.correlation
         offsets: dict[str, int] = {}
         events = batch.events
-        for identity, offset, raw in lines:
+        for _, identity, offset, raw in lines:
             offsets[identity] = offset
             for event in correlation.worker_line(raw):
                 events.append(event)
