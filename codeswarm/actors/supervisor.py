@@ -23,6 +23,7 @@ from codeswarm.actors.follower import FollowerActor
 from codeswarm.actors.jobs import JobPollerActor, SchedulerActor
 from codeswarm.actors.messages import (
     AddNode,
+    AgentsAdded,
     AnswerDue,
     Cancel,
     Cancelled,
@@ -36,6 +37,7 @@ from codeswarm.actors.messages import (
     Launched,
     LaunchFailed,
     LiveSwarms,
+    NodesDrained,
     NodeStarted,
     Polled,
     PollJobs,
@@ -52,6 +54,7 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
+from codeswarm.actors.scaling import Scaling
 from codeswarm.actors.steering import ApprovalsActor
 from codeswarm.actors.swarms import (
     SwarmTable,
@@ -79,7 +82,7 @@ FRESH_STATE_SECONDS = 2.0  # status and list wait this long at most for a fresh 
 NODE_SHARDS = 4  # actors (threads) sharing every node; more buys nothing on a few cores
 
 
-class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
+class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
     def __init__(
         self,
         *,
@@ -216,6 +219,10 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.cancelled(message)
         elif isinstance(message, Resubmitted):
             self.resubmitted(message)
+        elif isinstance(message, AgentsAdded):
+            self.agents_added(message)
+        elif isinstance(message, NodesDrained):
+            self.release_nodes(message.keys)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -266,8 +273,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         new, _, told = self.table.merge(stored, time.monotonic())
         for record in new:
             self.start_nodes(record)
-        for key, message in told:  # array tasks another process restarted
+        for key, message in told:  # array tasks another process restarted, agents removed
             self.tell_node(key, message)
+        self.spawn_grown()  # agents another process added
         if told:
             self.tell_live_swarms()  # the next poll asks about their new jobs
         for job_id in list(self.table.held):  # lines of a swarm that ended before we saw it
@@ -297,6 +305,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             told += self.table.stored(answer, job_id, time.monotonic())
         for key, message in told:  # array tasks another process restarted meanwhile
             self.tell_node(key, message)
+        self.spawn_grown()
         if before == self.registry_version:  # nobody else wrote since we read: skip our write
             self.registry_version = after
         self.registry_problem = ""
@@ -361,7 +370,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
     def start_nodes(self, record: SwarmRecord) -> None:
         """Follow a swarm: its nodes to the shards, then any lines held until it was known."""
         self.table.follow(record, time.monotonic())
-        keys = [records.node_key(record.job_id, node_id) for node_id in range(record.nodes)]
+        # A removed agent already released (its last seq kept) is not followed again.
+        released = {n for n in record.removed if str(n) in record.last_seqs}
+        keys = [
+            records.node_key(record.job_id, node_id)
+            for node_id in range(record.nodes)
+            if node_id not in released
+        ]
         last_seqs = {key: self.saved_seq(record, key) for key in keys if key not in self.nodes}
         if last_seqs and self.log_dir is not None:
             # What a killed router logged after its last cursor save: not to be sent again.
@@ -482,6 +497,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
             commands.Restart: self.wait_for_poll,
+            commands.Scale: self.scale,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,

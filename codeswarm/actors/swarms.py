@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from codeswarm.actors.messages import NodeGone, NodePending, NodeRunning
+from codeswarm.actors.messages import NodeGone, NodePending, NodeRemoved, NodeRunning
 from codeswarm.hpc import records
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
 
     Node states and last seqs are this router's observations, except for array tasks another
     router resubmitted meanwhile: each task keeps its latest resubmission, and those tasks'
-    agents keep the stored states and hosts. The swarm state only moves forward, so a
-    terminate written meanwhile by another process is never undone.
+    agents keep the stored states and hosts. Jobs added and agents removed by ``scale`` here
+    or there are both kept. The swarm state only moves forward, so a terminate written
+    meanwhile by another process is never undone.
     """
     theirs = nodes_of(stored, moved_on(mine, stored))
     node_states = {n: s for n, s in mine.node_states.items() if n not in theirs}
@@ -88,16 +89,33 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     updated = replace(
         stored,
         node_states=node_states,
-        last_seqs=mine.last_seqs or stored.last_seqs,
+        last_seqs={**stored.last_seqs, **mine.last_seqs},
         hosts={**stored.hosts, **hosts},
         tasks=newer_tasks(mine.tasks, stored.tasks),
     )
+    updated = with_scale(updated, mine)
     if not theirs:
         return updated.with_state(mine.state)
     # Agents restarted elsewhere run again: the state follows the merged node states, and
     # only a terminate or a failure of ours is kept.
     updated = with_node_states(updated, node_states)
     return updated.with_state(mine.state) if mine.state != "exited" else updated
+
+
+def with_scale(base: SwarmRecord, other: SwarmRecord) -> SwarmRecord:
+    """``base`` with ``other``'s added jobs and removed agents too: scaling only grows these,
+    so a write from an older view never undoes another process's ``scale``."""
+    removed = sorted({*base.removed, *other.removed})
+    known = {a.job_id for a in base.allocations}
+    allocations = [*base.allocations, *(a for a in other.allocations if a.job_id not in known)]
+    return replace(
+        base,
+        nodes=max(base.nodes, other.nodes),
+        # the latest job covering an agent runs it: both views must agree on the order
+        allocations=sorted(allocations, key=lambda a: job_number(a.job_id)),
+        removed=removed,
+        node_states={**base.node_states, **{str(n): "exited" for n in removed}},
+    )
 
 
 def restart_tasks(record: SwarmRecord, nodes: tuple[int, ...] | str) -> list[int]:
@@ -116,6 +134,14 @@ def restart_tasks(record: SwarmRecord, nodes: tuple[int, ...] | str) -> list[int
     wanted = range(record.nodes) if nodes == "all" else nodes
     if any(node >= record.nodes for node in wanted):
         raise ValueError(f"swarm {record.swarm_id} has nodes 0 to {record.nodes - 1}")
+    if nodes == "all":
+        wanted = [n for n in wanted if record.allocation(n) is None]
+    later = next((n for n in wanted if record.allocation(n) is not None), None)
+    if later is not None:
+        raise ValueError(
+            f"node {later} runs in job {record.slurm_job(later)}, submitted after the launch: "
+            "restart resubmits the launch's array tasks"
+        )
     tasks = sorted({node // record.task_agents for node in wanted})
     live = [t for t in tasks if any(record.node_state(n) != "exited" for n in record.task_nodes(t))]
     if nodes == "all":
@@ -154,6 +180,8 @@ class SwarmTable:
         self.dirty: set[str] = set()  # jobs whose record must be written to the registry
         self.held: dict[str, Held] = {}
         self.held_bytes = 0
+        self.grown: set[str] = set()  # followed jobs another process added agents to
+        self.adding: dict[str, tuple[int, int]] = {}  # job -> (next free index, adds in flight)
 
     # ---- lookups ----------------------------------------------------------------------------
 
@@ -196,12 +224,14 @@ class SwarmTable:
                     new.append(record)
             elif record.job_id in self.followed:
                 told += self._adopt_restarts(mine, record, now)
+                told += self._adopt_scale(self.records[record.job_id], record, now)
                 if record.is_final():  # terminated elsewhere; live states are ours to say
                     mine = self.records[record.job_id]
                     self.records[record.job_id] = mine.with_state(record.state)
             elif record.job_id not in self.dirty:
                 self.records[record.job_id] = record
-                if moved_on(mine, record) and not record.is_final():
+                grew = record.nodes > mine.nodes
+                if (moved_on(mine, record) or grew) and not record.is_final():
                     self.follow(record, now)  # released here, then restarted elsewhere
                     new.append(record)
         removed = [
@@ -240,6 +270,77 @@ class SwarmTable:
         self._update(record, node_states, now)
         self.touched(mine.job_id, now)
         return told
+
+    def _adopt_scale(
+        self, mine: SwarmRecord, stored: SwarmRecord, now: float
+    ) -> list[tuple[str, Any]]:
+        """Agents another process added (to be followed: ``grown``) or removed (told so, the
+        removal record already written)."""
+        removed = [n for n in stored.removed if n not in mine.removed]
+        known = {a.job_id for a in mine.allocations}
+        if (
+            stored.nodes <= mine.nodes
+            and not removed
+            and all(a.job_id in known for a in stored.allocations)
+        ):
+            return []
+        record = with_scale(mine, stored)
+        added = {str(n): stored.node_state(n) for n in range(mine.nodes, stored.nodes)}
+        self.records[mine.job_id] = record
+        self._update(record, {**record.node_states, **added}, now)
+        if added:
+            self.grown.add(mine.job_id)
+        return [(records.node_key(mine.job_id, n), NodeRemoved(write=False)) for n in removed]
+
+    def reserve(self, job_id: str, agents: int) -> int:
+        """The first index of ``agents`` more for this swarm: adds still being submitted
+        hold theirs, so a second add takes the next ones."""
+        record = self.records[job_id]
+        first, in_flight = self.adding.get(job_id, (record.nodes, 0))
+        first = max(first, record.nodes)
+        self.adding[job_id] = (first + agents, in_flight + 1)
+        return first
+
+    def unreserve(self, job_id: str) -> None:
+        """An add was answered (or refused): its indices are the record's, or free again."""
+        next_free, in_flight = self.adding.pop(job_id, (0, 1))
+        if in_flight > 1:
+            self.adding[job_id] = (next_free, in_flight - 1)
+
+    def add_allocation(self, job_id: str, allocation: Allocation, now: float) -> SwarmRecord:
+        """A job submitted with more agents: they wait for it, pending."""
+        record = self.records[job_id]
+        record = replace(
+            record,
+            nodes=max(record.nodes, allocation.first + allocation.count),
+            allocations=[*record.allocations, allocation],
+        )
+        self.records[job_id] = record
+        added = {str(n): "pending" for n in range(allocation.first, record.nodes)}
+        self._update(record, {**record.node_states, **added}, now)
+        self.dirty.add(job_id)
+        return self.records[job_id]
+
+    def remove_nodes(self, job_id: str, nodes: tuple[int, ...], now: float) -> SwarmRecord:
+        """Agents taken out: ``exited`` for the swarm's state at once, whatever they finish."""
+        record = self.records[job_id]
+        record = replace(record, removed=sorted({*record.removed, *nodes}))
+        self.records[job_id] = record
+        self._update(record, {**record.node_states, **{str(n): "exited" for n in nodes}}, now)
+        self.dirty.add(job_id)
+        return self.records[job_id]
+
+    def release_nodes(self, job_id: str, last_seqs: dict[str, int]) -> None:
+        """Removed agents that are gone: no longer followed, their last seqs kept."""
+        record = self.records.get(job_id)
+        if record is None:
+            return
+        for node in last_seqs:
+            key = records.node_key(job_id, int(node))
+            self.gone_since.pop(key, None)
+            self.reported.pop(key, None)
+        self.records[job_id] = replace(record, last_seqs={**record.last_seqs, **last_seqs})
+        self.dirty.add(job_id)
 
     def releasable(self, now: float) -> list[str]:
         """Followed swarms whose nodes have all exited and whose outboxes went quiet."""
@@ -312,8 +413,12 @@ class SwarmTable:
             if record is None or job_id not in self.followed:
                 continue
             node_states = dict(record.node_states)
+            removed = set(record.removed)
             for node_id, state in nodes.items():
                 key = records.node_key(job_id, node_id)
+                if node_id in removed:  # exited for the swarm already: told only its end
+                    self._removed_polled(key, state, now, told)
+                    continue
                 if state != "exited":
                     self.gone_since.pop(key, None)
                     if self.reported.get(key) != state:
@@ -329,6 +434,17 @@ class SwarmTable:
                     node_states[str(node_id)] = "exited"
             self._update(record, node_states, now)
         return told
+
+    def _removed_polled(
+        self, key: str, state: str, now: float, told: list[tuple[str, Any]]
+    ) -> None:
+        """A removed agent whose job has ended (or never ran) is gone, after the grace."""
+        if state != "exited" or self.reported.get(key) == "exited":
+            return
+        since = self.gone_since.setdefault(key, now)
+        if now - since >= self.gone_grace:
+            self.reported[key] = "exited"
+            told.append((key, NodeGone("its job ended after it was removed")))
 
     def _update(self, record: SwarmRecord, node_states: dict[str, str], now: float) -> None:
         updated = with_node_states(record, node_states)
@@ -389,6 +505,7 @@ class SwarmTable:
         mine = self.records.get(job_id)
         if mine is not None and job_id in self.followed:
             told = self._adopt_restarts(mine, record, now)
+            told += self._adopt_scale(self.records[job_id], record, now)
             self.dirty.discard(job_id)  # what it changed is what the registry holds
         self.records[job_id] = record
         return told
