@@ -417,7 +417,8 @@ class SwarmTable:
             for node_id, state in nodes.items():
                 key = records.node_key(job_id, node_id)
                 if node_id in removed:  # exited for the swarm already: told only its end
-                    self._removed_polled(key, state, now, told)
+                    if str(node_id) not in record.last_seqs:  # not yet released
+                        self._removed_polled(key, state, now, told)
                     continue
                 if state != "exited":
                     self.gone_since.pop(key, None)
