@@ -211,7 +211,13 @@ def test_an_added_worker_counts_its_index_from_its_jobs_first_agent(env, node):
 
 
 def test_an_added_job_has_the_swarms_shape_and_sbatch_options():
-    slurm = parse_config({"slurm": {"array_throttle": 2}}).slurm
+    slurm = parse_config(
+        {
+            "ssh": {"login_alias": "hpc"},
+            "cluster": {"workspace_root": "/w"},
+            "slurm": {"array_throttle": 2},
+        }
+    ).slurm
     one_job = record(nodes=4, agents_per_node=2)
     shape = added_shape(one_job, 3, slurm)
     assert shape.options() == ["--nodes=3", "--ntasks-per-node=2"]
