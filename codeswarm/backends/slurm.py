@@ -160,7 +160,7 @@ def added_shape(swarm: SwarmRecord, nodes: int, slurm: SlurmConfig) -> Shape:
     layout (an array's tasks as large as its first ones); BackendError if they do not fit."""
     agent_count(swarm.nodes + nodes * swarm.agents_per_node, 1)
     if swarm.layout != "array" or not swarm.task_agents:
-        return Shape(nodes, swarm.agents_per_node)
+        return Shape(nodes, swarm.agents_per_node, "job", nodes)
     per_task = swarm.task_agents // swarm.agents_per_node
     if nodes % per_task:
         raise BackendError(
