@@ -148,6 +148,13 @@ class NodeRemoved(NamedTuple):
     write: bool = True
 
 
+class Passed(NamedTuple):
+    """Told back to the supervisor by a shard once it has handled what it was told before:
+    an answer that must follow inbox writes (a removal) waits for it."""
+
+    token: int
+
+
 class NodesDrained(NamedTuple):
     """Removed nodes whose worker is gone: the supervisor releases them (node keys)."""
 

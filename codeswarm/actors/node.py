@@ -31,6 +31,7 @@ from codeswarm.actors.messages import (
     NodeRunning,
     NodesDrained,
     NodeStarted,
+    Passed,
     Progress,
     RemoveNodes,
     WorkerLines,
@@ -99,6 +100,8 @@ class NodeShard(pykka.ThreadingActor):
             self.handle(message.items)
         elif isinstance(message, AddNode):
             self.nodes[message.correlation.key] = Node(message.correlation)
+        elif isinstance(message, Passed):
+            self.tell_supervisor(message)
         elif isinstance(message, RemoveNodes):
             for key in message.keys:
                 node = self.nodes.pop(key, None)

@@ -17,7 +17,14 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from codeswarm.actors.messages import AddAgents, AgentsAdded, NodeRemoved, RemoveNodes, Withdraw
+from codeswarm.actors.messages import (
+    AddAgents,
+    AgentsAdded,
+    NodeRemoved,
+    Passed,
+    RemoveNodes,
+    Withdraw,
+)
 from codeswarm.hpc import records
 from codeswarm.protocol import commands, errors, make_event
 from codeswarm.registry import Allocation, SwarmRecord
@@ -89,6 +96,8 @@ class Scaling:
     jobs: Any
     scheduler: Any
     cursor: Any
+    answer_tokens: Any
+    after_shards: dict[int, tuple[int, dict[str, Any]]]  # token -> (shards to pass, answer)
 
     def scale(self, command: commands.Scale) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
@@ -142,13 +151,31 @@ class Scaling:
             return
         idle = idle_jobs(record, command.remove) if self.scheduler.name == "slurm" else []
         record = self.table.remove_nodes(record.job_id, command.remove, time.monotonic())
-        told = [(records.node_key(record.job_id, n), NodeRemoved()) for n in command.remove]
-        self.tell_nodes_at_once([(key, message) for key, message in told if key in self.nodes])
+        keys = [records.node_key(record.job_id, n) for n in command.remove]
+        keys = [key for key in keys if key in self.nodes]
+        self.tell_nodes_at_once([(key, NodeRemoved()) for key in keys])
         if idle:
             self.jobs.tell(Withdraw(only_jobs(record, [Allocation(job, 0, 0) for job in idle])))
         self.write_registry()
         swarm = self.table.get(record.job_id) or record
-        self.emit(make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event()))
+        answer = make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event())
+        # Answered once the inboxes are written: a CLI that exits on the answer loses nothing.
+        shards = {self.nodes[key] for key in keys}
+        token = next(self.answer_tokens)
+        self.after_shards[token] = (len(shards), answer)
+        for shard in shards:
+            shard.tell(Passed(token))
+        if not shards:
+            self.shard_passed(token, counted=False)
+
+    def shard_passed(self, token: int, counted: bool = True) -> None:
+        """A shard handled what it was told before ``token``; the last one sends its answer."""
+        left, answer = self.after_shards.pop(token)
+        left -= counted
+        if left > 0:
+            self.after_shards[token] = (left, answer)
+        else:
+            self.emit(answer)
 
     def release_nodes(self, keys: list[str]) -> None:
         """Removed agents that are gone: their actor entries, timers and cursor entries go,

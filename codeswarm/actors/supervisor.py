@@ -39,6 +39,7 @@ from codeswarm.actors.messages import (
     LiveSwarms,
     NodesDrained,
     NodeStarted,
+    Passed,
     Polled,
     PollJobs,
     Progress,
@@ -122,6 +123,7 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
         self.registry_problem = ""
         self.answers: dict[int, commands.Command] = {}
         self.answer_tokens = iter(range(1, 1 << 62))
+        self.after_shards: dict[int, tuple[int, dict[str, Any]]] = {}
         self.follower: Any = None
         self.poller: Any = None
         self.jobs: Any = None
@@ -223,6 +225,8 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
             self.agents_added(message)
         elif isinstance(message, NodesDrained):
             self.release_nodes(message.keys)
+        elif isinstance(message, Passed):
+            self.shard_passed(message.token)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
