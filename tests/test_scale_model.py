@@ -176,6 +176,10 @@ def test_restart_leaves_added_agents_alone():
         node_states=dict.fromkeys("012345", "exited"),
     )
     assert restart_tasks(swarm, "all") == [0, 1]
+    # a task whose agents were all removed is not brought back
+    assert restart_tasks(replace(swarm, removed=[2, 3]), "all") == [0]
+    with pytest.raises(ValueError, match="node 2 was removed"):
+        restart_tasks(replace(swarm, removed=[2]), (2,))
     with pytest.raises(ValueError, match="node 4 runs in job 9_0, submitted after the launch"):
         restart_tasks(swarm, (4,))
 

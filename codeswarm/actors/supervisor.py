@@ -55,7 +55,7 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
-from codeswarm.actors.scaling import Scaling
+from codeswarm.actors.scaling import Scaling, only_jobs
 from codeswarm.actors.steering import ApprovalsActor
 from codeswarm.actors.swarms import (
     SwarmTable,
@@ -641,6 +641,9 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
             }
             if later:
                 self.jobs.tell(Withdraw(only_resubmitted(record, later)))
+            added = [a for a in record.allocations if a not in message.swarm.allocations]
+            if added:  # and jobs of agents added meanwhile
+                self.jobs.tell(Withdraw(only_jobs(record, added)))
             self.table.set_state(record.job_id, "terminated")
             self.write_registry()  # before the answer: a CLI exits on it
         self.emit(make_event("swarm_terminated", request_id=message.request_id, swarm_id=swarm_id))

@@ -114,7 +114,10 @@ def restart_tasks(record: SwarmRecord, nodes: tuple[int, ...] | str) -> list[int
     if any(node >= record.nodes for node in wanted):
         raise ValueError(f"swarm {record.swarm_id} has nodes 0 to {record.nodes - 1}")
     if nodes == "all":
-        wanted = [n for n in wanted if record.allocation(n) is None]
+        wanted = [n for n in wanted if record.allocation(n) is None and n not in record.removed]
+    removed = next((n for n in wanted if n in record.removed), None)
+    if removed is not None:
+        raise ValueError(f"node {removed} was removed from swarm {record.swarm_id} (scale)")
     later = next((n for n in wanted if record.allocation(n) is not None), None)
     if later is not None:
         raise ValueError(
