@@ -88,7 +88,9 @@ class Worker:
         self.outbox_path = os.path.join(
             mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)
         )
-        self.events = queue.SimpleQueue()
+        # Not SimpleQueue: its get(timeout) waits forever once a signal is handled past the
+        # deadline (seen on CPython 3.11), and this wait is where SIGTERM usually lands.
+        self.events = queue.Queue()
         self.queue = collections.deque()  # (line start offset, injection_id, content, kind)
         self.turn = None
         self.codex = CodexSession(
@@ -118,7 +120,7 @@ class Worker:
         self.restart_at = None
         self.codex_lost = None  # (judge at, exit code, stderr tail) of a codex that exited
         self.stop_reason = None
-        self.draining = False
+        self.draining = None  # why to stop once the queue is done: "shutdown" or "removed"
         self.state_dirty = False
         self.exit_deadline = None
         self.last_activity = time.monotonic()
@@ -236,7 +238,7 @@ class Worker:
                 item = None
         now = time.monotonic()
         if self.draining and self.turn is None and not self.queue:
-            self.request_stop("shutdown")
+            self.request_stop(self.draining)
         idle = self.stop_reason is None and not self.draining
         if idle and now - self.last_inbox_poll >= self.poll_delay:
             self.last_inbox_poll = now
@@ -309,9 +311,11 @@ class Worker:
         kind = record["type"]
         if kind in CONTROL_KINDS and start < self.state["read_offset"]:
             return  # acted on before this worker restarted
-        if kind == records.INBOX_SHUTDOWN:
+        if kind == records.INBOX_SHUTDOWN and record.get("removed"):
+            self.removed()
+        elif kind == records.INBOX_SHUTDOWN:
             log.info("shutdown requested: finishing %d queued prompts first", len(self.queue))
-            self.draining = True
+            self.draining = "shutdown"
         elif kind == records.INBOX_INTERRUPT:
             self.interrupt()
         elif kind == records.INBOX_APPROVE:
@@ -333,6 +337,19 @@ class Worker:
                 return
             self.queue.append((start, injection_id, record["content"], kind))
             self.emit("inject_delivered", injection_id=injection_id)
+
+    def removed(self):
+        """``scale --remove``: the running turn ends as it would, nothing queued runs."""
+        log.info("removed from the swarm: failing %d queued prompts", len(self.queue))
+        while self.queue:
+            injection_id = self.queue.popleft()[1]
+            self.fail(
+                injection_id,
+                records.FAILED_NODE_REMOVED,
+                "the node was removed from the swarm (codeswarm scale --remove)",
+            )
+            self.mark_handled(injection_id)
+        self.draining = "removed"
 
     # ---- codex ------------------------------------------------------------------------------
 

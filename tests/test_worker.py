@@ -169,6 +169,22 @@ def test_scancel_mid_turn_is_node_exiting_not_a_crash(worker, model_server, code
     assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "sigterm"
 
 
+def test_sigterm_ends_an_idle_worker_however_many_signals_came_before(worker):
+    """Signals that land while the worker waits for its next event (here faulthandler's
+    SIGUSR1, sent faster than the worker polls) never wedge that wait: a later SIGTERM ends
+    it. CPython's SimpleQueue.get(timeout) waited forever once a signal was handled past its
+    deadline; a daemon's terminate then never reached that node."""
+    run = worker().start()
+    run.wait_for(lambda events: any(e["type"] == "node_started" for e in events))
+    for _ in range(400):
+        run.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.002)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(60) == 0
+    events = [json.loads(line) for line in run.archive.read_text().splitlines()]
+    assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "sigterm"
+
+
 def test_interrupt_stops_the_turn_and_keeps_the_queue(worker, model_server):
     model_server.add_rule("hang", Reply(hang=True))
     run = worker().start()
@@ -264,6 +280,26 @@ def test_shutdown_message_finishes_earlier_prompts_then_exits(worker, model_serv
     assert turn_events(events, "after") == []
     assert events[-1] == {**events[-1], "type": "node_exited", "reason": "shutdown"}
     assert [last_user_text(b) for b in model_server.requests] == ["answer me first"]
+
+
+def test_removal_lets_the_running_turn_end_and_fails_the_queued_prompts(worker, model_server):
+    """``scale --remove``: a shutdown record with ``removed`` drains the running turn only."""
+    model_server.add_rule("slow one", Reply(text="slowly done", delay_seconds=2.0))
+    run = worker().start()
+    run.inject("running", "slow one")
+    run.wait_event("turn_started", "running")
+    run.inject("queued", "queued behind it")
+    run.wait_event("inject_delivered", "queued")
+    run.write({"type": "shutdown", "removed": True})
+    run.inject("after", "written after the removal")
+    assert run.process.wait(60) == 0
+    events = [json.loads(line) for line in run.archive.read_text().splitlines()]
+    assert lifecycle_ok(turn_events(events, "running"))
+    (failed,) = [e for e in events if e["type"] == "inject_failed"]
+    assert (failed["injection_id"], failed["error"]) == ("queued", "node_removed")
+    assert turn_events(events, "after") == []
+    assert events[-1] == {**events[-1], "type": "node_exited", "reason": "removed"}
+    assert [last_user_text(b) for b in model_server.requests] == ["slow one"]
 
 
 def test_worker_runs_on_python_38(worker):

@@ -15,6 +15,8 @@ from typing import Any
 import pykka
 
 from codeswarm.actors.messages import (
+    AddAgents,
+    AgentsAdded,
     Cancel,
     Cancelled,
     Launched,
@@ -127,6 +129,8 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.cancel(message))
             elif isinstance(message, Resubmit):
                 self.supervisor.tell(self.resubmit(message))
+            elif isinstance(message, AddAgents):
+                self.supervisor.tell(self.add_agents(message))
             elif isinstance(message, Withdraw):
                 self.withdraw(message.swarm)
             elif isinstance(message, Sweep):
@@ -176,6 +180,14 @@ class SchedulerActor(pykka.ThreadingActor):
         except Exception as exc:  # answered as a failed restart, whatever went wrong
             return Resubmitted(swarm, {}, message.request_id, exc)
         return Resubmitted(swarm, tasks, message.request_id, None)
+
+    def add_agents(self, message: AddAgents) -> AgentsAdded:
+        swarm = message.swarm
+        try:
+            allocation = self.scheduler.add_agents(swarm, message.first, message.nodes)
+        except Exception as exc:  # answered as a failed scale, whatever went wrong
+            return AgentsAdded(swarm, None, message.request_id, exc)
+        return AgentsAdded(swarm, allocation, message.request_id, None)
 
     def withdraw(self, swarm: Any) -> None:
         try:

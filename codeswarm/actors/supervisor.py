@@ -23,6 +23,7 @@ from codeswarm.actors.follower import FollowerActor
 from codeswarm.actors.jobs import JobPollerActor, SchedulerActor
 from codeswarm.actors.messages import (
     AddNode,
+    AgentsAdded,
     AnswerDue,
     Cancel,
     Cancelled,
@@ -36,7 +37,9 @@ from codeswarm.actors.messages import (
     Launched,
     LaunchFailed,
     LiveSwarms,
+    NodesDrained,
     NodeStarted,
+    Passed,
     Polled,
     PollJobs,
     Progress,
@@ -52,6 +55,7 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
+from codeswarm.actors.scaling import Scaling, only_jobs
 from codeswarm.actors.steering import ApprovalsActor
 from codeswarm.actors.swarms import (
     SwarmTable,
@@ -81,7 +85,7 @@ REGISTRY_SHARE = 0.1  # of the supervisor's time, at most, for the registry writ
 NODE_SHARDS = 4  # actors (threads) sharing every node; more buys nothing on a few cores
 
 
-class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
+class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
     def __init__(
         self,
         *,
@@ -122,6 +126,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         self.registry_due = 0.0  # the monotonic time before which the tick writes no registry
         self.answers: dict[int, commands.Command] = {}
         self.answer_tokens = iter(range(1, 1 << 62))
+        self.after_shards: dict[int, tuple[int, dict[str, Any]]] = {}
         self.follower: Any = None
         self.poller: Any = None
         self.jobs: Any = None
@@ -219,6 +224,12 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             self.cancelled(message)
         elif isinstance(message, Resubmitted):
             self.resubmitted(message)
+        elif isinstance(message, AgentsAdded):
+            self.agents_added(message)
+        elif isinstance(message, NodesDrained):
+            self.release_nodes(message.keys)
+        elif isinstance(message, Passed):
+            self.shard_passed(message.token)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -275,8 +286,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         new, _, told = self.table.merge(stored, time.monotonic())
         for record in new:
             self.start_nodes(record)
-        for key, message in told:  # array tasks another process restarted
+        for key, message in told:  # array tasks another process restarted, agents removed
             self.tell_node(key, message)
+        self.spawn_grown()  # agents another process added
         if told:
             self.tell_live_swarms()  # the next poll asks about their new jobs
         for job_id in list(self.table.held):  # lines of a swarm that ended before we saw it
@@ -306,6 +318,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             told += self.table.stored(answer, job_id, time.monotonic())
         for key, message in told:  # array tasks another process restarted meanwhile
             self.tell_node(key, message)
+        self.spawn_grown()
         if before == self.registry_version:  # nobody else wrote since we read: skip our write
             self.registry_version = after
         self.registry_problem = ""
@@ -370,7 +383,13 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
     def start_nodes(self, record: SwarmRecord) -> None:
         """Follow a swarm: its nodes to the shards, then any lines held until it was known."""
         self.table.follow(record, time.monotonic())
-        keys = [records.node_key(record.job_id, node_id) for node_id in range(record.nodes)]
+        # A removed agent already released (its last seq kept) is not followed again.
+        released = {n for n in record.removed if str(n) in record.last_seqs}
+        keys = [
+            records.node_key(record.job_id, node_id)
+            for node_id in range(record.nodes)
+            if node_id not in released
+        ]
         last_seqs = {key: self.saved_seq(record, key) for key in keys if key not in self.nodes}
         if last_seqs and self.log_dir is not None:
             # What a killed router logged after its last cursor save: not to be sent again.
@@ -410,6 +429,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
         )
         key = records.node_key(record.job_id, node_id)
         correlation.last_seq = self.saved_seq(record, key) if last_seq is None else last_seq
+        correlation.removed = node_id in record.removed  # still draining: a restarted router
         shard = self.shards[self.next_shard % len(self.shards)]
         self.next_shard += 1
         shard.tell(AddNode(correlation))
@@ -466,6 +486,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
                     record.swarm_id, job_id, node_id, record.node_state(node_id)
                 )
                 correlation.last_seq = self.saved_seq(record, key)
+                correlation.removed = node_id in record.removed
                 shard.tell(AddNode(correlation))
                 self.nodes[key] = shard
         return shard
@@ -491,6 +512,7 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
             commands.Restart: self.wait_for_poll,
+            commands.Scale: self.scale,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,
@@ -630,6 +652,9 @@ class SupervisorActor(NodeTargeting, pykka.ThreadingActor):
             }
             if later:
                 self.jobs.tell(Withdraw(only_resubmitted(record, later)))
+            added = [a for a in record.allocations if a not in message.swarm.allocations]
+            if added:  # and jobs of agents added meanwhile
+                self.jobs.tell(Withdraw(only_jobs(record, added)))
             self.table.set_state(record.job_id, "terminated")
             self.write_registry()  # before the answer: a CLI exits on it
         self.emit(make_event("swarm_terminated", request_id=message.request_id, swarm_id=swarm_id))

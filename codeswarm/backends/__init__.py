@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from codeswarm.errors import BackendError
 from codeswarm.hpc import records
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 
 class FollowerStream(Protocol):
@@ -126,6 +126,11 @@ class Scheduler(Protocol):
 
         Only a scheduler with job arrays (Slurm) is asked: ``restart`` refuses other swarms.
         """
+
+    def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
+        """Start ``nodes`` more nodes of the swarm's shape and settings (those it was
+        launched with), their agents numbered from ``first`` and filing under the swarm's
+        first job id (``scale --add``)."""
 
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         """Cancel a job submitted for ``swarm_id`` although its launch was reported failed.

@@ -1,0 +1,239 @@
+"""The swarm record with several jobs: scale adds, removed agents, and older records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from codeswarm.actors.messages import NodeGone, NodeRemoved, NodeRunning
+from codeswarm.actors.scaling import idle_jobs, remove_problem
+from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
+from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_jobs
+from codeswarm.config import parse_config
+from codeswarm.errors import BackendError
+from codeswarm.hpc import slurm_env
+from codeswarm.registry import Allocation, SwarmRecord, SwarmRegistry
+
+GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
+
+
+def record(**fields) -> SwarmRecord:
+    given = {"nodes": 2, "state": "running", **fields}
+    return SwarmRecord(
+        swarm_id="sw-7", job_id="7", backend="slurm", mailbox="/mb", created=7.0, **given
+    )
+
+
+def test_an_added_agent_runs_in_its_own_job_and_the_launched_ones_stay_in_the_first():
+    swarm = record(nodes=5, allocations=[Allocation("9", first=2, count=3)])
+    assert [swarm.slurm_job(n) for n in range(5)] == ["7", "7", "9", "9", "9"]
+    assert swarm.jobs() == ["7", "9"]
+
+
+def test_an_added_array_names_each_agents_task_from_the_allocations_first_agent():
+    added = Allocation("9", first=4, count=4, layout="array", task_agents=2)
+    swarm = record(nodes=8, layout="array", task_agents=2, allocations=[added])
+    assert [swarm.slurm_job(n) for n in range(8)] == [
+        *("7_0", "7_0", "7_1", "7_1"),
+        *("9_0", "9_0", "9_1", "9_1"),
+    ]
+
+
+def test_a_later_job_over_every_agent_takes_them_all_over():
+    """A continuation covers agents already in other jobs: the latest job wins."""
+    allocations = [Allocation("9", first=2, count=1), Allocation("12", first=0, count=3)]
+    swarm = record(nodes=3, tasks={"0": "8_0"}, allocations=allocations)
+    assert [swarm.slurm_job(n) for n in range(3)] == ["12", "12", "12"]
+    assert swarm.jobs() == ["7", "8", "9", "12"]
+
+
+def test_local_workers_are_found_in_the_job_that_started_them():
+    swarm = record(nodes=3, pids=[100, 101], allocations=[Allocation("l-2", 2, 1, pids=[200])])
+    assert [swarm.pid(n) for n in range(3)] == [100, 101, 200]
+
+
+def test_removed_agents_are_marked_in_status_and_left_out_of_the_active_ones():
+    swarm = record(nodes=3, removed=[1], node_states={"0": "running", "1": "exited"})
+    assert swarm.active_nodes() == [0, 2]
+    nodes = swarm.to_event()["nodes"]
+    assert nodes[1]["removed"] is True and "removed" not in nodes[0]
+    assert nodes[1]["slurm_job"] == "7"
+
+
+def test_allocations_survive_the_registry_and_older_records_load_without_them(tmp_path):
+    registry = SwarmRegistry(tmp_path, "/mb")
+    added = Allocation("9", first=2, count=2, layout="array", task_agents=1)
+    registry.put(record(nodes=4, allocations=[added], removed=[3]))
+    stored = registry.get("sw-7")
+    assert stored.allocations == [added] and stored.removed == [3]
+    assert stored.slurm_job(3) == "9_1"
+
+    data = json.loads(registry.path.read_text())
+    for key in ("allocations", "removed"):
+        del data["sw-7"][key]  # as a codeswarm before scale wrote it
+    data["sw-7"]["allocations_note"] = "a key a newer codeswarm added"
+    registry.path.write_text(json.dumps(data))
+    older = registry.get("sw-7")
+    assert older.allocations == [] and older.removed == []
+    assert older.slurm_job(3) == "7"
+
+
+# ---- the SwarmTable: adding, removing, and what another router did -------------------------
+
+
+def table_with(swarm: SwarmRecord, grace: float = 0.0) -> SwarmTable:
+    table = SwarmTable(grace, drain_seconds=1.0)
+    table.follow(swarm, 0.0)
+    return table
+
+
+def test_added_agents_wait_pending_in_their_job_and_two_adds_never_share_an_index():
+    table = table_with(record(node_states={"0": "running", "1": "running"}))
+    first = table.reserve("7", 2)
+    second = table.reserve("7", 1)
+    assert (first, second) == (2, 4)
+    table.unreserve("7")
+    grown = table.add_allocation("7", Allocation("9", first, 2), 1.0)
+    assert grown.nodes == 4 and [grown.node_state(n) for n in (2, 3)] == ["pending"] * 2
+    assert grown.state == "running" and "7" in table.dirty
+    table.unreserve("7")
+    assert table.reserve("7", 1) == 4  # nothing in flight: the next free index
+
+
+def test_removed_agents_are_exited_for_the_swarm_and_the_poll_tells_only_their_end():
+    table = table_with(record(nodes=3, node_states=dict.fromkeys("012", "running")))
+    table.remove_nodes("7", (1,), 0.0)
+    assert table.get("7").node_state(1) == "exited" and table.get("7").state == "running"
+    # The job still runs (two more agents in it): the removed one stays exited, untold.
+    assert table.apply({"7": {0: "running", 1: "running", 2: "running"}}, 1.0) == [
+        ("7_0", NodeRunning()),
+        ("7_2", NodeRunning()),
+    ]
+    assert table.get("7").node_state(1) == "exited"
+    told = table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 2.0)
+    assert told == [("7_1", NodeGone("its job ended after it was removed"))]
+    assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 3.0) == []
+    table.release_nodes("7", {"1": 12})
+    assert table.get("7").last_seqs == {"1": 12}
+    assert "7_1" not in table.reported and "7_1" not in table.gone_since
+    assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 4.0) == []
+
+
+def test_a_write_from_an_older_view_keeps_another_routers_added_job_and_removals():
+    stored = record(nodes=4, allocations=[Allocation("9", 2, 2)], removed=[0])
+    mine = record(nodes=2, node_states={"0": "running", "1": "running"})
+    kept = written_over(stored, mine)
+    assert kept.nodes == 4 and kept.allocations == stored.allocations
+    assert kept.removed == [0] and kept.node_state(0) == "exited"
+    both = written_over(stored, replace(mine, nodes=5, allocations=[Allocation("8", 4, 1)]))
+    assert [a.job_id for a in both.allocations] == ["8", "9"]  # submission order
+    assert both.nodes == 5
+
+
+def test_agents_another_router_added_are_followed_and_its_removals_told():
+    table = table_with(record(node_states={"0": "running", "1": "running"}))
+    elsewhere = record(
+        nodes=3,
+        allocations=[Allocation("9", 2, 1)],
+        removed=[1],
+        node_states={"0": "running", "1": "exited", "2": "running"},
+    )
+    new, _, told = table.merge([elsewhere], 1.0)
+    assert new == [] and table.grown == {"7"}
+    assert told == [("7_1", NodeRemoved(write=False))]
+    adopted = table.get("7")
+    assert adopted.nodes == 3 and adopted.node_state(2) == "running"
+    assert adopted.slurm_job(2) == "9" and adopted.removed == [1]
+
+
+def test_removal_is_refused_for_unknown_removed_or_every_agent():
+    swarm = record(nodes=3, removed=[2])
+    assert remove_problem(swarm, (1,)) is None
+    assert "nodes 0 to 2, not 5" in remove_problem(swarm, (5,))
+    assert "removed already" in remove_problem(swarm, (2,))
+    assert "terminate it" in remove_problem(swarm, (0, 1))
+    assert "has terminated" in remove_problem(replace(swarm, state="terminated"), (1,))
+
+
+def test_only_jobs_that_would_run_nothing_but_removed_agents_and_wait_are_cancelled():
+    added = Allocation("9", 2, 4, layout="array", task_agents=2)
+    states = {"0": "running", "1": "running", **dict.fromkeys("2345", "pending")}
+    swarm = record(nodes=6, allocations=[added], node_states=states)
+    assert idle_jobs(swarm, (4, 5)) == ["9_1"]
+    assert idle_jobs(swarm, (3, 5)) == []  # each task keeps an agent
+    assert idle_jobs(swarm, (1,)) == []  # job 7 runs agent 0 too
+
+
+def test_restart_leaves_added_agents_alone():
+    swarm = record(
+        nodes=6,
+        layout="array",
+        task_agents=2,
+        allocations=[Allocation("9", 4, 2, layout="array", task_agents=2)],
+        node_states=dict.fromkeys("012345", "exited"),
+    )
+    assert restart_tasks(swarm, "all") == [0, 1]
+    # a task whose agents were all removed is not brought back
+    assert restart_tasks(replace(swarm, removed=[2, 3]), "all") == [0]
+    with pytest.raises(ValueError, match="node 2 was removed"):
+        restart_tasks(replace(swarm, removed=[2]), (2,))
+    with pytest.raises(ValueError, match="node 4 runs in job 9_0, submitted after the launch"):
+        restart_tasks(swarm, (4,))
+
+
+# ---- the job of added agents on Slurm --------------------------------------------------------
+
+
+def test_an_added_job_exports_the_first_job_and_its_first_agent_before_exec():
+    script = GOLDEN_ARRAY.read_text()
+    again = resubmission_script(script, "40", first=24)
+    added = [line for line in again.splitlines() if line not in script.splitlines()]
+    assert added == [f"export {slurm_env.JOB_ID}=40", f"export {slurm_env.NODE_OFFSET}=24"]
+    assert again.splitlines()[-1].startswith("exec ")
+
+
+@pytest.mark.parametrize(
+    ("env", "node"),
+    [
+        ({"SLURM_PROCID": "1", "CODESWARM_NODE_OFFSET": "4"}, 5),
+        (
+            {
+                "SLURM_PROCID": "1",
+                "SLURM_ARRAY_TASK_ID": "1",
+                "CODESWARM_AGENTS_PER_TASK": "2",
+                "CODESWARM_NODE_OFFSET": "6",
+            },
+            9,
+        ),
+    ],
+)
+def test_an_added_worker_counts_its_index_from_its_jobs_first_agent(env, node):
+    assert slurm_env.node_id(env) == node
+
+
+def test_an_added_job_has_the_swarms_shape_and_sbatch_options():
+    slurm = parse_config(
+        {
+            "ssh": {"login_alias": "hpc"},
+            "cluster": {"workspace_root": "/w"},
+            "slurm": {"array_throttle": 2},
+        }
+    ).slurm
+    one_job = record(nodes=4, agents_per_node=2)
+    shape = added_shape(one_job, 3, slurm)
+    assert shape.options() == ["--nodes=3", "--ntasks-per-node=2"]
+    array = record(nodes=8, agents_per_node=2, layout="array", task_agents=4)
+    shape = added_shape(array, 4, slurm)
+    assert shape.options() == ["--nodes=2", "--ntasks-per-node=2", "--array=0-1%2"]
+    assert shape.task_agents == 4
+    with pytest.raises(BackendError, match="add a multiple of 2"):
+        added_shape(array, 3, slurm)
+
+
+def test_an_added_job_whose_answer_was_lost_is_the_one_its_record_does_not_know():
+    swarm = record(tasks={"1": "8_1"}, allocations=[Allocation("9", 2, 1)])
+    assert unknown_jobs(b"7\n8\n9\n12\n", swarm) == ["12"]
+    assert unknown_jobs(b"7\n9\n", swarm) == []
