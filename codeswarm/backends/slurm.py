@@ -95,15 +95,16 @@ def batch_script(
     """The sbatch script of a swarm: ``agents_per_node`` workers a node under srun.
 
     ``--signal=TERM@N`` (without ``B:``) signals the srun step, so every worker gets SIGTERM N
-    seconds before the time limit, as it does on scancel. Paths, which may hold spaces, are
-    never in ``#SBATCH`` lines (sbatch does not parse shell quoting there): the output file
-    goes on sbatch's command line (``sbatch_argv``).
+    seconds before the time limit, as it does on scancel; with ``slurm.continue`` it is
+    SIGUSR2 instead, and each worker exits to continue in the next job. Paths, which may hold
+    spaces, are never in ``#SBATCH`` lines (sbatch does not parse shell quoting there): the
+    output file goes on sbatch's command line (``sbatch_argv``).
     """
     options = [
         f"--job-name=codeswarm-{swarm_id}",
         *shape.options(),
         f"--time={time or slurm.time}",
-        f"--signal=TERM@{slurm.signal_seconds}",
+        f"--signal={'USR2' if slurm.continuation else 'TERM'}@{slurm.signal_seconds}",
     ]
     optional = {
         "partition": partition or slurm.partition,
