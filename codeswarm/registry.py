@@ -37,6 +37,45 @@ def merged_state(old: str, new: str) -> str:
 
 
 @dataclass(frozen=True)
+class Allocation:
+    """A scheduler job that runs agents ``first`` .. ``first + count - 1`` of a swarm after
+    its launch: a ``scale`` add, or a job that takes over agents already there (a
+    continuation). Its workers file under the swarm's first job id, so an agent's mailbox
+    files, seq and thread never change with the job that runs it.
+
+    ``job_id`` is the scheduler's id (``1250``; an array's tasks are ``1250_<t>``, task ``t``
+    running ``task_agents`` agents from ``first + t x task_agents``); ``pids`` are the local
+    backend's workers, agent ``first + i`` at ``i``.
+    """
+
+    job_id: str
+    first: int
+    count: int
+    layout: str = "job"
+    task_agents: int = 0
+    pids: list[int] = field(default_factory=list)
+
+    def covers(self, node_id: int) -> bool:
+        return self.first <= node_id < self.first + self.count
+
+    def slurm_job(self, node_id: int) -> str:
+        if self.layout == "array" and self.task_agents:
+            return f"{self.job_id}_{(node_id - self.first) // self.task_agents}"
+        return self.job_id
+
+    def pid(self, node_id: int) -> int | None:
+        index = node_id - self.first
+        return self.pids[index] if 0 <= index < len(self.pids) else None
+
+    @classmethod
+    def load(cls, value: dict[str, Any]) -> Allocation:
+        return cls(**{key: v for key, v in value.items() if key in ALLOCATION_FIELDS})
+
+
+ALLOCATION_FIELDS = {f.name for f in fields(Allocation)}
+
+
+@dataclass(frozen=True)
 class SwarmRecord:
     """One swarm: a scheduler job of ``nodes`` workers and where its mailbox lives.
 
@@ -44,6 +83,9 @@ class SwarmRecord:
     node. With ``layout`` ``array``, agents ``t x task_agents`` on run in array task ``t``.
     ``hosts`` is each agent's [host, Slurm node] from its last ``node_started``; ``tasks``
     the job ids of array tasks resubmitted alone (task -> ``<new job>_<task>``).
+    ``allocations`` are the jobs submitted after the launch, in order: an agent runs in the
+    last one that covers it, or else in the launch's job (``job_id``, ``tasks``).
+    ``removed`` are agents ``scale`` took out: their indices are never used again.
     ``ended`` is when it reached a final state; ``last_seqs`` is each node's last emitted
     ``seq``, kept once the router has released the swarm so that late lines are not repeated.
     """
@@ -64,14 +106,43 @@ class SwarmRecord:
     task_agents: int = 0
     hosts: dict[str, list[str | None]] = field(default_factory=dict)
     tasks: dict[str, str] = field(default_factory=dict)
+    allocations: list[Allocation] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
+
+    def allocation(self, node_id: int) -> Allocation | None:
+        """The job after the launch that runs this agent now; None: the launch's job."""
+        return next((a for a in reversed(self.allocations) if a.covers(node_id)), None)
 
     def slurm_job(self, node_id: int) -> str:
         """The scheduler job an agent runs in: the array task's id (``1234_2``) in an array,
-        that of its resubmission (``1240_2``) once ``restart`` resubmitted it."""
+        that of its resubmission (``1240_2``) once ``restart`` resubmitted it, that of the
+        latest allocation that covers it once there is one."""
+        allocation = self.allocation(node_id)
+        if allocation is not None:
+            return allocation.slurm_job(node_id)
         if self.layout == "array" and self.task_agents:
             task = node_id // self.task_agents
             return self.tasks.get(str(task), f"{self.job_id}_{task}")
         return self.job_id
+
+    def pid(self, node_id: int) -> int | None:
+        """The local backend's worker process of an agent."""
+        allocation = self.allocation(node_id)
+        if allocation is not None:
+            return allocation.pid(node_id)
+        return self.pids[node_id] if node_id < len(self.pids) else None
+
+    def jobs(self) -> list[str]:
+        """Every scheduler job the swarm has run as (array tasks resubmitted alone as their
+        job), first submitted first."""
+        found = [self.job_id, *(t.partition("_")[0] for t in self.tasks.values())]
+        found += [a.job_id for a in self.allocations]
+        return list(dict.fromkeys(found))
+
+    def active_nodes(self) -> list[int]:
+        """The agents not removed by ``scale``."""
+        removed = set(self.removed)
+        return [n for n in range(self.nodes) if n not in removed]
 
     def task_nodes(self, task: int) -> range:
         """The agents array task ``task`` runs."""
@@ -81,6 +152,8 @@ class SwarmRecord:
         """One entry of the swarm event's ``nodes`` (see the protocol's NodeStateSchema)."""
         host, slurm_node = self.hosts.get(str(node_id)) or (None, None)
         entry = {"node_id": node_id, "state": self.node_state(node_id), "host": host}
+        if node_id in self.removed:
+            entry["removed"] = True
         if self.backend == "slurm":
             entry.update(slurm_node=slurm_node, slurm_job=self.slurm_job(node_id))
         return entry
@@ -107,7 +180,9 @@ class SwarmRecord:
     @classmethod
     def load(cls, value: dict[str, Any]) -> SwarmRecord:
         """A stored record; keys a newer codeswarm added are left aside (and kept on write)."""
-        return cls(**{key: v for key, v in value.items() if key in RECORD_FIELDS})
+        known = {key: v for key, v in value.items() if key in RECORD_FIELDS}
+        known["allocations"] = [Allocation.load(a) for a in known.get("allocations", [])]
+        return cls(**known)
 
     def to_event(self) -> dict[str, Any]:
         """The ``swarm`` object of swarm events (see the protocol's SwarmSchema)."""

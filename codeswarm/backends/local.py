@@ -241,12 +241,16 @@ class LocalScheduler:
         for child in list(self._children.values()):
             if child.poll() is not None:
                 self._children.pop(child.pid, None)
-        return {
-            swarm.job_id: {
-                node: pid_state(pid, swarm.job_id) for node, pid in enumerate(swarm.pids)
-            }
-            for swarm in swarms
-        }
+        return {swarm.job_id: self.node_states(swarm) for swarm in swarms}
+
+    @staticmethod
+    def node_states(swarm: SwarmRecord) -> dict[int, str]:
+        """Each agent's state, from the process of the job that runs it (launch or scale)."""
+        states = {}
+        for node in range(swarm.nodes):
+            pid = swarm.pid(node)
+            states[node] = "exited" if pid is None else pid_state(pid, swarm.job_id)
+        return states
 
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         """Nothing to do: a local submit either started its processes or raised."""
@@ -256,7 +260,7 @@ class LocalScheduler:
         return None  # processes start at once: nothing waits
 
     def cancel(self, swarm: SwarmRecord) -> None:
-        for pid in swarm.pids:
+        for pid in [*swarm.pids, *(p for a in swarm.allocations for p in a.pids)]:
             if pid_state(pid, swarm.job_id) == "running":
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)

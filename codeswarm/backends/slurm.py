@@ -364,6 +364,6 @@ class SlurmScheduler:
         return reason_of(self.reasons, job_id)
 
     def cancel(self, swarm: SwarmRecord) -> None:
-        """The job, or the array with every task resubmitted alone."""
-        jobs = {swarm.job_id, *(task.partition("_")[0] for task in swarm.tasks.values())}
-        self.connection.run(["scancel", *sorted(jobs)])
+        """Every job the swarm runs as: the launch's (with array tasks resubmitted alone) and
+        those submitted since (``allocations``)."""
+        self.connection.run(["scancel", *swarm.jobs()])
