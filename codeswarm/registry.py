@@ -195,6 +195,7 @@ class SwarmRecord:
             "created": self.created,
             "agents_per_node": self.agents_per_node,
             "layout": self.layout,
+            "jobs": self.jobs(),
         }
 
 

@@ -148,6 +148,7 @@ class Router:
             # A node the scheduler reports gone fails its injections only after the follower
             # had time to deliver the worker's own last events; a CLI call waits for nothing.
             gone_grace=0.0 if follow is None else 2 * config.router.follower_idle_poll_seconds + 1,
+            continue_jobs=config.backend == "slurm" and config.slurm.continuation is not None,
         )
         try:
             self.supervisor.ask(Started(), timeout=STARTUP_SECONDS)

@@ -17,6 +17,8 @@ import pykka
 from codeswarm.actors.messages import (
     Cancel,
     Cancelled,
+    Continued,
+    ContinueJob,
     Launched,
     LaunchFailed,
     LiveSwarms,
@@ -127,6 +129,8 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.cancel(message))
             elif isinstance(message, Resubmit):
                 self.supervisor.tell(self.resubmit(message))
+            elif isinstance(message, ContinueJob):
+                self.supervisor.tell(self.continue_job(message))
             elif isinstance(message, Withdraw):
                 self.withdraw(message.swarm)
             elif isinstance(message, Sweep):
@@ -176,6 +180,17 @@ class SchedulerActor(pykka.ThreadingActor):
         except Exception as exc:  # answered as a failed restart, whatever went wrong
             return Resubmitted(swarm, {}, message.request_id, exc)
         return Resubmitted(swarm, tasks, message.request_id, None)
+
+    def continue_job(self, message: ContinueJob) -> Continued:
+        swarm, task = message.swarm, message.task
+        try:
+            if task is None:
+                new_job = self.scheduler.continue_job(swarm)
+            else:
+                new_job = self.scheduler.resubmit(swarm, [task])[task]
+        except Exception as exc:  # reported, and the job's agents end as they would have
+            return Continued(swarm, message.slurm_job, message.nodes, task, "", exc)
+        return Continued(swarm, message.slurm_job, message.nodes, task, new_job, None)
 
     def withdraw(self, swarm: Any) -> None:
         try:

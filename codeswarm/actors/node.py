@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.correlation import CONTINUING, NodeCorrelation
 from codeswarm.actors.messages import (
     AddNode,
     AfterLog,
@@ -28,6 +28,7 @@ from codeswarm.actors.messages import (
     NodeGone,
     NodePending,
     NodeRunning,
+    NodesContinuing,
     NodeStarted,
     Progress,
     RemoveNodes,
@@ -61,12 +62,13 @@ class Batch:
     """What one ``ForNodes`` produces: events in order, nodes started, progress, and the
     writes not yet sent."""
 
-    __slots__ = ("events", "progress", "started", "writes")
+    __slots__ = ("continuing", "events", "progress", "started", "writes")
 
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.started: list[tuple[str, str | None, str | None]] = []  # (key, host, Slurm node)
         self.progress: list[tuple[str, dict[str, int], int]] = []
+        self.continuing: list[str] = []  # nodes whose worker exited to continue
         self.writes: dict[str, tuple[Node, list[Injection]]] = {}
 
 
@@ -125,6 +127,8 @@ class NodeShard(pykka.ThreadingActor):
         self.flush(batch)
         if batch.started:  # the supervisor knows they run before a client can
             self.tell_supervisor(NodeStarted(batch.started))
+        if batch.continuing:
+            self.tell_supervisor(NodesContinuing(batch.continuing))
         if batch.events:
             self.sink.tell(Emit(batch.events))
         if batch.progress:  # after the events: the cursor never passes an unlogged line
@@ -176,6 +180,8 @@ class NodeShard(pykka.ThreadingActor):
                     self.start_clocks(node, correlation.started())
                     where = (correlation.key, event.get("host"), event.get("slurm_node"))
                     batch.started.append(where)
+                elif kind == "node_exited" and event["reason"] == CONTINUING:
+                    batch.continuing.append(correlation.key)
                 elif kind == "inject_delivered" or kind == "inject_failed":
                     handle = node.timers.pop(event["injection_id"], None)
                     if handle is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from codeswarm.actors.messages import NodeGone, NodePending, NodeRunning
 from codeswarm.hpc import records
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ def newer_tasks(ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
         if task not in merged or job_number(job) > job_number(merged[task]):
             merged[task] = job
     return merged
+
+
+def merged_allocations(ours: list[Allocation], theirs: list[Allocation]) -> list[Allocation]:
+    """Both routers' jobs after the launch, none lost, in the order they were submitted."""
+    merged = {a.job_id: a for a in theirs}
+    merged.update({a.job_id: a for a in ours})
+    return sorted(merged.values(), key=lambda a: job_number(a.job_id))
 
 
 def moved_on(mine: SwarmRecord, other: SwarmRecord) -> list[int]:
@@ -91,6 +98,7 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
         last_seqs=mine.last_seqs or stored.last_seqs,
         hosts={**stored.hosts, **hosts},
         tasks=newer_tasks(mine.tasks, stored.tasks),
+        allocations=merged_allocations(mine.allocations, stored.allocations),
     )
     if not theirs:
         return updated.with_state(mine.state)
@@ -354,6 +362,24 @@ class SwarmTable:
         self._update(record, node_states, now)
         self.dirty.add(job_id)
         return told
+
+    def continued(
+        self, job_id: str, record: SwarmRecord, nodes: list[int], now: float
+    ) -> list[str]:
+        """The swarm continues these agents in a new job (``record`` says which): they wait
+        for it; the keys of the nodes to tell."""
+        node_states = dict(record.node_states)
+        keys = []
+        for node_id in nodes:
+            key = records.node_key(job_id, node_id)
+            self.gone_since.pop(key, None)
+            self.reported[key] = "pending"
+            node_states[str(node_id)] = "pending"
+            keys.append(key)
+        self.records[job_id] = record
+        self._update(record, node_states, now)
+        self.dirty.add(job_id)
+        return keys
 
     def polled(self, job_id: str) -> SwarmRecord | None:
         """The swarm as the last poll saw it: nodes reported gone count as exited, although

@@ -127,6 +127,10 @@ class Scheduler(Protocol):
         Only a scheduler with job arrays (Slurm) is asked: ``restart`` refuses other swarms.
         """
 
+    def continue_job(self, swarm: SwarmRecord) -> str:
+        """Submit the swarm's launch job again, its workers filing under its first job id
+        (``slurm.continue``): the new job's id. BackendError where there is none."""
+
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         """Cancel a job submitted for ``swarm_id`` although its launch was reported failed.
 

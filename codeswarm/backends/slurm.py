@@ -349,6 +349,19 @@ class SlurmScheduler:
             return found
         return {task: f"{job_id}_{task}" for task in tasks}
 
+    def continue_job(self, swarm: SwarmRecord) -> str:
+        """The swarm's saved script again, as a new job of the same shape whose workers file
+        under the first job's id and resume their threads (``slurm.continue``)."""
+        cluster_dir = self.transport.cluster_dir
+        saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        script = resubmission_script(
+            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
+        )
+        out = self.connection.run(
+            sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+        )
+        return parse_job_id(out)
+
     def find_resubmitted(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
         """The swarm's queued array tasks that are neither its first array's nor known
         resubmissions: a resubmission of ``tasks`` whose answer was lost."""
