@@ -1,0 +1,115 @@
+"""slurm.continue on the router: the rules of a continuation, without threads or Slurm."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from codeswarm.actors.continuation import Continuations, continued_record
+from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.messages import Continued, Injection, NodePending
+from codeswarm.actors.swarms import SwarmTable, written_over
+from codeswarm.hpc import records
+from codeswarm.registry import Allocation, SwarmRecord
+
+
+def record(nodes: int = 2, **fields) -> SwarmRecord:
+    return SwarmRecord(
+        swarm_id="sw-7",
+        job_id="7",
+        backend="slurm",
+        mailbox="/mb",
+        nodes=nodes,
+        created=1.0,
+        **fields,
+    )
+
+
+def line(kind, seq, **fields):
+    return records.encode_line(records.outbox_event(kind, "7", 0, seq, **fields)).encode()
+
+
+def test_a_continuing_worker_leaves_its_prompts_open_and_held():
+    node = NodeCorrelation("sw-7", "7", 0, "running")
+    node.written(Injection("a", "hello", "r1"))
+    node.worker_line(line("inject_delivered", 0, injection_id="a"))
+    events = node.worker_line(line("node_exited", 1, reason="continuing"))
+    assert [e["type"] for e in events] == ["node_exited"]
+    assert node.state == "pending" and "a" in node.open
+    (ack,) = node.written(Injection("b", "later", "r2"))
+    assert ack["held"] is True
+    # No continuation comes (the router was told the node is gone): they fail then.
+    failed = node.gone("the worker process ended")
+    assert [(e["injection_id"], e["error"]) for e in failed] == [
+        ("a", "node_gone"),
+        ("b", "node_gone"),
+    ]
+
+
+def test_any_other_exit_still_fails_what_the_node_owed():
+    node = NodeCorrelation("sw-7", "7", 0, "running")
+    node.written(Injection("a", "hello", "r1"))
+    events = node.worker_line(line("node_exited", 0, reason="sigterm"))
+    assert [e["type"] for e in events] == ["node_exited", "inject_failed"]
+
+
+def test_a_job_is_due_once_every_agent_is_gone_and_one_continues():
+    swarm = record(nodes=3)
+    cont = Continuations()
+    cont.note([records.node_key("7", 0)])
+    assert cont.due(swarm, {0: "exited", 1: "running", 2: "exited"}) == []
+    held = cont.hold({"7": {0: "exited", 1: "running", 2: "exited"}})
+    assert held == {"7": {0: "pending", 1: "running", 2: "exited"}}
+    assert cont.due(swarm, {0: "exited", 1: "exited", 2: "exited"}) == [("7", [0, 1, 2])]
+    # Asked once: the next poll finds it being submitted.
+    assert cont.due(swarm, {0: "exited", 1: "exited", 2: "exited"}) == []
+    cont.done("7", "7", [0, 1, 2])
+    assert cont.waiting == {} and cont.submitting == set()
+    assert cont.hold({"7": {0: "exited"}}) == {"7": {0: "exited"}}
+
+
+def test_array_tasks_continue_alone():
+    swarm = record(nodes=4, layout="array", task_agents=2)
+    cont = Continuations()
+    cont.note([records.node_key("7", 2)])
+    polled = {0: "running", 1: "running", 2: "exited", 3: "exited"}
+    assert cont.due(swarm, polled) == [("7_1", [2, 3])]
+
+
+def test_nothing_is_due_for_a_swarm_whose_workers_never_said_continuing():
+    cont = Continuations()
+    cont.note([records.node_key("8", 0)])
+    assert cont.due(record(), {0: "exited", 1: "exited"}) == []
+
+
+def test_the_continuation_is_where_the_agents_run_next_and_status_lists_every_job():
+    swarm = record(nodes=2)
+    job = continued_record(swarm, Continued(swarm, "7", [0, 1], None, "12", None))
+    assert job.allocations == [Allocation("12", 0, 2)]
+    assert [job.slurm_job(n) for n in (0, 1)] == ["12", "12"]
+    again = continued_record(job, Continued(job, "12", [0, 1], None, "15", None))
+    assert again.slurm_job(1) == "15" and again.to_event()["jobs"] == ["7", "12", "15"]
+
+    array = record(nodes=4, layout="array", task_agents=2)
+    task = continued_record(array, Continued(array, "7_1", [2, 3], 1, "20_1", None))
+    assert task.tasks == {"1": "20_1"} and task.slurm_job(3) == "20_1"
+    assert task.slurm_job(0) == "7_0" and task.to_event()["jobs"] == ["7", "20"]
+
+
+def test_the_table_makes_continued_agents_wait_and_the_registry_keeps_every_job():
+    table = SwarmTable(gone_grace=0.0, drain_seconds=0.0)
+    swarm = record(nodes=2, node_states={"0": "running", "1": "running"}, state="running")
+    table.follow(swarm, 0.0)
+    moved = continued_record(swarm, Continued(swarm, "7", [0, 1], None, "12", None))
+    keys = table.continued("7", moved, [0, 1], 1.0)
+    assert keys == ["7_0", "7_1"]
+    now = table.get("7")
+    assert now.node_states == {"0": "pending", "1": "pending"} and now.state == "pending"
+    assert now.slurm_job(0) == "12" and "7" in table.dirty
+    # The poll of the new job tells no change: the agents were told pending already.
+    assert table.apply({"7": {0: "pending", 1: "pending"}}, 2.0) == []
+    assert table.apply({"7": {0: "running", 1: "pending"}}, 3.0)[0][0] == "7_0"
+    assert not isinstance(table.apply({"7": {0: "running", 1: "running"}}, 4.0)[0][1], NodePending)
+    # Another router wrote the swarm meanwhile: neither loses the other's jobs.
+    theirs = replace(swarm, allocations=[Allocation("9", 0, 2)])
+    stored = written_over(theirs, table.get("7"))
+    assert [a.job_id for a in stored.allocations] == ["9", "12"]
