@@ -6,7 +6,18 @@ from dataclasses import replace
 
 from codeswarm.actors.continuation import Continuations, continued_record
 from codeswarm.actors.correlation import NodeCorrelation
-from codeswarm.actors.messages import Continued, Injection, NodePending
+from codeswarm.actors.messages import (
+    AddNode,
+    Continued,
+    ForNodes,
+    Inject,
+    Injection,
+    NodePending,
+    NodeRunning,
+    NodesContinuing,
+    WorkerLines,
+)
+from codeswarm.actors.node import NodeShard
 from codeswarm.actors.swarms import SwarmTable, written_over
 from codeswarm.hpc import records
 from codeswarm.registry import Allocation, SwarmRecord
@@ -113,3 +124,38 @@ def test_the_table_makes_continued_agents_wait_and_the_registry_keeps_every_job(
     theirs = replace(swarm, allocations=[Allocation("9", 0, 2)])
     stored = written_over(theirs, table.get("7"))
     assert [a.job_id for a in stored.allocations] == ["9", "12"]
+
+
+class Told:
+    def __init__(self) -> None:
+        self.messages: list = []
+        self.cancelled = 0
+
+    def tell(self, message) -> None:
+        self.messages.append(message)
+
+    def call_later(self, delay, ref, message):
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+class Inboxes:
+    def append_inboxes(self, appends):
+        return [None for _ in appends]
+
+
+def test_a_shard_stops_the_clocks_of_unread_prompts_and_names_the_node_to_the_supervisor():
+    told = Told()
+    shard = NodeShard(Inboxes(), told, told, 5.0, told)
+    shard.on_receive(AddNode(NodeCorrelation("sw-7", "7", 0, "running")))
+    shard.on_receive(ForNodes([("7_0", Inject(Injection("unread", "hello", "r")))]))
+    assert list(shard.nodes["7_0"].timers) == ["unread"]
+    exited = WorkerLines([("7_0:1", 10, line("node_exited", 0, reason="continuing"))])
+    shard.on_receive(ForNodes([("7_0", exited)]))
+    assert shard.nodes["7_0"].timers == {} and told.cancelled == 1
+    assert NodesContinuing(["7_0"]) in told.messages
+    # When the continuation job runs, the prompt's clock starts again.
+    shard.on_receive(ForNodes([("7_0", NodeRunning())]))
+    assert list(shard.nodes["7_0"].timers) == ["unread"]

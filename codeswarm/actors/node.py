@@ -181,6 +181,9 @@ class NodeShard(pykka.ThreadingActor):
                     where = (correlation.key, event.get("host"), event.get("slurm_node"))
                     batch.started.append(where)
                 elif kind == "node_exited" and event["reason"] == CONTINUING:
+                    # Unread prompts wait for the continuation job: their clocks start again
+                    # when it runs.
+                    node.cancel_timers()
                     batch.continuing.append(correlation.key)
                 elif kind == "inject_delivered" or kind == "inject_failed":
                     handle = node.timers.pop(event["injection_id"], None)
