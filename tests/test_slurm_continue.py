@@ -95,3 +95,78 @@ def test_a_conversation_goes_on_in_the_continuation_job_past_the_time_limit(
         assert [e["reason"] for e in gone if e["type"] == "node_exited"][-1] == "sigterm"
     finally:
         d.close()
+
+
+@pytest.mark.timeout(420)
+def test_an_array_task_continues_alone_while_the_other_runs_on(
+    slurm_config,  # noqa: F811
+    cluster_codex,  # noqa: F811
+    model_server,
+    tmp_path,
+    minicluster,
+):
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    shaped_config(
+        config_file,
+        layout="array",
+        time="00:30:00",
+        signal_seconds=300,
+        **{"continue": {"turn_grace_seconds": 2}},
+    )
+    env = {**os.environ, "SLURM_CONF": f"{minicluster['MINICLUSTER_DIR']}/etc/slurm.conf"}
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 2, "request_id": "L"})
+        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        swarm_id, array = swarm["swarm_id"], swarm["job_id"]
+        for node, content in ((0, "node zero, remember ant"), (1, "node one, remember bee")):
+            d.send(
+                {
+                    "command": "inject",
+                    "swarm_id": swarm_id,
+                    "nodes": node,
+                    "content": content,
+                    "injection_id": f"first-{node}",
+                }
+            )
+        d.wait_event("usage", injection_id="first-0", timeout=120)
+        d.wait_event("usage", injection_id="first-1", timeout=120)
+
+        update = ["scontrol", "update", f"JobId={array}_1", "TimeLimit=6"]
+        subprocess.run(update, check=True, env=env)
+        exited = d.wait_event("node_exited", timeout=120)
+        assert (exited["node_id"], exited["reason"]) == (1, "continuing")
+        d.wait_for(lambda evs: sum(e["type"] == "node_started" for e in evs) == 3, timeout=180)
+        d.send(
+            {
+                "command": "inject",
+                "swarm_id": swarm_id,
+                "nodes": "all",
+                "content": "which animal?",
+                "injection_id": "again",
+            }
+        )
+        d.wait_for(
+            lambda evs: sum(e["type"] == "usage" for e in evs) == 4,
+            timeout=120,
+        )
+        assert [e["node_id"] for e in d.events if e["type"] == "node_exited"] == [1]
+        assert not [e for e in d.events if e["type"] == "inject_failed"], d.events
+        # Each agent's thread carries its own first turn; node 1's was resumed in the new job.
+        asked = [
+            json.dumps(b["input"])
+            for b in model_server.requests
+            if last_user_text(b) == "which animal?"
+        ]
+        seen = sorted(("remember ant" in h, "remember bee" in h) for h in asked)
+        assert seen == [(False, True), (True, False)]
+
+        now = status(d, swarm_id, "S")
+        assert now["jobs"][0] == array and len(now["jobs"]) == 2
+        assert now["nodes"][0]["slurm_job"] == f"{array}_0"
+        assert now["nodes"][1]["slurm_job"] == f"{now['jobs'][1]}_1"
+        d.send({"command": "terminate", "swarm_id": swarm_id, "request_id": "T"})
+        d.wait_event("swarm_terminated", request_id="T", timeout=60)
+    finally:
+        d.close()
