@@ -71,6 +71,11 @@ class Turn:
         self.requeue = False  # interrupted to continue in the next job: no turn_complete
 
 
+def interrupted(params):
+    """A ``turn/completed`` for a turn that was cut short (not one that ended meanwhile)."""
+    return (params.get("turn") or {}).get("status") == "interrupted"
+
+
 class Worker:
     def __init__(
         self, mailbox, job_id, node_id, workspace, codex_home, agent, settings, worktree=None
@@ -508,7 +513,7 @@ class Worker:
             self.emit("assistant_delta", injection_id=turn.injection_id, delta=params["delta"])
         elif method == "item/completed" and params.get("item", {}).get("type") == "agentMessage":
             self.emit("assistant", injection_id=turn.injection_id, content=params["item"]["text"])
-        elif method == "turn/completed" and turn.requeue:
+        elif method == "turn/completed" and turn.requeue and interrupted(params):
             self.requeue_turn()  # the continuation job runs it again
         elif method == "turn/completed":
             done = params.get("turn") or {}
