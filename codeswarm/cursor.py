@@ -111,6 +111,14 @@ class CursorStore:
         self.dirty = True
         return last_seqs
 
+    def forget_node(self, key: str) -> int:
+        """Drop one node's entries (a removed agent); returns its last seq (-1: none)."""
+        for identity in list(self.offsets):
+            if identity.rpartition(":")[0] == key:
+                del self.offsets[identity]
+        self.dirty = True
+        return self.seqs.pop(key, -1)
+
     def save(self) -> None:
         if not self.dirty or not self.persist:
             return

@@ -315,6 +315,27 @@ class Codeswarm:
         command = _command("restart", swarm_id=swarm_id, nodes=nodes)
         return self.call(command, "swarm_status", timeout)["swarm"]
 
+    def scale(
+        self,
+        swarm_id: str,
+        add: int | None = None,
+        remove: Iterable[int] | None = None,
+        timeout: float = 150.0,
+    ) -> dict:
+        """Grow the swarm by ``add`` nodes of agents, or drain and stop the agents ``remove``
+        (give one of the two).
+
+        Added agents take the next node ids, in a job of their own (``slurm_job``), pending
+        until it starts; prompts to them are held meanwhile. A removed agent finishes its
+        running turn; what it had queued fails with ``node_removed``, as does anything sent
+        to it later. Returns the swarm as ``status`` does.
+        """
+        fields: dict[str, Any] = {"add": add} if add is not None else {}
+        if remove is not None:
+            fields["remove"] = list(remove)
+        command = _command("scale", swarm_id=swarm_id, **fields)
+        return self.call(command, "swarm_status", timeout)["swarm"]
+
     def terminate(self, swarm_id: str, timeout: float = 30.0) -> None:
         command = _command("terminate", swarm_id=swarm_id)
         self.call(command, "swarm_terminated", timeout)

@@ -36,6 +36,12 @@ def merged_state(old: str, new: str) -> str:
     return new
 
 
+def job_number(slurm_job: str) -> int:
+    """The job number of a Slurm id (``1240`` of ``1240_2``): later submissions have higher."""
+    head = slurm_job.partition("_")[0]
+    return int(head) if head.isdigit() else -1
+
+
 @dataclass(frozen=True)
 class Allocation:
     """A scheduler job that runs agents ``first`` .. ``first + count - 1`` of a swarm after

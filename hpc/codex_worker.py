@@ -130,7 +130,7 @@ class Worker:
         self.codex_lost = None  # (judge at, exit code, stderr tail) of a codex that exited
         self.stop_reason = None
         self.hurry = False  # a second stop signal: the continuing turn's grace is over
-        self.draining = False
+        self.draining = None  # why to stop once the queue is done: "shutdown" or "removed"
         self.state_dirty = False
         self.exit_deadline = None
         self.last_activity = time.monotonic()
@@ -292,7 +292,7 @@ class Worker:
                 item = None
         now = time.monotonic()
         if self.draining and self.turn is None and not self.queue:
-            self.request_stop("shutdown")
+            self.request_stop(self.draining)
         idle = self.stop_reason is None and not self.draining
         if idle and now - self.last_inbox_poll >= self.poll_delay:
             self.last_inbox_poll = now
@@ -365,9 +365,11 @@ class Worker:
         kind = record["type"]
         if kind in CONTROL_KINDS and start < self.state["read_offset"]:
             return  # acted on before this worker restarted
-        if kind == records.INBOX_SHUTDOWN:
+        if kind == records.INBOX_SHUTDOWN and record.get("removed"):
+            self.removed()
+        elif kind == records.INBOX_SHUTDOWN:
             log.info("shutdown requested: finishing %d queued prompts first", len(self.queue))
-            self.draining = True
+            self.draining = "shutdown"
         elif kind == records.INBOX_INTERRUPT:
             self.interrupt()
         elif kind == records.INBOX_APPROVE:
@@ -392,6 +394,19 @@ class Worker:
                 self.state["requeued"].remove(injection_id)  # delivered before the continuation
             else:
                 self.emit("inject_delivered", injection_id=injection_id)
+
+    def removed(self):
+        """``scale --remove``: the running turn ends as it would, nothing queued runs."""
+        log.info("removed from the swarm: failing %d queued prompts", len(self.queue))
+        while self.queue:
+            injection_id = self.queue.popleft()[1]
+            self.fail(
+                injection_id,
+                records.FAILED_NODE_REMOVED,
+                "the node was removed from the swarm (codeswarm scale --remove)",
+            )
+            self.mark_handled(injection_id)
+        self.draining = "removed"
 
     # ---- codex ------------------------------------------------------------------------------
 

@@ -101,11 +101,13 @@ FAILED_AGENT_CRASHED = "agent_crashed"
 FAILED_NODE_EXITING = "node_exiting"
 FAILED_WORKER_RESTARTED = "worker_restarted"
 FAILED_INVALID = "invalid"
+FAILED_NODE_REMOVED = "node_removed"
 WORKER_FAILURE_CODES = (
     FAILED_AGENT_CRASHED,
     FAILED_NODE_EXITING,
     FAILED_WORKER_RESTARTED,
     FAILED_INVALID,
+    FAILED_NODE_REMOVED,
 )
 ERROR_INVALID_INBOX_LINE = "invalid_inbox_line"
 ERROR_AGENT = "agent_error"
@@ -277,8 +279,10 @@ def inbox_interrupt():
     return {"type": INBOX_INTERRUPT}
 
 
-def inbox_shutdown():
-    return {"type": INBOX_SHUTDOWN}
+def inbox_shutdown(removed=False):
+    """Stop once the queue is done; ``removed`` (``scale --remove``): once the running turn
+    is done, the queued prompts failing with ``node_removed``."""
+    return {"type": INBOX_SHUTDOWN, "removed": True} if removed else {"type": INBOX_SHUTDOWN}
 
 
 def parse_inbox_line(line):

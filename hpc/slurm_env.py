@@ -4,12 +4,15 @@ A job runs ``agents_per_node`` tasks a node, and its task id (``SLURM_PROCID``, 
 block order: a node's agents are neighbours) is the agent's ``node_id``. A task of a job
 array holds ``CODESWARM_AGENTS_PER_TASK`` agents from ``array task id x that`` on, and all of
 them file under the array's job id, so that the router addresses every agent of the swarm
-by one job id. ``CODESWARM_JOB_ID`` names that job when a task is resubmitted alone.
+by one job id. ``CODESWARM_JOB_ID`` names that job when a task is resubmitted alone, or when
+a later job runs agents of the swarm (``scale``); ``CODESWARM_NODE_OFFSET`` is then the index
+of that job's first agent.
 Standard library only, Python >= 3.8.
 """
 
 AGENTS_PER_TASK = "CODESWARM_AGENTS_PER_TASK"
 JOB_ID = "CODESWARM_JOB_ID"
+NODE_OFFSET = "CODESWARM_NODE_OFFSET"
 
 
 def job_id(env):
@@ -30,4 +33,4 @@ def node_id(env):
     array_task = env.get("SLURM_ARRAY_TASK_ID")
     if array_task is not None and env.get(AGENTS_PER_TASK):
         index += int(array_task) * int(env[AGENTS_PER_TASK])
-    return index
+    return index + int(env.get(NODE_OFFSET) or 0)

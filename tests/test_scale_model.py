@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
+import pytest
+
+from codeswarm.actors.messages import NodeGone, NodeRemoved, NodeRunning
+from codeswarm.actors.scaling import idle_jobs, remove_problem
+from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
+from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_jobs
+from codeswarm.config import parse_config
+from codeswarm.errors import BackendError
+from codeswarm.hpc import slurm_env
 from codeswarm.registry import Allocation, SwarmRecord, SwarmRegistry
+
+GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
 
 
 def record(**fields) -> SwarmRecord:
@@ -66,3 +79,161 @@ def test_allocations_survive_the_registry_and_older_records_load_without_them(tm
     older = registry.get("sw-7")
     assert older.allocations == [] and older.removed == []
     assert older.slurm_job(3) == "7"
+
+
+# ---- the SwarmTable: adding, removing, and what another router did -------------------------
+
+
+def table_with(swarm: SwarmRecord, grace: float = 0.0) -> SwarmTable:
+    table = SwarmTable(grace, drain_seconds=1.0)
+    table.follow(swarm, 0.0)
+    return table
+
+
+def test_added_agents_wait_pending_in_their_job_and_two_adds_never_share_an_index():
+    table = table_with(record(node_states={"0": "running", "1": "running"}))
+    first = table.reserve("7", 2)
+    second = table.reserve("7", 1)
+    assert (first, second) == (2, 4)
+    table.unreserve("7")
+    grown = table.add_allocation("7", Allocation("9", first, 2), 1.0)
+    assert grown.nodes == 4 and [grown.node_state(n) for n in (2, 3)] == ["pending"] * 2
+    assert grown.state == "running" and "7" in table.dirty
+    table.unreserve("7")
+    assert table.reserve("7", 1) == 4  # nothing in flight: the next free index
+
+
+def test_removed_agents_are_exited_for_the_swarm_and_the_poll_tells_only_their_end():
+    table = table_with(record(nodes=3, node_states=dict.fromkeys("012", "running")))
+    table.remove_nodes("7", (1,), 0.0)
+    assert table.get("7").node_state(1) == "exited" and table.get("7").state == "running"
+    # The job still runs (two more agents in it): the removed one stays exited, untold.
+    assert table.apply({"7": {0: "running", 1: "running", 2: "running"}}, 1.0) == [
+        ("7_0", NodeRunning()),
+        ("7_2", NodeRunning()),
+    ]
+    assert table.get("7").node_state(1) == "exited"
+    told = table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 2.0)
+    assert told == [("7_1", NodeGone("its job ended after it was removed"))]
+    assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 3.0) == []
+    table.release_nodes("7", {"1": 12})
+    assert table.get("7").last_seqs == {"1": 12}
+    assert "7_1" not in table.reported and "7_1" not in table.gone_since
+    assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 4.0) == []
+
+
+def test_a_write_from_an_older_view_keeps_another_routers_added_job_and_removals():
+    stored = record(nodes=4, allocations=[Allocation("9", 2, 2)], removed=[0])
+    mine = record(nodes=2, node_states={"0": "running", "1": "running"})
+    kept = written_over(stored, mine)
+    assert kept.nodes == 4 and kept.allocations == stored.allocations
+    assert kept.removed == [0] and kept.node_state(0) == "exited"
+    both = written_over(stored, replace(mine, nodes=5, allocations=[Allocation("8", 4, 1)]))
+    assert [a.job_id for a in both.allocations] == ["8", "9"]  # submission order
+    assert both.nodes == 5
+
+
+def test_agents_another_router_added_are_followed_and_its_removals_told():
+    table = table_with(record(node_states={"0": "running", "1": "running"}))
+    elsewhere = record(
+        nodes=3,
+        allocations=[Allocation("9", 2, 1)],
+        removed=[1],
+        node_states={"0": "running", "1": "exited", "2": "running"},
+    )
+    new, _, told = table.merge([elsewhere], 1.0)
+    assert new == [] and table.grown == {"7"}
+    assert told == [("7_1", NodeRemoved(write=False))]
+    adopted = table.get("7")
+    assert adopted.nodes == 3 and adopted.node_state(2) == "running"
+    assert adopted.slurm_job(2) == "9" and adopted.removed == [1]
+
+
+def test_removal_is_refused_for_unknown_removed_or_every_agent():
+    swarm = record(nodes=3, removed=[2])
+    assert remove_problem(swarm, (1,)) is None
+    assert "nodes 0 to 2, not 5" in remove_problem(swarm, (5,))
+    assert "removed already" in remove_problem(swarm, (2,))
+    assert "terminate it" in remove_problem(swarm, (0, 1))
+    assert "has terminated" in remove_problem(replace(swarm, state="terminated"), (1,))
+
+
+def test_only_jobs_that_would_run_nothing_but_removed_agents_and_wait_are_cancelled():
+    added = Allocation("9", 2, 4, layout="array", task_agents=2)
+    states = {"0": "running", "1": "running", **dict.fromkeys("2345", "pending")}
+    swarm = record(nodes=6, allocations=[added], node_states=states)
+    assert idle_jobs(swarm, (4, 5)) == ["9_1"]
+    assert idle_jobs(swarm, (3, 5)) == []  # each task keeps an agent
+    assert idle_jobs(swarm, (1,)) == []  # job 7 runs agent 0 too
+
+
+def test_restart_leaves_added_agents_alone():
+    swarm = record(
+        nodes=6,
+        layout="array",
+        task_agents=2,
+        allocations=[Allocation("9", 4, 2, layout="array", task_agents=2)],
+        node_states=dict.fromkeys("012345", "exited"),
+    )
+    assert restart_tasks(swarm, "all") == [0, 1]
+    # a task whose agents were all removed is not brought back
+    assert restart_tasks(replace(swarm, removed=[2, 3]), "all") == [0]
+    with pytest.raises(ValueError, match="node 2 was removed"):
+        restart_tasks(replace(swarm, removed=[2]), (2,))
+    with pytest.raises(ValueError, match="node 4 runs in job 9_0, submitted after the launch"):
+        restart_tasks(swarm, (4,))
+
+
+# ---- the job of added agents on Slurm --------------------------------------------------------
+
+
+def test_an_added_job_exports_the_first_job_and_its_first_agent_before_exec():
+    script = GOLDEN_ARRAY.read_text()
+    again = resubmission_script(script, "40", first=24)
+    added = [line for line in again.splitlines() if line not in script.splitlines()]
+    assert added == [f"export {slurm_env.JOB_ID}=40", f"export {slurm_env.NODE_OFFSET}=24"]
+    assert again.splitlines()[-1].startswith("exec ")
+
+
+@pytest.mark.parametrize(
+    ("env", "node"),
+    [
+        ({"SLURM_PROCID": "1", "CODESWARM_NODE_OFFSET": "4"}, 5),
+        (
+            {
+                "SLURM_PROCID": "1",
+                "SLURM_ARRAY_TASK_ID": "1",
+                "CODESWARM_AGENTS_PER_TASK": "2",
+                "CODESWARM_NODE_OFFSET": "6",
+            },
+            9,
+        ),
+    ],
+)
+def test_an_added_worker_counts_its_index_from_its_jobs_first_agent(env, node):
+    assert slurm_env.node_id(env) == node
+
+
+def test_an_added_job_has_the_swarms_shape_and_sbatch_options():
+    slurm = parse_config(
+        {
+            "ssh": {"login_alias": "hpc"},
+            "cluster": {"workspace_root": "/w"},
+            "slurm": {"array_throttle": 2},
+        }
+    ).slurm
+    one_job = record(nodes=4, agents_per_node=2)
+    shape = added_shape(one_job, 3, slurm)
+    assert shape.options() == ["--nodes=3", "--ntasks-per-node=2"]
+    array = record(nodes=8, agents_per_node=2, layout="array", task_agents=4)
+    shape = added_shape(array, 4, slurm)
+    assert shape.options() == ["--nodes=2", "--ntasks-per-node=2", "--array=0-1%2"]
+    assert shape.task_agents == 4
+    with pytest.raises(BackendError, match="add a multiple of 2"):
+        added_shape(array, 3, slurm)
+
+
+def test_an_added_job_whose_answer_was_lost_is_the_one_its_record_does_not_know():
+    swarm = record(tasks={"1": "8_1"}, allocations=[Allocation("9", 2, 1)])
+    assert unknown_jobs(b"7\n8\n9\n12\n", swarm) == ["12"]
+    assert unknown_jobs(b"7\n9\n", swarm) == []

@@ -266,6 +266,26 @@ def test_shutdown_message_finishes_earlier_prompts_then_exits(worker, model_serv
     assert [last_user_text(b) for b in model_server.requests] == ["answer me first"]
 
 
+def test_removal_lets_the_running_turn_end_and_fails_the_queued_prompts(worker, model_server):
+    """``scale --remove``: a shutdown record with ``removed`` drains the running turn only."""
+    model_server.add_rule("slow one", Reply(text="slowly done", delay_seconds=2.0))
+    run = worker().start()
+    run.inject("running", "slow one")
+    run.wait_event("turn_started", "running")
+    run.inject("queued", "queued behind it")
+    run.wait_event("inject_delivered", "queued")
+    run.write({"type": "shutdown", "removed": True})
+    run.inject("after", "written after the removal")
+    assert run.process.wait(60) == 0
+    events = [json.loads(line) for line in run.archive.read_text().splitlines()]
+    assert lifecycle_ok(turn_events(events, "running"))
+    (failed,) = [e for e in events if e["type"] == "inject_failed"]
+    assert (failed["injection_id"], failed["error"]) == ("queued", "node_removed")
+    assert turn_events(events, "after") == []
+    assert events[-1] == {**events[-1], "type": "node_exited", "reason": "removed"}
+    assert [last_user_text(b) for b in model_server.requests] == ["slow one"]
+
+
 def test_worker_runs_on_python_38(worker):
     python = python38()
     if python is None:

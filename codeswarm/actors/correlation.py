@@ -56,6 +56,7 @@ class NodeCorrelation:
         self.open: dict[str, Open] = {}
         self.recent: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.last_seq = -1
+        self.removed = False  # scale --remove: what it still owes fails as node_removed
 
     def event(self, kind: str, request_id: Any = None, **fields: Any) -> dict[str, Any]:
         return make_event(
@@ -147,15 +148,19 @@ class NodeCorrelation:
         return [self.failed(entry.injection, errors.TIMEOUT, message)]
 
     def gone(self, reason: str) -> list[dict]:
-        """The node exited: every injection it still owed fails with ``node_gone``.
+        """The node exited: every injection it still owed fails with ``node_gone`` (with
+        ``node_removed`` once ``scale`` removed it).
 
         A worker that exited ``continuing`` owes them to its continuation job; only if the
         router does not submit one is the node told it is gone.
         """
         self.state = "exited"
         lost = [entry.injection for entry in self.open.values()]
-        message = f"the node exited ({reason}) before answering"
-        return [self.failed(injection, errors.NODE_GONE, message) for injection in lost]
+        if self.removed:
+            code, message = errors.NODE_REMOVED, "the node was removed before answering"
+        else:
+            code, message = errors.NODE_GONE, f"the node exited ({reason}) before answering"
+        return [self.failed(injection, code, message) for injection in lost]
 
     # ---- worker events ----------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from typing import Any
 import pykka
 
 from codeswarm.actors.messages import (
+    AddAgents,
+    AgentsAdded,
     Cancel,
     Cancelled,
     Continued,
@@ -131,6 +133,8 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.resubmit(message))
             elif isinstance(message, ContinueJob):
                 self.supervisor.tell(self.continue_job(message))
+            elif isinstance(message, AddAgents):
+                self.supervisor.tell(self.add_agents(message))
             elif isinstance(message, Withdraw):
                 self.withdraw(message.swarm)
             elif isinstance(message, Sweep):
@@ -191,6 +195,14 @@ class SchedulerActor(pykka.ThreadingActor):
         except Exception as exc:  # reported, and the job's agents end as they would have
             return Continued(swarm, message.slurm_job, message.nodes, task, "", exc)
         return Continued(swarm, message.slurm_job, message.nodes, task, new_job, None)
+
+    def add_agents(self, message: AddAgents) -> AgentsAdded:
+        swarm = message.swarm
+        try:
+            allocation = self.scheduler.add_agents(swarm, message.first, message.nodes)
+        except Exception as exc:  # answered as a failed scale, whatever went wrong
+            return AgentsAdded(swarm, None, message.request_id, exc)
+        return AgentsAdded(swarm, allocation, message.request_id, None)
 
     def withdraw(self, swarm: Any) -> None:
         try:

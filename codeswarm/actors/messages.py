@@ -139,6 +139,28 @@ class NodePending(NamedTuple):
     """The scheduler reports the node's job queued: after a requeue it will run again."""
 
 
+class NodeRemoved(NamedTuple):
+    """``scale --remove`` took the node out: its running turn ends, nothing queued runs.
+
+    ``write``: append the shutdown record to its inbox (not when another router did).
+    """
+
+    write: bool = True
+
+
+class Passed(NamedTuple):
+    """Told back to the supervisor by a shard once it has handled what it was told before:
+    an answer that must follow inbox writes (a removal) waits for it."""
+
+    token: int
+
+
+class NodesDrained(NamedTuple):
+    """Removed nodes whose worker is gone: the supervisor releases them (node keys)."""
+
+    keys: list[str]
+
+
 class NodeGone(NamedTuple):
     reason: str
 
@@ -240,6 +262,22 @@ class Continued(NamedTuple):
     nodes: list[int]
     task: int | None
     new_job: str  # the continuation's Slurm id (``<job>_<task>`` for a task)
+    error: Exception | None
+
+
+class AddAgents(NamedTuple):
+    """Submit ``nodes`` more nodes of agents into a swarm, from index ``first`` (``scale``)."""
+
+    swarm: Any  # registry.SwarmRecord
+    first: int
+    nodes: int
+    request_id: Any
+
+
+class AgentsAdded(NamedTuple):
+    swarm: Any  # registry.SwarmRecord, as the AddAgents had it
+    allocation: Any  # registry.Allocation; None if the submit failed
+    request_id: Any
     error: Exception | None
 
 

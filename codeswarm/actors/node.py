@@ -27,9 +27,12 @@ from codeswarm.actors.messages import (
     NodeCommand,
     NodeGone,
     NodePending,
+    NodeRemoved,
     NodeRunning,
     NodesContinuing,
+    NodesDrained,
     NodeStarted,
+    Passed,
     Progress,
     RemoveNodes,
     WorkerLines,
@@ -62,10 +65,11 @@ class Batch:
     """What one ``ForNodes`` produces: events in order, nodes started, progress, and the
     writes not yet sent."""
 
-    __slots__ = ("continuing", "events", "progress", "started", "writes")
+    __slots__ = ("continuing", "drained", "events", "progress", "started", "writes")
 
     def __init__(self) -> None:
         self.events: list[dict] = []
+        self.drained: list[str] = []  # removed nodes whose worker is gone
         self.started: list[tuple[str, str | None, str | None]] = []  # (key, host, Slurm node)
         self.progress: list[tuple[str, dict[str, int], int]] = []
         self.continuing: list[str] = []  # nodes whose worker exited to continue
@@ -98,6 +102,8 @@ class NodeShard(pykka.ThreadingActor):
             self.handle(message.items)
         elif isinstance(message, AddNode):
             self.nodes[message.correlation.key] = Node(message.correlation)
+        elif isinstance(message, Passed):
+            self.tell_supervisor(message)
         elif isinstance(message, RemoveNodes):
             for key in message.keys:
                 node = self.nodes.pop(key, None)
@@ -129,6 +135,8 @@ class NodeShard(pykka.ThreadingActor):
             self.tell_supervisor(NodeStarted(batch.started))
         if batch.continuing:
             self.tell_supervisor(NodesContinuing(batch.continuing))
+        if batch.drained:
+            self.tell_supervisor(NodesDrained(batch.drained))
         if batch.events:
             self.sink.tell(Emit(batch.events))
         if batch.progress:  # after the events: the cursor never passes an unlogged line
@@ -156,6 +164,12 @@ class NodeShard(pykka.ThreadingActor):
         elif isinstance(message, NodeGone):
             if correlation.state != "exited":
                 batch.events += correlation.gone(message.reason)
+            if correlation.removed:
+                batch.drained.append(correlation.key)
+        elif isinstance(message, NodeRemoved):
+            correlation.removed = True
+            if message.write:
+                batch.events += self.write_removal(correlation)
         elif isinstance(message, InterruptNode):
             interrupt = records.inbox_interrupt()
             batch.events.append(
@@ -189,6 +203,8 @@ class NodeShard(pykka.ThreadingActor):
                     handle = node.timers.pop(event["injection_id"], None)
                     if handle is not None:
                         handle.cancel()
+                elif kind == "node_exited" and correlation.removed:
+                    batch.drained.append(correlation.key)
         batch.progress.append((correlation.key, offsets, correlation.last_seq))
 
     def start_clocks(self, node: Node, injection_ids: list[str]) -> None:
@@ -237,6 +253,17 @@ class NodeShard(pykka.ThreadingActor):
                 batch.events += correlation.written(injection)
             if correlation.state == "running":
                 self.start_clocks(node, [i.injection_id for i in injections])
+
+    def write_removal(self, correlation: NodeCorrelation) -> list[dict]:
+        """The worker's cue to end its running turn and fail what is queued; an error event
+        if the inbox cannot be written (the node then runs on until its job ends)."""
+        line = records.encode_line(records.inbox_shutdown(removed=True)).encode()
+        try:
+            self.transport.append_inbox(correlation.job_id, correlation.node_id, [line])
+        except BackendError as exc:
+            message = f"cannot tell node {correlation.node_id} it was removed: {exc}"
+            return [correlation.event("error", error=errors.BACKEND, message=message)]
+        return []
 
     def deliver(
         self,

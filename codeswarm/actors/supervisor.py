@@ -24,6 +24,7 @@ from codeswarm.actors.follower import FollowerActor
 from codeswarm.actors.jobs import JobPollerActor, SchedulerActor
 from codeswarm.actors.messages import (
     AddNode,
+    AgentsAdded,
     AnswerDue,
     Cancel,
     Cancelled,
@@ -39,7 +40,9 @@ from codeswarm.actors.messages import (
     LaunchFailed,
     LiveSwarms,
     NodesContinuing,
+    NodesDrained,
     NodeStarted,
+    Passed,
     Polled,
     PollJobs,
     Progress,
@@ -55,6 +58,7 @@ from codeswarm.actors.messages import (
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
+from codeswarm.actors.scaling import Scaling, only_jobs
 from codeswarm.actors.steering import ApprovalsActor
 from codeswarm.actors.swarms import (
     SwarmTable,
@@ -82,7 +86,7 @@ FRESH_STATE_SECONDS = 2.0  # status and list wait this long at most for a fresh 
 NODE_SHARDS = 4  # actors (threads) sharing every node; more buys nothing on a few cores
 
 
-class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
+class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingActor):
     def __init__(
         self,
         *,
@@ -125,6 +129,7 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
         self.registry_problem = ""
         self.answers: dict[int, commands.Command] = {}
         self.answer_tokens = iter(range(1, 1 << 62))
+        self.after_shards: dict[int, tuple[int, dict[str, Any]]] = {}
         self.follower: Any = None
         self.poller: Any = None
         self.jobs: Any = None
@@ -226,6 +231,12 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
             self.nodes_continuing(message.keys)
         elif isinstance(message, Continued):
             self.continued(message)
+        elif isinstance(message, AgentsAdded):
+            self.agents_added(message)
+        elif isinstance(message, NodesDrained):
+            self.release_nodes(message.keys)
+        elif isinstance(message, Passed):
+            self.shard_passed(message.token)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -276,8 +287,9 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
         new, _, told = self.table.merge(stored, time.monotonic())
         for record in new:
             self.start_nodes(record)
-        for key, message in told:  # array tasks another process restarted
+        for key, message in told:  # array tasks another process restarted, agents removed
             self.tell_node(key, message)
+        self.spawn_grown()  # agents another process added
         if told:
             self.tell_live_swarms()  # the next poll asks about their new jobs
         for job_id in list(self.table.held):  # lines of a swarm that ended before we saw it
@@ -307,6 +319,7 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
             told += self.table.stored(answer, job_id, time.monotonic())
         for key, message in told:  # array tasks another process restarted meanwhile
             self.tell_node(key, message)
+        self.spawn_grown()
         if before == self.registry_version:  # nobody else wrote since we read: skip our write
             self.registry_version = after
         self.registry_problem = ""
@@ -371,7 +384,13 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
     def start_nodes(self, record: SwarmRecord) -> None:
         """Follow a swarm: its nodes to the shards, then any lines held until it was known."""
         self.table.follow(record, time.monotonic())
-        keys = [records.node_key(record.job_id, node_id) for node_id in range(record.nodes)]
+        # A removed agent already released (its last seq kept) is not followed again.
+        released = {n for n in record.removed if str(n) in record.last_seqs}
+        keys = [
+            records.node_key(record.job_id, node_id)
+            for node_id in range(record.nodes)
+            if node_id not in released
+        ]
         last_seqs = {key: self.saved_seq(record, key) for key in keys if key not in self.nodes}
         if last_seqs and self.log_dir is not None:
             # What a killed router logged after its last cursor save: not to be sent again.
@@ -493,6 +512,7 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
             commands.Status: self.wait_for_poll,
             commands.Terminate: self.terminate,
             commands.Restart: self.wait_for_poll,
+            commands.Scale: self.scale,
             commands.Ping: lambda c: self.emit(make_event("pong", request_id=c.request_id)),
             commands.Shutdown: self.shutdown,
             commands.Diff: self.diff,
@@ -632,6 +652,9 @@ class SupervisorActor(NodeTargeting, ContinuingSwarms, pykka.ThreadingActor):
             }
             if later:
                 self.jobs.tell(Withdraw(only_resubmitted(record, later)))
+            added = [a for a in record.allocations if a not in message.swarm.allocations]
+            if added:  # and jobs of agents added meanwhile
+                self.jobs.tell(Withdraw(only_jobs(record, added)))
             self.table.set_state(record.job_id, "terminated")
             self.write_registry()  # before the answer: a CLI exits on it
         self.emit(make_event("swarm_terminated", request_id=message.request_id, swarm_id=swarm_id))

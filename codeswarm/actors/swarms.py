@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from codeswarm.actors.messages import NodeGone, NodePending, NodeRunning
+from codeswarm.actors.scaled_table import ScaledTable, with_scale
 from codeswarm.hpc import records
-from codeswarm.registry import Allocation, SwarmRecord
+from codeswarm.registry import SwarmRecord, job_number
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ def with_node_states(record: SwarmRecord, node_states: dict[str, str]) -> SwarmR
     return record.with_state("pending")  # before the start, or requeued
 
 
-def job_number(slurm_job: str) -> int:
-    """The job number of a Slurm id (``1240`` of ``1240_2``): later submissions have higher."""
-    head = slurm_job.partition("_")[0]
-    return int(head) if head.isdigit() else -1
-
-
 def newer_tasks(ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
     """Both routers' resubmissions, each task at its latest (highest job number)."""
     merged = dict(ours)
@@ -51,13 +46,6 @@ def newer_tasks(ours: dict[str, str], theirs: dict[str, str]) -> dict[str, str]:
         if task not in merged or job_number(job) > job_number(merged[task]):
             merged[task] = job
     return merged
-
-
-def merged_allocations(ours: list[Allocation], theirs: list[Allocation]) -> list[Allocation]:
-    """Both routers' jobs after the launch, none lost, in the order they were submitted."""
-    merged = {a.job_id: a for a in theirs}
-    merged.update({a.job_id: a for a in ours})
-    return sorted(merged.values(), key=lambda a: job_number(a.job_id))
 
 
 def moved_on(mine: SwarmRecord, other: SwarmRecord) -> list[int]:
@@ -85,8 +73,9 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
 
     Node states and last seqs are this router's observations, except for array tasks another
     router resubmitted meanwhile: each task keeps its latest resubmission, and those tasks'
-    agents keep the stored states and hosts. The swarm state only moves forward, so a
-    terminate written meanwhile by another process is never undone.
+    agents keep the stored states and hosts. Jobs added and agents removed by ``scale`` here
+    or there are both kept. The swarm state only moves forward, so a terminate written
+    meanwhile by another process is never undone.
     """
     theirs = nodes_of(stored, moved_on(mine, stored))
     node_states = {n: s for n, s in mine.node_states.items() if n not in theirs}
@@ -95,11 +84,11 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     updated = replace(
         stored,
         node_states=node_states,
-        last_seqs=mine.last_seqs or stored.last_seqs,
+        last_seqs={**stored.last_seqs, **mine.last_seqs},
         hosts={**stored.hosts, **hosts},
         tasks=newer_tasks(mine.tasks, stored.tasks),
-        allocations=merged_allocations(mine.allocations, stored.allocations),
     )
+    updated = with_scale(updated, mine)
     if not theirs:
         return updated.with_state(mine.state)
     # Agents restarted elsewhere run again: the state follows the merged node states, and
@@ -124,6 +113,17 @@ def restart_tasks(record: SwarmRecord, nodes: tuple[int, ...] | str) -> list[int
     wanted = range(record.nodes) if nodes == "all" else nodes
     if any(node >= record.nodes for node in wanted):
         raise ValueError(f"swarm {record.swarm_id} has nodes 0 to {record.nodes - 1}")
+    if nodes == "all":
+        wanted = [n for n in wanted if record.allocation(n) is None and n not in record.removed]
+    removed = next((n for n in wanted if n in record.removed), None)
+    if removed is not None:
+        raise ValueError(f"node {removed} was removed from swarm {record.swarm_id} (scale)")
+    later = next((n for n in wanted if record.allocation(n) is not None), None)
+    if later is not None:
+        raise ValueError(
+            f"node {later} runs in job {record.slurm_job(later)}, submitted after the launch: "
+            "restart resubmits the launch's array tasks"
+        )
     tasks = sorted({node // record.task_agents for node in wanted})
     live = [t for t in tasks if any(record.node_state(n) != "exited" for n in record.task_nodes(t))]
     if nodes == "all":
@@ -147,10 +147,11 @@ class Held:
     size: int = 0
 
 
-class SwarmTable:
+class SwarmTable(ScaledTable):
     """Swarms by job id; ``followed`` are those with NodeActors."""
 
     def __init__(self, gone_grace: float, drain_seconds: float) -> None:
+        super().__init__()
         self.gone_grace = gone_grace
         self.drain_seconds = drain_seconds
         self.records: dict[str, SwarmRecord] = {}
@@ -204,12 +205,14 @@ class SwarmTable:
                     new.append(record)
             elif record.job_id in self.followed:
                 told += self._adopt_restarts(mine, record, now)
+                told += self._adopt_scale(self.records[record.job_id], record, now)
                 if record.is_final():  # terminated elsewhere; live states are ours to say
                     mine = self.records[record.job_id]
                     self.records[record.job_id] = mine.with_state(record.state)
             elif record.job_id not in self.dirty:
                 self.records[record.job_id] = record
-                if moved_on(mine, record) and not record.is_final():
+                grew = record.nodes > mine.nodes
+                if (moved_on(mine, record) or grew) and not record.is_final():
                     self.follow(record, now)  # released here, then restarted elsewhere
                     new.append(record)
         removed = [
@@ -320,8 +323,13 @@ class SwarmTable:
             if record is None or job_id not in self.followed:
                 continue
             node_states = dict(record.node_states)
+            removed = set(record.removed)
             for node_id, state in nodes.items():
                 key = records.node_key(job_id, node_id)
+                if node_id in removed:  # exited for the swarm already: told only its end
+                    if str(node_id) not in record.last_seqs:  # not yet released
+                        self._removed_polled(key, state, now, told)
+                    continue
                 if state != "exited":
                     self.gone_since.pop(key, None)
                     if self.reported.get(key) != state:
@@ -415,6 +423,7 @@ class SwarmTable:
         mine = self.records.get(job_id)
         if mine is not None and job_id in self.followed:
             told = self._adopt_restarts(mine, record, now)
+            told += self._adopt_scale(self.records[job_id], record, now)
             self.dirty.discard(job_id)  # what it changed is what the registry holds
         self.records[job_id] = record
         return told

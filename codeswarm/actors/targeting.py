@@ -43,7 +43,7 @@ class NodeTargeting:
                 swarm = self.table.get(command.job_id)
         if command.nodes != "all":
             return swarm, list(command.nodes)
-        return swarm, list(range(swarm.nodes)) if swarm else []
+        return swarm, swarm.active_nodes() if swarm else []
 
     def unreachable(
         self, swarm: SwarmRecord | None, job_id: str, node_id: int
@@ -54,6 +54,9 @@ class NodeTargeting:
             return errors.UNKNOWN_TARGET, f"no node {key} in any swarm this router knows"
         if swarm.is_final():
             return errors.NODE_GONE, f"swarm {swarm.swarm_id} has {swarm.state}"
+        if node_id in swarm.removed:
+            why = f"node {node_id} was removed from swarm {swarm.swarm_id} (scale --remove)"
+            return errors.NODE_REMOVED, why
         if key not in self.nodes:
             why = f"swarm {swarm.swarm_id} has no node {node_id} (it has {swarm.nodes})"
             return errors.UNKNOWN_TARGET, why

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from codeswarm.errors import BackendError
 from codeswarm.hpc import records
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 
 class FollowerStream(Protocol):
@@ -130,6 +130,11 @@ class Scheduler(Protocol):
     def continue_job(self, swarm: SwarmRecord) -> str:
         """Submit the swarm's launch job again, its workers filing under its first job id
         (``slurm.continue``): the new job's id. BackendError where there is none."""
+
+    def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
+        """Start ``nodes`` more nodes of the swarm's shape and settings (those it was
+        launched with), their agents numbered from ``first`` and filing under the swarm's
+        first job id (``scale --add``)."""
 
     def cancel_unregistered(self, swarm_id: str) -> str | None:
         """Cancel a job submitted for ``swarm_id`` although its launch was reported failed.

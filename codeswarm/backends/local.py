@@ -21,7 +21,7 @@ from codeswarm.errors import BackendError
 from codeswarm.hpc import diff, mailbox_io, prune, records, worker_settings
 from codeswarm.hpc.git_worktree import WorktreeError
 from codeswarm.hpc.private import FILE_MODE, private_dir, private_file
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 
 def install_hpc(cluster_dir: Path) -> None:
@@ -203,39 +203,53 @@ class LocalScheduler:
         data = worker_settings.encode_settings(settings["agent"], settings["worker"])
         with open(settings_path, "wb", opener=private_file) as f:
             f.write(data)
-        pids = []
-        for node_id in range(agent_count(nodes, agents_per_node)):
-            log = self.cluster_dir / "logs" / f"{records.node_key(job_id, node_id)}.worker.log"
-            argv = [
-                self.python,
-                "-m",
-                "hpc.codex_worker",
-                "--mailbox",
-                str(self.cluster_dir / "mailbox"),
-                "--job-id",
-                job_id,
-                "--node-id",
-                str(node_id),
-                "--settings",
-                str(settings_path),
-                "--swarm-id",
-                swarm_id,
-            ]
-            try:
-                with open(log, "ab", opener=private_file) as out:
-                    child = subprocess.Popen(
-                        argv,
-                        cwd=self.cluster_dir,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=out,
-                        start_new_session=True,
-                    )
-            except OSError as exc:
-                raise BackendError(f"cannot start a local worker: {exc}") from exc
-            self._children[child.pid] = child
-            pids.append(child.pid)
+        agents = range(agent_count(nodes, agents_per_node))
+        pids = [self.start_worker(swarm_id, job_id, n, settings_path) for n in agents]
         return Submitted(job_id, pids, agents_per_node)
+
+    def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
+        """More workers of the swarm, filing under its first job id; their own job id names
+        them in ``swarm_status`` only."""
+        count = nodes * swarm.agents_per_node
+        settings_path = self.cluster_dir / "swarms" / swarm.swarm_id / "worker.json"
+        if not settings_path.exists():
+            raise BackendError(f"{settings_path} is gone: launch a new swarm")
+        agents = range(first, first + count)
+        pids = [self.start_worker(swarm.swarm_id, swarm.job_id, n, settings_path) for n in agents]
+        return Allocation(f"local-{uuid.uuid4().hex[:10]}", first, count, pids=pids)
+
+    def start_worker(self, swarm_id: str, job_id: str, node_id: int, settings_path: Path) -> int:
+        """One worker process, its output in ``logs/<JOB>_<NODE>.worker.log``; its pid."""
+        log = self.cluster_dir / "logs" / f"{records.node_key(job_id, node_id)}.worker.log"
+        argv = [
+            self.python,
+            "-m",
+            "hpc.codex_worker",
+            "--mailbox",
+            str(self.cluster_dir / "mailbox"),
+            "--job-id",
+            job_id,
+            "--node-id",
+            str(node_id),
+            "--settings",
+            str(settings_path),
+            "--swarm-id",
+            swarm_id,
+        ]
+        try:
+            with open(log, "ab", opener=private_file) as out:
+                child = subprocess.Popen(
+                    argv,
+                    cwd=self.cluster_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise BackendError(f"cannot start a local worker: {exc}") from exc
+        self._children[child.pid] = child
+        return child.pid
 
     def poll(self, swarms: list[SwarmRecord]) -> dict[str, dict[int, str]]:
         for child in list(self._children.values()):

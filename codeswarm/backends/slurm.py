@@ -19,7 +19,7 @@ from codeswarm.backends.ssh_transport import SSHTransport
 from codeswarm.config import SlurmConfig
 from codeswarm.errors import BackendError
 from codeswarm.hpc import slurm_env, worker_settings
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 log = logging.getLogger(__name__)
 SBATCH_TIMEOUT = 120.0  # a busy controller can take long to accept a job
@@ -138,18 +138,44 @@ def batch_script(
     return "\n".join(lines)
 
 
-def resubmission_script(script: str, job_id: str) -> str:
-    """A swarm's saved script, its workers filing under the array's first job ``job_id``.
+def resubmission_script(script: str, job_id: str, first: int | None = None) -> str:
+    """A swarm's saved script, its workers filing under the swarm's first job ``job_id``;
+    with ``first``, their agents numbered from it (a job of added agents, ``scale``).
 
-    The export is in the script, not in ``--export``, which would override a site's
+    The exports are in the script, not in ``--export``, which would override a site's
     ``--export=NONE``.
     """
     lines = script.split("\n")
     at = next((i for i, line in enumerate(lines) if line.startswith("exec ")), None)
     if at is None:
         raise BackendError("the swarm's saved job.sh has no exec line: launch a new swarm")
-    lines.insert(at, f"export {slurm_env.JOB_ID}={shlex.quote(job_id)}")
+    exports = [f"export {slurm_env.JOB_ID}={shlex.quote(job_id)}"]
+    if first is not None:
+        exports.append(f"export {slurm_env.NODE_OFFSET}={first}")
+    lines[at:at] = exports
     return "\n".join(lines)
+
+
+def added_shape(swarm: SwarmRecord, nodes: int, slurm: SlurmConfig) -> Shape:
+    """The shape of a job adding ``nodes`` nodes to a swarm: the swarm's agents a node and
+    layout (an array's tasks as large as its first ones); BackendError if they do not fit."""
+    agent_count(swarm.nodes + nodes * swarm.agents_per_node, 1)
+    if swarm.layout != "array" or not swarm.task_agents:
+        return Shape(nodes, swarm.agents_per_node, "job", nodes)
+    per_task = swarm.task_agents // swarm.agents_per_node
+    if nodes % per_task:
+        raise BackendError(
+            f"{nodes} nodes do not split into the array tasks of {per_task} nodes swarm "
+            f"{swarm.swarm_id} runs: add a multiple of {per_task}"
+        )
+    return Shape(nodes, swarm.agents_per_node, "array", per_task, slurm.array_throttle)
+
+
+def unknown_jobs(output: bytes, swarm: SwarmRecord) -> list[str]:
+    """From ``squeue -o %F`` of the swarm's job name: the jobs the record does not know."""
+    known = {job.partition("_")[0] for job in swarm.jobs()}
+    found = output.decode("utf-8", "replace").split()
+    return sorted({job for job in found if job.isdigit() and job not in known}, key=int)
 
 
 def sbatch_argv(cluster_dir: str, array: bool = False) -> list[str]:
@@ -361,6 +387,41 @@ class SlurmScheduler:
             sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
         )
         return parse_job_id(out)
+
+    def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
+        """The swarm's saved script again for ``nodes`` more nodes (``--nodes``/``--array``
+        on the command line win over the script's), its workers numbered from ``first``."""
+        shape = added_shape(swarm, nodes, self.slurm)
+        cluster_dir = self.transport.cluster_dir
+        saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        script = resubmission_script(
+            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id, first
+        )
+        argv = [*sbatch_argv(cluster_dir, shape.layout == "array"), *shape.options()]
+        try:
+            out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
+            job_id = parse_job_id(out)
+        except BackendError:
+            # sbatch may have queued the job before its answer was lost: adopt it.
+            found = self.find_added(swarm)
+            if found is None:
+                raise
+            log.warning("sbatch's answer was lost; found the added job %s by name", found)
+            job_id = found
+        count = nodes * swarm.agents_per_node
+        return Allocation(job_id, first, count, shape.layout, shape.task_agents)
+
+    def find_added(self, swarm: SwarmRecord) -> str | None:
+        """A job of the swarm's name that its record does not know: an add whose sbatch
+        answer was lost."""
+        try:
+            out = self.connection.run(
+                ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm.swarm_id}", "-o", "%F"]
+            )
+        except BackendError:
+            return None
+        found = unknown_jobs(out, swarm)
+        return found[-1] if found else None
 
     def find_resubmitted(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
         """The swarm's queued array tasks that are neither its first array's nor known

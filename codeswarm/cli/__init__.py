@@ -462,12 +462,14 @@ def _add_commands() -> None:
     from codeswarm.cli.launch import launch
     from codeswarm.cli.logs import logs
     from codeswarm.cli.mcp import mcp_command
+    from codeswarm.cli.scale import scale
 
     main.add_command(diff)
     main.add_command(config_option(doctor))
     main.add_command(config_option(launch))
     main.add_command(logs)
     main.add_command(mcp_command)
+    main.add_command(scale)
 
 
 _add_commands()

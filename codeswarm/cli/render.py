@@ -30,7 +30,8 @@ def print_swarm(swarm: dict[str, Any], brief: bool) -> None:
     )
     if not brief:
         for node in swarm["nodes"]:
-            click.echo(f"  node {node['node_id']}: {node['state']}{node_place(node)}")
+            removed = " (removed)" if node.get("removed") else ""
+            click.echo(f"  node {node['node_id']}: {node['state']}{removed}{node_place(node)}")
 
 
 def node_place(node: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from marshmallow import (
 from codeswarm.hpc import records
 from codeswarm.protocol.fields import (
     Content,
+    NodeId,
     NodeSelector,
     RequestId,
     SafeId,
@@ -138,6 +139,17 @@ class Restart:
 
 
 @dataclass(frozen=True, slots=True)
+class Scale:
+    """Grow a swarm by ``add`` nodes of agents (new indices, the same swarm), or drain and
+    stop the agents ``remove``: exactly one of the two is given."""
+
+    swarm_id: str
+    add: int | None = None
+    remove: tuple[int, ...] = ()
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     request_id: str | int | None = None
 
@@ -183,6 +195,7 @@ Command = (
     | Status
     | Terminate
     | Restart
+    | Scale
     | Ping
     | Shutdown
     | Subscribe
@@ -340,6 +353,32 @@ class RestartSchema(_SwarmSchema):
         return Restart(data["swarm_id"], data["nodes"], data.get("request_id"))
 
 
+class ScaleSchema(_SwarmSchema):
+    add = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=4096),
+        metadata={
+            "description": "nodes to add, each running the swarm's agents_per_node agents "
+            "(local: groups of agents), as launch's nodes"
+        },
+    )
+    remove = fields.List(
+        NodeId(),
+        validate=validate.Length(min=1),
+        metadata={"description": "agents (node ids) to drain and stop"},
+    )
+
+    @validates_schema
+    def _one(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("add" in data) == ("remove" in data):
+            raise ValidationError("give either add (a count of nodes) or remove (node ids)", "add")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Scale:
+        remove = tuple(sorted(set(data.get("remove", ()))))
+        return Scale(data["swarm_id"], data.get("add"), remove, data.get("request_id"))
+
+
 class ApprovalsSchema(_SwarmSchema):
     nodes = NodeSelector(metadata={"description": 'a node index, a list of them, or "all"'})
 
@@ -445,6 +484,7 @@ COMMAND_SCHEMAS: dict[str, type[CommandSchema]] = {
     "status": StatusSchema,
     "terminate": TerminateSchema,
     "restart": RestartSchema,
+    "scale": ScaleSchema,
     "ping": PingSchema,
     "shutdown": ShutdownSchema,
     "subscribe": SubscribeSchema,

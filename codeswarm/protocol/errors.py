@@ -29,11 +29,15 @@ INPUT_ERROR_CODES = (
 # Why a command failed on one node (an ``error`` event naming the node), and why an injection
 # failed (``inject_failed.error``).
 NODE_GONE = "node_gone"
+# ``scale --remove`` took the node out: its queued prompts fail with it (the worker's code),
+# and a prompt or command sent to it later is refused with it.
+NODE_REMOVED = records.FAILED_NODE_REMOVED
 UNKNOWN_TARGET = "unknown_target"
 ERROR_CODES = (
     *INPUT_ERROR_CODES,
     UNKNOWN_SWARM,
     NODE_GONE,
+    NODE_REMOVED,
     UNKNOWN_TARGET,
     BACKEND,
     INTERNAL,

@@ -335,6 +335,9 @@ class NodeStateSchema(Schema):
     slurm_job = fields.String(
         metadata={"description": "the Slurm job (array task) it runs in: 1234 or 1234_2"}
     )
+    removed = fields.Boolean(
+        metadata={"description": "true once scale removed it: it runs no new prompt"}
+    )
 
 
 class SwarmSchema(Schema):

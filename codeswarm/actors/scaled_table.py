@@ -1,0 +1,129 @@
+"""The SwarmTable's part of ``scale``: jobs added to a swarm and agents removed from it.
+
+Scaling only ever grows a record's ``nodes``, ``allocations`` and ``removed``, so what one
+router did is never undone by another's write, and a router following the swarm adopts it.
+A removed agent is ``exited`` for its swarm at once; the poll tells its node only that its
+job has ended (that it is gone), never that it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from codeswarm.actors.messages import NodeGone, NodeRemoved
+from codeswarm.hpc import records
+from codeswarm.registry import Allocation, SwarmRecord, job_number
+
+
+def with_scale(base: SwarmRecord, other: SwarmRecord) -> SwarmRecord:
+    """``base`` with ``other``'s added jobs and removed agents too: scaling only grows these,
+    so a write from an older view never undoes another process's ``scale``."""
+    removed = sorted({*base.removed, *other.removed})
+    known = {a.job_id for a in base.allocations}
+    allocations = [*base.allocations, *(a for a in other.allocations if a.job_id not in known)]
+    return replace(
+        base,
+        nodes=max(base.nodes, other.nodes),
+        # the latest job covering an agent runs it: both views must agree on the order
+        allocations=sorted(allocations, key=lambda a: job_number(a.job_id)),
+        removed=removed,
+        node_states={**base.node_states, **{str(n): "exited" for n in removed}},
+    )
+
+
+class ScaledTable:
+    """SwarmTable's scale methods (a mixin: the table's dicts are its own)."""
+
+    records: dict[str, SwarmRecord]
+    gone_grace: float
+    gone_since: dict[str, float]
+    reported: dict[str, str]
+    dirty: set[str]
+    _update: Any
+
+    def __init__(self) -> None:
+        self.grown: set[str] = set()  # followed jobs another process added agents to
+        self.adding: dict[str, tuple[int, int]] = {}  # job -> (next free index, adds in flight)
+
+    def _adopt_scale(
+        self, mine: SwarmRecord, stored: SwarmRecord, now: float
+    ) -> list[tuple[str, Any]]:
+        """Agents another process added (to be followed: ``grown``) or removed (told so, the
+        removal record already written)."""
+        removed = [n for n in stored.removed if n not in mine.removed]
+        known = {a.job_id for a in mine.allocations}
+        if (
+            stored.nodes <= mine.nodes
+            and not removed
+            and all(a.job_id in known for a in stored.allocations)
+        ):
+            return []
+        record = with_scale(mine, stored)
+        added = {str(n): stored.node_state(n) for n in range(mine.nodes, stored.nodes)}
+        self.records[mine.job_id] = record
+        self._update(record, {**record.node_states, **added}, now)
+        if added:
+            self.grown.add(mine.job_id)
+        return [(records.node_key(mine.job_id, n), NodeRemoved(write=False)) for n in removed]
+
+    def reserve(self, job_id: str, agents: int) -> int:
+        """The first index of ``agents`` more for this swarm: adds still being submitted
+        hold theirs, so a second add takes the next ones."""
+        record = self.records[job_id]
+        first, in_flight = self.adding.get(job_id, (record.nodes, 0))
+        first = max(first, record.nodes)
+        self.adding[job_id] = (first + agents, in_flight + 1)
+        return first
+
+    def unreserve(self, job_id: str) -> None:
+        """An add was answered (or refused): its indices are the record's, or free again."""
+        next_free, in_flight = self.adding.pop(job_id, (0, 1))
+        if in_flight > 1:
+            self.adding[job_id] = (next_free, in_flight - 1)
+
+    def add_allocation(self, job_id: str, allocation: Allocation, now: float) -> SwarmRecord:
+        """A job submitted with more agents: they wait for it, pending."""
+        record = self.records[job_id]
+        record = replace(
+            record,
+            nodes=max(record.nodes, allocation.first + allocation.count),
+            allocations=[*record.allocations, allocation],
+        )
+        self.records[job_id] = record
+        added = {str(n): "pending" for n in range(allocation.first, record.nodes)}
+        self._update(record, {**record.node_states, **added}, now)
+        self.dirty.add(job_id)
+        return self.records[job_id]
+
+    def remove_nodes(self, job_id: str, nodes: tuple[int, ...], now: float) -> SwarmRecord:
+        """Agents taken out: ``exited`` for the swarm's state at once, whatever they finish."""
+        record = self.records[job_id]
+        record = replace(record, removed=sorted({*record.removed, *nodes}))
+        self.records[job_id] = record
+        self._update(record, {**record.node_states, **{str(n): "exited" for n in nodes}}, now)
+        self.dirty.add(job_id)
+        return self.records[job_id]
+
+    def release_nodes(self, job_id: str, last_seqs: dict[str, int]) -> None:
+        """Removed agents that are gone: no longer followed, their last seqs kept."""
+        record = self.records.get(job_id)
+        if record is None:
+            return
+        for node in last_seqs:
+            key = records.node_key(job_id, int(node))
+            self.gone_since.pop(key, None)
+            self.reported.pop(key, None)
+        self.records[job_id] = replace(record, last_seqs={**record.last_seqs, **last_seqs})
+        self.dirty.add(job_id)
+
+    def _removed_polled(
+        self, key: str, state: str, now: float, told: list[tuple[str, Any]]
+    ) -> None:
+        """A removed agent whose job has ended (or never ran) is gone, after the grace."""
+        if state != "exited" or self.reported.get(key) == "exited":
+            return
+        since = self.gone_since.setdefault(key, now)
+        if now - since >= self.gone_grace:
+            self.reported[key] = "exited"
+            told.append((key, NodeGone("its job ended after it was removed")))

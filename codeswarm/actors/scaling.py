@@ -1,0 +1,210 @@
+"""Elastic size: ``scale`` adds agents to a running swarm in a job of their own, or drains and
+removes some.
+
+Added agents take the next indices and file under the swarm's first job id, so the swarm id,
+its mailbox keys and every client stay as they were; the new job is an ``Allocation`` of the
+record. A removed agent finishes its running turn, fails what it had queued with
+``node_removed``, and refuses anything sent to it later; once it is gone, its actor entry,
+timers and cursor entries are released while the rest of the swarm runs on.
+The pure rules come first; ``Scaling`` is the SupervisorActor's part (a mixin, as
+``NodeTargeting`` is).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import pykka
+
+from codeswarm.actors.messages import (
+    AddAgents,
+    AgentsAdded,
+    NodeRemoved,
+    Passed,
+    RemoveNodes,
+    Withdraw,
+)
+from codeswarm.hpc import records
+from codeswarm.protocol import commands, errors, make_event
+from codeswarm.registry import Allocation, SwarmRecord
+
+log = logging.getLogger(__name__)
+
+
+def scale_problem(record: SwarmRecord) -> str | None:
+    """Why the swarm cannot change size, or None."""
+    if record.is_final():
+        return f"swarm {record.swarm_id} has {record.state}: launch a new one"
+    return None
+
+
+def add_problem(record: SwarmRecord, first: int, agents: int) -> str | None:
+    """Why ``agents`` more from index ``first`` do not fit, or None."""
+    if first + agents > records.NODE_ID_MAX + 1:
+        return (
+            f"swarm {record.swarm_id} would have {first + agents} agents; a swarm has at most "
+            f"{records.NODE_ID_MAX + 1}"
+        )
+    return scale_problem(record)
+
+
+def remove_problem(record: SwarmRecord, nodes: tuple[int, ...]) -> str | None:
+    """Why these agents cannot be removed, or None: each must be one of the swarm's active
+    agents, and one must stay (``terminate`` ends them all)."""
+    problem = scale_problem(record)
+    if problem:
+        return problem
+    for node in nodes:
+        if node >= record.nodes:
+            return f"swarm {record.swarm_id} has nodes 0 to {record.nodes - 1}, not {node}"
+        if node in record.removed:
+            return f"node {node} of swarm {record.swarm_id} was removed already"
+    if not set(record.active_nodes()) - set(nodes):
+        return f"that would remove every agent of swarm {record.swarm_id}: terminate it"
+    return None
+
+
+def idle_jobs(record: SwarmRecord, nodes: tuple[int, ...]) -> list[str]:
+    """The scheduler jobs (or array tasks) that would run only removed agents and have not
+    started: cancelled, so that they never take an allocation. Jobs that run drain instead."""
+    removed = {*record.removed, *nodes}
+    by_job: dict[str, list[int]] = {}
+    for node in range(record.nodes):
+        by_job.setdefault(record.slurm_job(node), []).append(node)
+    return [
+        job
+        for job, agents in by_job.items()
+        if all(n in removed for n in agents)
+        and any(n in nodes for n in agents)
+        and all(record.node_state(n) == "pending" for n in agents if n in nodes)
+    ]
+
+
+def only_jobs(record: SwarmRecord, allocations: list[Allocation]) -> SwarmRecord:
+    """The record as one whose cancel stops only these jobs (``Withdraw``). Local workers
+    are told by the swarm's first job id, which their command line carries."""
+    first = record.job_id if record.backend == "local" else allocations[0].job_id
+    return replace(record, job_id=first, tasks={}, pids=[], allocations=allocations)
+
+
+class Scaling:
+    """The supervisor's ``scale`` (a mixin of SupervisorActor)."""
+
+    table: Any
+    nodes: dict[str, Any]
+    jobs: Any
+    scheduler: Any
+    cursor: Any
+    answer_tokens: Any
+    after_shards: dict[int, tuple[int, dict[str, Any]]]  # token -> (shards to pass, answer)
+
+    def scale(self, command: commands.Scale) -> None:
+        record = self.known_swarm(command.swarm_id, command.request_id)
+        if record is None:
+            return
+        if command.add is not None:
+            self.add_agents(record, command)
+        else:
+            self.remove_agents(record, command)
+
+    def add_agents(self, record: SwarmRecord, command: commands.Scale) -> None:
+        assert command.add is not None
+        agents = command.add * record.agents_per_node
+        first = self.table.reserve(record.job_id, agents)
+        problem = add_problem(record, first, agents)
+        if problem:
+            self.table.unreserve(record.job_id)
+            self.error(errors.INVALID_FIELD, problem, command.request_id, field="add")
+            return
+        self.jobs.tell(AddAgents(record, first, command.add, command.request_id))
+
+    def agents_added(self, message: AgentsAdded) -> None:
+        self.table.unreserve(message.swarm.job_id)
+        if message.error is not None:
+            self.backend_error("scale", message.error, message.request_id)
+            return
+        allocation = message.allocation
+        record = self.table.by_swarm(message.swarm.swarm_id)
+        if record is None or record.is_final():
+            # Ended or pruned while sbatch ran: nobody would follow or stop the new job.
+            self.jobs.tell(Withdraw(only_jobs(message.swarm, [allocation])))
+            ended = f"has {record.state}" if record else "was removed"
+            self.error(
+                errors.BACKEND,
+                f"swarm {message.swarm.swarm_id} {ended} while agents were added: "
+                f"cancelled {allocation.job_id}",
+                message.request_id,
+            )
+            return
+        record = self.table.add_allocation(record.job_id, allocation, time.monotonic())
+        self.start_nodes(record)
+        self.tell_live_swarms()  # the next poll asks about the new job
+        self.write_registry()
+        swarm = self.table.get(record.job_id) or record
+        self.emit(make_event("swarm_status", request_id=message.request_id, swarm=swarm.to_event()))
+
+    def remove_agents(self, record: SwarmRecord, command: commands.Scale) -> None:
+        problem = remove_problem(record, command.remove)
+        if problem:
+            self.error(errors.INVALID_FIELD, problem, command.request_id, field="remove")
+            return
+        idle = idle_jobs(record, command.remove) if self.scheduler.name == "slurm" else []
+        record = self.table.remove_nodes(record.job_id, command.remove, time.monotonic())
+        keys = [records.node_key(record.job_id, n) for n in command.remove]
+        keys = [key for key in keys if key in self.nodes]
+        self.tell_nodes_at_once([(key, NodeRemoved()) for key in keys])
+        if idle:
+            self.jobs.tell(Withdraw(only_jobs(record, [Allocation(job, 0, 0) for job in idle])))
+        self.write_registry()
+        swarm = self.table.get(record.job_id) or record
+        answer = make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event())
+        # Answered once the inboxes are written: a CLI that exits on the answer loses nothing.
+        shards = {self.nodes[key] for key in keys}
+        token = next(self.answer_tokens)
+        self.after_shards[token] = (len(shards), answer)
+        for shard in shards:
+            try:
+                shard.tell(Passed(token))
+            except pykka.ActorDeadError:  # a bug; its nodes are started afresh elsewhere
+                self.shard_passed(token)
+        if not shards:
+            self.shard_passed(token, counted=False)
+
+    def shard_passed(self, token: int, counted: bool = True) -> None:
+        """A shard handled what it was told before ``token``; the last one sends its answer."""
+        left, answer = self.after_shards.pop(token)
+        left -= counted
+        if left > 0:
+            self.after_shards[token] = (left, answer)
+        else:
+            self.emit(answer)
+
+    def release_nodes(self, keys: list[str]) -> None:
+        """Removed agents that are gone: their actor entries, timers and cursor entries go,
+        their last seqs stay in the record (late lines are not routed again)."""
+        leaving: dict[Any, list[str]] = {}
+        by_job: dict[str, dict[str, int]] = {}
+        for key in keys:
+            shard = self.nodes.pop(key, None)
+            if shard is None:
+                continue
+            leaving.setdefault(shard, []).append(key)
+            job_id, node_id = records.parse_node_key(key)
+            seq = self.cursor.forget_node(key)
+            by_job.setdefault(job_id, {})[str(node_id)] = seq
+        for shard, gone in leaving.items():
+            shard.tell(RemoveNodes(gone))
+        for job_id, last_seqs in by_job.items():
+            self.table.release_nodes(job_id, last_seqs)
+            log.info("released removed nodes %s of job %s", sorted(last_seqs, key=int), job_id)
+
+    def spawn_grown(self) -> None:
+        """Follow the agents other processes added to swarms followed here."""
+        for job_id in sorted(self.table.grown):
+            record = self.table.get(job_id)
+            if record is not None and job_id in self.table.followed:
+                self.start_nodes(record)
+        self.table.grown.clear()
