@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from codeswarm.actors.continuation import Continuations, continued_record
+from codeswarm.actors.continuation import Continuations, ContinuingSwarms, continued_record
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import (
     AddNode,
     Continued,
+    ContinueJob,
     ForNodes,
     Inject,
     Injection,
     NodePending,
     NodeRunning,
     NodesContinuing,
+    Withdraw,
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
@@ -159,3 +161,83 @@ def test_a_shard_stops_the_clocks_of_unread_prompts_and_names_the_node_to_the_su
     # When the continuation job runs, the prompt's clock starts again.
     shard.on_receive(ForNodes([("7_0", NodeRunning())]))
     assert list(shard.nodes["7_0"].timers) == ["unread"]
+
+
+class Router(ContinuingSwarms):
+    """The supervisor's side of continuations, its actors and registry as recorders."""
+
+    def __init__(self, swarm: SwarmRecord) -> None:
+        self.table = SwarmTable(gone_grace=0.0, drain_seconds=0.0)
+        self.table.follow(swarm, 0.0)
+        self.continuations = Continuations()
+        self.continue_jobs = True
+        self.jobs = Told()
+        self.events: list[dict] = []
+        self.nodes_told: list[tuple[str, object]] = []
+        self.registry_writes = 0
+
+    def emit(self, *events: dict) -> None:
+        self.events += events
+
+    def tell_node(self, key: str, message: object) -> bool:
+        self.nodes_told.append((key, message))
+        return True
+
+    def tell_live_swarms(self) -> None:
+        pass
+
+    def write_registry(self) -> None:
+        self.registry_writes += 1
+
+
+def running(nodes: int = 2) -> SwarmRecord:
+    states = {str(n): "running" for n in range(nodes)}
+    return record(nodes=nodes, node_states=states, state="running")
+
+
+def test_the_router_submits_once_the_job_ends_and_moves_the_agents_to_the_new_job():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    held = router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    assert held == {"7": {0: "pending", 1: "exited"}}
+    (submit,) = router.jobs.messages
+    assert isinstance(submit, ContinueJob) and (submit.slurm_job, submit.nodes) == ("7", [0, 1])
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    assert router.table.get("7").slurm_job(1) == "12"
+    assert [key for key, _ in router.nodes_told] == ["7_0", "7_1"]
+    assert router.registry_writes == 1 and router.continuations.waiting == {}
+
+
+def test_a_continuation_that_cannot_be_submitted_is_reported_and_its_agents_end():
+    router = Router(running())
+    router.nodes_continuing(["7_0", "7_1"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "", OSError("sbatch: down")))
+    (error,) = router.events
+    assert error["error"] == "backend" and "sbatch: down" in error["message"]
+    # Nothing holds them now: the poll's exit stands, and the table tells them they are gone.
+    assert router.hold_continuing({"7": {0: "exited", 1: "exited"}}) == {
+        "7": {0: "exited", 1: "exited"}
+    }
+
+
+def test_a_swarm_terminated_while_its_continuation_was_submitted_has_that_job_cancelled():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    router.table.set_state("7", "terminated")
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    withdraw = router.jobs.messages[-1]
+    assert isinstance(withdraw, Withdraw) and withdraw.swarm.jobs() == ["12"]
+
+
+def test_without_slurm_continue_a_continuing_worker_is_not_waited_for():
+    router = Router(running())
+    router.continue_jobs = False
+    router.nodes_continuing(["7_0"])
+    assert router.hold_continuing({"7": {0: "exited", 1: "exited"}}) == {
+        "7": {0: "exited", 1: "exited"}
+    }
+    assert router.jobs.messages == []
