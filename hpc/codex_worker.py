@@ -99,7 +99,9 @@ class Worker:
         self.outbox_path = os.path.join(
             mailbox, records.OUTBOX_DIR, records.record_name(job_id, node_id)
         )
-        self.events = queue.SimpleQueue()
+        # Not SimpleQueue: its get(timeout) waits forever once a signal is handled past the
+        # deadline (seen on CPython 3.11), and this wait is where SIGTERM usually lands.
+        self.events = queue.Queue()
         self.queue = collections.deque()  # (line start offset, injection_id, content, kind)
         self.turn = None
         self.codex = CodexSession(

@@ -57,6 +57,9 @@ def test_usage_errors_exit_2_and_failures_exit_1(tmp_path):
     # a value only the router judges is still a usage error
     bad_time = runner.invoke(main, ["launch", "--nodes", "1", "--time", "soon", "--config", config])
     assert bad_time.exit_code == 2 and "Slurm time limit" in bad_time.output
+    for scale in (["--add", "1", "--remove", "2"], [], ["--remove", "a"], ["--add", "0"]):
+        refused = runner.invoke(main, ["scale", "sw-1", *scale, "--config", config])
+        assert refused.exit_code == 2, (scale, refused.output)
     unknown = runner.invoke(main, ["status", "sw-0000000000", "--config", config])
     assert unknown.exit_code == 1 and "codeswarm list" in unknown.output
 
@@ -100,6 +103,7 @@ def test_swarm_ids_complete_from_the_registry_for_every_swarm_verb(tmp_path):
     registry.put(record("sw-bbbb000003", config.mailbox_root, 3.0))
     registry.put(record("sw-aaaa000004", "/another/mailbox", 4.0))
     verbs = ("status", "terminate", "inject", "attach", "logs", "diff", "interrupt", "approvals")
+    verbs += ("scale",)
     for verb in verbs:
         assert complete(f"codeswarm {verb} --config {config_path} sw-a") == [
             "sw-aaaa000001",

@@ -102,3 +102,36 @@ def test_an_agent_added_in_its_own_job_answers_then_drains_when_removed(
         assert squeue(env, swarm_id).strip() == ""
     finally:
         d.close()
+
+
+@pytest.mark.timeout(300)
+def test_agents_added_to_an_array_swarm_run_as_tasks_of_a_new_array(
+    slurm_config,  # noqa: F811
+    cluster_codex,  # noqa: F811
+    model_server,
+    tmp_path,
+):
+    config_file = slurm_config_file(slurm_config, cluster_codex, model_server, tmp_path)
+    data = json.loads(config_file.read_text())
+    data["slurm"].update(layout="array")
+    config_file.write_text(json.dumps(data))
+    d = Daemon(config_file, tmp_path / "daemon.stderr")
+    try:
+        d.wait_event("ready", timeout=60)
+        d.send({"command": "launch", "nodes": 1, "request_id": "L"})
+        swarm = d.wait_event("swarm_launched", request_id="L")["swarm"]
+        swarm_id, job_id = swarm["swarm_id"], swarm["job_id"]
+        d.send({"command": "scale", "swarm_id": swarm_id, "add": 2, "request_id": "A"})
+        grown = d.wait_event("swarm_status", request_id="A", timeout=120)["swarm"]
+        jobs = [n["slurm_job"] for n in grown["nodes"]]
+        added = jobs[1].partition("_")[0]
+        assert jobs == [f"{job_id}_0", f"{added}_0", f"{added}_1"] and added != job_id, jobs
+        d.send({"command": "inject", "swarm_id": swarm_id, "nodes": "all", "content": "count off"})
+        events = d.wait_for(lambda evs: sum(e["type"] == "usage" for e in evs) == 3, timeout=180)
+        started = {e["node_id"]: e["job_id"] for e in events if e["type"] == "node_started"}
+        assert started == dict.fromkeys(range(3), job_id), started
+        assert {e["node_id"] for e in events if e["type"] == "assistant"} == {0, 1, 2}
+        d.send({"command": "terminate", "swarm_id": swarm_id, "request_id": "T"})
+        d.wait_event("swarm_terminated", request_id="T")
+    finally:
+        d.close()

@@ -169,6 +169,22 @@ def test_scancel_mid_turn_is_node_exiting_not_a_crash(worker, model_server, code
     assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "sigterm"
 
 
+def test_sigterm_ends_an_idle_worker_however_many_signals_came_before(worker):
+    """Signals that land while the worker waits for its next event (here faulthandler's
+    SIGUSR1, sent faster than the worker polls) never wedge that wait: a later SIGTERM ends
+    it. CPython's SimpleQueue.get(timeout) waited forever once a signal was handled past its
+    deadline; a daemon's terminate then never reached that node."""
+    run = worker().start()
+    run.wait_for(lambda events: any(e["type"] == "node_started" for e in events))
+    for _ in range(400):
+        run.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.002)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(60) == 0
+    events = [json.loads(line) for line in run.archive.read_text().splitlines()]
+    assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "sigterm"
+
+
 def test_interrupt_stops_the_turn_and_keeps_the_queue(worker, model_server):
     model_server.add_rule("hang", Reply(hang=True))
     run = worker().start()

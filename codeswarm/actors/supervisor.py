@@ -430,6 +430,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         )
         key = records.node_key(record.job_id, node_id)
         correlation.last_seq = self.saved_seq(record, key) if last_seq is None else last_seq
+        correlation.removed = node_id in record.removed  # still draining: a restarted router
         shard = self.shards[self.next_shard % len(self.shards)]
         self.next_shard += 1
         shard.tell(AddNode(correlation))
@@ -486,6 +487,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
                     record.swarm_id, job_id, node_id, record.node_state(node_id)
                 )
                 correlation.last_seq = self.saved_seq(record, key)
+                correlation.removed = node_id in record.removed
                 shard.tell(AddNode(correlation))
                 self.nodes[key] = shard
         return shard
