@@ -31,6 +31,7 @@ from codeswarm.errors import ConfigError
 from codeswarm.hpc.outbox_follower import DEFAULTS as _FOLLOWER
 from codeswarm.hpc.workdir import template_problem
 from codeswarm.hpc.worker_settings import AGENT_DEFAULTS as _AGENT
+from codeswarm.hpc.worker_settings import CONTINUE_DEFAULTS as _CONTINUE
 from codeswarm.hpc.worker_settings import WORKER_DEFAULTS as _WORKER
 
 Backend = Literal["slurm", "local"]
@@ -163,13 +164,22 @@ def _env_errors(env: Mapping[str, Any]) -> dict[str, list[str]]:
     return {k: [m] for k, m in bad.items()}
 
 
+def _continue_errors(block: Mapping[str, Any]) -> dict[str, list[str]]:
+    """slurm.continue: only ``turn_grace_seconds``, a positive number of seconds."""
+    errors = {k: ["unknown key (known: turn_grace_seconds)"] for k in block if k not in _CONTINUE}
+    grace = block.get("turn_grace_seconds", _CONTINUE["turn_grace_seconds"])
+    if type(grace) not in (int, float) or not math.isfinite(grace) or grace <= 0:
+        errors["turn_grace_seconds"] = ["must be a positive number of seconds"]
+    return errors
+
+
 class _Object(fields.Field):
     """A JSON object with string keys, checked by a function that returns nested errors."""
 
     default_error_messages: ClassVar = {"invalid": "must be an object", "null": _NULL}
 
-    def __init__(self, check: Any) -> None:
-        super().__init__()
+    def __init__(self, check: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.check = check
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict[str, Any]:
@@ -239,6 +249,7 @@ class SlurmConfig:
     ``agents_per_node`` and ``layout`` shape the swarm (the local backend honours
     ``agents_per_node`` too): ``job`` is one job of all nodes, ``array`` a job array of
     ``array_nodes_per_task`` nodes a task, at most ``array_throttle`` running at once.
+    ``continuation`` (the key ``continue``) lets a swarm outlive its job: None is off.
     """
 
     partition: str | None = _k(_str(_WORD), None)
@@ -256,6 +267,14 @@ class SlurmConfig:
     layout: str = _k(_str(_choice("job", "array")), "job")
     array_nodes_per_task: int = _k(_int(_POSITIVE), 1)
     array_throttle: int | None = _k(_int(_POSITIVE), None)
+    continuation: dict[str, Any] | None = dataclasses.field(
+        default=None, metadata={"schema": _Object(_continue_errors, data_key="continue")}
+    )
+
+    @property
+    def turn_grace_seconds(self) -> float:
+        """How long a signalled worker lets its running turn go on (slurm.continue)."""
+        return float(dict(_CONTINUE, **(self.continuation or {}))["turn_grace_seconds"])
 
 
 @dataclass(frozen=True)
@@ -320,7 +339,10 @@ class Config:
         out: dict[str, Any] = {"backend": self.backend}
         for name in SECTIONS:
             section = getattr(self, name)
-            values = ((f.name, getattr(section, f.name)) for f in dataclasses.fields(section))
+            values = (
+                (f.metadata["schema"].data_key or f.name, getattr(section, f.name))
+                for f in dataclasses.fields(section)
+            )
             out[name] = {
                 k: list(v) if isinstance(v, tuple) else copy.deepcopy(v)
                 for k, v in values
@@ -369,7 +391,11 @@ def _flatten(errors: Any, schema: Any, data: Any, path: str, out: list[tuple[str
             _flatten(sub, schema, data, path, out)
             continue
         sub_path = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip(".")
-        known = list(schema.fields) if isinstance(schema, Schema) else []
+        known = (
+            [field.data_key or name for name, field in schema.fields.items()]
+            if isinstance(schema, Schema)
+            else []
+        )
         if sub == ["unknown key"] and known:
             close = difflib.get_close_matches(str(key), known, n=1)
             out.append(
@@ -422,6 +448,13 @@ def _cross_field(loaded: Mapping[str, Any], data: Mapping[str, Any]) -> list[tup
     ):
         msg = "must hold {node_id} and {swarm_id} or {job_id} with agent.repo: one worktree a node"
         errors.append(("agent.workdir", msg))
+    slurm = loaded.get("slurm") or {}
+    if slurm.get("continuation") is not None:
+        signal = slurm.get("signal_seconds", SlurmConfig.signal_seconds)
+        grace = dict(_CONTINUE, **slurm["continuation"])["turn_grace_seconds"]
+        if isinstance(grace, int | float) and grace >= signal:
+            msg = f"must be less than slurm.signal_seconds ({signal}), to exit before the limit"
+            errors.append(("slurm.continue.turn_grace_seconds", f"{msg} (got {grace})"))
     shadowed = {"model": "model", "approval_policy": "approval_policy", "sandbox_mode": "sandbox"}
     for key, own in shadowed.items():  # one place to set each, no silent override
         if key in (loaded.get("agent") or {}).get("config", {}):

@@ -201,6 +201,7 @@ class SwarmRecord:
             "created": self.created,
             "agents_per_node": self.agents_per_node,
             "layout": self.layout,
+            "jobs": self.jobs(),
         }
 
 

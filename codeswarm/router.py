@@ -39,7 +39,8 @@ SLURM_POLL_SECONDS = 5.0  # one squeue a poll for every job; kind to the control
 def worker_settings(config: Config, installed_codex: str | None = None) -> dict[str, Any]:
     """What every worker of a swarm reads from its ``--settings`` file.
 
-    ``installed_codex`` is the binary the transport installed for ``agent.codex_version``.
+    ``installed_codex`` is the binary the transport installed for ``agent.codex_version``;
+    ``slurm.continue`` goes in the worker section, which is all a worker reads.
     """
     data = config.to_dict()
     agent = dict(data["agent"])
@@ -47,7 +48,10 @@ def worker_settings(config: Config, installed_codex: str | None = None) -> dict[
         agent["codex_path"] = installed_codex
     elif config.backend == "local" and agent["codex_path"] == "codex":
         agent["codex_path"] = find_codex()
-    return {"agent": agent, "worker": data["worker"]}
+    worker = dict(data["worker"])
+    if config.slurm.continuation is not None:
+        worker["continue"] = config.slurm.continuation
+    return {"agent": agent, "worker": worker}
 
 
 def build_backend(config: Config) -> tuple[Any, Any, float]:
@@ -144,6 +148,7 @@ class Router:
             # A node the scheduler reports gone fails its injections only after the follower
             # had time to deliver the worker's own last events; a CLI call waits for nothing.
             gone_grace=0.0 if follow is None else 2 * config.router.follower_idle_poll_seconds + 1,
+            continue_jobs=config.backend == "slurm" and config.slurm.continuation is not None,
         )
         try:
             self.supervisor.ask(Started(), timeout=STARTUP_SECONDS)

@@ -49,6 +49,10 @@ EXIT_INTERRUPT_GRACE = 3.0
 # order: codex may die just before the worker's own SIGTERM arrives. A codex exit is judged
 # only after this long, so that a node going down is not reported as a crash.
 CODEX_EXIT_GRACE = 1.0
+# The stop reason of a worker that Slurm signals before its time limit with slurm.continue on:
+# it keeps its queue and thread for the continuation job, whose worker carries on.
+CONTINUING = "continuing"
+CONTINUE_SIGNAL = signal.SIGUSR2
 
 
 # Records that act on what runs now; read again after a restart they would act twice.
@@ -58,11 +62,18 @@ CONTROL_KINDS = (records.INBOX_APPROVE, records.INBOX_STEER, records.INBOX_INTER
 class Turn:
     """The injection codex is working on: at most one at a time (a second turn/start steers)."""
 
-    def __init__(self, injection_id, usage_base):
-        self.injection_id = injection_id
+    def __init__(self, entry, usage_base):
+        self.entry = entry  # the queue entry, put back at the head when the node continues
+        self.injection_id = entry[1]
         self.usage_base = usage_base
         self.turn_id = None
         self.interrupt_wanted = False
+        self.requeue = False  # interrupted to continue in the next job: no turn_complete
+
+
+def interrupted(params):
+    """A ``turn/completed`` for a turn that was cut short (not one that ended meanwhile)."""
+    return (params.get("turn") or {}).get("status") == "interrupted"
 
 
 class Worker:
@@ -120,6 +131,7 @@ class Worker:
         self.restart_at = None
         self.codex_lost = None  # (judge at, exit code, stderr tail) of a codex that exited
         self.stop_reason = None
+        self.hurry = False  # a second stop signal: the continuing turn's grace is over
         self.draining = None  # why to stop once the queue is done: "shutdown" or "removed"
         self.state_dirty = False
         self.exit_deadline = None
@@ -137,6 +149,8 @@ class Worker:
     def request_stop(self, reason):
         if self.stop_reason is None:
             self.stop_reason = reason
+        else:
+            self.hurry = True
 
     def run(self):
         # Several agents share a node: say which host and which Slurm node (one host may
@@ -181,6 +195,8 @@ class Worker:
             return False
         if self.exit_deadline is None:
             self.begin_exit()
+        if self.stop_reason == CONTINUING:
+            return self.continue_finished()
         if self.turn is not None and time.monotonic() < self.exit_deadline:
             return False
         if self.turn is not None:
@@ -196,6 +212,11 @@ class Worker:
 
     def begin_exit(self):
         log.info("stopping: %s", self.stop_reason)
+        if self.stop_reason == CONTINUING:
+            grace = worker_settings.turn_grace_seconds(self.settings)
+            self.exit_deadline = time.monotonic() + grace
+            self.save_state()
+            return
         self.exit_deadline = time.monotonic() + EXIT_INTERRUPT_GRACE
         while self.queue:
             injection_id = self.queue.popleft()[1]
@@ -213,8 +234,43 @@ class Worker:
             else:
                 self.exit_deadline = time.monotonic()
 
+    def continue_finished(self):
+        """The running turn may end within its grace; after it, it is interrupted and its
+        prompt goes back to the head of the queue, the continuation job runs it again."""
+        if self.turn is None:
+            return True
+        late = self.hurry or time.monotonic() >= self.exit_deadline
+        if late and not self.turn.requeue:
+            log.info("turn of %s still running: interrupting it", self.turn.injection_id)
+            self.turn.requeue = True
+            if not self.codex.ready:
+                self.requeue_turn()
+                return True
+            self.exit_deadline = time.monotonic() + EXIT_INTERRUPT_GRACE
+            self.interrupt()
+            return False
+        if self.turn.requeue and (self.hurry or time.monotonic() >= self.exit_deadline):
+            self.requeue_turn()
+            return True
+        return False
+
+    def requeue_turn(self):
+        """Put the running turn's prompt back at the head of the queue, as not yet handled."""
+        turn = self.turn
+        self.queue.appendleft(turn.entry)
+        if turn.injection_id in self.state["handled"]:
+            self.state["handled"].remove(turn.injection_id)
+        self.approvals.turn_ended()
+        self.activity.turn_ended()
+        self.turn = None
+        self.state["in_flight"] = None
+
     def finish(self):
         self.state["in_flight"] = None
+        if self.stop_reason == CONTINUING:
+            # The continuation's worker reads the inbox again from the head of the queue.
+            self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
+            self.state["requeued"] = [entry[1] for entry in self.queue]
         self.save_state()
         self.codex.stop()
         self.emit("node_exited", reason=self.stop_reason)
@@ -336,7 +392,10 @@ class Worker:
                 )
                 return
             self.queue.append((start, injection_id, record["content"], kind))
-            self.emit("inject_delivered", injection_id=injection_id)
+            if injection_id in self.state["requeued"]:
+                self.state["requeued"].remove(injection_id)  # delivered before the continuation
+            else:
+                self.emit("inject_delivered", injection_id=injection_id)
 
     def removed(self):
         """``scale --remove``: the running turn ends as it would, nothing queued runs."""
@@ -406,8 +465,9 @@ class Worker:
     def start_next_turn(self):
         if not self.codex.ready or self.turn is not None or not self.queue or self.stop_reason:
             return
-        _, injection_id, content, kind = self.queue.popleft()
-        self.turn = Turn(injection_id, self.usage_total)
+        entry = self.queue.popleft()
+        _, injection_id, content, kind = entry
+        self.turn = Turn(entry, self.usage_total)
         self.state["in_flight"] = injection_id
         self.mark_handled(injection_id)
         self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
@@ -470,6 +530,8 @@ class Worker:
             self.emit("assistant_delta", injection_id=turn.injection_id, delta=params["delta"])
         elif method == "item/completed" and params.get("item", {}).get("type") == "agentMessage":
             self.emit("assistant", injection_id=turn.injection_id, content=params["item"]["text"])
+        elif method == "turn/completed" and turn.requeue and interrupted(params):
+            self.requeue_turn()  # the continuation job runs it again
         elif method == "turn/completed":
             done = params.get("turn") or {}
             self.emit(
@@ -581,6 +643,7 @@ def main(argv=None):
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the job's output
     signal.signal(signal.SIGTERM, lambda signum, frame: early_signals.append("sigterm"))
     signal.signal(signal.SIGINT, lambda signum, frame: early_signals.append("sigint"))
+    signal.signal(CONTINUE_SIGNAL, lambda signum, frame: early_signals.append(CONTINUING))
     args = parse_args(argv)
     agent, settings = worker_settings.load_settings(args.settings)
     if args.codex_path:
@@ -612,6 +675,7 @@ def main(argv=None):
         worker.request_stop(reason)
     signal.signal(signal.SIGTERM, lambda signum, frame: worker.request_stop("sigterm"))
     signal.signal(signal.SIGINT, lambda signum, frame: worker.request_stop("sigint"))
+    signal.signal(CONTINUE_SIGNAL, lambda signum, frame: worker.request_stop(CONTINUING))
     return worker.run()
 
 

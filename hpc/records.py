@@ -123,7 +123,9 @@ STEER_REFUSED = "agent_error"
 # fields), the counter their ids come from, and ``read_offset``: how far the inbox has been
 # read (``inbox_offset`` stays at the first queued prompt, so a restarted worker reads again
 # from there, and must not act twice on the approve, steer and interrupt records it had
-# read). A version 1 file is upgraded on load.
+# read). ``requeued`` came later in version 2: the injections a worker that continues in
+# the next Slurm job left queued (delivered already: the next worker says so only once).
+# A version 1 file is upgraded on load.
 STATE_VERSION = 2
 STATE_FIELDS = (
     "version",
@@ -135,6 +137,7 @@ STATE_FIELDS = (
     "next_seq",
     "approvals",
     "next_approval",
+    "requeued",
 )
 
 
@@ -401,6 +404,7 @@ def new_state():
         "next_seq": 0,
         "approvals": {},
         "next_approval": 1,
+        "requeued": [],
     }
 
 
@@ -413,6 +417,8 @@ def upgrade_state(state):
     if state.get("version") == STATE_VERSION and "read_offset" not in state:
         # read_offset came later in version 2: what it guards was read up to inbox_offset.
         state = dict(state, read_offset=state.get("inbox_offset", 0))
+    if state.get("version") == STATE_VERSION and "requeued" not in state:
+        state = dict(state, requeued=[])
     return state
 
 
@@ -445,6 +451,8 @@ def state_problem(state):
         return "thread_id must be a string or null"
     if not isinstance(state["handled"], list) or any(id_problem(i) for i in state["handled"]):
         return "handled must be a list of injection ids"
+    if not isinstance(state["requeued"], list) or any(id_problem(i) for i in state["requeued"]):
+        return "requeued must be a list of injection ids"
     if state["in_flight"] is not None and id_problem(state["in_flight"]):
         return "in_flight must be an injection id or null"
     if not isinstance(state["approvals"], dict) or any(id_problem(i) for i in state["approvals"]):

@@ -31,6 +31,17 @@ WORKER_DEFAULTS = {
     "max_event_bytes": 65536,
 }
 
+# slurm.continue: how long a worker signalled before the time limit lets its running turn go
+# on before it interrupts the turn and keeps the prompt for the continuation job.
+CONTINUE_DEFAULTS = {"turn_grace_seconds": 30.0}
+
+
+def turn_grace_seconds(worker: dict[str, Any]) -> float:
+    """The grace of a continuing worker's turn: the worker section's ``continue`` block
+    (the router copies ``slurm.continue`` there), else the default."""
+    block = dict(CONTINUE_DEFAULTS, **(worker.get("continue") or {}))
+    return float(block["turn_grace_seconds"])
+
 
 def encode_settings(agent: dict[str, Any], worker: dict[str, Any]) -> bytes:
     """The file's contents: one JSON object with the ``agent`` and ``worker`` sections."""

@@ -65,7 +65,8 @@ def test_example_full_sets_every_key() -> None:
     data = json.loads((ROOT / "configs/example-full.json").read_text())
     assert set(data) == {"backend", *SECTIONS}
     for name, cls in SECTIONS.items():
-        assert set(data[name]) == {f.name for f in dataclasses.fields(cls)}, name
+        keys = {f.metadata["schema"].data_key or f.name for f in dataclasses.fields(cls)}
+        assert set(data[name]) == keys, name
     provider = data["agent"]["config"]["model_providers"][data["agent"]["config"]["model_provider"]]
     assert provider["wire_api"] == "responses"
     assert {"base_url", "env_key"} <= set(provider)
@@ -309,6 +310,21 @@ INVALID = [
         "slurm.signal_seconds: must be 1 to 65535",
     ),
     (
+        "continue grace past the signal",
+        _with("slurm", signal_seconds=30, **{"continue": {"turn_grace_seconds": 30}}),
+        "slurm.continue.turn_grace_seconds: must be less than slurm.signal_seconds (30)",
+    ),
+    (
+        "continue unknown key",
+        _with("slurm", **{"continue": {"grace": 5}}),
+        "slurm.continue.grace: unknown key (known: turn_grace_seconds)",
+    ),
+    (
+        "continue grace not a number",
+        _with("slurm", **{"continue": {"turn_grace_seconds": "5"}}),
+        "slurm.continue.turn_grace_seconds: must be a positive number of seconds",
+    ),
+    (
         "idle poll below active",
         _with("worker", poll_idle_seconds=0.001),
         "worker.poll_idle_seconds: must be at least worker.poll_active_seconds",
@@ -407,7 +423,10 @@ def _documented_keys() -> dict[str, set[str]]:
 def test_docs_cover_every_key_and_only_real_keys() -> None:
     schema = {"": {"backend", *SECTIONS}}
     schema.update(
-        {name: {f.name for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()}
+        {
+            name: {f.metadata["schema"].data_key or f.name for f in dataclasses.fields(cls)}
+            for name, cls in SECTIONS.items()
+        }
     )
     assert _documented_keys() == schema
 

@@ -114,6 +114,20 @@ CASES = [
     ),
     (
         {
+            "type": "swarm_status",
+            "ts": 1.0,
+            "swarm": {
+                "swarm_id": "sw-1",
+                "job_id": "41",
+                "state": "running",
+                "nodes": [{}],
+                "jobs": ["41", "57"],
+            },
+        },
+        ["[codeswarm] swarm sw-1 running (job 41, 1 node, ran as 41 57)"],
+    ),
+    (
+        {
             "type": "swarm_list",
             "ts": 1.0,
             "swarms": [{"swarm_id": "sw-1", "job_id": "41", "state": "exited", "nodes": []}],

@@ -71,6 +71,22 @@ def test_launch_overrides_time_and_partition():
     assert "#SBATCH --time=00:10:00" in script and "#SBATCH --partition=debug" in script
 
 
+def test_continue_signals_the_workers_with_sigusr2_instead_of_sigterm():
+    scripts = {}
+    for name, extra in (("off", {}), ("on", {"continue": {"turn_grace_seconds": 10}})):
+        config = full_config(signal_seconds=90, **extra)
+        scripts[name] = batch_script(
+            swarm_id="sw-abc",
+            shape=Shape.of(2, None, config.slurm),
+            slurm=config.slurm,
+            cluster_dir="/c",
+            python="python3",
+            settings_path="/c/s.json",
+        )
+    assert "#SBATCH --signal=TERM@90\n" in scripts["off"]
+    assert scripts["on"] == scripts["off"].replace("--signal=TERM@90", "--signal=USR2@90")
+
+
 @pytest.mark.parametrize(
     ("output", "job_id"), [(b"1234\n", "1234"), (b"98765;cluster2\n", "98765")]
 )

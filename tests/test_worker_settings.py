@@ -55,3 +55,16 @@ def test_a_configs_settings_reach_the_worker_unchanged(tmp_path):
     agent, worker = worker_settings.load_settings(str(path))
     assert agent == {**AGENT_DEFAULTS, **config.to_dict()["agent"]}
     assert worker == dataclasses.asdict(config.worker)
+
+
+def test_slurm_continue_reaches_the_worker_as_its_turn_grace(tmp_path):
+    def grace_for(slurm):
+        config = parse_config({"backend": "local", "slurm": slurm})
+        written = settings_for(config)
+        path = tmp_path / "worker.json"
+        path.write_bytes(worker_settings.encode_settings(written["agent"], written["worker"]))
+        return worker_settings.turn_grace_seconds(worker_settings.load_settings(str(path))[1])
+
+    assert grace_for({"continue": {"turn_grace_seconds": 12}}) == 12
+    assert grace_for({"continue": {}}) == worker_settings.CONTINUE_DEFAULTS["turn_grace_seconds"]
+    assert grace_for({}) == worker_settings.CONTINUE_DEFAULTS["turn_grace_seconds"]

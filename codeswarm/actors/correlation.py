@@ -29,6 +29,8 @@ STAGES = {
     "usage": 5,
 }
 FINAL = ("usage", "inject_failed")
+# A worker's ``node_exited`` reason when it exits to go on in the next Slurm job (slurm.continue).
+CONTINUING = "continuing"
 RECENT_KEPT = 1000
 _REQUIRED = records.OUTBOX_REQUIRED
 _decode = records.decode_object
@@ -149,7 +151,11 @@ class NodeCorrelation:
 
     def gone(self, reason: str) -> list[dict]:
         """The node exited: every injection it still owed fails with ``node_gone`` (with
-        ``node_removed`` once ``scale`` removed it)."""
+        ``node_removed`` once ``scale`` removed it).
+
+        A worker that exited ``continuing`` owes them to its continuation job; only if the
+        router does not submit one is the node told it is gone.
+        """
         self.state = "exited"
         lost = [entry.injection for entry in self.open.values()]
         if self.removed:
@@ -187,6 +193,9 @@ class NodeCorrelation:
         if "request_id" in event:  # an approve's or steer's own comes first
             request_id = None
         event = routed(raw, event, self.swarm_id, request_id)
+        if kind == "node_exited" and event["reason"] == CONTINUING:
+            self.state = "pending"  # its prompts wait, held, for the continuation job
+            return [event]
         if kind == "node_exited":
             return [event, *self.gone(event["reason"])]
         return [event]

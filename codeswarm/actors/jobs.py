@@ -19,6 +19,8 @@ from codeswarm.actors.messages import (
     AgentsAdded,
     Cancel,
     Cancelled,
+    Continued,
+    ContinueJob,
     Launched,
     LaunchFailed,
     LiveSwarms,
@@ -129,6 +131,8 @@ class SchedulerActor(pykka.ThreadingActor):
                 self.supervisor.tell(self.cancel(message))
             elif isinstance(message, Resubmit):
                 self.supervisor.tell(self.resubmit(message))
+            elif isinstance(message, ContinueJob):
+                self.supervisor.tell(self.continue_job(message))
             elif isinstance(message, AddAgents):
                 self.supervisor.tell(self.add_agents(message))
             elif isinstance(message, Withdraw):
@@ -180,6 +184,17 @@ class SchedulerActor(pykka.ThreadingActor):
         except Exception as exc:  # answered as a failed restart, whatever went wrong
             return Resubmitted(swarm, {}, message.request_id, exc)
         return Resubmitted(swarm, tasks, message.request_id, None)
+
+    def continue_job(self, message: ContinueJob) -> Continued:
+        swarm, task = message.swarm, message.task
+        try:
+            if task is None:
+                new_job = self.scheduler.continue_job(swarm)
+            else:
+                new_job = self.scheduler.resubmit(swarm, [task])[task]
+        except Exception as exc:  # reported, and the job's agents end as they would have
+            return Continued(swarm, message.slurm_job, message.nodes, task, "", exc)
+        return Continued(swarm, message.slurm_job, message.nodes, task, new_job, None)
 
     def add_agents(self, message: AddAgents) -> AgentsAdded:
         swarm = message.swarm

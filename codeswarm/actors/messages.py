@@ -240,6 +240,31 @@ class Resubmitted(NamedTuple):
     error: Exception | None
 
 
+class NodesContinuing(NamedTuple):
+    """Workers said ``node_exited`` reason ``continuing``: node keys, one message a batch."""
+
+    keys: list[str]
+
+
+class ContinueJob(NamedTuple):
+    """Submit the continuation of a Slurm job whose workers exited to continue: the launch's
+    job again (``task`` None), or array task ``task`` again."""
+
+    swarm: Any  # registry.SwarmRecord
+    slurm_job: str
+    nodes: list[int]
+    task: int | None
+
+
+class Continued(NamedTuple):
+    swarm: Any  # registry.SwarmRecord, as the ContinueJob had it
+    slurm_job: str
+    nodes: list[int]
+    task: int | None
+    new_job: str  # the continuation's Slurm id (``<job>_<task>`` for a task)
+    error: Exception | None
+
+
 class AddAgents(NamedTuple):
     """Submit ``nodes`` more nodes of agents into a swarm, from index ``first`` (``scale``)."""
 

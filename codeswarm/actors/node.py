@@ -14,7 +14,7 @@ from typing import Any
 
 import pykka
 
-from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.correlation import CONTINUING, NodeCorrelation
 from codeswarm.actors.messages import (
     AddNode,
     AfterLog,
@@ -29,6 +29,7 @@ from codeswarm.actors.messages import (
     NodePending,
     NodeRemoved,
     NodeRunning,
+    NodesContinuing,
     NodesDrained,
     NodeStarted,
     Passed,
@@ -84,13 +85,14 @@ class Batch:
     """What one ``ForNodes`` produces: events in order, nodes started, progress, and the
     writes not yet sent."""
 
-    __slots__ = ("drained", "events", "progress", "started", "writes")
+    __slots__ = ("continuing", "drained", "events", "progress", "started", "writes")
 
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.drained: list[str] = []  # removed nodes whose worker is gone
         self.started: list[tuple[str, str | None, str | None]] = []  # (key, host, Slurm node)
         self.progress: list[tuple[str, dict[str, int], int]] = []
+        self.continuing: list[str] = []  # nodes whose worker exited to continue
         self.writes: dict[str, tuple[Node, list[Injection]]] = {}
 
 
@@ -151,6 +153,8 @@ class NodeShard(pykka.ThreadingActor):
         self.flush(batch)
         if batch.started:  # the supervisor knows they run before a client can
             self.tell_supervisor(NodeStarted(batch.started))
+        if batch.continuing:
+            self.tell_supervisor(NodesContinuing(batch.continuing))
         if batch.drained:
             self.tell_supervisor(NodesDrained(batch.drained))
         if batch.events:
@@ -210,6 +214,11 @@ class NodeShard(pykka.ThreadingActor):
                     self.start_clocks(node, correlation.started())
                     where = (correlation.key, event.get("host"), event.get("slurm_node"))
                     batch.started.append(where)
+                elif kind == "node_exited" and event["reason"] == CONTINUING:
+                    # Unread prompts wait for the continuation job: their clocks start again
+                    # when it runs.
+                    node.cancel_timers()
+                    batch.continuing.append(correlation.key)
                 elif kind == "inject_delivered" or kind == "inject_failed":
                     handle = node.timers.pop(event["injection_id"], None)
                     if handle is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import pykka
 
 from codeswarm import eventlog
+from codeswarm.actors.continuation import Continuations, ContinuingSwarms
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.diffs import DiffReaderActor
 from codeswarm.actors.follower import FollowerActor
@@ -29,6 +30,7 @@ from codeswarm.actors.messages import (
     Cancelled,
     CloseLog,
     CommandReceived,
+    Continued,
     Emit,
     FollowerDied,
     FollowerLines,
@@ -37,6 +39,7 @@ from codeswarm.actors.messages import (
     Launched,
     LaunchFailed,
     LiveSwarms,
+    NodesContinuing,
     NodesDrained,
     NodeStarted,
     Passed,
@@ -85,7 +88,7 @@ REGISTRY_SHARE = 0.1  # of the supervisor's time, at most, for the registry writ
 NODE_SHARDS = 4  # actors (threads) sharing every node; more buys nothing on a few cores
 
 
-class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
+class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingActor):
     def __init__(
         self,
         *,
@@ -102,6 +105,7 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
         follow: str | None = "resume",
         gone_grace: float = 0.0,
         log_dir: str | None = None,
+        continue_jobs: bool = False,
     ) -> None:
         super().__init__()
         self.transport = transport
@@ -116,6 +120,8 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
         self.stop_requested = stop_requested
         self.follow = follow
         self.log_dir = log_dir  # where the event log is, when this router writes it
+        self.continue_jobs = continue_jobs  # slurm.continue: a job's end may be a continuation
+        self.continuations = Continuations()
         # A swarm whose nodes have all exited is released once its outbox was quiet this long.
         self.table = SwarmTable(gone_grace, drain_seconds=gone_grace + TICK_SECONDS)
         self.shards: list[Any] = []
@@ -224,6 +230,10 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
             self.cancelled(message)
         elif isinstance(message, Resubmitted):
             self.resubmitted(message)
+        elif isinstance(message, NodesContinuing):
+            self.nodes_continuing(message.keys)
+        elif isinstance(message, Continued):
+            self.continued(message)
         elif isinstance(message, AgentsAdded):
             self.agents_added(message)
         elif isinstance(message, NodesDrained):
@@ -493,7 +503,8 @@ class SupervisorActor(NodeTargeting, Scaling, pykka.ThreadingActor):
 
     def polled(self, message: Polled) -> None:
         if message.states is not None:
-            changes = self.table.apply(message.states, time.monotonic())
+            states = self.hold_continuing(message.states)
+            changes = self.table.apply(states, time.monotonic())
             self.tell_nodes_at_once([(key, told) for key, told in changes if key in self.nodes])
         for token in list(self.answers):
             self.answer(token)

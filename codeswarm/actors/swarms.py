@@ -384,6 +384,24 @@ class SwarmTable(ScaledTable):
         self.dirty.add(job_id)
         return told
 
+    def continued(
+        self, job_id: str, record: SwarmRecord, nodes: list[int], now: float
+    ) -> list[str]:
+        """The swarm continues these agents in a new job (``record`` says which): they wait
+        for it; the keys of the nodes to tell."""
+        node_states = dict(record.node_states)
+        keys = []
+        for node_id in nodes:
+            key = records.node_key(job_id, node_id)
+            self.gone_since.pop(key, None)
+            self.reported[key] = "pending"
+            node_states[str(node_id)] = "pending"
+            keys.append(key)
+        self.records[job_id] = record
+        self._update(record, node_states, now)
+        self.dirty.add(job_id)
+        return keys
+
     def polled(self, job_id: str) -> SwarmRecord | None:
         """The swarm as the last poll saw it: nodes reported gone count as exited, although
         they are kept running for the grace (``restart`` decides on this)."""

@@ -127,6 +127,10 @@ class Scheduler(Protocol):
         Only a scheduler with job arrays (Slurm) is asked: ``restart`` refuses other swarms.
         """
 
+    def continue_job(self, swarm: SwarmRecord) -> str:
+        """Submit the swarm's launch job again, its workers filing under its first job id
+        (``slurm.continue``): the new job's id. BackendError where there is none."""
+
     def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
         """Start ``nodes`` more nodes of the swarm's shape and settings (those it was
         launched with), their agents numbered from ``first`` and filing under the swarm's

@@ -273,6 +273,9 @@ class LocalScheduler:
     def pending_reason(self, job_id: str) -> str | None:
         return None  # processes start at once: nothing waits
 
+    def continue_job(self, swarm: SwarmRecord) -> str:
+        raise BackendError("the local backend has no time limit to continue past")
+
     def cancel(self, swarm: SwarmRecord) -> None:
         for pid in [*swarm.pids, *(p for a in swarm.allocations for p in a.pids)]:
             if pid_state(pid, swarm.job_id) == "running":

@@ -95,15 +95,16 @@ def batch_script(
     """The sbatch script of a swarm: ``agents_per_node`` workers a node under srun.
 
     ``--signal=TERM@N`` (without ``B:``) signals the srun step, so every worker gets SIGTERM N
-    seconds before the time limit, as it does on scancel. Paths, which may hold spaces, are
-    never in ``#SBATCH`` lines (sbatch does not parse shell quoting there): the output file
-    goes on sbatch's command line (``sbatch_argv``).
+    seconds before the time limit, as it does on scancel; with ``slurm.continue`` it is
+    SIGUSR2 instead, and each worker exits to continue in the next job. Paths, which may hold
+    spaces, are never in ``#SBATCH`` lines (sbatch does not parse shell quoting there): the
+    output file goes on sbatch's command line (``sbatch_argv``).
     """
     options = [
         f"--job-name=codeswarm-{swarm_id}",
         *shape.options(),
         f"--time={time or slurm.time}",
-        f"--signal=TERM@{slurm.signal_seconds}",
+        f"--signal={'USR2' if slurm.continuation else 'TERM'}@{slurm.signal_seconds}",
     ]
     optional = {
         "partition": partition or slurm.partition,
@@ -373,6 +374,19 @@ class SlurmScheduler:
             log.warning("sbatch's answer was lost; found the resubmitted tasks %s", found)
             return found
         return {task: f"{job_id}_{task}" for task in tasks}
+
+    def continue_job(self, swarm: SwarmRecord) -> str:
+        """The swarm's saved script again, as a new job of the same shape whose workers file
+        under the first job's id and resume their threads (``slurm.continue``)."""
+        cluster_dir = self.transport.cluster_dir
+        saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
+        script = resubmission_script(
+            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
+        )
+        out = self.connection.run(
+            sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+        )
+        return parse_job_id(out)
 
     def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
         """The swarm's saved script again for ``nodes`` more nodes (``--nodes``/``--array``

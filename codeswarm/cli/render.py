@@ -230,9 +230,12 @@ class EventRenderer:
 
     def swarm_line(self, swarm: dict[str, Any]) -> str:
         count = len(swarm.get("nodes") or [])
+        jobs = swarm.get("jobs") or []
+        # continuations and restarted tasks: every job the swarm has run as
+        ran = f", ran as {clean(' '.join(map(str, jobs)))}" if len(jobs) > 1 else ""
         return (
             f"swarm {clean(swarm.get('swarm_id'))} {clean(swarm.get('state'))} "
-            f"(job {clean(swarm.get('job_id'))}, {count} node{'s' if count != 1 else ''})"
+            f"(job {clean(swarm.get('job_id'))}, {count} node{'s' if count != 1 else ''}{ran})"
         )
 
     def approval_list(self, event: dict[str, Any]) -> list[str]:

@@ -353,6 +353,13 @@ class SwarmSchema(Schema):
         metadata={"description": "one Slurm job, or a job array"},
     )
     pending_reason = fields.String()  # status and list, while Slurm holds the job
+    jobs = fields.List(
+        fields.String(),
+        metadata={
+            "description": "every scheduler job the swarm has run as, first first: "
+            "continuations, array tasks restarted alone, agents added"
+        },
+    )
 
 
 class SwarmLaunchedSchema(EventSchema):

@@ -1,0 +1,169 @@
+"""Swarms beyond the time limit (``slurm.continue``): a job whose workers said ``continuing``
+is followed by a continuation job, same layout and agent indices, under the same swarm id.
+
+``Continuations`` decides, as a plain object: which agents wait for a continuation (their
+worker's ``node_exited`` said ``continuing``), how the scheduler's poll is to be read for
+them (their job ended, but they are pending: another job comes), and which jobs are due for
+a continuation (every agent of that Slurm job gone, one of them continuing). The supervisor
+mixes in ``ContinuingSwarms``, which submits through the SchedulerActor and records the new
+job: a job layout's as an ``Allocation`` covering the job's agents, an array task's as its
+resubmission (``tasks``), as ``restart`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+from codeswarm.actors.messages import Continued, ContinueJob, NodePending, Withdraw
+from codeswarm.hpc import records
+from codeswarm.protocol import errors, make_event
+from codeswarm.registry import Allocation, SwarmRecord
+
+log = logging.getLogger(__name__)
+
+
+class Continuations:
+    """The agents waiting for a continuation job, by the swarm's first job id."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, set[int]] = {}
+        self.submitting: set[str] = set()  # Slurm jobs whose continuation sbatch is running
+
+    def note(self, keys: list[str]) -> None:
+        """These agents' workers exited to continue in the next job."""
+        for key in keys:
+            job_id, node_id = records.parse_node_key(key)
+            self.waiting.setdefault(job_id, set()).add(node_id)
+
+    def hold(self, states: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
+        """The poll's states, an agent waiting for its continuation shown pending, not gone."""
+        held = {}
+        for job_id, nodes in states.items():
+            waiting = self.waiting.get(job_id)
+            if waiting:
+                nodes = {
+                    n: "pending" if n in waiting and s == "exited" else s for n, s in nodes.items()
+                }
+            held[job_id] = nodes
+        return held
+
+    def due(self, record: SwarmRecord, polled: dict[int, str]) -> list[tuple[str, list[int]]]:
+        """(Slurm job, its agents) to continue: the job has ended (every agent it ran exited,
+        as the poll says) and at least one of its workers said ``continuing``."""
+        waiting = self.waiting.get(record.job_id)
+        if not waiting:
+            return []
+        groups: dict[str, list[int]] = {}
+        for node_id in record.active_nodes():
+            groups.setdefault(record.slurm_job(node_id), []).append(node_id)
+        found = []
+        for slurm_job, nodes in groups.items():
+            ended = all(polled.get(n, "exited") == "exited" for n in nodes)
+            if ended and waiting & set(nodes) and slurm_job not in self.submitting:
+                self.submitting.add(slurm_job)
+                found.append((slurm_job, nodes))
+        return found
+
+    def done(self, job_id: str, slurm_job: str, nodes: list[int]) -> None:
+        """The continuation of ``slurm_job`` was submitted, or failed: its agents wait no more."""
+        self.submitting.discard(slurm_job)
+        waiting = self.waiting.get(job_id, set())
+        waiting.difference_update(nodes)
+        if not waiting:
+            self.waiting.pop(job_id, None)
+
+
+def continued_record(record: SwarmRecord, message: Continued) -> SwarmRecord:
+    """The swarm with its continuation job: an array task's resubmission, or an allocation
+    of the job's agents (the latest allocation covering an agent is the job it runs in)."""
+    if message.task is not None:
+        return replace(record, tasks={**record.tasks, str(message.task): message.new_job})
+    first, last = min(message.nodes), max(message.nodes)
+    allocation = Allocation(message.new_job, first, last - first + 1, layout="job")
+    return replace(record, allocations=[*record.allocations, allocation])
+
+
+class ContinuingSwarms:
+    """The supervisor's part in continuations (a mixin of SupervisorActor)."""
+
+    table: Any
+    jobs: Any
+    continuations: Continuations
+    continue_jobs: bool
+    emit: Any
+    tell_node: Any
+    tell_live_swarms: Any
+    write_registry: Any
+
+    def nodes_continuing(self, keys: list[str]) -> None:
+        if self.continue_jobs:
+            self.continuations.note(keys)
+
+    def hold_continuing(self, states: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
+        """The poll as the swarm table is to see it; submits the continuations now due."""
+        if not self.continuations.waiting:
+            return states
+        for job_id, nodes in states.items():
+            record = self.table.get(job_id)
+            if record is None or record.is_final():
+                continue
+            for slurm_job, agents in self.continuations.due(record, nodes):
+                self.continue_job(record, slurm_job, agents)
+        return self.continuations.hold(states)
+
+    def continue_job(self, record: SwarmRecord, slurm_job: str, agents: list[int]) -> None:
+        """Submit the job's continuation: the launch's script again (its agents start at 0),
+        or, in an array, the task again. A job ``scale`` added is not continued."""
+        task = None
+        if record.layout == "array":
+            task = agents[0] // record.task_agents if record.task_agents else None
+        unknown = record.allocation(agents[0]) is not None and record.layout == "array"
+        if unknown or (agents[0] != 0 and task is None):
+            log.warning(
+                "job %s of swarm %s is not continued: it was added by scale",
+                slurm_job,
+                record.swarm_id,
+            )
+            self.continuations.done(record.job_id, slurm_job, agents)
+            return
+        log.info("job %s of swarm %s ended to continue: submitting", slurm_job, record.swarm_id)
+        self.jobs.tell(ContinueJob(record, slurm_job, agents, task))
+
+    def continued(self, message: Continued) -> None:
+        job_id = message.swarm.job_id
+        self.continuations.done(job_id, message.slurm_job, message.nodes)
+        record = self.table.get(job_id)
+        if message.error is not None or record is None or record.is_final():
+            why = (
+                f"its continuation could not be submitted: {message.error}"
+                if message.error is not None
+                else "the swarm ended while its continuation was submitted"
+            )
+            log.error("job %s of swarm %s: %s", message.slurm_job, message.swarm.swarm_id, why)
+            if message.error is None:  # nobody would follow or stop the new job
+                job = message.new_job.partition("_")[0]
+                self.jobs.tell(
+                    Withdraw(replace(message.swarm, job_id=job, tasks={}, allocations=[]))
+                )
+            else:
+                self.emit(
+                    make_event(
+                        "error",
+                        error=errors.BACKEND,
+                        message=f"swarm {message.swarm.swarm_id}: job {message.slurm_job} "
+                        f"ended to continue, but {why}",
+                        swarm_id=message.swarm.swarm_id,
+                    )
+                )
+            return
+        log.info("swarm %s continues in job %s", record.swarm_id, message.new_job)
+        told = self.table.continued(
+            job_id, continued_record(record, message), message.nodes, time.monotonic()
+        )
+        for key in told:
+            self.tell_node(key, NodePending())
+        self.tell_live_swarms()  # the next poll asks about the new job
+        self.write_registry()

@@ -1,0 +1,243 @@
+"""slurm.continue on the router: the rules of a continuation, without threads or Slurm."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from codeswarm.actors.continuation import Continuations, ContinuingSwarms, continued_record
+from codeswarm.actors.correlation import NodeCorrelation
+from codeswarm.actors.messages import (
+    AddNode,
+    Continued,
+    ContinueJob,
+    ForNodes,
+    Inject,
+    Injection,
+    NodePending,
+    NodeRunning,
+    NodesContinuing,
+    Withdraw,
+    WorkerLines,
+)
+from codeswarm.actors.node import NodeShard
+from codeswarm.actors.swarms import SwarmTable, written_over
+from codeswarm.hpc import records
+from codeswarm.registry import Allocation, SwarmRecord
+
+
+def record(nodes: int = 2, **fields) -> SwarmRecord:
+    return SwarmRecord(
+        swarm_id="sw-7",
+        job_id="7",
+        backend="slurm",
+        mailbox="/mb",
+        nodes=nodes,
+        created=1.0,
+        **fields,
+    )
+
+
+def line(kind, seq, **fields):
+    return records.encode_line(records.outbox_event(kind, "7", 0, seq, **fields)).encode()
+
+
+def test_a_continuing_worker_leaves_its_prompts_open_and_held():
+    node = NodeCorrelation("sw-7", "7", 0, "running")
+    node.written(Injection("a", "hello", "r1"))
+    node.worker_line(line("inject_delivered", 0, injection_id="a"))
+    events = node.worker_line(line("node_exited", 1, reason="continuing"))
+    assert [e["type"] for e in events] == ["node_exited"]
+    assert node.state == "pending" and "a" in node.open
+    (ack,) = node.written(Injection("b", "later", "r2"))
+    assert ack["held"] is True
+    # No continuation comes (the router was told the node is gone): they fail then.
+    failed = node.gone("the worker process ended")
+    assert [(e["injection_id"], e["error"]) for e in failed] == [
+        ("a", "node_gone"),
+        ("b", "node_gone"),
+    ]
+
+
+def test_any_other_exit_still_fails_what_the_node_owed():
+    node = NodeCorrelation("sw-7", "7", 0, "running")
+    node.written(Injection("a", "hello", "r1"))
+    events = node.worker_line(line("node_exited", 0, reason="sigterm"))
+    assert [e["type"] for e in events] == ["node_exited", "inject_failed"]
+
+
+def test_a_job_is_due_once_every_agent_is_gone_and_one_continues():
+    swarm = record(nodes=3)
+    cont = Continuations()
+    cont.note([records.node_key("7", 0)])
+    assert cont.due(swarm, {0: "exited", 1: "running", 2: "exited"}) == []
+    held = cont.hold({"7": {0: "exited", 1: "running", 2: "exited"}})
+    assert held == {"7": {0: "pending", 1: "running", 2: "exited"}}
+    assert cont.due(swarm, {0: "exited", 1: "exited", 2: "exited"}) == [("7", [0, 1, 2])]
+    # Asked once: the next poll finds it being submitted.
+    assert cont.due(swarm, {0: "exited", 1: "exited", 2: "exited"}) == []
+    cont.done("7", "7", [0, 1, 2])
+    assert cont.waiting == {} and cont.submitting == set()
+    assert cont.hold({"7": {0: "exited"}}) == {"7": {0: "exited"}}
+
+
+def test_array_tasks_continue_alone():
+    swarm = record(nodes=4, layout="array", task_agents=2)
+    cont = Continuations()
+    cont.note([records.node_key("7", 2)])
+    polled = {0: "running", 1: "running", 2: "exited", 3: "exited"}
+    assert cont.due(swarm, polled) == [("7_1", [2, 3])]
+
+
+def test_nothing_is_due_for_a_swarm_whose_workers_never_said_continuing():
+    cont = Continuations()
+    cont.note([records.node_key("8", 0)])
+    assert cont.due(record(), {0: "exited", 1: "exited"}) == []
+
+
+def test_the_continuation_is_where_the_agents_run_next_and_status_lists_every_job():
+    swarm = record(nodes=2)
+    job = continued_record(swarm, Continued(swarm, "7", [0, 1], None, "12", None))
+    assert job.allocations == [Allocation("12", 0, 2)]
+    assert [job.slurm_job(n) for n in (0, 1)] == ["12", "12"]
+    again = continued_record(job, Continued(job, "12", [0, 1], None, "15", None))
+    assert again.slurm_job(1) == "15" and again.to_event()["jobs"] == ["7", "12", "15"]
+
+    array = record(nodes=4, layout="array", task_agents=2)
+    task = continued_record(array, Continued(array, "7_1", [2, 3], 1, "20_1", None))
+    assert task.tasks == {"1": "20_1"} and task.slurm_job(3) == "20_1"
+    assert task.slurm_job(0) == "7_0" and task.to_event()["jobs"] == ["7", "20"]
+
+
+def test_the_table_makes_continued_agents_wait_and_the_registry_keeps_every_job():
+    table = SwarmTable(gone_grace=0.0, drain_seconds=0.0)
+    swarm = record(nodes=2, node_states={"0": "running", "1": "running"}, state="running")
+    table.follow(swarm, 0.0)
+    moved = continued_record(swarm, Continued(swarm, "7", [0, 1], None, "12", None))
+    keys = table.continued("7", moved, [0, 1], 1.0)
+    assert keys == ["7_0", "7_1"]
+    now = table.get("7")
+    assert now.node_states == {"0": "pending", "1": "pending"} and now.state == "pending"
+    assert now.slurm_job(0) == "12" and "7" in table.dirty
+    # The poll of the new job tells no change: the agents were told pending already.
+    assert table.apply({"7": {0: "pending", 1: "pending"}}, 2.0) == []
+    assert table.apply({"7": {0: "running", 1: "pending"}}, 3.0)[0][0] == "7_0"
+    assert not isinstance(table.apply({"7": {0: "running", 1: "running"}}, 4.0)[0][1], NodePending)
+    # Another router wrote the swarm meanwhile: neither loses the other's jobs.
+    theirs = replace(swarm, allocations=[Allocation("9", 0, 2)])
+    stored = written_over(theirs, table.get("7"))
+    assert [a.job_id for a in stored.allocations] == ["9", "12"]
+
+
+class Told:
+    def __init__(self) -> None:
+        self.messages: list = []
+        self.cancelled = 0
+
+    def tell(self, message) -> None:
+        self.messages.append(message)
+
+    def call_later(self, delay, ref, message):
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+class Inboxes:
+    def append_inboxes(self, appends):
+        return [None for _ in appends]
+
+
+def test_a_shard_stops_the_clocks_of_unread_prompts_and_names_the_node_to_the_supervisor():
+    told = Told()
+    shard = NodeShard(Inboxes(), told, told, 5.0, told)
+    shard.on_receive(AddNode(NodeCorrelation("sw-7", "7", 0, "running")))
+    shard.on_receive(ForNodes([("7_0", Inject(Injection("unread", "hello", "r")))]))
+    assert list(shard.nodes["7_0"].timers) == ["unread"]
+    exited = WorkerLines([("7_0:1", 10, line("node_exited", 0, reason="continuing"))])
+    shard.on_receive(ForNodes([("7_0", exited)]))
+    assert shard.nodes["7_0"].timers == {} and told.cancelled == 1
+    assert NodesContinuing(["7_0"]) in told.messages
+    # When the continuation job runs, the prompt's clock starts again.
+    shard.on_receive(ForNodes([("7_0", NodeRunning())]))
+    assert list(shard.nodes["7_0"].timers) == ["unread"]
+
+
+class Router(ContinuingSwarms):
+    """The supervisor's side of continuations, its actors and registry as recorders."""
+
+    def __init__(self, swarm: SwarmRecord) -> None:
+        self.table = SwarmTable(gone_grace=0.0, drain_seconds=0.0)
+        self.table.follow(swarm, 0.0)
+        self.continuations = Continuations()
+        self.continue_jobs = True
+        self.jobs = Told()
+        self.events: list[dict] = []
+        self.nodes_told: list[tuple[str, object]] = []
+        self.registry_writes = 0
+
+    def emit(self, *events: dict) -> None:
+        self.events += events
+
+    def tell_node(self, key: str, message: object) -> bool:
+        self.nodes_told.append((key, message))
+        return True
+
+    def tell_live_swarms(self) -> None:
+        pass
+
+    def write_registry(self) -> None:
+        self.registry_writes += 1
+
+
+def running(nodes: int = 2) -> SwarmRecord:
+    states = {str(n): "running" for n in range(nodes)}
+    return record(nodes=nodes, node_states=states, state="running")
+
+
+def test_the_router_submits_once_the_job_ends_and_moves_the_agents_to_the_new_job():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    held = router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    assert held == {"7": {0: "pending", 1: "exited"}}
+    (submit,) = router.jobs.messages
+    assert isinstance(submit, ContinueJob) and (submit.slurm_job, submit.nodes) == ("7", [0, 1])
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    assert router.table.get("7").slurm_job(1) == "12"
+    assert [key for key, _ in router.nodes_told] == ["7_0", "7_1"]
+    assert router.registry_writes == 1 and router.continuations.waiting == {}
+
+
+def test_a_continuation_that_cannot_be_submitted_is_reported_and_its_agents_end():
+    router = Router(running())
+    router.nodes_continuing(["7_0", "7_1"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "", OSError("sbatch: down")))
+    (error,) = router.events
+    assert error["error"] == "backend" and "sbatch: down" in error["message"]
+    # Nothing holds them now: the poll's exit stands, and the table tells them they are gone.
+    assert router.hold_continuing({"7": {0: "exited", 1: "exited"}}) == {
+        "7": {0: "exited", 1: "exited"}
+    }
+
+
+def test_a_swarm_terminated_while_its_continuation_was_submitted_has_that_job_cancelled():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    router.table.set_state("7", "terminated")
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    withdraw = router.jobs.messages[-1]
+    assert isinstance(withdraw, Withdraw) and withdraw.swarm.jobs() == ["12"]
+
+
+def test_without_slurm_continue_a_continuing_worker_is_not_waited_for():
+    router = Router(running())
+    router.continue_jobs = False
+    router.nodes_continuing(["7_0"])
+    assert router.hold_continuing({"7": {0: "exited", 1: "exited"}}) == {
+        "7": {0: "exited", 1: "exited"}
+    }
+    assert router.jobs.messages == []
