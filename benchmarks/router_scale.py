@@ -14,6 +14,13 @@
    CPU time per event much less.
 4. Outbox line written -> its event on the protocol output, median and p99, at the default poll
    settings (target median <= 30 ms), beside the follower alone.
+5. With 10,000 live nodes: the router's RSS (target <= 300 MB), its idle CPU while every
+   worker is stopped (target < 2% of a core), in the 5 s from 1 s after the stop (the
+   launch's leftover work falls there) and in the 5 s after those, and 4. again (issue 10:
+   median <= 30 ms).
+
+With ``--baseline-tree DIR`` every figure is measured on DIR's code too, in a process of its
+own before this code's, and printed beside this code's ("before the change").
 
 Run: .venv/bin/python benchmarks/router_scale.py [--baseline-tree DIR] [--fan-out 64,1024]
 """
@@ -30,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -258,18 +266,20 @@ def latency(bench: Bench, samples: int) -> tuple[list[float], list[float]]:
     return through_router, alone
 
 
-def report_latency(bench: Bench, where: str) -> None:
+def measure_latency(bench: Bench) -> dict[str, float]:
+    """Median and p99 (ms) through the router, and of the follower alone."""
     router_ms, alone_ms = latency(bench, 100)
     router_ms = [v * 1000 for v in router_ms]
     alone_ms = [v * 1000 for v in alone_ms]
-    print(
-        f"outbox line -> output event, {where}: median {statistics.median(router_ms):.1f} ms, "
-        f"p99 {pct(router_ms, 0.99):.1f} ms (target median 30 ms); follower alone: "
-        f"median {statistics.median(alone_ms):.1f} ms, p99 {pct(alone_ms, 0.99):.1f} ms"
-    )
+    return {
+        "median": statistics.median(router_ms),
+        "p99": pct(router_ms, 0.99),
+        "alone_median": statistics.median(alone_ms),
+        "alone_p99": pct(alone_ms, 0.99),
+    }
 
 
-def report_throughput(bench: Bench, nodes: int, per_node: int) -> None:
+def measure_throughput(bench: Bench, nodes: int, per_node: int) -> dict[str, float]:
     """Events/s while ``nodes`` simulated nodes stream ``per_node`` deltas each."""
     swarm = bench.launch(nodes)
     with bench.output.cond:
@@ -286,39 +296,130 @@ def report_throughput(bench: Bench, nodes: int, per_node: int) -> None:
     used = os.times()
     user, system = ((a - b) / expected * 1e6 for a, b in zip(used[:2], cpu[:2], strict=True))
     alone = follower_alone(bench.mailbox, expected)
-    print(
-        f"events/s through worker output, follower, router and output, {nodes} nodes "
-        f"streaming: {rate:,.0f} (target 50,000; 200,000 in issue 10); "
-        f"follower alone: {alone:,.0f} lines/s; router process CPU per event: "
-        f"{user:.1f} us user, {system:.1f} us system"
-    )
+    return {"rate": rate, "alone": alone, "user_us": user, "system_us": system}
 
 
-def idle_cpu(bench: Bench, seconds: float) -> float:
-    """Percent of a core the router process uses while every simulated worker is stopped."""
+def idle_cpu(bench: Bench, seconds: float) -> tuple[float, float]:
+    """Percent of a core the router process uses while every simulated worker is stopped: in
+    the first ``seconds`` (what a launch left to do, such as registry writes, falls there)
+    and in the next ``seconds``."""
     pids = [child.pid for child in bench.scheduler.children if child.poll() is None]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     time.sleep(1.0)  # what was written before the stop is routed first
-    before = os.times()
-    time.sleep(seconds)
-    after = os.times()
+    marks = [os.times()]
+    for _ in range(2):
+        time.sleep(seconds)
+        marks.append(os.times())
     for pid in pids:
         os.kill(pid, signal.SIGCONT)
-    return 100 * (sum(after[:2]) - sum(before[:2])) / seconds
+    first, second = (100 * (sum(b[:2]) - sum(a[:2])) / seconds for a, b in pairwise(marks))
+    return first, second
 
 
-def report_ten_thousand(bench: Bench, idle_rss: float) -> None:
+def measure_ten_thousand(bench: Bench) -> dict[str, Any]:
     """RSS, idle CPU and line-to-output latency with 10,000 live nodes."""
     before = rss_mb()  # the harness keeps every event it read: count the launch's growth too
     swarm = bench.launch(10_000)
-    print(
-        f"router RSS with 10,000 nodes: {rss_mb():.1f} MB, {rss_mb() - before:.1f} MB more than "
-        f"before their launch (target 300 MB); before launching anything: {idle_rss:.1f} MB"
-    )
-    print(f"router idle CPU with 10,000 nodes: {idle_cpu(bench, 5.0):.1f}% of a core (target 2%)")
-    report_latency(bench, "with 10,000 live outbox files")
+    figures = {"rss": rss_mb(), "rss_growth": rss_mb() - before}
+    figures["idle"], figures["idle_settled"] = idle_cpu(bench, 5.0)
+    figures["latency"] = measure_latency(bench)
     bench.terminate(swarm["swarm_id"], 10_000)
+    return figures
+
+
+def measure_all(bench: Bench) -> dict[str, Any]:
+    """Every figure but the fan-out, on the code this process runs."""
+    figures: dict[str, Any] = {"idle_rss": rss_mb(), "latency_1": measure_latency(bench)}
+    swarm = bench.launch(1024)
+    figures["rss_1024"] = rss_mb()
+    bench.terminate(swarm["swarm_id"], 1024)
+    for nodes, per_node in ((16, 2500), (64, 1000)):
+        figures[f"events_{nodes}"] = measure_throughput(bench, nodes, per_node)
+    figures["ten_thousand"] = measure_ten_thousand(bench)
+    return figures
+
+
+def figures_of_tree(tree: str, timeout: float) -> dict[str, Any]:
+    """``measure_all`` run in a process on the code in ``tree``: {} if it did not finish."""
+    env = {**os.environ, "CODESWARM_BENCH_TREE": tree}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as work:
+        argv = [sys.executable, __file__, "--figures-json", "--work-dir", work]
+        child = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        out.seek(0)
+        text = out.read().strip()
+        return json.loads(text) if text else {}
+
+
+def at(figures: dict[str, Any], path: str) -> Any:
+    """The figure at a dotted ``path`` (None where the baseline has none)."""
+    for key in path.split("."):
+        figures = figures.get(key) if isinstance(figures, dict) else None
+    return figures
+
+
+def ms(f: dict[str, float]) -> str:
+    return f"median {f['median']:.1f} ms, p99 {f['p99']:.1f} ms"
+
+
+def rate(f: dict[str, float]) -> str:
+    return f"{f['rate']:,.0f} events/s, {f['user_us']:.1f} us user CPU per event"
+
+
+def one_decimal(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def beside(base: dict[str, Any], path: str, show: Any, unit: str = "") -> str:
+    """The baseline tree's figure at ``path``, as ``show`` prints it; "" if there is none."""
+    value = at(base, path)
+    return "" if value is None else f"; before the change: {show(value)}{unit}"
+
+
+def report(figures: dict[str, Any], base: dict[str, Any]) -> None:
+    """Print every figure but the fan-out, each beside the baseline tree's (when measured)."""
+
+    def latency_line(where: str, path: str) -> None:
+        now = at(figures, path)
+        alone = f"median {now['alone_median']:.1f} ms, p99 {now['alone_p99']:.1f} ms"
+        print(
+            f"outbox line -> output event, {where}: {ms(now)} (target median 30 ms); "
+            f"follower alone: {alone}" + beside(base, path, ms)
+        )
+
+    latency_line("with 1 outbox file", "latency_1")
+    print(
+        f"router RSS with 1,024 nodes: {figures['rss_1024']:.1f} MB (target 150 MB); before "
+        f"launching: {figures['idle_rss']:.1f} MB" + beside(base, "rss_1024", one_decimal, " MB")
+    )
+    for nodes in (16, 64):
+        f = figures[f"events_{nodes}"]
+        print(
+            f"events/s through worker output, follower, router and output, {nodes} nodes "
+            f"streaming: {f['rate']:,.0f} (target 50,000; 200,000 in issue 10); follower alone: "
+            f"{f['alone']:,.0f} lines/s; router process CPU per event: {f['user_us']:.1f} us "
+            f"user, {f['system_us']:.1f} us system" + beside(base, f"events_{nodes}", rate)
+        )
+    big = figures["ten_thousand"]
+    growth = beside(base, "ten_thousand.rss_growth", one_decimal, " MB more")
+    print(
+        f"router RSS with 10,000 nodes: {big['rss']:.1f} MB, {big['rss_growth']:.1f} MB more "
+        f"than before their launch (target 300 MB){growth}"
+    )
+    idle = beside(base, "ten_thousand.idle", one_decimal, "%")
+    settled = beside(base, "ten_thousand.idle_settled", one_decimal, "%")
+    print(
+        f"router idle CPU with 10,000 nodes (target 2%), in the 5 s after the workers stop: "
+        f"{big['idle']:.1f}% of a core{idle}; in the next 5 s: {big['idle_settled']:.1f}%{settled}"
+    )
+    latency_line("with 10,000 live outbox files", "ten_thousand.latency")
 
 
 FAN_OUT_TARGETS = {64: 0.5, 256: 1.0, 1024: 0.15, 10_000: 1.5}
@@ -337,7 +438,7 @@ def fan_out(bench: Bench, sizes: list[int], report: Any = None) -> dict[int, flo
 
 
 def fan_out_of_tree(tree: str, sizes: list[int], timeout: float) -> dict[int, float]:
-    """``fan_out`` run in a process on the code in ``tree``: today's code beside the change.
+    """``fan_out`` run in a fresh process on the code in ``tree`` (the baseline's, or ours).
 
     Each size's figure is printed as it is measured, so a run past ``timeout`` (then killed,
     with its process group) keeps those.
@@ -365,33 +466,36 @@ def main() -> None:
     parser.add_argument("--fan-out", default="64,256,1024,10000", help="swarm sizes")
     parser.add_argument("--baseline-timeout", type=float, default=300.0, help="seconds")
     parser.add_argument("--fan-out-json", help=argparse.SUPPRESS)  # a baseline run's figures
+    parser.add_argument("--figures-json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)  # ...in a directory we remove
     args = parser.parse_args()
-    if args.fan_out_json:
+    if args.fan_out_json or args.figures_json:
         bench = Bench(Path(args.work_dir))
         try:
-            sizes = [int(n) for n in args.fan_out_json.split(",")]
-            fan_out(bench, sizes, lambda n, t: print(json.dumps({n: t}), flush=True))
+            if args.figures_json:
+                print(json.dumps(measure_all(bench)), flush=True)
+            else:
+                sizes = [int(n) for n in args.fan_out_json.split(",")]
+                fan_out(bench, sizes, lambda n, t: print(json.dumps({n: t}), flush=True))
         finally:
             bench.close()
         return
     sizes = [int(n) for n in args.fan_out.split(",")]
-    baseline = {}
+    baseline: dict[int, float] = {}
+    base_figures: dict[str, Any] = {}
     if args.baseline_tree:
         baseline = fan_out_of_tree(args.baseline_tree, sizes, args.baseline_timeout)
+        base_figures = figures_of_tree(args.baseline_tree, 4 * args.baseline_timeout)
+    # This code's fan-out in a fresh process too, as the baseline's: a router that has
+    # measured the rest keeps its swarms' records, and writing them costs every later figure.
+    took_here = fan_out_of_tree(str(ROOT), sizes, args.baseline_timeout)
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(Path(tmp))
         try:
-            idle_rss = rss_mb()
-            report_latency(bench, "with 1 outbox file")
-            swarm = bench.launch(1024)
-            print(
-                f"router RSS with 1,024 nodes: {rss_mb():.1f} MB (target 150 MB); "
-                f"before launching: {idle_rss:.1f} MB"
-            )
-            bench.terminate(swarm["swarm_id"], 1024)
+            figures = measure_all(bench)
+            report(figures, base_figures)
             print('fan-out of one nodes:"all" inject, until every inject_delivered')
-            for nodes, took in fan_out(bench, sizes).items():
+            for nodes, took in took_here.items():
                 if nodes in baseline:
                     base = f"{baseline[nodes]:6.3f} s before the change ({args.baseline_tree})"
                 elif args.baseline_tree:
@@ -403,11 +507,6 @@ def main() -> None:
                     base = f"one process per write: {per_write:6.3f} s"
                 target = FAN_OUT_TARGETS.get(nodes)
                 print(f"  {nodes:6d} nodes: {took:6.3f} s (target {target} s); {base}")
-
-            for nodes, per_node in ((16, 2500), (64, 1000)):
-                report_throughput(bench, nodes, per_node)
-
-            report_ten_thousand(bench, idle_rss)
         finally:
             bench.close()
 

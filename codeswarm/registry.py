@@ -236,7 +236,9 @@ class SwarmRegistry:
                 if json.dumps(data, sort_keys=True) != before:
                     tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
                     with open(tmp, "w", opener=private_file) as out:
-                        out.write(json.dumps(data, indent=1, sort_keys=True))
+                        # Compact: an indented dump takes the pure-Python encoder, and a
+                        # 10,000-agent record cost every write most of a second.
+                        out.write(json.dumps(data, sort_keys=True, separators=(",", ":")))
                     os.replace(tmp, self.path)
                 if versions is not None:
                     versions.append(self.version())

@@ -22,7 +22,7 @@ hold tabs; it holds no newline, because the follower cuts lines at newlines.
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+from typing import Tuple
 
 from . import records
 
@@ -31,13 +31,9 @@ class HeaderError(ValueError):
     """A follower header that is not a JSON object of the documented shape."""
 
 
-class LineRecord(NamedTuple):
-    """One outbox line as the follower forwards it; ``offset`` is the file offset after it."""
-
-    key: str
-    identity: str
-    offset: int
-    raw: bytes
+# One outbox line as the follower forwards it: (key, identity, offset after the line, raw
+# line). A plain tuple: a NamedTuple's constructor cost the router's reader a tenth of its time.
+LineRecord = Tuple[str, str, int, bytes]
 
 
 def encode_header(cursor: dict[str, int], jobs: list[str], from_end: bool) -> bytes:
@@ -148,4 +144,4 @@ def _line_record(raw: bytes) -> LineRecord | None:
         key, identity = parts[1].decode("ascii"), parts[2].decode("ascii")
     except UnicodeDecodeError:
         return None
-    return LineRecord(key, identity, int(parts[3]), parts[4])
+    return (key, identity, int(parts[3]), parts[4])

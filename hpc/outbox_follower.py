@@ -23,11 +23,16 @@ complete line, an ``H`` record after the first poll and then after --heartbeat-s
 silence, an ``E`` record per problem. The router's cursor for an identity is the offset of the
 last ``L`` record it handled.
 
-Shared filesystems: each poll lists both directories and stats every outbox file; one whose
-size is its offset is not opened (10,000 opens a poll would cost more than the lines). Every
-REOPEN_SECONDS a poll opens every file instead, fstats it (opening revalidates NFS attributes,
-close-to-open, where a bare stat may serve a stale size), reads past the offset and closes it:
-on NFS a new line waits at most that long for a stat that was stale. Only complete lines are
+Shared filesystems: a poll lists the directories again only when a directory's own stat
+changed, and at least every REOPEN_SECONDS. It stats every outbox that had lines in the last
+ACTIVE_WINDOW_SECONDS and, in turn, a share of the quiet ones, each at least every
+STAT_SWEEP_SECONDS (and at least STAT_AT_LEAST a poll: a small swarm's every one); one whose
+size is its offset is not opened (10,000 opens a poll would cost more than the lines). In
+turn again, it opens each outbox at least every REOPEN_SECONDS, fstats it (opening
+revalidates NFS attributes, close-to-open, where a bare stat may serve a stale size), reads
+past the offset and closes it: on NFS a new line waits at most that long for a stat that was
+stale. So with 10,000 agents a poll costs what happens, not 10,000 stats, and a quiet
+agent's first line waits at most STAT_SWEEP_SECONDS more. Only complete lines are
 emitted; a partial last line waits for the next poll. A file that vanishes (ENOENT, ESTALE) is
 skipped until the next poll. An archived file read to its end is never opened again: archives
 do not grow. A cursor offset that is past the end of the file, or not just after a newline
@@ -48,8 +53,10 @@ import time
 from . import follower_wire, records
 
 DEFAULTS = {"poll_seconds": 0.02, "idle_poll_seconds": 1.0, "heartbeat_seconds": 5.0}
-ACTIVE_WINDOW_SECONDS = 2.0
-REOPEN_SECONDS = 1.0  # how often a poll opens every file, whatever a bare stat said
+ACTIVE_WINDOW_SECONDS = 2.0  # an outbox with lines this recently is statted every poll
+STAT_SWEEP_SECONDS = 0.25  # a quiet outbox is statted at least this often
+STAT_AT_LEAST = 256  # quiet outboxes statted a poll, at least: a small swarm's are all
+REOPEN_SECONDS = 1.0  # and opened at least this often, whatever a bare stat said
 READ_CHUNK = 1 << 20  # per file per poll; a file with more left makes the next poll immediate
 WRITE_BATCH = 4 << 20  # write out mid-poll past this many bytes, to bound memory
 GONE = (errno.ENOENT, errno.ESTALE)
@@ -105,7 +112,7 @@ def _pread(fd, size, offset):
 class Follower:
     """The follower's state: an offset per file identity, and what each poll found."""
 
-    def __init__(self, mailbox, cursor, jobs, write, from_end=False):
+    def __init__(self, mailbox, cursor, jobs, write, from_end=False, clock=time.monotonic):
         self.outbox = os.path.join(mailbox, records.OUTBOX_DIR)
         self.archive = os.path.join(mailbox, records.ARCHIVE_DIR)
         self.offsets = dict(cursor)
@@ -113,6 +120,7 @@ class Follower:
         self.jobs = set(jobs)
         self.from_end = from_end
         self.write = write
+        self.clock = clock
         self.skip = set()  # (name, d_ino) in archive/: read to the end, or not ours
         self.archive_seen = False  # after the first listing, anything new in archive/ is ours
         self.first_poll_done = False  # a whole first poll is done
@@ -120,7 +128,17 @@ class Follower:
         self.dir_errors = {}
         self.pending = []
         self.pending_bytes = 0
-        self.last_reopen = None  # when a poll last opened every file
+        # The files to follow, from the last listing of both directories: listed again when
+        # a directory's own stat changes, and at least every REOPEN_SECONDS.
+        self.listed = {}  # directory -> the stat signature it was listed at
+        self.followed = []  # (key, run, archived, entry), oldest run of each key first
+        self.outboxes = []  # indices in ``followed`` of the outbox files
+        self.archives = []  # ...and of the archives
+        self.index = {}  # outbox path -> its index in ``followed``
+        self.known = set()  # (outbox path, inode) listed before
+        self.last_list = None  # when both directories were last listed
+        self.active = {}  # outbox path -> when it last had lines (or appeared)
+        self.sweeps = {"stat": [0, 0.0, None], "open": [0, 0.0, None]}  # next, credit, when
 
     def problem(self, message, once=None):
         if once is not None:
@@ -140,18 +158,88 @@ class Follower:
         return True
 
     def poll(self):
-        """Read every followed file once; return (lines found, whether more is waiting).
+        """Read the followed files due this poll once; return (lines found, more waiting).
+
+        Due are every unfinished archive, every outbox with lines in the last
+        ACTIVE_WINDOW_SECONDS (statted: opened only if grown) and, in turn, a share of the
+        quiet ones: each is statted at least every STAT_SWEEP_SECONDS and opened at least every
+        REOPEN_SECONDS. With 10,000 agents a poll so costs what is happening, not 10,000 stats.
 
         A node's files are read oldest run first (archive/<key>.jsonl, then .r1, .r2, ...,
         then its outbox), and a newer one waits while an older one still has lines: the
         router drops a node's events whose seq is not above the last it saw, so reading a new
         run's lines before an old run's backlog would lose that backlog.
         """
+        now = self.clock()
+        self._list(now)
         lines = 0
         more = False
+        due = set(self.archives)
+        for path, since in list(self.active.items()):
+            if now - since >= ACTIVE_WINDOW_SECONDS:
+                del self.active[path]
+            elif path in self.index:
+                due.add(self.index[path])
+        due.update(self._sweep("stat", now, STAT_SWEEP_SECONDS, STAT_AT_LEAST))
+        opened = self._sweep("open", now, REOPEN_SECONDS)
+        due.update(opened)
+        waiting = set()
+        for i in sorted(due):
+            key, _, archived, entry = self.followed[i]
+            if key in waiting or (archived and (entry.name, entry.inode()) in self.skip):
+                continue
+            if not (archived or i in opened) and self._unchanged(entry, key):
+                continue  # an archive is opened until read to its end, then never again
+            found, left, done = self._read(entry.path, key)
+            lines += found
+            if left:
+                more = True
+                waiting.add(key)
+            if (found or left) and not archived:
+                self.active[entry.path] = now
+            if archived and done:
+                # Never read again: its offset is not needed any more either.
+                self.skip.add((entry.name, entry.inode()))
+                self.offsets.pop("%s:%d" % (key, entry.inode()), None)
+            if self.pending_bytes > WRITE_BATCH:
+                self.flush()
+        self.first_poll_done = True
+        return lines, more
+
+    def _sweep(self, kind, now, seconds, at_least=0):
+        """The indices of the quiet outboxes whose turn it is, so that each comes once in
+        ``seconds``: a share of them each poll, as much as the time since the last allows,
+        and ``at_least`` that many."""
+        sweep = self.sweeps[kind]
+        count = len(self.outboxes)
+        if sweep[2] is not None and count:
+            sweep[1] += count * min(now - sweep[2], seconds) / seconds
+        sweep[2] = now
+        take = min(max(int(sweep[1]), at_least), count)
+        sweep[1] = max(sweep[1] - take, 0.0)
+        start = sweep[0] % count if count else 0
+        sweep[0] = start + take
+        return {self.outboxes[(start + n) % count] for n in range(take)}
+
+    def _list(self, now):
+        """List both directories again if either changed, or REOPEN_SECONDS went by."""
+        stale = self.last_list is None or now - self.last_list >= REOPEN_SECONDS
+        signatures = {}
+        for directory in (self.archive, self.outbox):
+            try:
+                st = os.stat(directory)
+                signatures[directory] = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            except OSError:
+                signatures[directory] = None
+        if not stale and signatures == self.listed:
+            return
+        self.last_list = now
+        self.listed = signatures
         followed = []
         for directory, archived in ((self.archive, True), (self.outbox, False)):
             entries = self._scan(directory)
+            if entries is None:
+                self.listed[directory] = None  # listed again next poll
             filtering = archived and not self.archive_seen
             if archived and entries is not None:
                 self.archive_seen = True
@@ -172,29 +260,19 @@ class Follower:
                     continue
                 followed.append((key, run_number(name, archived), archived, entry))
         followed.sort(key=lambda f: (f[0], f[1]))
-        now = time.monotonic()
-        reopen = self.last_reopen is None or now - self.last_reopen >= REOPEN_SECONDS
-        if reopen:
-            self.last_reopen = now
-        waiting = set()
-        for key, _, archived, entry in followed:
-            if key in waiting:
-                continue
-            if not (archived or reopen) and self._unchanged(entry, key):
-                continue  # an archive is opened until read to its end, then never again
-            found, left, done = self._read(entry.path, key)
-            lines += found
-            if left:
-                more = True
-                waiting.add(key)
-            if archived and done:
-                # Never read again: its offset is not needed any more either.
-                self.skip.add((entry.name, entry.inode()))
-                self.offsets.pop("%s:%d" % (key, entry.inode()), None)
-            if self.pending_bytes > WRITE_BATCH:
-                self.flush()
-        self.first_poll_done = True
-        return lines, more
+        self.followed = followed
+        self.outboxes = [i for i, f in enumerate(followed) if not f[2]]
+        self.archives = [i for i, f in enumerate(followed) if f[2]]
+        self.index = {followed[i][3].path: i for i in self.outboxes}
+        known = set()
+        for i in self.outboxes:
+            entry = followed[i][3]
+            known.add((entry.path, entry.inode()))
+            if (entry.path, entry.inode()) not in self.known:
+                self.active[entry.path] = now  # new: read at once, then kept an eye on
+        self.known = known
+        for path in [path for path in self.active if path not in self.index]:
+            del self.active[path]
 
     def _scan(self, directory):
         try:
@@ -210,13 +288,16 @@ class Follower:
         return entries
 
     def _unchanged(self, entry, key):
-        """Whether a bare stat shows the file ending at its offset: nothing new to read."""
+        """Whether a bare stat shows the file ending at its offset: nothing new to read.
+
+        ``os.stat``, not the listing's ``entry.stat()``: that one is the listing's, cached.
+        """
         ident = "%s:%d" % (key, entry.inode())
         offset = self.offsets.get(ident)
         if offset is None or ident in self.unverified:
             return False
         try:
-            return entry.stat().st_size == offset
+            return os.stat(entry.path).st_size == offset
         except OSError:
             return False
 

@@ -91,7 +91,7 @@ OUTBOX_EVENT_FIELDS = {
 }
 OUTBOX_ENVELOPE = ("type", "job_id", "node_id", "seq", "ts")
 # Every field each outbox event must carry: the router checks these on each line it routes.
-_OUTBOX_REQUIRED = {
+OUTBOX_REQUIRED = {
     kind: frozenset(OUTBOX_ENVELOPE + fields) for kind, fields in OUTBOX_EVENT_FIELDS.items()
 }
 TURN_STATUSES = ("completed", "interrupted", "failed")
@@ -338,7 +338,7 @@ def outbox_event_problem(event):
     if not isinstance(event, dict):
         return "not a JSON object"
     kind = event.get("type")
-    required = _OUTBOX_REQUIRED.get(kind) if isinstance(kind, str) else None
+    required = OUTBOX_REQUIRED.get(kind) if isinstance(kind, str) else None
     if required is None:
         return "unknown outbox event type %r" % (kind,)
     if not event.keys() >= required:
@@ -365,7 +365,7 @@ def _job_id_problem(job_id):
 _DECODER = json.JSONDecoder()
 
 
-def _decode_object(text):
+def decode_object(text):
     """``json.loads(text)``, minus its two whitespace scans on the router's busiest path."""
     try:
         value, end = _DECODER.raw_decode(text)
@@ -384,7 +384,7 @@ def parse_outbox_line(line):
     try:
         if isinstance(line, bytes):
             line = line.decode("utf-8")
-        event = _decode_object(line)
+        event = decode_object(line)
     except ValueError as exc:
         raise RecordError("outbox line is not UTF-8 JSON: %s" % exc) from None
     problem = outbox_event_problem(event)

@@ -154,7 +154,7 @@ def test_a_shard_stops_the_clocks_of_unread_prompts_and_names_the_node_to_the_su
     shard.on_receive(AddNode(NodeCorrelation("sw-7", "7", 0, "running")))
     shard.on_receive(ForNodes([("7_0", Inject(Injection("unread", "hello", "r")))]))
     assert list(shard.nodes["7_0"].timers) == ["unread"]
-    exited = WorkerLines([("7_0:1", 10, line("node_exited", 0, reason="continuing"))])
+    exited = WorkerLines([("7_0", "7_0:1", 10, line("node_exited", 0, reason="continuing"))])
     shard.on_receive(ForNodes([("7_0", exited)]))
     assert shard.nodes["7_0"].timers == {} and told.cancelled == 1
     assert NodesContinuing(["7_0"]) in told.messages

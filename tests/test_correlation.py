@@ -184,7 +184,7 @@ def test_a_batch_is_emitted_in_order_before_the_cursor_may_pass_it():
         line("assistant_delta", 3, injection_id="i1", delta="b"),
     ]
     offsets = [100 * (k + 1) for k in range(len(batch))]
-    lines = WorkerLines([("77_0:9", o, raw) for o, raw in zip(offsets, batch, strict=True)])
+    lines = WorkerLines([("77_0", "77_0:9", o, raw) for o, raw in zip(offsets, batch, strict=True)])
     actor.on_receive(ForNodes([("77_0", lines)]))
     emit, progress = told
     assert isinstance(emit, Emit) and isinstance(progress, Progress)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeswarm.hpc import follower_wire, records
-from codeswarm.hpc.follower_wire import LineRecord, RecordReader
+from codeswarm.hpc.follower_wire import RecordReader
 
 job_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,20}", fullmatch=True)
 node_keys = st.builds(records.node_key, job_ids, st.integers(0, records.NODE_ID_MAX))
@@ -73,7 +73,7 @@ def test_records_cut_anywhere_parse_back_to_what_was_encoded(files, messages, da
         offset = start
         for line in lines:
             offset += len(line) + 1
-            expected.append(LineRecord(key, identity, offset, line))
+            expected.append((key, identity, offset, line))
     for message in messages:
         stream += follower_wire.problem_record(message)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
@@ -97,7 +97,7 @@ def test_only_whole_lines_of_a_read_become_records():
 def test_a_record_waits_for_its_newline():
     reader = RecordReader()
     assert reader.feed(b"L\t42_0\t42_0:7\t10\t{}") == ([], [])
-    assert reader.feed(b"\n") == ([LineRecord("42_0", "42_0:7", 10, b"{}")], [])
+    assert reader.feed(b"\n") == ([("42_0", "42_0:7", 10, b"{}")], [])
 
 
 @pytest.mark.parametrize(

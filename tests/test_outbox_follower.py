@@ -422,33 +422,58 @@ def test_a_long_running_follower_keeps_state_only_for_files_still_there(mailbox)
     assert follower.skip == set()
 
 
-def test_a_poll_opens_only_the_outboxes_a_stat_shows_grown_and_every_one_each_reopen(
-    mailbox, monkeypatch
-):
+def test_a_poll_opens_only_grown_outboxes_and_sweeps_the_quiet_ones_in_turn(mailbox, monkeypatch):
     from codeswarm.hpc import outbox_follower
 
     opened: list[str] = []
-    real_open = os.open
+    statted: list[str] = []
+    real_open, real_stat = os.open, os.stat
 
     def counting_open(path, *args, **kwargs):
         opened.append(os.path.basename(path))
         return real_open(path, *args, **kwargs)
 
+    def counting_stat(path, *args, **kwargs):
+        if str(path).endswith(".jsonl"):
+            statted.append(os.path.basename(path))
+        return real_stat(path, *args, **kwargs)
+
     for node in range(20):
         append(mailbox / "outbox" / f"9_{node}.jsonl", event(0, tag=str(node)))
     monkeypatch.setattr(outbox_follower.os, "open", counting_open)  # os itself: poll only
+    monkeypatch.setattr(outbox_follower.os, "stat", counting_stat)
+    monkeypatch.setattr(outbox_follower, "STAT_AT_LEAST", 0)  # as if these were 10,000
+    now = [1000.0]
     written: list[bytes] = []
-    follower = outbox_follower.Follower(str(mailbox), {}, [], written.append)
+    follower = outbox_follower.Follower(str(mailbox), {}, [], written.append, clock=lambda: now[0])
     follower.poll()  # the first poll opens every file
     assert len(opened) == 20
+
+    # Every outbox had lines just now: each poll stats them all, and opens only the grown one.
     append(mailbox / "outbox" / "9_7.jsonl", event(1))
     opened.clear()
+    statted.clear()
+    now[0] += 0.01
     follower.poll()
     assert opened == ["9_7.jsonl"]
-    opened.clear()
-    follower.last_reopen -= outbox_follower.REOPEN_SECONDS
+    assert len(statted) == 20
+
+    # Quiet past the active window: a poll stats only its share of the quiet outboxes (each
+    # once in STAT_SWEEP_SECONDS) and opens its share (each once in REOPEN_SECONDS).
+    now[0] += outbox_follower.ACTIVE_WINDOW_SECONDS
     follower.poll()
-    assert len(opened) == 20
+    append(mailbox / "outbox" / "9_3.jsonl", event(1))
+    step = outbox_follower.STAT_SWEEP_SECONDS / 4
+    opened.clear()
+    statted.clear()
+    polls = round(outbox_follower.REOPEN_SECONDS / step)
+    for _ in range(polls):
+        now[0] += step
+        follower.poll()
+        assert len(statted) <= 5 + 1  # its share, and 9_3 once it had its line
+        statted.clear()
+    quiet = sorted(f"9_{n}.jsonl" for n in range(20) if n != 3)
+    assert sorted(set(opened) - {"9_3.jsonl"}) == quiet
     follower.flush()
     lines = [r for r in b"".join(written).splitlines() if r.startswith(b"L\t")]
-    assert len(lines) == 21
+    assert len(lines) == 22

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from codeswarm import eventlog
 from codeswarm.config import parse_config
 from codeswarm.embed import Codeswarm
+from codeswarm.protocol.subscription import DEFAULT_PATTERNS
 from tests.support.daemon import Daemon
 from tests.support.simulated_workers import SimulatedScheduler
 
@@ -42,10 +44,6 @@ def launched(tmp_path):
     scheduler.close()
 
 
-def seam_of(events: list[dict]) -> int:
-    return next(i for i, e in enumerate(events) if e["type"] == "subscribed")
-
-
 def usages(events: list[dict], request_id: str) -> int:
     return sum(e["type"] == "usage" and e.get("request_id") == request_id for e in events)
 
@@ -66,34 +64,37 @@ def is_usage(event: dict) -> bool:
     return event["type"] == "usage" and event.get("request_id") == "big"
 
 
-def test_a_subscribe_since_in_the_middle_of_20000_events_has_no_gap_and_no_repeat(
-    launched, tmp_path
-):
+def test_a_subscribe_since_in_the_middle_of_a_stream_has_no_gap_and_no_repeat(launched, tmp_path):
     swarm_id, config = launched
     daemon = Daemon(config, tmp_path / "daemon.stderr")
     try:
         daemon.wait_event("ready")
+        # Live, this connection first takes only the answers: the replay then has the deltas
+        # to send, however far the router has got when the subscribe comes.
+        daemon.send({"command": "subscribe", "events": ["inject_*"], "request_id": "narrow"})
+        daemon.wait_event("subscribed", request_id="narrow")
         inject = {"command": "inject", "swarm_id": swarm_id, "nodes": "all"}
-        daemon.send({**inject, "content": "burst 10000", "request_id": "big"})
-        while daemon.lines.qsize() < 3000:  # raw lines: parsing lags far behind the daemon
+        daemon.send({**inject, "content": "burst 40000", "request_id": "big"})
+        log_dir = eventlog.swarm_log_dir(tmp_path / "state", swarm_id)
+        while eventlog.last_cursor(log_dir) < 3000:  # the log shows how far the router got
             assert daemon.process.poll() is None
             time.sleep(0.002)
-        daemon.send(
-            {"command": "subscribe", "swarm_id": swarm_id, "since": 1000, "request_id": "s"}
-        )
+        everything = list(DEFAULT_PATTERNS)
+        since = {"swarm_id": swarm_id, "since": 1000, "events": everything, "request_id": "s"}
+        daemon.send({"command": "subscribe", **since})
         events = daemon.wait_for(counted(is_usage, 2), timeout=120)
-        daemon.wait_for(counted(lambda e: e["type"] == "subscribed", 1))
+        daemon.wait_event("subscribed", request_id="s")
     finally:
         daemon.close()
-    seam = seam_of(events)
+    seam = next(i for i, e in enumerate(events) if e.get("request_id") == "s")
     answer = events[seam]
     until, count = answer["replay_until"], answer["replayed"]
     assert answer["swarm_id"] == swarm_id and count > 0
     before = [e["cursor"] for e in events[:seam] if "cursor" in e]
     live, replay = before[: len(before) - count], before[len(before) - count :]
-    assert live == list(range(1, len(live) + 1))  # sent live before the subscribe came
+    assert live == sorted(live) and live[-1] < 1000  # the answers, sent live
     # The replay is what the client asked for, less what this connection had sent already.
-    assert replay == list(range(max(1000, len(live)) + 1, until + 1))
+    assert replay == list(range(1001, until + 1))
     after = [e["cursor"] for e in events[seam + 1 :] if "cursor" in e]
     assert after == list(range(until + 1, until + 1 + len(after)))  # live again: no gap
     assert after and max(after) >= 20_000  # the subscribe landed mid-stream

@@ -32,6 +32,8 @@ FINAL = ("usage", "inject_failed")
 # A worker's ``node_exited`` reason when it exits to go on in the next Slurm job (slurm.continue).
 CONTINUING = "continuing"
 RECENT_KEPT = 1000
+_REQUIRED = records.OUTBOX_REQUIRED
+_decode = records.decode_object
 
 
 class Open:
@@ -167,22 +169,25 @@ class NodeCorrelation:
     def worker_line(self, raw: bytes) -> list[dict]:
         """One outbox line as the events to emit (none for a duplicate)."""
         try:
-            event = records.parse_outbox_line(raw)
+            event = self._parse(raw)
         except records.RecordError as exc:
             return [self._bad_line(raw, str(exc))]
-        if event["seq"] <= self.last_seq:
+        seq = event["seq"]
+        if seq <= self.last_seq:
             return []
-        self.last_seq = event["seq"]
+        self.last_seq = seq
         kind = event["type"]
         request_id = None
         injection_id = event.get("injection_id")
-        if kind not in ("node_started", "node_exited") and injection_id is not None:
+        if injection_id is not None and kind != "node_started" and kind != "node_exited":
             entry = self.open.get(injection_id)
             if entry is None:
                 request_id = self.recent.get(injection_id)
             else:
                 request_id = entry.injection.request_id
-                self._check_order(entry, kind)
+                stage = STAGES.get(kind)
+                if stage is not None and stage != entry.stage:
+                    self._check_order(entry, kind, stage)
             if kind in FINAL:
                 self._finish(injection_id, request_id)
         if "request_id" in event:  # an approve's or steer's own comes first
@@ -195,10 +200,31 @@ class NodeCorrelation:
             return [event, *self.gone(event["reason"])]
         return [event]
 
-    def _check_order(self, entry: Open, kind: str) -> None:
-        stage = STAGES.get(kind)
-        if stage is None:
-            return
+    def _parse(self, raw: bytes) -> dict[str, Any]:
+        """``records.parse_outbox_line``, with its id checks skipped for this node's own ids:
+        every line of a busy node is checked, and the worker writes the same ids on each."""
+        try:
+            event = _decode(raw.decode("utf-8"))
+        except ValueError:
+            return records.parse_outbox_line(raw)  # says what is wrong
+        kind = event.get("type") if type(event) is dict else None
+        required = _REQUIRED.get(kind) if type(kind) is str else None
+        if (
+            required is not None
+            and event.keys() >= required
+            and event["job_id"] == self.job_id
+            and type(event["node_id"]) is int
+            and event["node_id"] == self.node_id
+            and type(event["seq"]) is int
+            and event["seq"] >= 0
+        ):
+            return event
+        problem = records.outbox_event_problem(event)
+        if problem:
+            raise records.RecordError(f"outbox event {problem}")
+        return event
+
+    def _check_order(self, entry: Open, kind: str, stage: int) -> None:
         if stage < entry.stage:
             log.warning(
                 "%s_%s: %s for %s after stage %d",
@@ -208,7 +234,8 @@ class NodeCorrelation:
                 entry.injection.injection_id,
                 entry.stage,
             )
-        entry.stage = max(entry.stage, stage)
+        else:
+            entry.stage = stage
 
     def _bad_line(self, raw: bytes, message: str) -> dict:
         return self.event(

@@ -98,7 +98,7 @@ class InterruptNode(NamedTuple):
 
 
 class WorkerLines(NamedTuple):
-    lines: list[tuple[str, int, bytes]]  # file identity, offset after the line, raw line
+    lines: list[LineRecord]  # one node's: key, file identity, offset after the line, raw line
 
 
 class Progress(NamedTuple):

@@ -40,10 +40,30 @@ from codeswarm.actors.messages import (
 from codeswarm.backends import Transport
 from codeswarm.errors import BackendError
 from codeswarm.hpc import records
+from codeswarm.hpc.follower_wire import LineRecord
 from codeswarm.protocol import errors
 from codeswarm.timer import Timer, TimerHandle
 
 log = logging.getLogger(__name__)
+
+
+def inbox_line(injection: Injection, encoded: dict[str, bytes]) -> bytes:
+    """The inbox line of an injection, as ``records.encode_line`` writes it.
+
+    A fan-out writes one prompt to thousands of inboxes: its content is encoded once
+    (``encoded`` keeps it), and only the injection id, an id safe in JSON as it is, differs.
+    """
+    content = encoded.get(injection.content)
+    if content is None:
+        record = records.inbox_injection(injection.kind, injection.injection_id, injection.content)
+        line = records.encode_line(record).encode()
+        encoded[injection.content] = line[line.index(b',"content":') :]
+        return line
+    if injection.kind not in records.INJECTION_TYPES:
+        raise records.RecordError(f"not an injection record type: {injection.kind!r}")
+    injection_id = records.check_id(injection.injection_id, "injection_id")
+    head = f'{{"type":"{injection.kind}","injection_id":"{injection_id}"'
+    return head.encode() + content
 
 
 class Node:
@@ -181,11 +201,11 @@ class NodeShard(pykka.ThreadingActor):
                 self.deliver(correlation, message.record, message.request_id, ack, message.ack)
             )
 
-    def worker_lines(self, node: Node, lines: list[tuple[str, int, bytes]], batch: Batch) -> None:
+    def worker_lines(self, node: Node, lines: list[LineRecord], batch: Batch) -> None:
         correlation = node.correlation
         offsets: dict[str, int] = {}
         events = batch.events
-        for identity, offset, raw in lines:
+        for _, identity, offset, raw in lines:
             offsets[identity] = offset
             for event in correlation.worker_line(raw):
                 events.append(event)
@@ -224,16 +244,12 @@ class NodeShard(pykka.ThreadingActor):
             return
         pending = list(batch.writes.values())
         batch.writes.clear()
+        encoded: dict[str, bytes] = {}
         appends = [
             (
                 node.correlation.job_id,
                 node.correlation.node_id,
-                [
-                    records.encode_line(
-                        records.inbox_injection(i.kind, i.injection_id, i.content)
-                    ).encode()
-                    for i in injections
-                ],
+                [inbox_line(i, encoded) for i in injections],
             )
             for node, injections in pending
         ]

@@ -163,6 +163,9 @@ class SwarmTable(ScaledTable):
         self.dirty: set[str] = set()  # jobs whose record must be written to the registry
         self.held: dict[str, Held] = {}
         self.held_bytes = 0
+        # job -> (the poll's node states, the record after applying them): a poll that says
+        # the same of the same record again changes nothing, and 10,000 nodes cost a core.
+        self.applied: dict[str, tuple[dict[int, str], SwarmRecord]] = {}
 
     # ---- lookups ----------------------------------------------------------------------------
 
@@ -264,6 +267,7 @@ class SwarmTable(ScaledTable):
         """Stop following a finished swarm; its record keeps each node's last seq."""
         self.followed.discard(job_id)
         self.active.pop(job_id, None)
+        self.applied.pop(job_id, None)
         record = self.records[job_id]
         for node_id in range(record.nodes):
             key = records.node_key(job_id, node_id)
@@ -322,6 +326,14 @@ class SwarmTable(ScaledTable):
             record = self.records.get(job_id)
             if record is None or job_id not in self.followed:
                 continue
+            last = self.applied.get(job_id)
+            if (
+                last is not None
+                and last[1] is record
+                and last[0] == nodes
+                and "exited" not in nodes.values()  # a node in its grace may be due now
+            ):
+                continue
             node_states = dict(record.node_states)
             removed = set(record.removed)
             for node_id, state in nodes.items():
@@ -344,6 +356,7 @@ class SwarmTable(ScaledTable):
                     self.reported[key] = "exited"
                     node_states[str(node_id)] = "exited"
             self._update(record, node_states, now)
+            self.applied[job_id] = (nodes, self.records[job_id])
         return told
 
     def _update(self, record: SwarmRecord, node_states: dict[str, str], now: float) -> None:

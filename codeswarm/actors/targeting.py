@@ -84,15 +84,19 @@ class NodeTargeting:
             return
         job_id = swarm.job_id if swarm else command.job_id
         told: list[tuple[str, Any]] = []
+        live = self.nodes if swarm is not None and not swarm.is_final() else {}
+        removed = set(swarm.removed) if swarm is not None else set()
         for node_id in nodes:
             injection_id = base if len(nodes) == 1 else f"{base}-{node_id}"
-            failed = self.unreachable(swarm, job_id, node_id)
-            if failed is None:
+            key = f"{job_id}_{node_id}"  # records.node_key's, unchecked: a followed node's
+            if key in live and node_id not in removed:
                 injection = Injection(
                     injection_id, command.content, command.request_id, command.kind
                 )
-                told.append((records.node_key(job_id, node_id), Inject(injection)))
+                told.append((key, Inject(injection)))
                 continue
+            failed = self.unreachable(swarm, job_id, node_id)
+            assert failed is not None  # a live swarm's followed, kept node is the reachable kind
             self.emit(
                 make_event(
                     "inject_failed",

@@ -205,25 +205,23 @@ def routed(raw: bytes, event: dict[str, Any], swarm_id: Any, request_id: Any) ->
     the encoder would refuse or an id field it would replace: then the event is encoded on
     its way out like any other.
     """
-    added = {"swarm_id": swarm_id}
-    if request_id is not None:
-        added["request_id"] = request_id
     passed_on = (
         event
         and raw.endswith(b"}")
-        and event.keys().isdisjoint(added)
+        and "swarm_id" not in event
+        and "request_id" not in event
         and not _NOT_PASSED_ON.search(raw)
     )
     try:
         suffix = _ids_suffix(swarm_id, request_id) if passed_on else b""
     except (TypeError, ValueError, RecursionError):
         suffix = b""
-    if not suffix:
-        event.update(added)
-        return event
-    encoded = EncodedEvent(event)
-    encoded.update(added)
-    encoded.line = raw[:-1] + suffix
+    encoded = EncodedEvent(event) if suffix else event
+    encoded["swarm_id"] = swarm_id
+    if request_id is not None:
+        encoded["request_id"] = request_id
+    if suffix:
+        encoded.line = raw[:-1] + suffix
     return encoded
 
 

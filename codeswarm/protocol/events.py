@@ -469,7 +469,9 @@ EVENT_SCHEMAS: dict[str, type[EventSchema]] = {
 def make_event(kind: str, **fields_: Any) -> dict[str, Any]:
     """An event of ``kind`` stamped with the current time; None-valued fields are left out."""
     event = {"type": kind, "ts": round(time.time(), 6)}
-    event.update((key, value) for key, value in fields_.items() if value is not None)
+    for key, value in fields_.items():  # a loop: a generator costs a fan-out's acks a tenth
+        if value is not None:
+            event[key] = value
     return event
 
 
