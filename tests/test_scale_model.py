@@ -103,18 +103,19 @@ def test_added_agents_wait_pending_in_their_job_and_two_adds_never_share_an_inde
     assert table.reserve("7", 1) == 4  # nothing in flight: the next free index
 
 
-def test_removed_agents_are_exited_for_the_swarm_and_the_poll_tells_only_their_end():
+def test_a_removed_agent_keeps_its_state_while_it_drains_and_the_poll_tells_only_its_end():
     table = table_with(record(nodes=3, node_states=dict.fromkeys("012", "running")))
     table.remove_nodes("7", (1,), 0.0)
-    assert table.get("7").node_state(1) == "exited" and table.get("7").state == "running"
-    # The job still runs (two more agents in it): the removed one stays exited, untold.
+    assert table.get("7").node_state(1) == "running" and table.get("7").removed == [1]
+    # The job still runs (two more agents in it): the removed one drains, untold.
     assert table.apply({"7": {0: "running", 1: "running", 2: "running"}}, 1.0) == [
         ("7_0", NodeRunning()),
         ("7_2", NodeRunning()),
     ]
-    assert table.get("7").node_state(1) == "exited"
+    assert table.get("7").node_state(1) == "running"
     told = table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 2.0)
     assert told == [("7_1", NodeGone("its job ended after it was removed"))]
+    assert table.get("7").node_state(1) == "exited"
     assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 3.0) == []
     table.release_nodes("7", {"1": 12})
     assert table.get("7").last_seqs == {"1": 12}
@@ -122,12 +123,26 @@ def test_removed_agents_are_exited_for_the_swarm_and_the_poll_tells_only_their_e
     assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 4.0) == []
 
 
+def test_a_swarm_whose_other_agents_exited_stays_live_while_a_removed_one_drains():
+    table = table_with(record(nodes=2, node_states={"0": "exited", "1": "running"}))
+    table.remove_nodes("7", (1,), 0.0)
+    swarm = table.get("7")
+    assert swarm.state == "running" and not swarm.all_exited()
+    assert table.releasable(10.0) == []
+    table.apply({"7": {0: "exited", 1: "running"}}, 1.0)
+    assert table.get("7").state == "running"  # polled still, and terminate would scancel
+    table.apply({"7": {0: "exited", 1: "exited"}}, 2.0)
+    assert table.get("7").state == "exited" and table.get("7").all_exited()
+
+
 def test_a_write_from_an_older_view_keeps_another_routers_added_job_and_removals():
     stored = record(nodes=4, allocations=[Allocation("9", 2, 2)], removed=[0])
     mine = record(nodes=2, node_states={"0": "running", "1": "running"})
     kept = written_over(stored, mine)
     assert kept.nodes == 4 and kept.allocations == stored.allocations
-    assert kept.removed == [0] and kept.node_state(0) == "exited"
+    assert kept.removed == [0] and kept.node_state(0) == "running"  # draining: its own state
+    released = written_over(replace(stored, last_seqs={"0": 4}), mine)
+    assert released.node_state(0) == "exited"  # gone and released: exited
     both = written_over(stored, replace(mine, nodes=5, allocations=[Allocation("8", 4, 1)]))
     assert [a.job_id for a in both.allocations] == ["8", "9"]  # submission order
     assert both.nodes == 5

@@ -326,9 +326,11 @@ class SwarmTable(ScaledTable):
             removed = set(record.removed)
             for node_id, state in nodes.items():
                 key = records.node_key(job_id, node_id)
-                if node_id in removed:  # exited for the swarm already: told only its end
+                if node_id in removed:  # told only its end
                     if str(node_id) not in record.last_seqs:  # not yet released
-                        self._removed_polled(key, state, now, told)
+                        polled = self._removed_polled(key, state, now, told)
+                        if polled is not None:
+                            node_states[str(node_id)] = polled
                     continue
                 if state != "exited":
                     self.gone_since.pop(key, None)
