@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from codeswarm.actors.messages import NodeGone, NodeRemoved, NodeRunning
-from codeswarm.actors.scaling import idle_jobs, remove_problem
+from codeswarm.actors.scaling import (
+    ADD_CLAIM_SECONDS,
+    add_problem,
+    claimed,
+    idle_jobs,
+    remove_problem,
+    unclaimed,
+)
 from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
 from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_jobs
 from codeswarm.config import parse_config
@@ -90,17 +97,33 @@ def table_with(swarm: SwarmRecord, grace: float = 0.0) -> SwarmTable:
     return table
 
 
-def test_added_agents_wait_pending_in_their_job_and_two_adds_never_share_an_index():
+def test_added_agents_wait_pending_in_their_job():
     table = table_with(record(node_states={"0": "running", "1": "running"}))
-    first = table.reserve("7", 2)
-    second = table.reserve("7", 1)
-    assert (first, second) == (2, 4)
-    table.unreserve("7")
-    grown = table.add_allocation("7", Allocation("9", first, 2), 1.0)
+    grown = table.add_allocation("7", Allocation("9", 2, 2), 1.0)
     assert grown.nodes == 4 and [grown.node_state(n) for n in (2, 3)] == ["pending"] * 2
     assert grown.state == "running" and "7" in table.dirty
-    table.unreserve("7")
-    assert table.reserve("7", 1) == 4  # nothing in flight: the next free index
+
+
+def test_one_add_at_a_time_is_claimed_under_the_registry_lock_by_every_router(tmp_path):
+    # Two routers (a daemon and a CLI) share the registry; neither's memory knows the other's.
+    daemon, cli = SwarmRegistry(tmp_path, "/mb"), SwarmRegistry(tmp_path, "/mb")
+    daemon.put(record())
+    assert daemon.update("sw-7", lambda r: claimed(r, 100.0)).add_started == 100.0
+    with pytest.raises(ValueError, match="another scale --add of swarm sw-7"):
+        cli.update("sw-7", lambda r: claimed(r, 101.0))
+    assert cli.get("sw-7").add_started == 100.0  # the refusal wrote nothing
+    # Answered (recorded or failed): the next add claims, from the stored nodes on.
+    daemon.update("sw-7", lambda r: unclaimed(replace(r, nodes=4)))
+    assert cli.update("sw-7", lambda r: claimed(r, 102.0)).nodes == 4
+    # A claim whose router died during sbatch lapses.
+    assert claimed(record(add_started=1.0), 1.0 + ADD_CLAIM_SECONDS).add_started is not None
+
+
+def test_an_array_grows_by_whole_tasks_refused_before_anything_is_claimed():
+    swarm = record(nodes=4, layout="array", task_agents=4, agents_per_node=2)  # 2 nodes a task
+    assert add_problem(swarm, 4, 2) is None
+    assert "add a multiple of 2, not 3" in add_problem(swarm, 4, 3)
+    assert add_problem(record(), 2, 3) is None  # one job: any size
 
 
 def test_a_removed_agent_keeps_its_state_while_it_drains_and_the_poll_tells_only_its_end():

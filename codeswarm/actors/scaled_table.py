@@ -47,7 +47,6 @@ class ScaledTable:
 
     def __init__(self) -> None:
         self.grown: set[str] = set()  # followed jobs another process added agents to
-        self.adding: dict[str, tuple[int, int]] = {}  # job -> (next free index, adds in flight)
 
     def _adopt_scale(
         self, mine: SwarmRecord, stored: SwarmRecord, now: float
@@ -69,21 +68,6 @@ class ScaledTable:
         if added:
             self.grown.add(mine.job_id)
         return [(records.node_key(mine.job_id, n), NodeRemoved(write=False)) for n in removed]
-
-    def reserve(self, job_id: str, agents: int) -> int:
-        """The first index of ``agents`` more for this swarm: adds still being submitted
-        hold theirs, so a second add takes the next ones."""
-        record = self.records[job_id]
-        first, in_flight = self.adding.get(job_id, (record.nodes, 0))
-        first = max(first, record.nodes)
-        self.adding[job_id] = (first + agents, in_flight + 1)
-        return first
-
-    def unreserve(self, job_id: str) -> None:
-        """An add was answered (or refused): its indices are the record's, or free again."""
-        next_free, in_flight = self.adding.pop(job_id, (0, 1))
-        if in_flight > 1:
-            self.adding[job_id] = (next_free, in_flight - 1)
 
     def add_allocation(self, job_id: str, allocation: Allocation, now: float) -> SwarmRecord:
         """A job submitted with more agents: they wait for it, pending."""
