@@ -131,7 +131,8 @@ class Scaling:
     scheduler: Any
     cursor: Any
     answer_tokens: Any
-    after_shards: dict[int, tuple[int, dict[str, Any]]]  # token -> (shards to pass, answer)
+    # token -> (shards to pass, answer, failed inbox writes)
+    after_shards: dict[int, tuple[int, dict[str, Any], list[str]]]
 
     def scale(self, command: commands.Scale) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
@@ -207,7 +208,8 @@ class Scaling:
         record = self.table.remove_nodes(record.job_id, command.remove, time.monotonic())
         keys = [records.node_key(record.job_id, n) for n in command.remove]
         keys = [key for key in keys if key in self.nodes]
-        self.tell_nodes_at_once([(key, NodeRemoved()) for key in keys])
+        token = next(self.answer_tokens)
+        self.tell_nodes_at_once([(key, NodeRemoved(token=token)) for key in keys])
         if idle:
             self.jobs.tell(Withdraw(only_jobs(record, [Allocation(job, 0, 0) for job in idle])))
         self.write_registry()
@@ -215,8 +217,7 @@ class Scaling:
         answer = make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event())
         # Answered once the inboxes are written: a CLI that exits on the answer loses nothing.
         shards = {self.nodes[key] for key in keys}
-        token = next(self.answer_tokens)
-        self.after_shards[token] = (len(shards), answer)
+        self.after_shards[token] = (len(shards), answer, [])
         for shard in shards:
             try:
                 shard.tell(Passed(token))
@@ -225,12 +226,23 @@ class Scaling:
         if not shards:
             self.shard_passed(token, counted=False)
 
-    def shard_passed(self, token: int, counted: bool = True) -> None:
-        """A shard handled what it was told before ``token``; the last one sends its answer."""
-        left, answer = self.after_shards.pop(token)
+    def shard_passed(
+        self, token: int, counted: bool = True, failures: tuple[str, ...] = ()
+    ) -> None:
+        """A shard handled what it was told before ``token``; the last one sends the answer,
+        or a ``backend`` error if an inbox could not be written."""
+        left, answer, failed = self.after_shards.pop(token)
         left -= counted
+        failed += failures
         if left > 0:
-            self.after_shards[token] = (left, answer)
+            self.after_shards[token] = (left, answer, failed)
+        elif failed:
+            self.error(
+                errors.BACKEND,
+                "; ".join(failed) + ": the node is removed (it takes no more work) but runs "
+                "until its job ends; check the mailbox, or terminate the swarm to stop it",
+                answer["request_id"],
+            )
         else:
             self.emit(answer)
 

@@ -129,7 +129,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         self.registry_problem = ""
         self.answers: dict[int, commands.Command] = {}
         self.answer_tokens = iter(range(1, 1 << 62))
-        self.after_shards: dict[int, tuple[int, dict[str, Any]]] = {}
+        self.after_shards: dict[int, tuple[int, dict[str, Any], list[str]]] = {}
         self.follower: Any = None
         self.poller: Any = None
         self.jobs: Any = None
@@ -236,7 +236,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         elif isinstance(message, NodesDrained):
             self.release_nodes(message.keys)
         elif isinstance(message, Passed):
-            self.shard_passed(message.token)
+            self.shard_passed(message.token, failures=message.failures)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
