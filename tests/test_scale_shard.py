@@ -10,17 +10,23 @@ import json
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import (
     AddNode,
+    AgentsAdded,
+    Cancelled,
     ForNodes,
     NodeGone,
     NodeRemoved,
     NodesDrained,
     Passed,
+    Withdraw,
     WorkerLines,
 )
 from codeswarm.actors.node import NodeShard
 from codeswarm.actors.scaling import Scaling
+from codeswarm.actors.supervisor import SupervisorActor
+from codeswarm.actors.swarms import SwarmTable, written_over
 from codeswarm.errors import BackendError
 from codeswarm.hpc import records
+from codeswarm.registry import Allocation, SwarmRecord
 
 
 class Told:
@@ -113,3 +119,99 @@ def test_the_scale_is_answered_after_every_shard_passed_or_with_the_failed_write
     assert (error["type"], error["error"], error["request_id"]) == ("error", "backend", "g2")
     assert "node 1" in error["message"] and "terminate" in error["message"]
     assert 2 not in router.after_shards
+
+
+# ---- the supervisor's side of an add's answer ------------------------------------------------
+
+
+def swarm_record(**fields) -> SwarmRecord:
+    given = {"nodes": 2, "state": "running", "node_states": {"0": "running", "1": "running"}}
+    return SwarmRecord(
+        swarm_id="sw-7",
+        job_id="7",
+        backend="slurm",
+        mailbox="/mb",
+        created=7.0,
+        **{**given, **fields},
+    )
+
+
+class Supervisor(Router):
+    """Scaling and the supervisor's ``cancelled`` over a real SwarmTable; the registry write
+    is what another process left there (``stored``), merged as the real write does."""
+
+    cancelled = SupervisorActor.cancelled
+
+    def __init__(self, stored: SwarmRecord | None = None) -> None:
+        super().__init__()
+        self.table = SwarmTable(gone_grace=0.0, drain_seconds=0.0)
+        self.table.follow(swarm_record(), 0.0)
+        self.jobs = Told()
+        self.stored = stored
+        self.unclaimed: list[str] = []
+        self.started: list[int] = []
+
+    def backend_error(self, what: str, exc: Exception, request_id) -> None:
+        self.error("backend", f"{what} failed: {exc}", request_id)
+
+    def unclaim(self, swarm_id: str) -> None:
+        self.unclaimed.append(swarm_id)
+
+    def start_nodes(self, record: SwarmRecord) -> None:
+        self.started.append(record.nodes)
+
+    def tell_live_swarms(self) -> None:
+        pass
+
+    def write_registry(self) -> None:
+        for job_id in list(self.table.dirty):
+            mine = self.table.get(job_id)
+            stored = written_over(self.stored or mine, mine)
+            self.stored = stored
+            self.table.stored(stored, job_id, 1.0)
+
+
+ADDED = Allocation("9", 2, 1)
+
+
+def test_an_add_answers_with_the_grown_swarm_and_lets_the_next_add_claim():
+    router = Supervisor()
+    router.agents_added(AgentsAdded(swarm_record(), ADDED, "g1", None))
+    (answer,) = router.events
+    assert answer["type"] == "swarm_status" and len(answer["swarm"]["nodes"]) == 3
+    assert router.unclaimed == ["sw-7"] and router.jobs.messages == []
+
+
+def test_a_failed_submit_is_a_backend_error_and_gives_the_claim_back():
+    router = Supervisor()
+    router.agents_added(AgentsAdded(swarm_record(), None, "g1", BackendError("sbatch: denied")))
+    (error,) = router.events
+    assert (error["error"], error["request_id"]) == ("backend", "g1")
+    assert router.unclaimed == ["sw-7"] and router.table.get("7").nodes == 2
+
+
+def test_an_add_answered_after_the_swarm_ended_here_cancels_its_job():
+    router = Supervisor()
+    router.table.set_state("7", "terminated")
+    router.agents_added(AgentsAdded(swarm_record(), ADDED, "g1", None))
+    (withdraw,) = router.jobs.messages
+    assert isinstance(withdraw, Withdraw) and withdraw.swarm.jobs() == ["9"]
+    assert "has terminated while agents were added: cancelled 9" in router.events[0]["message"]
+
+
+def test_an_add_racing_another_routers_terminate_cancels_its_job():
+    router = Supervisor(stored=swarm_record(state="terminated"))
+    router.agents_added(AgentsAdded(swarm_record(), ADDED, "g1", None))
+    (withdraw,) = router.jobs.messages
+    assert withdraw.swarm.jobs() == ["9"]
+    assert router.events[0]["error"] == "backend" and router.unclaimed == ["sw-7"]
+
+
+def test_a_terminate_cancels_the_jobs_another_router_added_while_it_ran():
+    # The other router's add reached the registry; this router's table never saw it.
+    router = Supervisor(stored=swarm_record(nodes=3, allocations=[ADDED]))
+    router.cancelled(Cancelled(swarm_record(), "t1", None))
+    (withdraw,) = router.jobs.messages
+    assert withdraw.swarm.jobs() == ["9"]
+    assert router.table.get("7").state == "terminated"
+    assert router.events[-1]["type"] == "swarm_terminated"

@@ -182,22 +182,31 @@ class Scaling:
         if record is None or record.is_final():
             # Ended or pruned while sbatch ran: nobody would follow or stop the new job.
             self.unclaim(message.swarm.swarm_id)
-            self.jobs.tell(Withdraw(only_jobs(message.swarm, [allocation])))
-            ended = f"has {record.state}" if record else "was removed"
-            self.error(
-                errors.BACKEND,
-                f"swarm {message.swarm.swarm_id} {ended} while agents were added: "
-                f"cancelled {allocation.job_id}",
-                message.request_id,
-            )
+            self.withdraw_added(message, record)
             return
         record = self.table.add_allocation(record.job_id, allocation, time.monotonic())
         self.start_nodes(record)
         self.tell_live_swarms()  # the next poll asks about the new job
         self.write_registry()  # the indices are the record's before the claim goes
         self.unclaim(record.swarm_id)
-        swarm = self.table.get(record.job_id) or record
+        swarm = self.table.get(record.job_id)
+        if swarm is None or swarm.is_final():
+            # Another process terminated it meanwhile: its cancel did not know this job.
+            self.withdraw_added(message, swarm)
+            return
         self.emit(make_event("swarm_status", request_id=message.request_id, swarm=swarm.to_event()))
+
+    def withdraw_added(self, message: AgentsAdded, record: SwarmRecord | None) -> None:
+        """Cancel the job of an add whose swarm ended meanwhile, and say so."""
+        allocation = message.allocation
+        self.jobs.tell(Withdraw(only_jobs(message.swarm, [allocation])))
+        ended = f"has {record.state}" if record else "was removed"
+        self.error(
+            errors.BACKEND,
+            f"swarm {message.swarm.swarm_id} {ended} while agents were added: "
+            f"cancelled {allocation.job_id}",
+            message.request_id,
+        )
 
     def remove_agents(self, record: SwarmRecord, command: commands.Scale) -> None:
         problem = remove_problem(record, command.remove)

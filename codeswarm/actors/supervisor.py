@@ -654,11 +654,14 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             }
             if later:
                 self.jobs.tell(Withdraw(only_resubmitted(record, later)))
-            added = [a for a in record.allocations if a not in message.swarm.allocations]
-            if added:  # and jobs of agents added meanwhile
-                self.jobs.tell(Withdraw(only_jobs(record, added)))
             self.table.set_state(record.job_id, "terminated")
             self.write_registry()  # before the answer: a CLI exits on it
+            # Jobs of agents added meanwhile, here or by another process (the write merged
+            # those into the terminated record).
+            record = self.table.get(record.job_id) or record
+            added = [a for a in record.allocations if a not in message.swarm.allocations]
+            if added:
+                self.jobs.tell(Withdraw(only_jobs(record, added)))
         self.emit(make_event("swarm_terminated", request_id=message.request_id, swarm_id=swarm_id))
 
     def restart(self, command: commands.Restart) -> None:
