@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.actors.messages import NodeGone, NodeRemoved, NodeRunning
+from codeswarm.actors.messages import NodeGone, NodePending, NodeRemoved, NodeRunning
 from codeswarm.actors.scaling import (
     ADD_CLAIM_SECONDS,
     add_problem,
@@ -275,3 +275,17 @@ def test_an_added_job_whose_answer_was_lost_is_the_one_its_record_does_not_know(
     swarm = record(tasks={"1": "8_1"}, allocations=[Allocation("9", 2, 1)])
     assert unknown_jobs(b"7\n8\n9\n12\n", swarm) == ["12"]
     assert unknown_jobs(b"7\n9\n", swarm) == []
+
+
+def test_a_restarted_task_leaves_its_removed_agents_exited_here_and_when_adopted():
+    states = dict.fromkeys("0123", "exited")
+    swarm = record(nodes=4, layout="array", task_agents=2, removed=[1], node_states=states)
+    table = table_with(swarm)
+    told = table.resubmitted("7", {0: "20_0"}, 1.0)
+    assert told == [("7_0", NodePending())]
+    assert table.get("7").node_state(1) == "exited" and table.get("7").node_state(0) == "pending"
+    # Another router restarted it: adopted the same way.
+    other = table_with(swarm)
+    _, _, told = other.merge([replace(swarm, tasks={"0": "20_0"})], 1.0)
+    assert told == [("7_0", NodePending())]
+    assert other.get("7").node_state(1) == "exited"

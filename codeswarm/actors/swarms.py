@@ -65,7 +65,9 @@ def only_resubmitted(record: SwarmRecord, tasks: dict[int, str]) -> SwarmRecord:
 
 
 def nodes_of(record: SwarmRecord, tasks: list[int]) -> set[str]:
-    return {str(node) for task in tasks for node in record.task_nodes(task)}
+    """The agents these array tasks run again: removed agents are not brought back."""
+    removed = set(record.removed)
+    return {str(node) for task in tasks for node in record.task_nodes(task) if node not in removed}
 
 
 def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
@@ -364,6 +366,8 @@ class SwarmTable(ScaledTable):
         told = []
         for task in tasks:
             for node_id in record.task_nodes(task):
+                if node_id in record.removed:  # stays exited: it takes no more work
+                    continue
                 key = records.node_key(job_id, node_id)
                 self.gone_since.pop(key, None)
                 node_states[str(node_id)] = "pending"
