@@ -240,9 +240,10 @@ def parse_squeue(output: bytes) -> dict[str, str]:
 
 
 def resubmitted_tasks(output: bytes, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
-    """From ``squeue -r -o %i`` of the swarm's job name: task -> id of the jobs neither
-    ``swarm`` itself nor known in its ``tasks``, for the ``tasks`` asked for."""
-    known = {swarm.job_id, *(job.partition("_")[0] for job in swarm.tasks.values())}
+    """From ``squeue -r -o %i`` of the swarm's job name: task -> id of the jobs the swarm
+    is not known to run as (launch, resubmitted tasks, added or continuation jobs), for the
+    ``tasks`` asked for."""
+    known = {job.partition("_")[0] for job in swarm.jobs()}
     found = {}
     for line in output.decode("utf-8", "replace").split():
         job, _, task = line.partition("_")
