@@ -159,10 +159,16 @@ def test_a_swarm_whose_other_agents_exited_stays_live_while_a_removed_one_drains
 
 
 def test_a_write_from_an_older_view_keeps_another_routers_added_job_and_removals():
-    stored = record(nodes=4, allocations=[Allocation("9", 2, 2)], removed=[0])
+    stored = record(
+        nodes=4,
+        allocations=[Allocation("9", 2, 2)],
+        removed=[0],
+        node_states={"0": "exited", "1": "exited", "2": "running", "3": "exited"},
+    )
     mine = record(nodes=2, node_states={"0": "running", "1": "running"})
     kept = written_over(stored, mine)
     assert kept.nodes == 4 and kept.allocations == stored.allocations
+    assert [kept.node_state(n) for n in range(4)] == ["running", "running", "running", "exited"]
     assert kept.removed == [0] and kept.node_state(0) == "running"  # draining: its own state
     released = written_over(replace(stored, last_seqs={"0": 4}), mine)
     assert released.node_state(0) == "exited"  # gone and released: exited

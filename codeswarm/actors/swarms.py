@@ -82,6 +82,8 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     theirs = nodes_of(stored, moved_on(mine, stored))
     node_states = {n: s for n, s in mine.node_states.items() if n not in theirs}
     node_states.update({n: s for n, s in stored.node_states.items() if n in theirs})
+    # agents another process added, not yet adopted here: its observations
+    node_states.update({n: s for n, s in stored.node_states.items() if int(n) >= mine.nodes})
     hosts = {n: h for n, h in mine.hosts.items() if n not in theirs}
     updated = replace(
         stored,
