@@ -81,10 +81,15 @@ def test_a_removed_node_is_drained_by_its_exit_or_its_end_and_others_are_not():
         records.outbox_event("node_exited", "77", 0, 1, reason="removed")
     ).encode()
     shard.on_receive(ForNodes([("77_0", WorkerLines([("77_0:1", 10, exited)]))]))
-    assert [m for m in told.messages if isinstance(m, NodesDrained)] == [NodesDrained(["77_0"])]
+    # with the seq of this batch (its Progress follows, after the release)
+    assert [m for m in told.messages if isinstance(m, NodesDrained)] == [
+        NodesDrained([("77_0", 1)])
+    ]
     told.messages.clear()
     shard.on_receive(ForNodes([("77_1", NodeGone("its job ended")), ("77_2", NodeGone("x"))]))
-    assert [m for m in told.messages if isinstance(m, NodesDrained)] == [NodesDrained(["77_1"])]
+    assert [m for m in told.messages if isinstance(m, NodesDrained)] == [
+        NodesDrained([("77_1", -1)])
+    ]
 
 
 class Router(Scaling):
@@ -215,3 +220,21 @@ def test_a_terminate_cancels_the_jobs_another_router_added_while_it_ran():
     assert withdraw.swarm.jobs() == ["9"]
     assert router.table.get("7").state == "terminated"
     assert router.events[-1]["type"] == "swarm_terminated"
+
+
+class Cursor:
+    def __init__(self, seqs: dict[str, int]) -> None:
+        self.seqs = seqs
+
+    def forget_node(self, key: str) -> int:
+        return self.seqs.pop(key, -1)
+
+
+def test_a_drained_node_is_released_with_the_last_seq_of_its_final_batch():
+    router = Supervisor()
+    shard = Told()
+    router.nodes = {"7_0": shard, "7_1": shard}
+    router.cursor = Cursor({"7_1": 3})  # the final batch's Progress has not come yet
+    router.release_nodes([("7_1", 5)])
+    assert router.table.get("7").last_seqs == {"1": 5}
+    assert list(router.nodes) == ["7_0"] and shard.messages[0].keys == ["7_1"]

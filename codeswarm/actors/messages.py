@@ -160,9 +160,10 @@ class Passed(NamedTuple):
 
 
 class NodesDrained(NamedTuple):
-    """Removed nodes whose worker is gone: the supervisor releases them (node keys)."""
+    """Removed nodes whose worker is gone: the supervisor releases them. (node key, last
+    seq) each, the seq of this very batch: its ``Progress`` comes after, once released."""
 
-    keys: list[str]
+    nodes: list[tuple[str, int]]
 
 
 class NodeGone(NamedTuple):

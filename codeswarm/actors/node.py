@@ -138,7 +138,8 @@ class NodeShard(pykka.ThreadingActor):
         if batch.continuing:
             self.tell_supervisor(NodesContinuing(batch.continuing))
         if batch.drained:
-            self.tell_supervisor(NodesDrained(batch.drained))
+            drained = [(key, self.nodes[key].correlation.last_seq) for key in batch.drained]
+            self.tell_supervisor(NodesDrained(drained))
         if batch.events:
             self.sink.tell(Emit(batch.events))
         if batch.progress:  # after the events: the cursor never passes an unlogged line

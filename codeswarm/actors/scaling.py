@@ -255,18 +255,18 @@ class Scaling:
         else:
             self.emit(answer)
 
-    def release_nodes(self, keys: list[str]) -> None:
+    def release_nodes(self, drained: list[tuple[str, int]]) -> None:
         """Removed agents that are gone: their actor entries, timers and cursor entries go,
         their last seqs stay in the record (late lines are not routed again)."""
         leaving: dict[Any, list[str]] = {}
         by_job: dict[str, dict[str, int]] = {}
-        for key in keys:
+        for key, last_seq in drained:
             shard = self.nodes.pop(key, None)
             if shard is None:
                 continue
             leaving.setdefault(shard, []).append(key)
             job_id, node_id = records.parse_node_key(key)
-            seq = self.cursor.forget_node(key)
+            seq = max(self.cursor.forget_node(key), last_seq)
             by_job.setdefault(job_id, {})[str(node_id)] = seq
         for shard, gone in leaving.items():
             shard.tell(RemoveNodes(gone))

@@ -234,7 +234,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         elif isinstance(message, AgentsAdded):
             self.agents_added(message)
         elif isinstance(message, NodesDrained):
-            self.release_nodes(message.keys)
+            self.release_nodes(message.nodes)
         elif isinstance(message, Passed):
             self.shard_passed(message.token, failures=message.failures)
         elif isinstance(message, AnswerDue):
