@@ -22,6 +22,8 @@ from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_j
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
 from codeswarm.hpc import slurm_env
+from codeswarm.protocol.codec import decode_line
+from codeswarm.protocol.commands import Scale
 from codeswarm.registry import Allocation, SwarmRecord, SwarmRegistry
 
 GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
@@ -295,3 +297,24 @@ def test_a_restarted_task_leaves_its_removed_agents_exited_here_and_when_adopted
     _, _, told = other.merge([replace(swarm, tasks={"0": "20_0"})], 1.0)
     assert told == [("7_0", NodePending())]
     assert other.get("7").node_state(1) == "exited"
+
+
+# ---- the scale command -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"add": 1, "remove": [1]}, {}, {"add": 0}, {"remove": []}, {"remove": [-1]}],
+    ids=["both", "neither", "add-zero", "remove-empty", "remove-negative"],
+)
+def test_a_scale_with_both_neither_or_bad_counts_is_refused(fields):
+    line = json.dumps({"command": "scale", "swarm_id": "sw-1", "request_id": "g", **fields})
+    refused = decode_line(line)
+    assert isinstance(refused, dict) and refused["error"] == "invalid_field"
+    assert refused["request_id"] == "g" and refused["field"].split(".")[0] in ("add", "remove")
+
+
+def test_a_scale_removes_each_node_once_in_order():
+    line = json.dumps({"command": "scale", "swarm_id": "sw-1", "remove": [3, 1, 3]})
+    assert decode_line(line) == Scale("sw-1", None, (1, 3), None)
+    assert decode_line(json.dumps({"command": "scale", "swarm_id": "sw-1", "add": 2})).add == 2
