@@ -20,6 +20,7 @@ from codeswarm.actors.scaling import (
 from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
 from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_jobs
 from codeswarm.config import parse_config
+from codeswarm.cursor import CursorStore
 from codeswarm.errors import BackendError
 from codeswarm.hpc import slurm_env
 from codeswarm.protocol.codec import decode_line
@@ -318,3 +319,14 @@ def test_a_scale_removes_each_node_once_in_order():
     line = json.dumps({"command": "scale", "swarm_id": "sw-1", "remove": [3, 1, 3]})
     assert decode_line(line) == Scale("sw-1", None, (1, 3), None)
     assert decode_line(json.dumps({"command": "scale", "swarm_id": "sw-1", "add": 2})).add == 2
+
+
+def test_a_released_agents_outbox_offsets_stay_until_its_swarm_is_released(tmp_path):
+    cursor = CursorStore(tmp_path, "/mb", persist=False)
+    cursor.advance("7_1", {"7_1:9": 400}, 12)
+    cursor.advance("7_0", {"7_0:9": 100}, 3)
+    assert cursor.forget_node("7_1") == 12
+    assert "7_1" not in cursor.seqs and cursor.offsets["7_1:9"] == 400  # not read again
+    cursor.advance_offsets({"7_1:9": 520})  # its final batch, read after the release
+    assert cursor.offsets["7_1:9"] == 520 and "7_1" not in cursor.seqs
+    assert cursor.forget("7") == {"0": 3} and cursor.offsets == {}

@@ -206,8 +206,10 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             self.route(message)
         elif isinstance(message, Progress):
             for key, offsets, last_seq in message.nodes:
-                if key in self.nodes:  # a released node's last word is not kept
+                if key in self.nodes:
                     self.cursor.advance(key, offsets, last_seq)
+                elif job_of(key) in self.table.followed:  # a removed agent's last batch
+                    self.cursor.advance_offsets(offsets)
         elif isinstance(message, NodeStarted):
             by_job: dict[str, dict[int, tuple[str | None, str | None]]] = {}
             for key, host, slurm_node in message.nodes:
@@ -373,6 +375,9 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             self.table.touched(job_id, now)
             if key in self.nodes:
                 told.append((key, WorkerLines(lines)))
+            elif records.parse_node_key(key)[1] in self.table.records[job_id].removed:
+                # late lines of a removed agent already released: read past, not routed
+                self.cursor.advance_offsets({identity: offset for identity, offset, _ in lines})
             else:
                 log.warning("dropped lines of %s: swarm %s has no such node", key, job_id)
         self.tell_nodes_at_once(told)
