@@ -18,7 +18,7 @@ from codeswarm.actors.scaling import (
     unclaimed,
 )
 from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
-from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_jobs
+from codeswarm.backends.slurm import add_tag, added_shape, resubmission_script, tagged_job
 from codeswarm.config import parse_config
 from codeswarm.cursor import CursorStore
 from codeswarm.errors import BackendError
@@ -280,10 +280,13 @@ def test_an_added_job_has_the_swarms_shape_and_sbatch_options():
         added_shape(array, 3, slurm)
 
 
-def test_an_added_job_whose_answer_was_lost_is_the_one_its_record_does_not_know():
-    swarm = record(tasks={"1": "8_1"}, allocations=[Allocation("9", 2, 1)])
-    assert unknown_jobs(b"7\n8\n9\n12\n", swarm) == ["12"]
-    assert unknown_jobs(b"7\n9\n", swarm) == []
+def test_an_added_job_whose_answer_was_lost_is_the_one_submitted_with_its_tag():
+    mine, other = add_tag(4), add_tag(4)
+    assert mine != other and mine.startswith("codeswarm-add-4-")
+    # another router's add (or a continuation) queued meanwhile is never taken
+    squeue = f"7 (null)\n12 {other}\n13 {mine}\n14 \n".encode()
+    assert tagged_job(squeue, mine) == "13"
+    assert tagged_job(b"7 (null)\n12 " + other.encode(), mine) is None
 
 
 def test_a_restarted_task_leaves_its_removed_agents_exited_here_and_when_adopted():
