@@ -92,10 +92,14 @@ class CursorStore:
         return offsets, seqs
 
     def advance(self, key: str, offsets: dict[str, int], last_seq: int) -> None:
+        self.advance_offsets(offsets)
+        self.seqs[key] = max(last_seq, self.seqs.get(key, -1))
+
+    def advance_offsets(self, offsets: dict[str, int]) -> None:
+        """Read past these outbox lines (a released agent's: not routed, not read again)."""
         for identity, offset in offsets.items():
             if offset > self.offsets.get(identity, -1):
                 self.offsets[identity] = offset
-        self.seqs[key] = max(last_seq, self.seqs.get(key, -1))
         self.dirty = True
 
     def forget(self, job_id: str) -> dict[str, int]:
@@ -112,10 +116,9 @@ class CursorStore:
         return last_seqs
 
     def forget_node(self, key: str) -> int:
-        """Drop one node's entries (a removed agent); returns its last seq (-1: none)."""
-        for identity in list(self.offsets):
-            if identity.rpartition(":")[0] == key:
-                del self.offsets[identity]
+        """Drop one node's seq (a removed agent); returns it (-1: none). Its outbox offsets
+        stay until ``forget`` drops its swarm's: without them the follower would read its
+        whole outbox again on every restart."""
         self.dirty = True
         return self.seqs.pop(key, -1)
 

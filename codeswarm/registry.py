@@ -92,6 +92,9 @@ class SwarmRecord:
     ``allocations`` are the jobs submitted after the launch, in order: an agent runs in the
     last one that covers it, or else in the launch's job (``job_id``, ``tasks``).
     ``removed`` are agents ``scale`` took out: their indices are never used again.
+    ``add_started`` is the wall-clock time an ``add`` claimed the indices from ``nodes`` on
+    (under the registry's lock, so that two routers never submit agents with the same
+    indices); None once it was answered.
     ``ended`` is when it reached a final state; ``last_seqs`` is each node's last emitted
     ``seq``, kept once the router has released the swarm so that late lines are not repeated.
     """
@@ -114,6 +117,7 @@ class SwarmRecord:
     tasks: dict[str, str] = field(default_factory=dict)
     allocations: list[Allocation] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    add_started: float | None = None
 
     def allocation(self, node_id: int) -> Allocation | None:
         """The job after the launch that runs this agent now; None: the launch's job."""

@@ -56,7 +56,7 @@ def test_an_added_agent_answers_and_a_removed_one_drains_and_is_released(config_
             wait_for_delivery(swarms, "queued")
             shrunk = swarms.scale(sid, remove=[1])
             node1 = shrunk["nodes"][1]
-            assert node1["removed"] is True and node1["state"] == "exited"
+            assert node1["removed"] is True and node1["state"] == "running"  # draining
             refused = swarms.inject_and_wait(sid, "anyone?", nodes=1)
             assert [(a["type"], a["error"]) for a in refused] == [("inject_failed", "node_removed")]
             ends = answers_of(swarms, {"running", "queued"})
@@ -77,11 +77,12 @@ def test_an_added_agent_answers_and_a_removed_one_drains_and_is_released(config_
             assert removed_key not in owned and {f"{job_id}_0", f"{job_id}_2"} <= owned
             cursor = supervisor.cursor.get()
             assert removed_key not in cursor.seqs
-            assert not any(i.startswith(f"{removed_key}:") for i in cursor.offsets)
+            # its outbox offsets stay (it is not read again) until the swarm is released
+            assert any(i.startswith(f"{removed_key}:") for i in cursor.offsets)
             table = supervisor.table.get()
             assert removed_key not in table.reported and removed_key not in table.gone_since
             # the registry keeps its last seq (written on the next tick): late lines not resent
-            wait_until(lambda: "1" in swarms.router.registry.get(sid).last_seqs, timeout=5)
+            wait_until(lambda: "1" in swarms.router.registry.get(sid).last_seqs)  # 30 s: many ticks
 
             with pytest.raises(CommandError, match="every agent"):
                 swarms.scale(sid, remove=[0, 2])

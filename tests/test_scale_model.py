@@ -8,13 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from codeswarm.actors.messages import NodeGone, NodeRemoved, NodeRunning
-from codeswarm.actors.scaling import idle_jobs, remove_problem
+from codeswarm.actors.messages import NodeGone, NodePending, NodeRemoved, NodeRunning
+from codeswarm.actors.scaling import (
+    ADD_CLAIM_SECONDS,
+    add_problem,
+    claimed,
+    idle_jobs,
+    remove_problem,
+    unclaimed,
+)
 from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
-from codeswarm.backends.slurm import added_shape, resubmission_script, unknown_jobs
+from codeswarm.backends.slurm import add_tag, added_shape, resubmission_script, tagged_job
 from codeswarm.config import parse_config
+from codeswarm.cursor import CursorStore
 from codeswarm.errors import BackendError
 from codeswarm.hpc import slurm_env
+from codeswarm.protocol.codec import decode_line
+from codeswarm.protocol.commands import Scale
 from codeswarm.registry import Allocation, SwarmRecord, SwarmRegistry
 
 GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
@@ -90,31 +100,48 @@ def table_with(swarm: SwarmRecord, grace: float = 0.0) -> SwarmTable:
     return table
 
 
-def test_added_agents_wait_pending_in_their_job_and_two_adds_never_share_an_index():
+def test_added_agents_wait_pending_in_their_job():
     table = table_with(record(node_states={"0": "running", "1": "running"}))
-    first = table.reserve("7", 2)
-    second = table.reserve("7", 1)
-    assert (first, second) == (2, 4)
-    table.unreserve("7")
-    grown = table.add_allocation("7", Allocation("9", first, 2), 1.0)
+    grown = table.add_allocation("7", Allocation("9", 2, 2), 1.0)
     assert grown.nodes == 4 and [grown.node_state(n) for n in (2, 3)] == ["pending"] * 2
     assert grown.state == "running" and "7" in table.dirty
-    table.unreserve("7")
-    assert table.reserve("7", 1) == 4  # nothing in flight: the next free index
 
 
-def test_removed_agents_are_exited_for_the_swarm_and_the_poll_tells_only_their_end():
+def test_one_add_at_a_time_is_claimed_under_the_registry_lock_by_every_router(tmp_path):
+    # Two routers (a daemon and a CLI) share the registry; neither's memory knows the other's.
+    daemon, cli = SwarmRegistry(tmp_path, "/mb"), SwarmRegistry(tmp_path, "/mb")
+    daemon.put(record())
+    assert daemon.update("sw-7", lambda r: claimed(r, 100.0)).add_started == 100.0
+    with pytest.raises(ValueError, match="another scale --add of swarm sw-7"):
+        cli.update("sw-7", lambda r: claimed(r, 101.0))
+    assert cli.get("sw-7").add_started == 100.0  # the refusal wrote nothing
+    # Answered (recorded or failed): the next add claims, from the stored nodes on.
+    daemon.update("sw-7", lambda r: unclaimed(replace(r, nodes=4)))
+    assert cli.update("sw-7", lambda r: claimed(r, 102.0)).nodes == 4
+    # A claim whose router died during sbatch lapses.
+    assert claimed(record(add_started=1.0), 1.0 + ADD_CLAIM_SECONDS).add_started is not None
+
+
+def test_an_array_grows_by_whole_tasks_refused_before_anything_is_claimed():
+    swarm = record(nodes=4, layout="array", task_agents=4, agents_per_node=2)  # 2 nodes a task
+    assert add_problem(swarm, 4, 2) is None
+    assert "add a multiple of 2, not 3" in add_problem(swarm, 4, 3)
+    assert add_problem(record(), 2, 3) is None  # one job: any size
+
+
+def test_a_removed_agent_keeps_its_state_while_it_drains_and_the_poll_tells_only_its_end():
     table = table_with(record(nodes=3, node_states=dict.fromkeys("012", "running")))
     table.remove_nodes("7", (1,), 0.0)
-    assert table.get("7").node_state(1) == "exited" and table.get("7").state == "running"
-    # The job still runs (two more agents in it): the removed one stays exited, untold.
+    assert table.get("7").node_state(1) == "running" and table.get("7").removed == [1]
+    # The job still runs (two more agents in it): the removed one drains, untold.
     assert table.apply({"7": {0: "running", 1: "running", 2: "running"}}, 1.0) == [
         ("7_0", NodeRunning()),
         ("7_2", NodeRunning()),
     ]
-    assert table.get("7").node_state(1) == "exited"
+    assert table.get("7").node_state(1) == "running"
     told = table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 2.0)
     assert told == [("7_1", NodeGone("its job ended after it was removed"))]
+    assert table.get("7").node_state(1) == "exited"
     assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 3.0) == []
     table.release_nodes("7", {"1": 12})
     assert table.get("7").last_seqs == {"1": 12}
@@ -122,12 +149,32 @@ def test_removed_agents_are_exited_for_the_swarm_and_the_poll_tells_only_their_e
     assert table.apply({"7": {0: "running", 1: "exited", 2: "running"}}, 4.0) == []
 
 
+def test_a_swarm_whose_other_agents_exited_stays_live_while_a_removed_one_drains():
+    table = table_with(record(nodes=2, node_states={"0": "exited", "1": "running"}))
+    table.remove_nodes("7", (1,), 0.0)
+    swarm = table.get("7")
+    assert swarm.state == "running" and not swarm.all_exited()
+    assert table.releasable(10.0) == []
+    table.apply({"7": {0: "exited", 1: "running"}}, 1.0)
+    assert table.get("7").state == "running"  # polled still, and terminate would scancel
+    table.apply({"7": {0: "exited", 1: "exited"}}, 2.0)
+    assert table.get("7").state == "exited" and table.get("7").all_exited()
+
+
 def test_a_write_from_an_older_view_keeps_another_routers_added_job_and_removals():
-    stored = record(nodes=4, allocations=[Allocation("9", 2, 2)], removed=[0])
+    stored = record(
+        nodes=4,
+        allocations=[Allocation("9", 2, 2)],
+        removed=[0],
+        node_states={"0": "exited", "1": "exited", "2": "running", "3": "exited"},
+    )
     mine = record(nodes=2, node_states={"0": "running", "1": "running"})
     kept = written_over(stored, mine)
     assert kept.nodes == 4 and kept.allocations == stored.allocations
-    assert kept.removed == [0] and kept.node_state(0) == "exited"
+    assert [kept.node_state(n) for n in range(4)] == ["running", "running", "running", "exited"]
+    assert kept.removed == [0] and kept.node_state(0) == "running"  # draining: its own state
+    released = written_over(replace(stored, last_seqs={"0": 4}), mine)
+    assert released.node_state(0) == "exited"  # gone and released: exited
     both = written_over(stored, replace(mine, nodes=5, allocations=[Allocation("8", 4, 1)]))
     assert [a.job_id for a in both.allocations] == ["8", "9"]  # submission order
     assert both.nodes == 5
@@ -233,7 +280,56 @@ def test_an_added_job_has_the_swarms_shape_and_sbatch_options():
         added_shape(array, 3, slurm)
 
 
-def test_an_added_job_whose_answer_was_lost_is_the_one_its_record_does_not_know():
-    swarm = record(tasks={"1": "8_1"}, allocations=[Allocation("9", 2, 1)])
-    assert unknown_jobs(b"7\n8\n9\n12\n", swarm) == ["12"]
-    assert unknown_jobs(b"7\n9\n", swarm) == []
+def test_an_added_job_whose_answer_was_lost_is_the_one_submitted_with_its_tag():
+    mine, other = add_tag(4), add_tag(4)
+    assert mine != other and mine.startswith("codeswarm-add-4-")
+    # another router's add (or a continuation) queued meanwhile is never taken
+    squeue = f"7 (null)\n12 {other}\n13 {mine}\n14 \n".encode()
+    assert tagged_job(squeue, mine) == "13"
+    assert tagged_job(b"7 (null)\n12 " + other.encode(), mine) is None
+
+
+def test_a_restarted_task_leaves_its_removed_agents_exited_here_and_when_adopted():
+    states = dict.fromkeys("0123", "exited")
+    swarm = record(nodes=4, layout="array", task_agents=2, removed=[1], node_states=states)
+    table = table_with(swarm)
+    told = table.resubmitted("7", {0: "20_0"}, 1.0)
+    assert told == [("7_0", NodePending())]
+    assert table.get("7").node_state(1) == "exited" and table.get("7").node_state(0) == "pending"
+    # Another router restarted it: adopted the same way.
+    other = table_with(swarm)
+    _, _, told = other.merge([replace(swarm, tasks={"0": "20_0"})], 1.0)
+    assert told == [("7_0", NodePending())]
+    assert other.get("7").node_state(1) == "exited"
+
+
+# ---- the scale command -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"add": 1, "remove": [1]}, {}, {"add": 0}, {"remove": []}, {"remove": [-1]}],
+    ids=["both", "neither", "add-zero", "remove-empty", "remove-negative"],
+)
+def test_a_scale_with_both_neither_or_bad_counts_is_refused(fields):
+    line = json.dumps({"command": "scale", "swarm_id": "sw-1", "request_id": "g", **fields})
+    refused = decode_line(line)
+    assert isinstance(refused, dict) and refused["error"] == "invalid_field"
+    assert refused["request_id"] == "g" and refused["field"].split(".")[0] in ("add", "remove")
+
+
+def test_a_scale_removes_each_node_once_in_order():
+    line = json.dumps({"command": "scale", "swarm_id": "sw-1", "remove": [3, 1, 3]})
+    assert decode_line(line) == Scale("sw-1", None, (1, 3), None)
+    assert decode_line(json.dumps({"command": "scale", "swarm_id": "sw-1", "add": 2})).add == 2
+
+
+def test_a_released_agents_outbox_offsets_stay_until_its_swarm_is_released(tmp_path):
+    cursor = CursorStore(tmp_path, "/mb", persist=False)
+    cursor.advance("7_1", {"7_1:9": 400}, 12)
+    cursor.advance("7_0", {"7_0:9": 100}, 3)
+    assert cursor.forget_node("7_1") == 12
+    assert "7_1" not in cursor.seqs and cursor.offsets["7_1:9"] == 400  # not read again
+    cursor.advance_offsets({"7_1:9": 520})  # its final batch, read after the release
+    assert cursor.offsets["7_1:9"] == 520 and "7_1" not in cursor.seqs
+    assert cursor.forget("7") == {"0": 3} and cursor.offsets == {}

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from codeswarm.backends.slurm import tagged_job
 from codeswarm.model_server import Reply
 from tests.support.cli import run_cli
 from tests.support.daemon import Daemon
@@ -22,8 +23,8 @@ from tests.test_slurm import cluster_codex, slurm_config, slurm_config_file  # n
 pytestmark = pytest.mark.integration
 
 
-def squeue(env: dict[str, str], swarm_id: str) -> str:
-    argv = ["squeue", "-h", "-r", "-n", f"codeswarm-{swarm_id}", "-o", "%i"]
+def squeue(env: dict[str, str], swarm_id: str, fmt: str = "%i") -> str:
+    argv = ["squeue", "-h", "-r", "-n", f"codeswarm-{swarm_id}", "-o", fmt]
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
 
 
@@ -68,6 +69,10 @@ def test_an_agent_added_in_its_own_job_answers_then_drains_when_removed(
         started = d.wait_event("node_started", node_id=1)
         assert started["job_id"] == job_id  # the swarm's mailbox key, not the added job's
         assert added_job in squeue(env, swarm_id).split()
+        # tagged for a lost sbatch answer: find_added matches this very output
+        comments = dict(line.split(" ", 1) for line in squeue(env, swarm_id, "%F %k").splitlines())
+        assert comments[added_job].startswith("codeswarm-add-1-"), comments
+        assert tagged_job(squeue(env, swarm_id, "%F %k").encode(), comments[added_job]) == added_job
 
         inject(d, swarm_id, 1, "slow one", "running")
         d.wait_event("turn_started", injection_id="running", timeout=60)

@@ -1,5 +1,6 @@
 """Slurm pieces that need no cluster: the batch script and the scheduler parsers."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from codeswarm.backends.slurm import (
 from codeswarm.config import parse_config
 from codeswarm.errors import BackendError
 from codeswarm.hpc import slurm_env
-from codeswarm.registry import SwarmRecord
+from codeswarm.registry import Allocation, SwarmRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "batch_script.sh"
 GOLDEN_ARRAY = Path(__file__).parent / "golden" / "batch_script_array.sh"
@@ -283,3 +284,9 @@ def test_a_resubmission_whose_answer_was_lost_is_found_among_the_swarms_tasks():
     squeue = b"40_0\n40_2\n41_1\n45_1\n45_3\n46_0\nbogus\n"
     assert resubmitted_tasks(squeue, swarm, [1, 3]) == {1: "45_1", 3: "45_3"}
     assert resubmitted_tasks(b"40_1\n41_1\n", swarm, [1]) == {}
+    # an array of agents added by scale (or a continuation) is one of the swarm's jobs
+    grown = replace(
+        swarm, nodes=6, allocations=[Allocation("43", 4, 2, layout="array", task_agents=1)]
+    )
+    assert resubmitted_tasks(b"43_1\n45_1\n", grown, [1]) == {1: "45_1"}
+    assert resubmitted_tasks(b"43_1\n", grown, [1]) == {}

@@ -142,23 +142,28 @@ class NodePending(NamedTuple):
 class NodeRemoved(NamedTuple):
     """``scale --remove`` took the node out: its running turn ends, nothing queued runs.
 
-    ``write``: append the shutdown record to its inbox (not when another router did).
+    ``write``: append the shutdown record to its inbox (not when another router did); a
+    failed write is told back with the ``Passed`` of ``token``, which answers the ``scale``.
     """
 
     write: bool = True
+    token: int = 0
 
 
 class Passed(NamedTuple):
     """Told back to the supervisor by a shard once it has handled what it was told before:
-    an answer that must follow inbox writes (a removal) waits for it."""
+    an answer that must follow inbox writes (a removal) waits for it. ``failures``: why the
+    removals told with this token could not be written."""
 
     token: int
+    failures: tuple[str, ...] = ()
 
 
 class NodesDrained(NamedTuple):
-    """Removed nodes whose worker is gone: the supervisor releases them (node keys)."""
+    """Removed nodes whose worker is gone: the supervisor releases them. (node key, last
+    seq) each, the seq of this very batch: its ``Progress`` comes after, once released."""
 
-    keys: list[str]
+    nodes: list[tuple[str, int]]
 
 
 class NodeGone(NamedTuple):

@@ -116,6 +116,7 @@ class NodeShard(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.nodes: dict[str, Node] = {}
         self.logged = logged  # the sink is the event log: progress counts once it has written
+        self.removal_failures: dict[int, list[str]] = {}  # Passed token -> failed writes
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, ForNodes):
@@ -123,7 +124,8 @@ class NodeShard(pykka.ThreadingActor):
         elif isinstance(message, AddNode):
             self.nodes[message.correlation.key] = Node(message.correlation)
         elif isinstance(message, Passed):
-            self.tell_supervisor(message)
+            failures = tuple(self.removal_failures.pop(message.token, ()))
+            self.tell_supervisor(Passed(message.token, failures))
         elif isinstance(message, RemoveNodes):
             for key in message.keys:
                 node = self.nodes.pop(key, None)
@@ -156,7 +158,8 @@ class NodeShard(pykka.ThreadingActor):
         if batch.continuing:
             self.tell_supervisor(NodesContinuing(batch.continuing))
         if batch.drained:
-            self.tell_supervisor(NodesDrained(batch.drained))
+            drained = [(key, self.nodes[key].correlation.last_seq) for key in batch.drained]
+            self.tell_supervisor(NodesDrained(drained))
         if batch.events:
             self.sink.tell(Emit(batch.events))
         if batch.progress:  # after the events: the cursor never passes an unlogged line
@@ -188,8 +191,9 @@ class NodeShard(pykka.ThreadingActor):
                 batch.drained.append(correlation.key)
         elif isinstance(message, NodeRemoved):
             correlation.removed = True
-            if message.write:
-                batch.events += self.write_removal(correlation)
+            failure = self.write_removal(correlation) if message.write else None
+            if failure is not None:
+                self.removal_failures.setdefault(message.token, []).append(failure)
         elif isinstance(message, InterruptNode):
             interrupt = records.inbox_interrupt()
             batch.events.append(
@@ -270,16 +274,15 @@ class NodeShard(pykka.ThreadingActor):
             if correlation.state == "running":
                 self.start_clocks(node, [i.injection_id for i in injections])
 
-    def write_removal(self, correlation: NodeCorrelation) -> list[dict]:
-        """The worker's cue to end its running turn and fail what is queued; an error event
-        if the inbox cannot be written (the node then runs on until its job ends)."""
+    def write_removal(self, correlation: NodeCorrelation) -> str | None:
+        """The worker's cue to end its running turn and fail what is queued; why the inbox
+        could not be written (the node then runs on until its job ends), or None."""
         line = records.encode_line(records.inbox_shutdown(removed=True)).encode()
         try:
             self.transport.append_inbox(correlation.job_id, correlation.node_id, [line])
         except BackendError as exc:
-            message = f"cannot tell node {correlation.node_id} it was removed: {exc}"
-            return [correlation.event("error", error=errors.BACKEND, message=message)]
-        return []
+            return f"cannot tell node {correlation.node_id} it was removed: {exc}"
+        return None
 
     def deliver(
         self,

@@ -2,8 +2,9 @@
 
 Scaling only ever grows a record's ``nodes``, ``allocations`` and ``removed``, so what one
 router did is never undone by another's write, and a router following the swarm adopts it.
-A removed agent is ``exited`` for its swarm at once; the poll tells its node only that its
-job has ended (that it is gone), never that it runs.
+A removed agent keeps its real state while it drains (its swarm is not ``exited`` while it
+still runs); the poll tells its node only that its job has ended (that it is gone), never
+that it runs. Removal shows through ``removed``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def with_scale(base: SwarmRecord, other: SwarmRecord) -> SwarmRecord:
     """``base`` with ``other``'s added jobs and removed agents too: scaling only grows these,
     so a write from an older view never undoes another process's ``scale``."""
     removed = sorted({*base.removed, *other.removed})
+    released = {n for n in removed if str(n) in base.last_seqs or str(n) in other.last_seqs}
     known = {a.job_id for a in base.allocations}
     allocations = [*base.allocations, *(a for a in other.allocations if a.job_id not in known)]
     return replace(
@@ -28,7 +30,7 @@ def with_scale(base: SwarmRecord, other: SwarmRecord) -> SwarmRecord:
         # the latest job covering an agent runs it: both views must agree on the order
         allocations=sorted(allocations, key=lambda a: job_number(a.job_id)),
         removed=removed,
-        node_states={**base.node_states, **{str(n): "exited" for n in removed}},
+        node_states={**base.node_states, **{str(n): "exited" for n in released}},
     )
 
 
@@ -41,10 +43,10 @@ class ScaledTable:
     reported: dict[str, str]
     dirty: set[str]
     _update: Any
+    touched: Any
 
     def __init__(self) -> None:
         self.grown: set[str] = set()  # followed jobs another process added agents to
-        self.adding: dict[str, tuple[int, int]] = {}  # job -> (next free index, adds in flight)
 
     def _adopt_scale(
         self, mine: SwarmRecord, stored: SwarmRecord, now: float
@@ -67,21 +69,6 @@ class ScaledTable:
             self.grown.add(mine.job_id)
         return [(records.node_key(mine.job_id, n), NodeRemoved(write=False)) for n in removed]
 
-    def reserve(self, job_id: str, agents: int) -> int:
-        """The first index of ``agents`` more for this swarm: adds still being submitted
-        hold theirs, so a second add takes the next ones."""
-        record = self.records[job_id]
-        first, in_flight = self.adding.get(job_id, (record.nodes, 0))
-        first = max(first, record.nodes)
-        self.adding[job_id] = (first + agents, in_flight + 1)
-        return first
-
-    def unreserve(self, job_id: str) -> None:
-        """An add was answered (or refused): its indices are the record's, or free again."""
-        next_free, in_flight = self.adding.pop(job_id, (0, 1))
-        if in_flight > 1:
-            self.adding[job_id] = (next_free, in_flight - 1)
-
     def add_allocation(self, job_id: str, allocation: Allocation, now: float) -> SwarmRecord:
         """A job submitted with more agents: they wait for it, pending."""
         record = self.records[job_id]
@@ -97,11 +84,12 @@ class ScaledTable:
         return self.records[job_id]
 
     def remove_nodes(self, job_id: str, nodes: tuple[int, ...], now: float) -> SwarmRecord:
-        """Agents taken out: ``exited`` for the swarm's state at once, whatever they finish."""
+        """Agents taken out: they keep their state until they are gone (a removed agent still
+        finishing its turn keeps its swarm live, polled and cancelled by ``terminate``)."""
         record = self.records[job_id]
         record = replace(record, removed=sorted({*record.removed, *nodes}))
         self.records[job_id] = record
-        self._update(record, {**record.node_states, **{str(n): "exited" for n in nodes}}, now)
+        self.touched(job_id, now)
         self.dirty.add(job_id)
         return self.records[job_id]
 
@@ -119,11 +107,18 @@ class ScaledTable:
 
     def _removed_polled(
         self, key: str, state: str, now: float, told: list[tuple[str, Any]]
-    ) -> None:
-        """A removed agent whose job has ended (or never ran) is gone, after the grace."""
-        if state != "exited" or self.reported.get(key) == "exited":
-            return
+    ) -> str | None:
+        """A removed agent's state for its swarm, or None to keep it: the scheduler's while it
+        runs or waits (untold: it takes no more work), ``exited`` once its job has ended (or
+        never ran), after the grace, when its node is told it is gone."""
+        if state != "exited":
+            self.gone_since.pop(key, None)
+            return state
+        if self.reported.get(key) == "exited":
+            return None
         since = self.gone_since.setdefault(key, now)
-        if now - since >= self.gone_grace:
-            self.reported[key] = "exited"
-            told.append((key, NodeGone("its job ended after it was removed")))
+        if now - since < self.gone_grace:
+            return None
+        self.reported[key] = "exited"
+        told.append((key, NodeGone("its job ended after it was removed")))
+        return "exited"

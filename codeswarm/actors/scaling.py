@@ -27,11 +27,15 @@ from codeswarm.actors.messages import (
     RemoveNodes,
     Withdraw,
 )
+from codeswarm.errors import RegistryError
 from codeswarm.hpc import records
 from codeswarm.protocol import commands, errors, make_event
 from codeswarm.registry import Allocation, SwarmRecord
 
 log = logging.getLogger(__name__)
+
+# An add's claim on the next indices lapses after this long (its router died during sbatch).
+ADD_CLAIM_SECONDS = 900.0
 
 
 def scale_problem(record: SwarmRecord) -> str | None:
@@ -41,14 +45,40 @@ def scale_problem(record: SwarmRecord) -> str | None:
     return None
 
 
-def add_problem(record: SwarmRecord, first: int, agents: int) -> str | None:
-    """Why ``agents`` more from index ``first`` do not fit, or None."""
+def add_problem(record: SwarmRecord, first: int, nodes: int) -> str | None:
+    """Why ``nodes`` more nodes from agent index ``first`` do not fit, or None. A job array
+    grows by whole tasks as large as its first ones (checked before anything is claimed)."""
+    if record.layout == "array" and record.task_agents:
+        per_task = max(record.task_agents // record.agents_per_node, 1)
+        if nodes % per_task:
+            return (
+                f"swarm {record.swarm_id} is an array of tasks of {per_task} nodes: "
+                f"add a multiple of {per_task}, not {nodes}"
+            )
+    agents = nodes * record.agents_per_node
     if first + agents > records.NODE_ID_MAX + 1:
         return (
             f"swarm {record.swarm_id} would have {first + agents} agents; a swarm has at most "
             f"{records.NODE_ID_MAX + 1}"
         )
     return scale_problem(record)
+
+
+def claimed(record: SwarmRecord, now: float) -> SwarmRecord:
+    """The stored record with an add's claim on the indices from its ``nodes`` on (run under
+    the registry's lock); ValueError while another add of the swarm is being submitted:
+    one add per swarm at a time, so that neither two jobs nor a failed one share indices."""
+    started = record.add_started
+    if started is not None and now - started < ADD_CLAIM_SECONDS:
+        raise ValueError(
+            f"another scale --add of swarm {record.swarm_id} is being submitted: "
+            "try again once it is answered"
+        )
+    return replace(record, add_started=now)
+
+
+def unclaimed(record: SwarmRecord) -> SwarmRecord:
+    return replace(record, add_started=None)
 
 
 def remove_problem(record: SwarmRecord, nodes: tuple[int, ...]) -> str | None:
@@ -94,12 +124,15 @@ class Scaling:
     """The supervisor's ``scale`` (a mixin of SupervisorActor)."""
 
     table: Any
+    registry: Any
+    registry_trouble: Any
     nodes: dict[str, Any]
     jobs: Any
     scheduler: Any
     cursor: Any
     answer_tokens: Any
-    after_shards: dict[int, tuple[int, dict[str, Any]]]  # token -> (shards to pass, answer)
+    # token -> (shards to pass, answer, failed inbox writes)
+    after_shards: dict[int, tuple[int, dict[str, Any], list[str]]]
 
     def scale(self, command: commands.Scale) -> None:
         record = self.known_swarm(command.swarm_id, command.request_id)
@@ -112,39 +145,68 @@ class Scaling:
 
     def add_agents(self, record: SwarmRecord, command: commands.Scale) -> None:
         assert command.add is not None
-        agents = command.add * record.agents_per_node
-        first = self.table.reserve(record.job_id, agents)
-        problem = add_problem(record, first, agents)
+        problem = add_problem(record, record.nodes, command.add)
         if problem:
-            self.table.unreserve(record.job_id)
+            self.error(errors.INVALID_FIELD, problem, command.request_id, field="add")
+            return
+        try:
+            stored = self.registry.update(record.swarm_id, lambda r: claimed(r, time.time()))
+        except ValueError as exc:
+            self.error(errors.INVALID_FIELD, str(exc), command.request_id, field="add")
+            return
+        except (RegistryError, OSError) as exc:
+            self.backend_error("scale", exc, command.request_id)
+            return
+        first = max(record.nodes, stored.nodes if stored else 0)
+        problem = add_problem(stored or record, first, command.add)
+        if problem:
+            self.unclaim(record.swarm_id)
             self.error(errors.INVALID_FIELD, problem, command.request_id, field="add")
             return
         self.jobs.tell(AddAgents(record, first, command.add, command.request_id))
 
+    def unclaim(self, swarm_id: str) -> None:
+        """The add was answered: the next one may claim indices (after this one's, if any)."""
+        try:
+            self.registry.update(swarm_id, unclaimed)
+        except (RegistryError, OSError) as exc:  # it lapses after ADD_CLAIM_SECONDS
+            self.registry_trouble(exc)
+
     def agents_added(self, message: AgentsAdded) -> None:
-        self.table.unreserve(message.swarm.job_id)
         if message.error is not None:
+            self.unclaim(message.swarm.swarm_id)
             self.backend_error("scale", message.error, message.request_id)
             return
         allocation = message.allocation
         record = self.table.by_swarm(message.swarm.swarm_id)
         if record is None or record.is_final():
             # Ended or pruned while sbatch ran: nobody would follow or stop the new job.
-            self.jobs.tell(Withdraw(only_jobs(message.swarm, [allocation])))
-            ended = f"has {record.state}" if record else "was removed"
-            self.error(
-                errors.BACKEND,
-                f"swarm {message.swarm.swarm_id} {ended} while agents were added: "
-                f"cancelled {allocation.job_id}",
-                message.request_id,
-            )
+            self.unclaim(message.swarm.swarm_id)
+            self.withdraw_added(message, record)
             return
         record = self.table.add_allocation(record.job_id, allocation, time.monotonic())
         self.start_nodes(record)
         self.tell_live_swarms()  # the next poll asks about the new job
-        self.write_registry()
-        swarm = self.table.get(record.job_id) or record
+        self.write_registry()  # the indices are the record's before the claim goes
+        self.unclaim(record.swarm_id)
+        swarm = self.table.get(record.job_id)
+        if swarm is None or swarm.is_final():
+            # Another process terminated it meanwhile: its cancel did not know this job.
+            self.withdraw_added(message, swarm)
+            return
         self.emit(make_event("swarm_status", request_id=message.request_id, swarm=swarm.to_event()))
+
+    def withdraw_added(self, message: AgentsAdded, record: SwarmRecord | None) -> None:
+        """Cancel the job of an add whose swarm ended meanwhile, and say so."""
+        allocation = message.allocation
+        self.jobs.tell(Withdraw(only_jobs(message.swarm, [allocation])))
+        ended = f"has {record.state}" if record else "was removed"
+        self.error(
+            errors.BACKEND,
+            f"swarm {message.swarm.swarm_id} {ended} while agents were added: "
+            f"cancelled {allocation.job_id}",
+            message.request_id,
+        )
 
     def remove_agents(self, record: SwarmRecord, command: commands.Scale) -> None:
         problem = remove_problem(record, command.remove)
@@ -155,7 +217,8 @@ class Scaling:
         record = self.table.remove_nodes(record.job_id, command.remove, time.monotonic())
         keys = [records.node_key(record.job_id, n) for n in command.remove]
         keys = [key for key in keys if key in self.nodes]
-        self.tell_nodes_at_once([(key, NodeRemoved()) for key in keys])
+        token = next(self.answer_tokens)
+        self.tell_nodes_at_once([(key, NodeRemoved(token=token)) for key in keys])
         if idle:
             self.jobs.tell(Withdraw(only_jobs(record, [Allocation(job, 0, 0) for job in idle])))
         self.write_registry()
@@ -163,8 +226,7 @@ class Scaling:
         answer = make_event("swarm_status", request_id=command.request_id, swarm=swarm.to_event())
         # Answered once the inboxes are written: a CLI that exits on the answer loses nothing.
         shards = {self.nodes[key] for key in keys}
-        token = next(self.answer_tokens)
-        self.after_shards[token] = (len(shards), answer)
+        self.after_shards[token] = (len(shards), answer, [])
         for shard in shards:
             try:
                 shard.tell(Passed(token))
@@ -173,27 +235,38 @@ class Scaling:
         if not shards:
             self.shard_passed(token, counted=False)
 
-    def shard_passed(self, token: int, counted: bool = True) -> None:
-        """A shard handled what it was told before ``token``; the last one sends its answer."""
-        left, answer = self.after_shards.pop(token)
+    def shard_passed(
+        self, token: int, counted: bool = True, failures: tuple[str, ...] = ()
+    ) -> None:
+        """A shard handled what it was told before ``token``; the last one sends the answer,
+        or a ``backend`` error if an inbox could not be written."""
+        left, answer, failed = self.after_shards.pop(token)
         left -= counted
+        failed += failures
         if left > 0:
-            self.after_shards[token] = (left, answer)
+            self.after_shards[token] = (left, answer, failed)
+        elif failed:
+            self.error(
+                errors.BACKEND,
+                "; ".join(failed) + ": the node is removed (it takes no more work) but runs "
+                "until its job ends; check the mailbox, or terminate the swarm to stop it",
+                answer["request_id"],
+            )
         else:
             self.emit(answer)
 
-    def release_nodes(self, keys: list[str]) -> None:
+    def release_nodes(self, drained: list[tuple[str, int]]) -> None:
         """Removed agents that are gone: their actor entries, timers and cursor entries go,
         their last seqs stay in the record (late lines are not routed again)."""
         leaving: dict[Any, list[str]] = {}
         by_job: dict[str, dict[str, int]] = {}
-        for key in keys:
+        for key, last_seq in drained:
             shard = self.nodes.pop(key, None)
             if shard is None:
                 continue
             leaving.setdefault(shard, []).append(key)
             job_id, node_id = records.parse_node_key(key)
-            seq = self.cursor.forget_node(key)
+            seq = max(self.cursor.forget_node(key), last_seq)
             by_job.setdefault(job_id, {})[str(node_id)] = seq
         for shard, gone in leaving.items():
             shard.tell(RemoveNodes(gone))

@@ -132,7 +132,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         self.registry_due = 0.0  # the monotonic time before which the tick writes no registry
         self.answers: dict[int, commands.Command] = {}
         self.answer_tokens = iter(range(1, 1 << 62))
-        self.after_shards: dict[int, tuple[int, dict[str, Any]]] = {}
+        self.after_shards: dict[int, tuple[int, dict[str, Any], list[str]]] = {}
         self.follower: Any = None
         self.poller: Any = None
         self.jobs: Any = None
@@ -209,8 +209,10 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             self.route(message)
         elif isinstance(message, Progress):
             for key, offsets, last_seq in message.nodes:
-                if key in self.nodes:  # a released node's last word is not kept
+                if key in self.nodes:
                     self.cursor.advance(key, offsets, last_seq)
+                elif job_of(key) in self.table.followed:  # a removed agent's last batch
+                    self.cursor.advance_offsets(offsets)
         elif isinstance(message, NodeStarted):
             by_job: dict[str, dict[int, tuple[str | None, str | None]]] = {}
             for key, host, slurm_node in message.nodes:
@@ -237,9 +239,9 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         elif isinstance(message, AgentsAdded):
             self.agents_added(message)
         elif isinstance(message, NodesDrained):
-            self.release_nodes(message.keys)
+            self.release_nodes(message.nodes)
         elif isinstance(message, Passed):
-            self.shard_passed(message.token)
+            self.shard_passed(message.token, failures=message.failures)
         elif isinstance(message, AnswerDue):
             self.answer(message.token)
         elif isinstance(message, Tick):
@@ -382,6 +384,9 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             self.table.touched(job_id, now)
             if key in self.nodes:
                 told.append((key, WorkerLines(lines)))
+            elif records.parse_node_key(key)[1] in self.table.records[job_id].removed:
+                # late lines of a removed agent already released: read past, not routed
+                self.cursor.advance_offsets({identity: offset for identity, offset, _ in lines})
             else:
                 log.warning("dropped lines of %s: swarm %s has no such node", key, job_id)
         self.tell_nodes_at_once(told)
@@ -663,11 +668,14 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             }
             if later:
                 self.jobs.tell(Withdraw(only_resubmitted(record, later)))
-            added = [a for a in record.allocations if a not in message.swarm.allocations]
-            if added:  # and jobs of agents added meanwhile
-                self.jobs.tell(Withdraw(only_jobs(record, added)))
             self.table.set_state(record.job_id, "terminated")
             self.write_registry()  # before the answer: a CLI exits on it
+            # Jobs of agents added meanwhile, here or by another process (the write merged
+            # those into the terminated record).
+            record = self.table.get(record.job_id) or record
+            added = [a for a in record.allocations if a not in message.swarm.allocations]
+            if added:
+                self.jobs.tell(Withdraw(only_jobs(record, added)))
         self.emit(make_event("swarm_terminated", request_id=message.request_id, swarm_id=swarm_id))
 
     def restart(self, command: commands.Restart) -> None:

@@ -65,7 +65,9 @@ def only_resubmitted(record: SwarmRecord, tasks: dict[int, str]) -> SwarmRecord:
 
 
 def nodes_of(record: SwarmRecord, tasks: list[int]) -> set[str]:
-    return {str(node) for task in tasks for node in record.task_nodes(task)}
+    """The agents these array tasks run again: removed agents are not brought back."""
+    removed = set(record.removed)
+    return {str(node) for task in tasks for node in record.task_nodes(task) if node not in removed}
 
 
 def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
@@ -80,6 +82,8 @@ def written_over(stored: SwarmRecord, mine: SwarmRecord) -> SwarmRecord:
     theirs = nodes_of(stored, moved_on(mine, stored))
     node_states = {n: s for n, s in mine.node_states.items() if n not in theirs}
     node_states.update({n: s for n, s in stored.node_states.items() if n in theirs})
+    # agents another process added, not yet adopted here: its observations
+    node_states.update({n: s for n, s in stored.node_states.items() if int(n) >= mine.nodes})
     hosts = {n: h for n, h in mine.hosts.items() if n not in theirs}
     updated = replace(
         stored,
@@ -338,9 +342,11 @@ class SwarmTable(ScaledTable):
             removed = set(record.removed)
             for node_id, state in nodes.items():
                 key = records.node_key(job_id, node_id)
-                if node_id in removed:  # exited for the swarm already: told only its end
+                if node_id in removed:  # told only its end
                     if str(node_id) not in record.last_seqs:  # not yet released
-                        self._removed_polled(key, state, now, told)
+                        polled = self._removed_polled(key, state, now, told)
+                        if polled is not None:
+                            node_states[str(node_id)] = polled
                     continue
                 if state != "exited":
                     self.gone_since.pop(key, None)
@@ -375,6 +381,8 @@ class SwarmTable(ScaledTable):
         told = []
         for task in tasks:
             for node_id in record.task_nodes(task):
+                if node_id in record.removed:  # stays exited: it takes no more work
+                    continue
                 key = records.node_key(job_id, node_id)
                 self.gone_since.pop(key, None)
                 node_states[str(node_id)] = "pending"

@@ -10,6 +10,7 @@ import logging
 import posixpath
 import re
 import shlex
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,11 +172,19 @@ def added_shape(swarm: SwarmRecord, nodes: int, slurm: SlurmConfig) -> Shape:
     return Shape(nodes, swarm.agents_per_node, "array", per_task, slurm.array_throttle)
 
 
-def unknown_jobs(output: bytes, swarm: SwarmRecord) -> list[str]:
-    """From ``squeue -o %F`` of the swarm's job name: the jobs the record does not know."""
-    known = {job.partition("_")[0] for job in swarm.jobs()}
-    found = output.decode("utf-8", "replace").split()
-    return sorted({job for job in found if job.isdigit() and job not in known}, key=int)
+def add_tag(first: int) -> str:
+    """The ``--comment`` an added job is submitted with: unique, so that an add whose sbatch
+    answer was lost adopts its own job, never another add's."""
+    return f"codeswarm-add-{first}-{uuid.uuid4().hex[:12]}"
+
+
+def tagged_job(output: bytes, tag: str) -> str | None:
+    """From ``squeue -o "%F %k"`` (job id, comment): the job submitted with ``tag``."""
+    for line in output.decode("utf-8", "replace").splitlines():
+        job, _, comment = line.strip().partition(" ")
+        if job.isdigit() and comment.strip() == tag:
+            return job
+    return None
 
 
 def sbatch_argv(cluster_dir: str, array: bool = False) -> list[str]:
@@ -240,9 +249,10 @@ def parse_squeue(output: bytes) -> dict[str, str]:
 
 
 def resubmitted_tasks(output: bytes, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
-    """From ``squeue -r -o %i`` of the swarm's job name: task -> id of the jobs neither
-    ``swarm`` itself nor known in its ``tasks``, for the ``tasks`` asked for."""
-    known = {swarm.job_id, *(job.partition("_")[0] for job in swarm.tasks.values())}
+    """From ``squeue -r -o %i`` of the swarm's job name: task -> id of the jobs the swarm
+    is not known to run as (launch, resubmitted tasks, added or continuation jobs), for the
+    ``tasks`` asked for."""
+    known = {job.partition("_")[0] for job in swarm.jobs()}
     found = {}
     for line in output.decode("utf-8", "replace").split():
         job, _, task = line.partition("_")
@@ -397,13 +407,18 @@ class SlurmScheduler:
         script = resubmission_script(
             self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id, first
         )
-        argv = [*sbatch_argv(cluster_dir, shape.layout == "array"), *shape.options()]
+        tag = add_tag(first)
+        argv = [
+            *sbatch_argv(cluster_dir, shape.layout == "array"),
+            *shape.options(),
+            f"--comment={tag}",
+        ]
         try:
             out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
             job_id = parse_job_id(out)
         except BackendError:
             # sbatch may have queued the job before its answer was lost: adopt it.
-            found = self.find_added(swarm)
+            found = self.find_added(swarm, tag)
             if found is None:
                 raise
             log.warning("sbatch's answer was lost; found the added job %s by name", found)
@@ -411,17 +426,16 @@ class SlurmScheduler:
         count = nodes * swarm.agents_per_node
         return Allocation(job_id, first, count, shape.layout, shape.task_agents)
 
-    def find_added(self, swarm: SwarmRecord) -> str | None:
-        """A job of the swarm's name that its record does not know: an add whose sbatch
-        answer was lost."""
+    def find_added(self, swarm: SwarmRecord, tag: str) -> str | None:
+        """The job of the swarm's name submitted with ``tag``: an add whose sbatch answer
+        was lost."""
         try:
             out = self.connection.run(
-                ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm.swarm_id}", "-o", "%F"]
+                ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm.swarm_id}", "-o", "%F %k"]
             )
         except BackendError:
             return None
-        found = unknown_jobs(out, swarm)
-        return found[-1] if found else None
+        return tagged_job(out, tag)
 
     def find_resubmitted(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
         """The swarm's queued array tasks that are neither its first array's nor known
