@@ -80,7 +80,7 @@ def test_a_removed_node_is_drained_by_its_exit_or_its_end_and_others_are_not():
     exited = records.encode_line(
         records.outbox_event("node_exited", "77", 0, 1, reason="removed")
     ).encode()
-    shard.on_receive(ForNodes([("77_0", WorkerLines([("77_0:1", 10, exited)]))]))
+    shard.on_receive(ForNodes([("77_0", WorkerLines([("77_0", "77_0:1", 10, exited)]))]))
     # with the seq of this batch (its Progress follows, after the release)
     assert [m for m in told.messages if isinstance(m, NodesDrained)] == [
         NodesDrained([("77_0", 1)])
