@@ -4,7 +4,9 @@ worker resumes the same codex thread. Real codex against the local model server.
 from __future__ import annotations
 
 import json
+import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,46 @@ def continue_signal(run: WorkerRun) -> None:
     assert run.process is not None
     run.process.send_signal(signal.SIGUSR2)
     assert run.process.wait(60) == 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, as Slurm's linuxproc tracking finds a step's processes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def test_signal_to_every_process_of_the_step_leaves_codex_to_finish_the_turn(
+    continuing_worker, model_server
+):
+    """Slurm signals the whole step, codex included: codex ignores it, the turn completes."""
+    model_server.add_rule("take a second", Reply(delay_seconds=1.0))
+    run = continuing_worker(grace=60).start()
+    run.inject("short", "take a second")
+    run.wait_event("turn_started", "short")
+    assert run.process is not None
+    tree = process_tree(run.process.pid)
+    assert len(tree) > 1  # codex runs under the worker
+    for pid in tree:
+        os.kill(pid, signal.SIGUSR2)
+    assert run.process.wait(60) == 0
+    events = run.events()
+    assert lifecycle_ok(turn_events(events, "short"))
+    assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "continuing"
+    assert run.state["requeued"] == []
+    assert [last_user_text(b) for b in model_server.requests] == ["take a second"]
 
 
 def test_signal_mid_turn_requeues_the_prompt_and_the_next_worker_resumes_the_thread(
