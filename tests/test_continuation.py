@@ -241,3 +241,18 @@ def test_without_slurm_continue_a_continuing_worker_is_not_waited_for():
         "7": {0: "exited", 1: "exited"}
     }
     assert router.jobs.messages == []
+
+
+def test_a_terminated_or_dropped_swarm_holds_none_of_its_continuing_agents():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    router.table.set_state("7", "terminated")
+    polled = {"7": {0: "exited", 1: "exited"}}
+    assert router.hold_continuing(polled) == polled
+    assert router.jobs.messages == [] and router.continuations.waiting == {}
+
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    del router.table.records["7"]
+    assert router.hold_continuing(polled) == polled
+    assert router.continuations.waiting == {}

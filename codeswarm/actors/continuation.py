@@ -38,6 +38,10 @@ class Continuations:
             job_id, node_id = records.parse_node_key(key)
             self.waiting.setdefault(job_id, set()).add(node_id)
 
+    def forget(self, job_id: str) -> None:
+        """The swarm ended (terminated, pruned, dropped): nothing continues, nobody waits."""
+        self.waiting.pop(job_id, None)
+
     def hold(self, states: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
         """The poll's states, an agent waiting for its continuation shown pending, not gone."""
         held = {}
@@ -109,6 +113,7 @@ class ContinuingSwarms:
         for job_id, nodes in states.items():
             record = self.table.get(job_id)
             if record is None or record.is_final():
+                self.continuations.forget(job_id)  # its agents are gone, their prompts fail
                 continue
             for slurm_job, agents in self.continuations.due(record, nodes):
                 self.continue_job(record, slurm_job, agents)
