@@ -66,9 +66,9 @@ def test_any_other_exit_still_fails_what_the_node_owed():
 
 
 def test_a_job_is_due_once_every_agent_is_gone_and_one_continues():
-    swarm = record(nodes=3)
+    swarm = record(nodes=3, node_states={"0": "running", "1": "running", "2": "running"})
     cont = Continuations()
-    cont.note([records.node_key("7", 0)])
+    cont.note(swarm, 0)
     assert cont.due(swarm, {0: "exited", 1: "running", 2: "exited"}) == []
     held = cont.hold({"7": {0: "exited", 1: "running", 2: "exited"}})
     assert held == {"7": {0: "pending", 1: "running", 2: "exited"}}
@@ -83,21 +83,21 @@ def test_a_job_is_due_once_every_agent_is_gone_and_one_continues():
 def test_array_tasks_continue_alone():
     swarm = record(nodes=4, layout="array", task_agents=2)
     cont = Continuations()
-    cont.note([records.node_key("7", 2)])
+    cont.note(swarm, 2)
     polled = {0: "running", 1: "running", 2: "exited", 3: "exited"}
     assert cont.due(swarm, polled) == [("7_1", [2, 3])]
 
 
 def test_nothing_is_due_for_a_swarm_whose_workers_never_said_continuing():
     cont = Continuations()
-    cont.note([records.node_key("8", 0)])
+    cont.note(replace(record(), job_id="8"), 0)
     assert cont.due(record(), {0: "exited", 1: "exited"}) == []
 
 
 def test_the_continuation_is_where_the_agents_run_next_and_status_lists_every_job():
     swarm = record(nodes=2)
     job = continued_record(swarm, Continued(swarm, "7", [0, 1], None, "12", None))
-    assert job.allocations == [Allocation("12", 0, 2)]
+    assert job.allocations == [Allocation("12", 0, 2, continues=True)]
     assert [job.slurm_job(n) for n in (0, 1)] == ["12", "12"]
     again = continued_record(job, Continued(job, "12", [0, 1], None, "15", None))
     assert again.slurm_job(1) == "15" and again.to_event()["jobs"] == ["7", "12", "15"]
@@ -171,6 +171,7 @@ class Router(ContinuingSwarms):
         self.table.follow(swarm, 0.0)
         self.continuations = Continuations()
         self.continue_jobs = True
+        self.submits_continuations = True
         self.jobs = Told()
         self.events: list[dict] = []
         self.nodes_told: list[tuple[str, object]] = []
@@ -256,3 +257,47 @@ def test_a_terminated_or_dropped_swarm_holds_none_of_its_continuing_agents():
     del router.table.records["7"]
     assert router.hold_continuing(polled) == polled
     assert router.continuations.waiting == {}
+
+
+def test_a_router_without_the_cursor_lock_holds_the_agents_but_never_submits():
+    """attach, inject --wait, MCP beside the daemon: the daemon alone submits; the others let
+    the agents go once the registry names the job the daemon submitted."""
+    router = Router(running())
+    router.submits_continuations = False
+    router.nodes_continuing(["7_0"])
+    polled = {"7": {0: "exited", 1: "exited"}}
+    assert router.hold_continuing(polled) == {"7": {0: "pending", 1: "exited"}}
+    assert router.jobs.messages == []
+    swarm = router.table.get("7")
+    moved = continued_record(swarm, Continued(swarm, "7", [0, 1], None, "12", None))
+    router.table.records["7"] = moved
+    assert router.hold_continuing(polled) == polled and router.continuations.waiting == {}
+
+
+def test_after_agent_0_is_removed_the_launch_job_still_continues_and_added_ones_do_not():
+    swarm = replace(running(3), removed=[0], allocations=[Allocation("9", 2, 1)])
+    router = Router(swarm)
+    router.nodes_continuing(["7_1", "7_2"])
+    router.hold_continuing({"7": {1: "exited", 2: "exited"}})
+    (submit,) = router.jobs.messages
+    assert (submit.slurm_job, submit.nodes) == ("7", [1])
+    assert router.continuations.waiting == {"7": {1: "7"}}  # job 9 scale added: let go
+    router.continued(Continued(submit.swarm, "7", [1], None, "12", None))
+    # The continuation continues in turn.
+    router.table.records["7"] = replace(router.table.get("7"), node_states={"1": "running"})
+    router.nodes_continuing(["7_1"])
+    router.hold_continuing({"7": {1: "exited", 2: "exited"}})
+    assert (router.jobs.messages[-1].slurm_job, router.jobs.messages[-1].nodes) == ("12", [1])
+
+
+def test_a_late_continuing_note_for_a_job_already_continued_is_ignored():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    router.nodes_continuing(["7_1"])  # its worker's line read only now
+    assert router.continuations.waiting == {}
+    assert router.hold_continuing({"7": {0: "exited", 1: "exited"}}) == {
+        "7": {0: "exited", 1: "exited"}
+    }
