@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from codeswarm.actors.continuation import Continuations, ContinuingSwarms, continued_record
 from codeswarm.actors.correlation import NodeCorrelation
 from codeswarm.actors.messages import (
@@ -21,6 +23,9 @@ from codeswarm.actors.messages import (
 )
 from codeswarm.actors.node import NodeShard
 from codeswarm.actors.swarms import SwarmTable, written_over
+from codeswarm.backends.slurm import SlurmScheduler
+from codeswarm.config import parse_config
+from codeswarm.errors import BackendError
 from codeswarm.hpc import records
 from codeswarm.registry import Allocation, SwarmRecord
 
@@ -176,6 +181,10 @@ class Router(ContinuingSwarms):
         self.events: list[dict] = []
         self.nodes_told: list[tuple[str, object]] = []
         self.registry_writes = 0
+        self.elsewhere: list[SwarmRecord] = []  # what other processes wrote to the registry
+
+    def refresh_registry(self, force: bool = False) -> None:
+        self.table.merge(self.elsewhere or self.table.all(), 1.0)
 
     def emit(self, *events: dict) -> None:
         self.events += events
@@ -189,6 +198,8 @@ class Router(ContinuingSwarms):
 
     def write_registry(self) -> None:
         self.registry_writes += 1
+        for record in self.elsewhere:
+            self.table.stored(written_over(record, self.table.get(record.job_id)), "7", 2.0)
 
 
 def running(nodes: int = 2) -> SwarmRecord:
@@ -301,3 +312,58 @@ def test_a_late_continuing_note_for_a_job_already_continued_is_ignored():
     assert router.hold_continuing({"7": {0: "exited", 1: "exited"}}) == {
         "7": {0: "exited", 1: "exited"}
     }
+
+
+class LostAnswer:
+    """A cluster whose sbatch queues the job, then loses its answer (a dropped connection)."""
+
+    cluster_dir = "/c"
+
+    def __init__(self, queued: bytes) -> None:
+        self.connection = self
+        self.queued = queued
+
+    def run(self, argv, stdin=None, timeout=None) -> bytes:
+        if argv[0] == "cat":
+            return b"#!/bin/bash\nexec srun worker\n"
+        if argv[0] == "squeue":
+            return self.queued
+        raise BackendError("sbatch: the connection dropped")
+
+
+def scheduler(queued: bytes) -> SlurmScheduler:
+    config = parse_config({"ssh": {"login_alias": "hpc"}, "cluster": {"workspace_root": "/w"}})
+    return SlurmScheduler(LostAnswer(queued), config.slurm, "python3")  # type: ignore[arg-type]
+
+
+def test_a_continuation_whose_sbatch_answer_was_lost_is_found_by_name_not_left_orphaned():
+    swarm = replace(running(), allocations=[Allocation("9", 2, 1)])
+    assert scheduler(b"7\n9\n12\n").continue_job(swarm) == "12"
+    with pytest.raises(BackendError, match="dropped"):
+        scheduler(b"7\n9\n").continue_job(swarm)
+
+
+def test_a_swarm_terminated_by_another_process_while_submitting_has_the_new_job_cancelled():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    router.elsewhere = [router.table.get("7").with_state("terminated")]
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    withdraw = router.jobs.messages[-1]
+    assert isinstance(withdraw, Withdraw) and withdraw.swarm.jobs() == ["12"]
+    assert router.registry_writes == 0
+
+
+def test_a_terminate_written_as_the_continuation_is_recorded_cancels_the_new_job():
+    router = Router(running())
+    router.nodes_continuing(["7_0"])
+    router.hold_continuing({"7": {0: "exited", 1: "exited"}})
+    (submit,) = router.jobs.messages
+    terminated = router.table.get("7").with_state("terminated")
+    router.refresh_registry = lambda force=False: None  # the terminate lands after the read
+    router.elsewhere = [terminated]
+    router.continued(Continued(submit.swarm, "7", [0, 1], None, "12", None))
+    assert router.registry_writes == 1
+    withdraw = router.jobs.messages[-1]
+    assert isinstance(withdraw, Withdraw) and withdraw.swarm.jobs() == ["12"]

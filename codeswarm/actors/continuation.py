@@ -127,6 +127,7 @@ class ContinuingSwarms:
     tell_node: Any
     tell_live_swarms: Any
     write_registry: Any
+    refresh_registry: Any
 
     def nodes_continuing(self, keys: list[str]) -> None:
         if not self.continue_jobs:
@@ -173,6 +174,8 @@ class ContinuingSwarms:
     def continued(self, message: Continued) -> None:
         job_id = message.swarm.job_id
         self.continuations.done(job_id, message.slurm_job, message.nodes, message.new_job)
+        if message.error is None:
+            self.refresh_registry(force=True)  # a terminate by another process since the poll
         record = self.table.get(job_id)
         if message.error is not None or record is None or record.is_final():
             why = (
@@ -182,10 +185,7 @@ class ContinuingSwarms:
             )
             log.error("job %s of swarm %s: %s", message.slurm_job, message.swarm.swarm_id, why)
             if message.error is None:  # nobody would follow or stop the new job
-                job = message.new_job.partition("_")[0]
-                self.jobs.tell(
-                    Withdraw(replace(message.swarm, job_id=job, tasks={}, allocations=[]))
-                )
+                self.withdraw(message)
             else:
                 self.emit(
                     make_event(
@@ -205,3 +205,13 @@ class ContinuingSwarms:
             self.tell_node(key, NodePending())
         self.tell_live_swarms()  # the next poll asks about the new job
         self.write_registry()
+        stored = self.table.get(job_id)
+        if stored is None or stored.is_final():
+            # Terminated by another process as we wrote: its scancel did not know the new job.
+            log.error("swarm %s ended as it continued", record.swarm_id)
+            self.withdraw(message)
+
+    def withdraw(self, message: Continued) -> None:
+        """Cancel the continuation job of a swarm that ended meanwhile."""
+        job = message.new_job.partition("_")[0]
+        self.jobs.tell(Withdraw(replace(message.swarm, job_id=job, tasks={}, allocations=[])))

@@ -383,10 +383,18 @@ class SlurmScheduler:
         script = resubmission_script(
             self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
         )
-        out = self.connection.run(
-            sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
-        )
-        return parse_job_id(out)
+        try:
+            out = self.connection.run(
+                sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+            )
+            return parse_job_id(out)
+        except BackendError:
+            # sbatch may have queued the job before its answer was lost: adopt it.
+            found = self.find_added(swarm)
+            if found is None:
+                raise
+            log.warning("sbatch's answer was lost; found the continuation job %s by name", found)
+            return found
 
     def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
         """The swarm's saved script again for ``nodes`` more nodes (``--nodes``/``--array``
