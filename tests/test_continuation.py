@@ -18,6 +18,7 @@ from codeswarm.actors.messages import (
     NodePending,
     NodeRunning,
     NodesContinuing,
+    NodesDrained,
     Withdraw,
     WorkerLines,
 )
@@ -367,3 +368,29 @@ def test_a_terminate_written_as_the_continuation_is_recorded_cancels_the_new_job
     assert router.registry_writes == 1
     withdraw = router.jobs.messages[-1]
     assert isinstance(withdraw, Withdraw) and withdraw.swarm.jobs() == ["12"]
+
+
+def test_a_removed_node_exiting_to_continue_is_drained_and_its_prompts_fail_removed():
+    told = Told()
+    shard = NodeShard(Inboxes(), told, told, 5.0, told)
+    node = NodeCorrelation("sw-7", "7", 0, "running")
+    shard.on_receive(AddNode(node))
+    node.removed = True
+    node.written(Injection("queued", "hello", "r"))
+    exited = WorkerLines([("7_0:1", 10, line("node_exited", 0, reason="continuing"))])
+    shard.on_receive(ForNodes([("7_0", exited)]))
+    assert NodesDrained(["7_0"]) in told.messages
+    assert not [m for m in told.messages if isinstance(m, NodesContinuing)]
+    assert "queued" not in node.open
+
+
+def test_the_turn_a_continuation_runs_again_is_not_reported_out_of_order(caplog):
+    node = NodeCorrelation("sw-7", "7", 0, "running")
+    node.written(Injection("a", "hello", "r1"))
+    node.worker_line(line("inject_delivered", 0, injection_id="a"))
+    node.worker_line(line("turn_started", 1, injection_id="a", turn_id="t1"))
+    node.worker_line(line("assistant_delta", 2, injection_id="a", delta="par"))
+    node.worker_line(line("node_exited", 3, reason="continuing"))
+    node.worker_line(line("node_started", 4, pid=9, host="n1"))
+    node.worker_line(line("turn_started", 5, injection_id="a", turn_id="t2"))
+    assert "after stage" not in caplog.text

@@ -188,8 +188,10 @@ class NodeCorrelation:
         if "request_id" in event:  # an approve's or steer's own comes first
             request_id = None
         event = routed(raw, event, self.swarm_id, request_id)
-        if kind == "node_exited" and event["reason"] == CONTINUING:
+        if kind == "node_exited" and event["reason"] == CONTINUING and not self.removed:
             self.state = "pending"  # its prompts wait, held, for the continuation job
+            for entry in self.open.values():  # the cut-short turn runs again from its start
+                entry.stage = min(entry.stage, STAGES["inject_delivered"])
             return [event]
         if kind == "node_exited":
             return [event, *self.gone(event["reason"])]
