@@ -49,9 +49,7 @@ EXIT_INTERRUPT_GRACE = 3.0
 # order: codex may die just before the worker's own SIGTERM arrives. A codex exit is judged
 # only after this long, so that a node going down is not reported as a crash.
 CODEX_EXIT_GRACE = 1.0
-# The stop reason of a worker that Slurm signals before its time limit with slurm.continue on:
-# it keeps its queue and thread for the continuation job, whose worker carries on.
-CONTINUING = "continuing"
+CONTINUING = records.EXIT_CONTINUING
 CONTINUE_SIGNAL = signal.SIGUSR2
 
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pykka
+
 from codeswarm.actors.messages import Continued, ContinueJob, NodePending, Withdraw
+from codeswarm.actors.swarms import SwarmTable
 from codeswarm.hpc import records
 from codeswarm.protocol import errors, make_event
 from codeswarm.registry import Allocation, SwarmRecord
@@ -118,16 +122,16 @@ def continued_record(record: SwarmRecord, message: Continued) -> SwarmRecord:
 class ContinuingSwarms:
     """The supervisor's part in continuations (a mixin of SupervisorActor)."""
 
-    table: Any
-    jobs: Any
+    table: SwarmTable
+    jobs: pykka.ActorRef  # the SchedulerActor
     continuations: Continuations
     continue_jobs: bool
     submits_continuations: bool  # only the router holding the cursor lock: one sbatch per job
-    emit: Any
-    tell_node: Any
-    tell_live_swarms: Any
-    write_registry: Any
-    refresh_registry: Any
+    emit: Callable[..., None]
+    tell_node: Callable[[str, Any], bool]
+    tell_live_swarms: Callable[[], None]
+    write_registry: Callable[[], None]
+    refresh_registry: Callable[..., None]
 
     def nodes_continuing(self, keys: list[str]) -> None:
         if not self.continue_jobs:

@@ -29,8 +29,7 @@ STAGES = {
     "usage": 5,
 }
 FINAL = ("usage", "inject_failed")
-# A worker's ``node_exited`` reason when it exits to go on in the next Slurm job (slurm.continue).
-CONTINUING = "continuing"
+CONTINUING = records.EXIT_CONTINUING
 RECENT_KEPT = 1000
 
 
