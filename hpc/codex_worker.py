@@ -131,6 +131,7 @@ class Worker:
         self.stop_reason = None
         self.hurry = False  # a second stop signal: the continuing turn's grace is over
         self.draining = None  # why to stop once the queue is done: "shutdown" or "removed"
+        self.drain_offset = None  # where the record that set ``draining`` starts in the inbox
         self.state_dirty = False
         self.exit_deadline = None
         self.last_activity = time.monotonic()
@@ -266,9 +267,14 @@ class Worker:
     def finish(self):
         self.state["in_flight"] = None
         if self.stop_reason == CONTINUING:
-            # The continuation's worker reads the inbox again from the head of the queue.
-            self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
-            self.state["requeued"] = [entry[1] for entry in self.queue]
+            # The continuation's worker reads the inbox again from the head of the queue, or
+            # from the shutdown it had not yet obeyed; prompts requeued before and not yet
+            # read again stay requeued (their inject_delivered was sent).
+            end = self.drain_offset if self.draining else self.inbox.offset
+            self.state["inbox_offset"] = self.queue[0][0] if self.queue else end
+            queued = [entry[1] for entry in self.queue]
+            unread = [i for i in self.state["requeued"] if i not in queued]
+            self.state["requeued"] = queued + unread
         self.save_state()
         self.codex.stop()
         self.emit("node_exited", reason=self.stop_reason)
@@ -344,6 +350,7 @@ class Worker:
         for start, raw in lines:
             self.inbox_line(start, raw)
             if self.draining:
+                self.drain_offset = start
                 self.inbox.offset = start + len(raw)
                 break
         self.state["read_offset"] = max(self.state["read_offset"], self.inbox.offset)
