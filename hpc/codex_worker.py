@@ -31,6 +31,7 @@ from . import (
 )
 from .activity import Activity, error_fields
 from .codex_session import CodexSession
+from .continuation import EXIT_INTERRUPT_GRACE, ContinuingWorker
 from .mailbox_io import (
     InboxReader,
     OutboxWriter,
@@ -44,7 +45,6 @@ from .mailbox_io import (
 log = logging.getLogger("codeswarm.worker")
 
 HANDLED_KEPT = 1000
-EXIT_INTERRUPT_GRACE = 3.0
 # scancel and Slurm's time limit signal every process of the job step at once, in no set
 # order: codex may die just before the worker's own SIGTERM arrives. A codex exit is judged
 # only after this long, so that a node going down is not reported as a crash.
@@ -74,7 +74,7 @@ def interrupted(params):
     return (params.get("turn") or {}).get("status") == "interrupted"
 
 
-class Worker:
+class Worker(ContinuingWorker):
     def __init__(
         self, mailbox, job_id, node_id, workspace, codex_home, agent, settings, worktree=None
     ):
@@ -233,48 +233,10 @@ class Worker:
             else:
                 self.exit_deadline = time.monotonic()
 
-    def continue_finished(self):
-        """The running turn may end within its grace; after it, it is interrupted and its
-        prompt goes back to the head of the queue, the continuation job runs it again."""
-        if self.turn is None:
-            return True
-        late = self.hurry or time.monotonic() >= self.exit_deadline
-        if late and not self.turn.requeue:
-            log.info("turn of %s still running: interrupting it", self.turn.injection_id)
-            self.turn.requeue = True
-            if not self.codex.ready:
-                self.requeue_turn()
-                return True
-            self.exit_deadline = time.monotonic() + EXIT_INTERRUPT_GRACE
-            self.interrupt()
-            return False
-        if self.turn.requeue and (self.hurry or time.monotonic() >= self.exit_deadline):
-            self.requeue_turn()
-            return True
-        return False
-
-    def requeue_turn(self):
-        """Put the running turn's prompt back at the head of the queue, as not yet handled."""
-        turn = self.turn
-        self.queue.appendleft(turn.entry)
-        if turn.injection_id in self.state["handled"]:
-            self.state["handled"].remove(turn.injection_id)
-        self.approvals.turn_ended()
-        self.activity.turn_ended()
-        self.turn = None
-        self.state["in_flight"] = None
-
     def finish(self):
         self.state["in_flight"] = None
         if self.stop_reason == CONTINUING:
-            # The continuation's worker reads the inbox again from the head of the queue, or
-            # from the shutdown it had not yet obeyed; prompts requeued before and not yet
-            # read again stay requeued (their inject_delivered was sent).
-            end = self.drain_offset if self.draining else self.inbox.offset
-            self.state["inbox_offset"] = self.queue[0][0] if self.queue else end
-            queued = [entry[1] for entry in self.queue]
-            unread = [i for i in self.state["requeued"] if i not in queued]
-            self.state["requeued"] = queued + unread
+            self.save_queue()
         self.save_state()
         self.codex.stop()
         self.emit("node_exited", reason=self.stop_reason)
