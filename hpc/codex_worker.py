@@ -358,11 +358,14 @@ class Worker(ContinuingWorker):
                     injection_id=injection_id,
                 )
                 return
-            self.queue.append((start, injection_id, record["content"], kind))
             if injection_id in self.state["requeued"]:
                 self.state["requeued"].remove(injection_id)  # delivered before the continuation
+                if not os.environ.get(slurm_env.CONTINUATION):
+                    self.continuation_lost(injection_id)
+                    return
             else:
                 self.emit("inject_delivered", injection_id=injection_id)
+            self.queue.append((start, injection_id, record["content"], kind))
 
     def removed(self):
         """``scale --remove``: the running turn ends as it would, nothing queued runs."""

@@ -5,6 +5,8 @@ job's worker reads again."""
 import logging
 import time
 
+from . import records
+
 log = logging.getLogger("codeswarm.worker")
 
 EXIT_INTERRUPT_GRACE = 3.0  # seconds an interrupted turn has to end in
@@ -43,6 +45,17 @@ class ContinuingWorker:
         self.activity.turn_ended()
         self.turn = None
         self.state["in_flight"] = None
+
+    def continuation_lost(self, injection_id):
+        """A prompt requeued for a continuation job, read by another job (a restart, a
+        requeue): the router failed it when no continuation came, so it never runs."""
+        log.info("%s was requeued for a continuation that never ran: failing it", injection_id)
+        self.fail(
+            injection_id,
+            records.FAILED_WORKER_RESTARTED,
+            "requeued for a continuation job (slurm.continue) that never ran",
+        )
+        self.mark_handled(injection_id)
 
     def save_queue(self):
         """The continuation's worker reads the inbox again from the head of the queue, or from

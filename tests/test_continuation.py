@@ -323,12 +323,14 @@ class LostAnswer:
     def __init__(self, queued: bytes) -> None:
         self.connection = self
         self.queued = queued
+        self.scripts: list[bytes] = []
 
     def run(self, argv, stdin=None, timeout=None) -> bytes:
         if argv[0] == "cat":
             return b"#!/bin/bash\nexec srun worker\n"
         if argv[0] == "squeue":
             return self.queued
+        self.scripts.append(stdin)
         raise BackendError("sbatch: the connection dropped")
 
 
@@ -339,7 +341,11 @@ def scheduler(queued: bytes) -> SlurmScheduler:
 
 def test_a_continuation_whose_sbatch_answer_was_lost_is_found_by_name_not_left_orphaned():
     swarm = replace(running(), allocations=[Allocation("9", 2, 1)])
-    assert scheduler(b"7\n9\n12\n").continue_job(swarm) == "12"
+    found = scheduler(b"7\n9\n12\n")
+    assert found.continue_job(swarm) == "12"
+    # Its workers run the prompts the job before requeued; a restart's would fail them.
+    (script,) = found.transport.scripts  # type: ignore[attr-defined]
+    assert b"export CODESWARM_CONTINUATION=1\nexec srun worker" in script
     with pytest.raises(BackendError, match="dropped"):
         scheduler(b"7\n9\n").continue_job(swarm)
 

@@ -102,7 +102,7 @@ def test_signal_mid_turn_requeues_the_prompt_and_the_next_worker_resumes_the_thr
     assert state["in_flight"] is None and state["thread_id"] == thread_id
     assert "long" not in state["handled"]
 
-    run.start()
+    run.start(continuation=True)
     events = run.wait_event("usage", "queued", timeout=60)
     assert [e["seq"] for e in events] == list(range(len(events)))
     after = events[len(before) :]
@@ -138,7 +138,7 @@ def test_a_turn_ending_within_its_grace_completes_before_the_worker_continues(
     assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "continuing"
     assert run.state["requeued"] == ["next"]
 
-    run.start()
+    run.start(continuation=True)
     events = run.wait_event("usage", "next", timeout=60)
     assert lifecycle_ok(turn_events(events, "next"))
     assert [last_user_text(b) for b in model_server.requests] == [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codeswarm.hpc import records, worker_settings
+from codeswarm.hpc import records, slurm_env, worker_settings
 from codeswarm.hpc.codex_worker import CONTINUING, Worker
 
 
@@ -56,7 +56,8 @@ def test_a_shutdown_read_as_the_signal_came_is_read_again_by_the_continuation(tm
     assert again.draining == "shutdown"
 
 
-def test_prompts_requeued_before_and_not_read_again_stay_requeued(tmp_path):
+def test_prompts_requeued_before_and_not_read_again_stay_requeued(tmp_path, monkeypatch):
+    monkeypatch.setenv(slurm_env.CONTINUATION, "1")
     first = worker(tmp_path)
     write(tmp_path, records.inbox_user("a", "one"), records.inbox_user("b", "two"))
     first.read_inbox()
@@ -73,3 +74,31 @@ def test_prompts_requeued_before_and_not_read_again_stay_requeued(tmp_path):
     assert [entry[1] for entry in third.queue] == ["a", "b"]
     third.outbox.close()
     assert delivered(tmp_path) == ["a", "b"]  # once each, by the first worker
+
+
+def failed(tmp_path: Path) -> list[tuple[str, str]]:
+    found = []
+    for path in sorted((tmp_path / "mb").glob("*/7_0*.jsonl")):
+        if path.parent.name != records.INBOX_DIR:
+            found += [json.loads(x) for x in path.read_text().splitlines()]
+    return [(e["injection_id"], e["error"]) for e in found if e["type"] == "inject_failed"]
+
+
+def test_prompts_requeued_for_a_continuation_that_never_ran_fail_in_any_other_job(
+    tmp_path, monkeypatch
+):
+    """The router failed them (node_gone) when no continuation came; a restarted array task
+    or a requeued job must not run them later."""
+    monkeypatch.delenv(slurm_env.CONTINUATION, raising=False)
+    first = worker(tmp_path)
+    write(tmp_path, records.inbox_user("a", "one"))
+    first.read_inbox()
+    first.request_stop(CONTINUING)
+    first.finish()
+    restarted = worker(tmp_path)
+    write(tmp_path, records.inbox_user("b", "after the restart"))
+    restarted.read_inbox()
+    restarted.outbox.close()
+    assert [entry[1] for entry in restarted.queue] == ["b"]
+    assert failed(tmp_path) == [("a", "worker_restarted")]
+    assert restarted.state["requeued"] == [] and "a" in restarted.state["handled"]
