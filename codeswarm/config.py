@@ -271,11 +271,6 @@ class SlurmConfig:
         default=None, metadata={"schema": _Object(_continue_errors, data_key="continue")}
     )
 
-    @property
-    def turn_grace_seconds(self) -> float:
-        """How long a signalled worker lets its running turn go on (slurm.continue)."""
-        return float(dict(_CONTINUE, **(self.continuation or {}))["turn_grace_seconds"])
-
 
 @dataclass(frozen=True)
 class WorkerConfig:

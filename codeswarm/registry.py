@@ -60,6 +60,7 @@ class Allocation:
     layout: str = "job"
     task_agents: int = 0
     pids: list[int] = field(default_factory=list)
+    continues: bool = False  # a continuation (slurm.continue), not agents scale added
 
     def covers(self, node_id: int) -> bool:
         return self.first <= node_id < self.first + self.count

@@ -7,12 +7,19 @@ fills up and hangs codex). When stdout ends, ``on_exit`` is called once with the
 
 import collections
 import contextlib
+import errno
 import json
 import os
+import shutil
 import subprocess
 import threading
 
 STDERR_TAIL_LINES = 40
+# Slurm sends its signal before the time limit (SIGUSR2, slurm.continue) to every process of the
+# step, codex too: codex has no handler and would die at once, its turn with it, the grace unused.
+# Ignored, SIGUSR2 stays ignored across exec (and in the agent's commands); a shell sets that up
+# because preexec_fn is unsafe in a process with threads.
+IGNORE_CONTINUE_SIGNAL = ["/bin/sh", "-c", 'trap "" USR2; exec "$@"', "codex"]
 
 
 class AppServer:
@@ -24,9 +31,11 @@ class AppServer:
         self._next_id = 0
         self._stderr_tail = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._tail_lock = threading.Lock()
+        if shutil.which(argv[0], path=env.get("PATH")) is None:  # the shell would only exit 127
+            raise FileNotFoundError(errno.ENOENT, "no such executable", argv[0])
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
-            argv,
+            IGNORE_CONTINUE_SIGNAL + list(argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

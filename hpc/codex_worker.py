@@ -31,6 +31,7 @@ from . import (
 )
 from .activity import Activity, error_fields
 from .codex_session import CodexSession
+from .continuation import EXIT_INTERRUPT_GRACE, ContinuingWorker
 from .mailbox_io import (
     InboxReader,
     OutboxWriter,
@@ -44,14 +45,11 @@ from .mailbox_io import (
 log = logging.getLogger("codeswarm.worker")
 
 HANDLED_KEPT = 1000
-EXIT_INTERRUPT_GRACE = 3.0
 # scancel and Slurm's time limit signal every process of the job step at once, in no set
 # order: codex may die just before the worker's own SIGTERM arrives. A codex exit is judged
 # only after this long, so that a node going down is not reported as a crash.
 CODEX_EXIT_GRACE = 1.0
-# The stop reason of a worker that Slurm signals before its time limit with slurm.continue on:
-# it keeps its queue and thread for the continuation job, whose worker carries on.
-CONTINUING = "continuing"
+CONTINUING = records.EXIT_CONTINUING
 CONTINUE_SIGNAL = signal.SIGUSR2
 
 
@@ -76,7 +74,7 @@ def interrupted(params):
     return (params.get("turn") or {}).get("status") == "interrupted"
 
 
-class Worker:
+class Worker(ContinuingWorker):
     def __init__(
         self, mailbox, job_id, node_id, workspace, codex_home, agent, settings, worktree=None
     ):
@@ -133,6 +131,7 @@ class Worker:
         self.stop_reason = None
         self.hurry = False  # a second stop signal: the continuing turn's grace is over
         self.draining = None  # why to stop once the queue is done: "shutdown" or "removed"
+        self.drain_offset = None  # where the record that set ``draining`` starts in the inbox
         self.state_dirty = False
         self.exit_deadline = None
         self.last_activity = time.monotonic()
@@ -234,43 +233,10 @@ class Worker:
             else:
                 self.exit_deadline = time.monotonic()
 
-    def continue_finished(self):
-        """The running turn may end within its grace; after it, it is interrupted and its
-        prompt goes back to the head of the queue, the continuation job runs it again."""
-        if self.turn is None:
-            return True
-        late = self.hurry or time.monotonic() >= self.exit_deadline
-        if late and not self.turn.requeue:
-            log.info("turn of %s still running: interrupting it", self.turn.injection_id)
-            self.turn.requeue = True
-            if not self.codex.ready:
-                self.requeue_turn()
-                return True
-            self.exit_deadline = time.monotonic() + EXIT_INTERRUPT_GRACE
-            self.interrupt()
-            return False
-        if self.turn.requeue and (self.hurry or time.monotonic() >= self.exit_deadline):
-            self.requeue_turn()
-            return True
-        return False
-
-    def requeue_turn(self):
-        """Put the running turn's prompt back at the head of the queue, as not yet handled."""
-        turn = self.turn
-        self.queue.appendleft(turn.entry)
-        if turn.injection_id in self.state["handled"]:
-            self.state["handled"].remove(turn.injection_id)
-        self.approvals.turn_ended()
-        self.activity.turn_ended()
-        self.turn = None
-        self.state["in_flight"] = None
-
     def finish(self):
         self.state["in_flight"] = None
         if self.stop_reason == CONTINUING:
-            # The continuation's worker reads the inbox again from the head of the queue.
-            self.state["inbox_offset"] = self.queue[0][0] if self.queue else self.inbox.offset
-            self.state["requeued"] = [entry[1] for entry in self.queue]
+            self.save_queue()
         self.save_state()
         self.codex.stop()
         self.emit("node_exited", reason=self.stop_reason)
@@ -346,6 +312,7 @@ class Worker:
         for start, raw in lines:
             self.inbox_line(start, raw)
             if self.draining:
+                self.drain_offset = start
                 self.inbox.offset = start + len(raw)
                 break
         self.state["read_offset"] = max(self.state["read_offset"], self.inbox.offset)
@@ -391,11 +358,14 @@ class Worker:
                     injection_id=injection_id,
                 )
                 return
-            self.queue.append((start, injection_id, record["content"], kind))
             if injection_id in self.state["requeued"]:
                 self.state["requeued"].remove(injection_id)  # delivered before the continuation
+                if not os.environ.get(slurm_env.CONTINUATION):
+                    self.continuation_lost(injection_id)
+                    return
             else:
                 self.emit("inject_delivered", injection_id=injection_id)
+            self.queue.append((start, injection_id, record["content"], kind))
 
     def removed(self):
         """``scale --remove``: the running turn ends as it would, nothing queued runs."""

@@ -56,6 +56,10 @@ APPROVAL_COMMAND = "command"
 APPROVAL_FILE_CHANGE = "file_change"
 APPROVAL_KINDS = (APPROVAL_COMMAND, APPROVAL_FILE_CHANGE)
 
+# A worker's ``node_exited`` reason when Slurm signalled it before the time limit with
+# slurm.continue on: it keeps its queue and thread, and the next job's worker carries on.
+EXIT_CONTINUING = "continuing"
+
 # What a worker writes to its outbox: the event type and the fields it must carry beyond
 # the envelope (type, job_id, node_id, seq, ts).
 OUTBOX_EVENT_FIELDS = {

@@ -6,13 +6,15 @@ array holds ``CODESWARM_AGENTS_PER_TASK`` agents from ``array task id x that`` o
 them file under the array's job id, so that the router addresses every agent of the swarm
 by one job id. ``CODESWARM_JOB_ID`` names that job when a task is resubmitted alone, or when
 a later job runs agents of the swarm (``scale``); ``CODESWARM_NODE_OFFSET`` is then the index
-of that job's first agent.
+of that job's first agent. ``CODESWARM_CONTINUATION`` is set in a continuation job
+(slurm.continue): its workers run the prompts the job before requeued; any other job fails them.
 Standard library only, Python >= 3.8.
 """
 
 AGENTS_PER_TASK = "CODESWARM_AGENTS_PER_TASK"
 JOB_ID = "CODESWARM_JOB_ID"
 NODE_OFFSET = "CODESWARM_NODE_OFFSET"
+CONTINUATION = "CODESWARM_CONTINUATION"
 
 
 def job_id(env):

@@ -65,13 +65,13 @@ def test_a_conversation_goes_on_in_the_continuation_job_past_the_time_limit(
         subprocess.run(update, check=True, env=env)
         exited = d.wait_event("node_exited", timeout=120)
         assert exited["reason"] == "continuing" and exited["swarm_id"] == swarm_id
-        events = d.wait_event("usage", injection_id="queued", timeout=240) and d.events
+        d.wait_event("usage", injection_id="queued", timeout=240)
         d.wait_event("usage", injection_id="running", timeout=60)
 
         started = [e for e in d.events if e["type"] == "node_started"]
         assert len(started) == 2 and {e["swarm_id"] for e in started} == {swarm_id}
         assert not [e for e in d.events if e["type"] == "inject_failed"], d.events
-        seqs = [e["seq"] for e in events if "seq" in e]
+        seqs = [e["seq"] for e in d.events if "seq" in e]
         assert seqs == sorted(set(seqs)), "seq must continue in the continuation job"
         # The resumed thread carries the turns before the limit to the model.
         texts = [last_user_text(body) for body in model_server.requests]

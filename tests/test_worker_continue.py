@@ -4,7 +4,9 @@ worker resumes the same codex thread. Real codex against the local model server.
 from __future__ import annotations
 
 import json
+import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +39,46 @@ def continue_signal(run: WorkerRun) -> None:
     assert run.process.wait(60) == 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, as Slurm's linuxproc tracking finds a step's processes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def test_signal_to_every_process_of_the_step_leaves_codex_to_finish_the_turn(
+    continuing_worker, model_server
+):
+    """Slurm signals the whole step, codex included: codex ignores it, the turn completes."""
+    model_server.add_rule("take a second", Reply(delay_seconds=1.0))
+    run = continuing_worker(grace=60).start()
+    run.inject("short", "take a second")
+    run.wait_event("turn_started", "short")
+    assert run.process is not None
+    tree = process_tree(run.process.pid)
+    assert len(tree) > 1  # codex runs under the worker
+    for pid in tree:
+        os.kill(pid, signal.SIGUSR2)
+    assert run.process.wait(60) == 0
+    events = run.events()
+    assert lifecycle_ok(turn_events(events, "short"))
+    assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "continuing"
+    assert run.state["requeued"] == []
+    assert [last_user_text(b) for b in model_server.requests] == ["take a second"]
+
+
 def test_signal_mid_turn_requeues_the_prompt_and_the_next_worker_resumes_the_thread(
     continuing_worker, model_server
 ):
@@ -60,7 +102,7 @@ def test_signal_mid_turn_requeues_the_prompt_and_the_next_worker_resumes_the_thr
     assert state["in_flight"] is None and state["thread_id"] == thread_id
     assert "long" not in state["handled"]
 
-    run.start()
+    run.start(continuation=True)
     events = run.wait_event("usage", "queued", timeout=60)
     assert [e["seq"] for e in events] == list(range(len(events)))
     after = events[len(before) :]
@@ -96,7 +138,7 @@ def test_a_turn_ending_within_its_grace_completes_before_the_worker_continues(
     assert events[-1]["type"] == "node_exited" and events[-1]["reason"] == "continuing"
     assert run.state["requeued"] == ["next"]
 
-    run.start()
+    run.start(continuation=True)
     events = run.wait_event("usage", "next", timeout=60)
     assert lifecycle_ok(turn_events(events, "next"))
     assert [last_user_text(b) for b in model_server.requests] == [

@@ -29,8 +29,7 @@ STAGES = {
     "usage": 5,
 }
 FINAL = ("usage", "inject_failed")
-# A worker's ``node_exited`` reason when it exits to go on in the next Slurm job (slurm.continue).
-CONTINUING = "continuing"
+CONTINUING = records.EXIT_CONTINUING
 RECENT_KEPT = 1000
 _REQUIRED = records.OUTBOX_REQUIRED
 _decode = records.decode_object
@@ -193,8 +192,10 @@ class NodeCorrelation:
         if "request_id" in event:  # an approve's or steer's own comes first
             request_id = None
         event = routed(raw, event, self.swarm_id, request_id)
-        if kind == "node_exited" and event["reason"] == CONTINUING:
+        if kind == "node_exited" and event["reason"] == CONTINUING and not self.removed:
             self.state = "pending"  # its prompts wait, held, for the continuation job
+            for entry in self.open.values():  # the cut-short turn runs again from its start
+                entry.stage = min(entry.stage, STAGES["inject_delivered"])
             return [event]
         if kind == "node_exited":
             return [event, *self.gone(event["reason"])]

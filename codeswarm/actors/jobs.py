@@ -191,7 +191,7 @@ class SchedulerActor(pykka.ThreadingActor):
             if task is None:
                 new_job = self.scheduler.continue_job(swarm)
             else:
-                new_job = self.scheduler.resubmit(swarm, [task])[task]
+                new_job = self.scheduler.resubmit(swarm, [task], continuation=True)[task]
         except Exception as exc:  # reported, and the job's agents end as they would have
             return Continued(swarm, message.slurm_job, message.nodes, task, "", exc)
         return Continued(swarm, message.slurm_job, message.nodes, task, new_job, None)

@@ -262,6 +262,8 @@ class ContinueJob(NamedTuple):
 
 
 class Continued(NamedTuple):
+    """The answer to a ContinueJob: the new job's id, or why sbatch failed (``error``)."""
+
     swarm: Any  # registry.SwarmRecord, as the ContinueJob had it
     slurm_job: str
     nodes: list[int]

@@ -218,6 +218,8 @@ class NodeShard(pykka.ThreadingActor):
                     self.start_clocks(node, correlation.started())
                     where = (correlation.key, event.get("host"), event.get("slurm_node"))
                     batch.started.append(where)
+                elif kind == "node_exited" and correlation.removed:  # continuing or not
+                    batch.drained.append(correlation.key)
                 elif kind == "node_exited" and event["reason"] == CONTINUING:
                     # Unread prompts wait for the continuation job: their clocks start again
                     # when it runs.
@@ -227,8 +229,6 @@ class NodeShard(pykka.ThreadingActor):
                     handle = node.timers.pop(event["injection_id"], None)
                     if handle is not None:
                         handle.cancel()
-                elif kind == "node_exited" and correlation.removed:
-                    batch.drained.append(correlation.key)
         batch.progress.append((correlation.key, offsets, correlation.last_seq))
 
     def start_clocks(self, node: Node, injection_ids: list[str]) -> None:

@@ -121,6 +121,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         self.follow = follow
         self.log_dir = log_dir  # where the event log is, when this router writes it
         self.continue_jobs = continue_jobs  # slurm.continue: a job's end may be a continuation
+        self.submits_continuations = continue_jobs and cursor.persist
         self.continuations = Continuations()
         # A swarm whose nodes have all exited is released once its outbox was quiet this long.
         self.table = SwarmTable(gone_grace, drain_seconds=gone_grace + TICK_SECONDS)

@@ -121,8 +121,11 @@ class Scheduler(Protocol):
     def cancel(self, swarm: SwarmRecord) -> None:
         """Ask every worker of the job to stop (SIGTERM, as ``scancel`` does)."""
 
-    def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
-        """Submit these tasks of a job array again, alone: task -> its new scheduler id.
+    def resubmit(
+        self, swarm: SwarmRecord, tasks: list[int], continuation: bool = False
+    ) -> dict[int, str]:
+        """Submit these tasks of a job array again, alone: task -> its new scheduler id;
+        ``continuation``: as the continuation of the tasks (slurm.continue).
 
         Only a scheduler with job arrays (Slurm) is asked: ``restart`` refuses other swarms.
         """

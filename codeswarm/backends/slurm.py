@@ -139,9 +139,12 @@ def batch_script(
     return "\n".join(lines)
 
 
-def resubmission_script(script: str, job_id: str, first: int | None = None) -> str:
+def resubmission_script(
+    script: str, job_id: str, first: int | None = None, continuation: bool = False
+) -> str:
     """A swarm's saved script, its workers filing under the swarm's first job ``job_id``;
-    with ``first``, their agents numbered from it (a job of added agents, ``scale``).
+    with ``first``, their agents numbered from it (a job of added agents, ``scale``); with
+    ``continuation``, their workers run the prompts the job before requeued.
 
     The exports are in the script, not in ``--export``, which would override a site's
     ``--export=NONE``.
@@ -153,6 +156,8 @@ def resubmission_script(script: str, job_id: str, first: int | None = None) -> s
     exports = [f"export {slurm_env.JOB_ID}={shlex.quote(job_id)}"]
     if first is not None:
         exports.append(f"export {slurm_env.NODE_OFFSET}={first}")
+    if continuation:
+        exports.append(f"export {slurm_env.CONTINUATION}=1")
     lines[at:at] = exports
     return "\n".join(lines)
 
@@ -364,14 +369,15 @@ class SlurmScheduler:
         self.reasons = parse_pending_reasons(out)
         return {swarm.job_id: node_states(swarm, states) for swarm in swarms}
 
-    def resubmit(self, swarm: SwarmRecord, tasks: list[int]) -> dict[int, str]:
+    def resubmit(
+        self, swarm: SwarmRecord, tasks: list[int], continuation: bool = False
+    ) -> dict[int, str]:
         """The swarm's saved script again, for these array tasks only (``--array`` on the
         command line wins over the script's); its workers file under the first job's id."""
         cluster_dir = self.transport.cluster_dir
         saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
-        script = resubmission_script(
-            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
-        )
+        saved_script = self.connection.run(["cat", saved]).decode("utf-8", "replace")
+        script = resubmission_script(saved_script, swarm.job_id, continuation=continuation)
         argv = [*sbatch_argv(cluster_dir, array=True), f"--array={','.join(map(str, tasks))}"]
         try:
             out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
@@ -390,13 +396,20 @@ class SlurmScheduler:
         under the first job's id and resume their threads (``slurm.continue``)."""
         cluster_dir = self.transport.cluster_dir
         saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
-        script = resubmission_script(
-            self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id
-        )
-        out = self.connection.run(
-            sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
-        )
-        return parse_job_id(out)
+        saved_script = self.connection.run(["cat", saved]).decode("utf-8", "replace")
+        script = resubmission_script(saved_script, swarm.job_id, continuation=True)
+        try:
+            out = self.connection.run(
+                sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
+            )
+            return parse_job_id(out)
+        except BackendError:
+            # sbatch may have queued the job before its answer was lost: adopt it.
+            found = self.find_added(swarm)
+            if found is None:
+                raise
+            log.warning("sbatch's answer was lost; found the continuation job %s by name", found)
+            return found
 
     def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
         """The swarm's saved script again for ``nodes`` more nodes (``--nodes``/``--array``

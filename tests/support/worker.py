@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from codeswarm.hpc import activity, records
+from codeswarm.hpc import activity, records, slurm_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # codex refuses a CODEX_HOME under /tmp; tests keep theirs here and remove them afterwards.
@@ -85,7 +85,8 @@ class WorkerRun:
     def state(self) -> dict[str, Any]:
         return json.loads((self.mailbox / "state" / f"{self.key}.json").read_text())
 
-    def start(self, python: str = sys.executable) -> WorkerRun:
+    def start(self, python: str = sys.executable, continuation: bool = False) -> WorkerRun:
+        """Start the worker; ``continuation``: as in a continuation job (slurm.continue)."""
         argv = [
             python,
             "-m",
@@ -103,8 +104,14 @@ class WorkerRun:
             "--swarm-id",
             "sw-test",
         ]
+        env = dict(os.environ)
+        env.pop(slurm_env.CONTINUATION, None)
+        if continuation:
+            env[slurm_env.CONTINUATION] = "1"
         with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(argv, cwd=ROOT, stderr=stderr, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stderr=stderr, stdin=subprocess.DEVNULL
+            )
         return self
 
     def write(self, *records_: dict[str, Any] | bytes) -> None:
