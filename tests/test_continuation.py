@@ -323,13 +323,15 @@ class LostAnswer:
     def __init__(self, queued: bytes) -> None:
         self.connection = self
         self.queued = queued
+        self.tag = ""
         self.scripts: list[bytes] = []
 
     def run(self, argv, stdin=None, timeout=None) -> bytes:
         if argv[0] == "cat":
             return b"#!/bin/bash\nexec srun worker\n"
         if argv[0] == "squeue":
-            return self.queued
+            return self.queued.replace(b"TAG", self.tag.encode())
+        self.tag = next(a for a in argv if a.startswith("--comment=")).partition("=")[2]
         self.scripts.append(stdin)
         raise BackendError("sbatch: the connection dropped")
 
@@ -341,13 +343,13 @@ def scheduler(queued: bytes) -> SlurmScheduler:
 
 def test_a_continuation_whose_sbatch_answer_was_lost_is_found_by_name_not_left_orphaned():
     swarm = replace(running(), allocations=[Allocation("9", 2, 1)])
-    found = scheduler(b"7\n9\n12\n")
+    found = scheduler(b"7 (null)\n9 codeswarm-add-2-0123456789ab\n12 TAG\n")
     assert found.continue_job(swarm) == "12"
     # Its workers run the prompts the job before requeued; a restart's would fail them.
     (script,) = found.transport.scripts  # type: ignore[attr-defined]
     assert b"export CODESWARM_CONTINUATION=1\nexec srun worker" in script
     with pytest.raises(BackendError, match="dropped"):
-        scheduler(b"7\n9\n").continue_job(swarm)
+        scheduler(b"7 (null)\n9 codeswarm-add-2-0123456789ab\n").continue_job(swarm)
 
 
 def test_a_swarm_terminated_by_another_process_while_submitting_has_the_new_job_cancelled():
@@ -383,9 +385,9 @@ def test_a_removed_node_exiting_to_continue_is_drained_and_its_prompts_fail_remo
     shard.on_receive(AddNode(node))
     node.removed = True
     node.written(Injection("queued", "hello", "r"))
-    exited = WorkerLines([("7_0:1", 10, line("node_exited", 0, reason="continuing"))])
+    exited = WorkerLines([("7_0", "7_0:1", 10, line("node_exited", 0, reason="continuing"))])
     shard.on_receive(ForNodes([("7_0", exited)]))
-    assert NodesDrained(["7_0"]) in told.messages
+    assert NodesDrained([("7_0", 0)]) in told.messages
     assert not [m for m in told.messages if isinstance(m, NodesContinuing)]
     assert "queued" not in node.open
 

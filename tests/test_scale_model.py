@@ -18,7 +18,7 @@ from codeswarm.actors.scaling import (
     unclaimed,
 )
 from codeswarm.actors.swarms import SwarmTable, restart_tasks, written_over
-from codeswarm.backends.slurm import add_tag, added_shape, resubmission_script, tagged_job
+from codeswarm.backends.slurm import added_shape, job_tag, resubmission_script, tagged_job
 from codeswarm.config import parse_config
 from codeswarm.cursor import CursorStore
 from codeswarm.errors import BackendError
@@ -281,7 +281,7 @@ def test_an_added_job_has_the_swarms_shape_and_sbatch_options():
 
 
 def test_an_added_job_whose_answer_was_lost_is_the_one_submitted_with_its_tag():
-    mine, other = add_tag(4), add_tag(4)
+    mine, other = job_tag("add-4"), job_tag("add-4")
     assert mine != other and mine.startswith("codeswarm-add-4-")
     # another router's add (or a continuation) queued meanwhile is never taken
     squeue = f"7 (null)\n12 {other}\n13 {mine}\n14 \n".encode()

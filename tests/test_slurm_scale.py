@@ -69,7 +69,7 @@ def test_an_agent_added_in_its_own_job_answers_then_drains_when_removed(
         started = d.wait_event("node_started", node_id=1)
         assert started["job_id"] == job_id  # the swarm's mailbox key, not the added job's
         assert added_job in squeue(env, swarm_id).split()
-        # tagged for a lost sbatch answer: find_added matches this very output
+        # tagged for a lost sbatch answer: find_tagged matches this very output
         comments = dict(line.split(" ", 1) for line in squeue(env, swarm_id, "%F %k").splitlines())
         assert comments[added_job].startswith("codeswarm-add-1-"), comments
         assert tagged_job(squeue(env, swarm_id, "%F %k").encode(), comments[added_job]) == added_job

@@ -177,10 +177,11 @@ def added_shape(swarm: SwarmRecord, nodes: int, slurm: SlurmConfig) -> Shape:
     return Shape(nodes, swarm.agents_per_node, "array", per_task, slurm.array_throttle)
 
 
-def add_tag(first: int) -> str:
-    """The ``--comment`` an added job is submitted with: unique, so that an add whose sbatch
-    answer was lost adopts its own job, never another add's."""
-    return f"codeswarm-add-{first}-{uuid.uuid4().hex[:12]}"
+def job_tag(kind: str) -> str:
+    """The ``--comment`` a job submitted after the launch carries (``add-<first>``,
+    ``continue``): unique, so that a submit whose sbatch answer was lost adopts its own job,
+    never another's."""
+    return f"codeswarm-{kind}-{uuid.uuid4().hex[:12]}"
 
 
 def tagged_job(output: bytes, tag: str) -> str | None:
@@ -398,18 +399,9 @@ class SlurmScheduler:
         saved = posixpath.join(cluster_dir, "swarms", swarm.swarm_id, "job.sh")
         saved_script = self.connection.run(["cat", saved]).decode("utf-8", "replace")
         script = resubmission_script(saved_script, swarm.job_id, continuation=True)
-        try:
-            out = self.connection.run(
-                sbatch_argv(cluster_dir), stdin=script.encode(), timeout=SBATCH_TIMEOUT
-            )
-            return parse_job_id(out)
-        except BackendError:
-            # sbatch may have queued the job before its answer was lost: adopt it.
-            found = self.find_added(swarm)
-            if found is None:
-                raise
-            log.warning("sbatch's answer was lost; found the continuation job %s by name", found)
-            return found
+        tag = job_tag("continue")
+        argv = [*sbatch_argv(cluster_dir), f"--comment={tag}"]
+        return self.sbatch_adopting(argv, script, swarm, tag, "continuation")
 
     def add_agents(self, swarm: SwarmRecord, first: int, nodes: int) -> Allocation:
         """The swarm's saved script again for ``nodes`` more nodes (``--nodes``/``--array``
@@ -420,28 +412,33 @@ class SlurmScheduler:
         script = resubmission_script(
             self.connection.run(["cat", saved]).decode("utf-8", "replace"), swarm.job_id, first
         )
-        tag = add_tag(first)
+        tag = job_tag(f"add-{first}")
         argv = [
             *sbatch_argv(cluster_dir, shape.layout == "array"),
             *shape.options(),
             f"--comment={tag}",
         ]
-        try:
-            out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
-            job_id = parse_job_id(out)
-        except BackendError:
-            # sbatch may have queued the job before its answer was lost: adopt it.
-            found = self.find_added(swarm, tag)
-            if found is None:
-                raise
-            log.warning("sbatch's answer was lost; found the added job %s by name", found)
-            job_id = found
+        job_id = self.sbatch_adopting(argv, script, swarm, tag, "added")
         count = nodes * swarm.agents_per_node
         return Allocation(job_id, first, count, shape.layout, shape.task_agents)
 
-    def find_added(self, swarm: SwarmRecord, tag: str) -> str | None:
-        """The job of the swarm's name submitted with ``tag``: an add whose sbatch answer
-        was lost."""
+    def sbatch_adopting(
+        self, argv: list[str], script: str, swarm: SwarmRecord, tag: str, what: str
+    ) -> str:
+        """sbatch a job submitted with ``--comment=<tag>``: its id, or, when sbatch's answer
+        was lost after it queued the job, the id of the job carrying that tag."""
+        try:
+            out = self.connection.run(argv, stdin=script.encode(), timeout=SBATCH_TIMEOUT)
+            return parse_job_id(out)
+        except BackendError:
+            found = self.find_tagged(swarm, tag)
+            if found is None:
+                raise
+            log.warning("sbatch's answer was lost; found the %s job %s by its tag", what, found)
+            return found
+
+    def find_tagged(self, swarm: SwarmRecord, tag: str) -> str | None:
+        """The job of the swarm's name submitted with ``tag``."""
         try:
             out = self.connection.run(
                 ["squeue", "--me", "-h", "-n", f"codeswarm-{swarm.swarm_id}", "-o", "%F %k"]
