@@ -270,6 +270,8 @@ class Scaling:
             by_job.setdefault(job_id, {})[str(node_id)] = seq
         for shard, gone in leaving.items():
             shard.tell(RemoveNodes(gone))
+        if by_job:
+            self.write_registry_first()
         for job_id, last_seqs in by_job.items():
             self.table.release_nodes(job_id, last_seqs)
             log.info("released removed nodes %s of job %s", sorted(last_seqs, key=int), job_id)

@@ -279,6 +279,12 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         self.tell_live_swarms()
         self.timer.call_later(TICK_SECONDS, self.actor_ref, Tick())
 
+    def write_registry_first(self) -> None:
+        """The next tick writes the registry before it saves the cursor: last seqs just
+        moved from the cursor to a record, and a kill between the two saves must not lose
+        them (the next router would send those nodes' events again)."""
+        self.registry_due = 0.0
+
     def tell_live_swarms(self) -> None:
         live = [self.table.records[job] for job in sorted(self.table.followed)]
         self.poller.tell(LiveSwarms([record for record in live if not record.all_exited()]))
@@ -387,7 +393,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
                 told.append((key, WorkerLines(lines)))
             elif records.parse_node_key(key)[1] in self.table.records[job_id].removed:
                 # late lines of a removed agent already released: read past, not routed
-                self.cursor.advance_offsets({identity: offset for identity, offset, _ in lines})
+                self.cursor.advance_offsets({ident: offset for _, ident, offset, _ in lines})
             else:
                 log.warning("dropped lines of %s: swarm %s has no such node", key, job_id)
         self.tell_nodes_at_once(told)
@@ -464,6 +470,7 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
         for shard, keys in leaving.items():
             shard.tell(RemoveNodes(keys))
         self.table.release(job_id, self.cursor.forget(job_id))
+        self.write_registry_first()
         if self.log_dir is not None:
             self.sink.tell(CloseLog(record.swarm_id))
         log.info("released swarm %s (job %s): every node exited", record.swarm_id, job_id)
