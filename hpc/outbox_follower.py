@@ -190,7 +190,7 @@ class Follower:
                 continue
             if not (archived or i in opened) and self._unchanged(entry, key):
                 continue  # an archive is opened until read to its end, then never again
-            found, left, done = self._read(entry.path, key)
+            found, left, done = self._read(entry.path, key, None if archived else entry.inode())
             lines += found
             if left:
                 more = True
@@ -310,8 +310,14 @@ class Follower:
             return False
         return "%s:%d" % (key, inode) in self.offsets
 
-    def _read(self, path, key):
-        """Emit the new complete lines of one file: (lines, more waiting, read to its end)."""
+    def _read(self, path, key, inode=None):
+        """Emit the new complete lines of one file: (lines, more waiting, read to its end).
+
+        ``inode``: the one the listing saw. An outbox renamed into archive/ and created anew
+        since is not read through the old listing: the new run's lines would come before the
+        old run's last ones, which the router would then drop as old. The next poll lists
+        again instead.
+        """
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
@@ -319,7 +325,11 @@ class Follower:
                 self.problem("cannot open %s: %s" % (path, exc.strerror), once=path)
             return 0, False, False
         try:
-            return self._read_fd(fd, path, key)
+            st = os.fstat(fd)
+            if inode is not None and st.st_ino != inode:
+                self.last_list = None
+                return 0, True, False
+            return self._read_fd(fd, st, path, key)
         except OSError as exc:
             if exc.errno not in GONE:
                 self.problem("cannot read %s: %s" % (path, exc.strerror), once=path)
@@ -327,8 +337,7 @@ class Follower:
         finally:
             os.close(fd)
 
-    def _read_fd(self, fd, path, key):
-        st = os.fstat(fd)
+    def _read_fd(self, fd, st, path, key):
         size = st.st_size
         ident = "%s:%d" % (key, st.st_ino)
         if ident not in self.offsets and self.from_end and not self.first_poll_done:

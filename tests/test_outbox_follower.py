@@ -477,3 +477,30 @@ def test_a_poll_opens_only_grown_outboxes_and_sweeps_the_quiet_ones_in_turn(mail
     follower.flush()
     lines = [r for r in b"".join(written).splitlines() if r.startswith(b"L\t")]
     assert len(lines) == 22
+
+
+def test_a_new_run_behind_a_stale_listing_waits_for_the_old_runs_last_lines(mailbox, monkeypatch):
+    """A directory whose timestamps did not move (coarse or cached, as on Lustre or NFS) keeps
+    the old listing: the outbox that listing names was archived and made anew since. Its new
+    run is not read through the old entry, before the old run's last lines in archive/."""
+    from codeswarm.hpc import outbox_follower
+
+    now = [1000.0]
+    written: list[bytes] = []
+    follower = outbox_follower.Follower(str(mailbox), {}, [], written.append, clock=lambda: now[0])
+    outbox = mailbox / "outbox" / "9_0.jsonl"
+    append(outbox, event(0))
+    follower.poll()
+    append(outbox, event(1, tag="old run's last"))
+    mailbox_io.archive_outbox(str(mailbox), "9", 0)
+    append(outbox, event(2, tag="new run"))
+    relist = outbox_follower.Follower._list
+    monkeypatch.setattr(outbox_follower.Follower, "_list", lambda self, now: None)
+    now[0] += 0.01
+    follower.poll()  # the stale listing: the old outbox's entry, a new file at its path
+    monkeypatch.setattr(outbox_follower.Follower, "_list", relist)
+    now[0] += 0.01
+    follower.poll()
+    follower.flush()
+    lines = [r for r in b"".join(written).splitlines() if r.startswith(b"L\t")]
+    assert [json.loads(r.split(b"\t", 4)[4])["seq"] for r in lines] == [0, 1, 2]
