@@ -32,7 +32,9 @@ turn again, it opens each outbox at least every REOPEN_SECONDS, fstats it (openi
 revalidates NFS attributes, close-to-open, where a bare stat may serve a stale size), reads
 past the offset and closes it: on NFS a new line waits at most that long for a stat that was
 stale. So with 10,000 agents a poll costs what happens, not 10,000 stats, and a quiet
-agent's first line waits at most STAT_SWEEP_SECONDS more. Only complete lines are
+agent's first line waits at most STAT_SWEEP_SECONDS more. A new outbox is found by the next
+listing: at once where directory timestamps are fine-grained, within REOPEN_SECONDS where they
+are coarse or cached (Lustre, NFS). Only complete lines are
 emitted; a partial last line waits for the next poll. A file that vanishes (ENOENT, ESTALE) is
 skipped until the next poll. An archived file read to its end is never opened again: archives
 do not grow. A cursor offset that is past the end of the file, or not just after a newline
