@@ -225,7 +225,10 @@ class Worker(ContinuingWorker):
                 "the node is exiting (%s)" % self.stop_reason,
             )
             self.mark_handled(injection_id)
-        self.state["inbox_offset"] = self.inbox.offset
+        # A removed agent's worker started again (a continuation or a requeue reruns the whole
+        # job) reads its removal again, and ends.
+        removed = self.draining == "removed" and self.drain_offset is not None
+        self.state["inbox_offset"] = self.drain_offset if removed else self.inbox.offset
         self.save_state()
         if self.turn is not None:
             if self.codex.ready:

@@ -92,6 +92,21 @@ def test_a_removed_node_is_drained_by_its_exit_or_its_end_and_others_are_not():
     ]
 
 
+def test_with_an_event_log_a_drained_node_is_released_only_after_its_last_events_are_logged():
+    told = Told()
+    shard = NodeShard(Inboxes(), told, None, 5.0, told, logged=True)
+    shard.on_receive(AddNode(NodeCorrelation("sw-1", "77", 0, "running")))
+    shard.on_receive(ForNodes([("77_0", NodeRemoved())]))
+    told.messages.clear()
+    exited = records.encode_line(
+        records.outbox_event("node_exited", "77", 0, 1, reason="removed")
+    ).encode()
+    shard.on_receive(ForNodes([("77_0", WorkerLines([("77_0", "77_0:1", 10, exited)]))]))
+    kinds = [type(m).__name__ for m in told.messages]
+    assert kinds == ["Emit", "AfterLog", "AfterLog"], kinds  # events, then drained, progress
+    assert told.messages[1].message == NodesDrained([("77_0", 1)])
+
+
 class Router(Scaling):
     """The supervisor's side of the answer."""
 
@@ -146,6 +161,7 @@ class Supervisor(Router):
     is what another process left there (``stored``), merged as the real write does."""
 
     cancelled = SupervisorActor.cancelled
+    write_registry_first = SupervisorActor.write_registry_first
 
     def __init__(self, stored: SwarmRecord | None = None) -> None:
         super().__init__()
@@ -155,6 +171,7 @@ class Supervisor(Router):
         self.stored = stored
         self.unclaimed: list[str] = []
         self.started: list[int] = []
+        self.registry_due = 99.0  # the tick's next registry write, deferred
 
     def backend_error(self, what: str, exc: Exception, request_id) -> None:
         self.error("backend", f"{what} failed: {exc}", request_id)
@@ -237,4 +254,5 @@ def test_a_drained_node_is_released_with_the_last_seq_of_its_final_batch():
     router.cursor = Cursor({"7_1": 3})  # the final batch's Progress has not come yet
     router.release_nodes([("7_1", 5)])
     assert router.table.get("7").last_seqs == {"1": 5}
+    assert router.registry_due == 0.0  # written before the cursor that forgot it is saved
     assert list(router.nodes) == ["7_0"] and shard.messages[0].keys == ["7_1"]

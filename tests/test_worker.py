@@ -300,6 +300,14 @@ def test_removal_lets_the_running_turn_end_and_fails_the_queued_prompts(worker, 
     assert turn_events(events, "after") == []
     assert events[-1] == {**events[-1], "type": "node_exited", "reason": "removed"}
     assert [last_user_text(b) for b in model_server.requests] == ["slow one"]
+    # Started again (a continuation or a requeue reruns every agent of the job): it reads
+    # the removal again and ends, and runs nothing written after it.
+    run.start()
+    assert run.process.wait(60) == 0
+    rerun = run.events()[len(events) :]
+    assert [e["type"] for e in rerun][-1:] == ["node_exited"] and rerun[-1]["reason"] == "removed"
+    assert turn_events(rerun, "after") == []
+    assert [last_user_text(b) for b in model_server.requests] == ["slow one"]
 
 
 def test_worker_runs_on_python_38(worker):

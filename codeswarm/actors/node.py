@@ -157,17 +157,22 @@ class NodeShard(pykka.ThreadingActor):
             self.tell_supervisor(NodeStarted(batch.started))
         if batch.continuing:
             self.tell_supervisor(NodesContinuing(batch.continuing))
-        if batch.drained:
-            drained = [(key, self.nodes[key].correlation.last_seq) for key in batch.drained]
-            self.tell_supervisor(NodesDrained(drained))
         if batch.events:
             self.sink.tell(Emit(batch.events))
-        if batch.progress:  # after the events: the cursor never passes an unlogged line
-            progress = Progress(batch.progress)
-            if self.logged:
-                self.sink.tell(AfterLog(self.supervisor, progress))
-            else:
-                self.tell_supervisor(progress)
+        # After the events: the cursor never passes an unlogged line, and a drained node's
+        # last seq is recorded as released only once its last events are logged.
+        if batch.drained:
+            drained = [(key, self.nodes[key].correlation.last_seq) for key in batch.drained]
+            self.after_log(NodesDrained(drained))
+        if batch.progress:
+            self.after_log(Progress(batch.progress))
+
+    def after_log(self, message: Any) -> None:
+        """Tell the supervisor ``message`` once the events sent before it are in the log."""
+        if self.logged:
+            self.sink.tell(AfterLog(self.supervisor, message))
+        else:
+            self.tell_supervisor(message)
 
     def tell_supervisor(self, message: Any) -> None:
         with contextlib.suppress(pykka.ActorDeadError):  # the router is stopping
