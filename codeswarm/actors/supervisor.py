@@ -389,9 +389,15 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
                     continue
                 self.start_nodes(record)  # late lines of a released swarm
             self.table.touched(job_id, now)
+            node_id = records.parse_node_key(key)[1]
             if key in self.nodes:
                 told.append((key, WorkerLines(lines)))
-            elif records.parse_node_key(key)[1] in self.table.records[job_id].removed:
+            elif node_id >= self.table.records[job_id].nodes:
+                # an agent another process added, its workers quicker than its registry write
+                unknown = True
+                if not self.table.hold(key, lines, now):
+                    log.warning("dropped lines of %s: too many held for unknown agents", key)
+            elif node_id in self.table.records[job_id].removed:
                 # late lines of a removed agent already released: read past, not routed
                 self.cursor.advance_offsets({ident: offset for _, ident, offset, _ in lines})
             else:
@@ -668,7 +674,12 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             return
         record = self.table.by_swarm(swarm_id)
         if record is not None:
-            # A restart answered while the cancel waited its turn: its jobs were not in it.
+            self.table.set_state(record.job_id, "terminated")
+            self.write_registry()  # before the answer: a CLI exits on it
+            # Jobs submitted while the cancel waited its turn, here or by another process
+            # (the write merged those into the terminated record): tasks a restart or a
+            # continuation resubmitted, jobs of agents added.
+            record = self.table.get(record.job_id) or record
             later = {
                 int(task): job
                 for task, job in record.tasks.items()
@@ -676,11 +687,6 @@ class SupervisorActor(NodeTargeting, Scaling, ContinuingSwarms, pykka.ThreadingA
             }
             if later:
                 self.jobs.tell(Withdraw(only_resubmitted(record, later)))
-            self.table.set_state(record.job_id, "terminated")
-            self.write_registry()  # before the answer: a CLI exits on it
-            # Jobs of agents added meanwhile, here or by another process (the write merged
-            # those into the terminated record).
-            record = self.table.get(record.job_id) or record
             added = [a for a in record.allocations if a not in message.swarm.allocations]
             if added:
                 self.jobs.tell(Withdraw(only_jobs(record, added)))
