@@ -108,6 +108,12 @@ def test_the_continuation_is_where_the_agents_run_next_and_status_lists_every_jo
     again = continued_record(job, Continued(job, "12", [0, 1], None, "15", None))
     assert again.slurm_job(1) == "15" and again.to_event()["jobs"] == ["7", "12", "15"]
 
+    # Agent 0 removed, agents 4-5 added by scale: the launch's job reruns agents 0-3.
+    scaled = replace(swarm, nodes=6, removed=[0], allocations=[Allocation("9", 4, 2)])
+    job = continued_record(scaled, Continued(scaled, "7", [1, 2], None, "12", None))
+    assert job.allocations[-1] == Allocation("12", 0, 4, continues=True)
+    assert [job.slurm_job(n) for n in range(6)] == ["12"] * 4 + ["9", "9"]
+
     array = record(nodes=4, layout="array", task_agents=2)
     task = continued_record(array, Continued(array, "7_1", [2, 3], 1, "20_1", None))
     assert task.tasks == {"1": "20_1"} and task.slurm_job(3) == "20_1"

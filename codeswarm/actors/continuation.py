@@ -114,9 +114,20 @@ def continued_record(record: SwarmRecord, message: Continued) -> SwarmRecord:
     of the job's agents (the latest allocation covering an agent is the job it runs in)."""
     if message.task is not None:
         return replace(record, tasks={**record.tasks, str(message.task): message.new_job})
-    first, last = min(message.nodes), max(message.nodes)
-    allocation = Allocation(message.new_job, first, last - first + 1, continues=True)
+    first, count = job_agents(record, min(message.nodes))
+    allocation = Allocation(message.new_job, first, count, continues=True)
     return replace(record, allocations=[*record.allocations, allocation])
+
+
+def job_agents(record: SwarmRecord, agent: int) -> tuple[int, int]:
+    """(first, count) of the agents the job running ``agent`` runs: the continuation reruns
+    that job's script, so it runs all of them, removed ones included (they read their
+    removal again and end)."""
+    allocation = record.allocation(agent)
+    if allocation is not None:
+        return allocation.first, allocation.count
+    added = [a.first for a in record.allocations if not a.continues]
+    return 0, min(added, default=record.nodes)
 
 
 class ContinuingSwarms:
