@@ -476,7 +476,12 @@ class Worker(ContinuingWorker):
 
     def notification(self, method, params):
         if method == "thread/tokenUsage/updated":
-            self.usage_total = params.get("tokenUsage", {}).get("total")
+            total = params.get("tokenUsage", {}).get("total")
+            if self.turn is not None and params.get("turnId") != self.turn.turn_id:
+                # Another turn's running total (a resumed thread's, sent as this turn began
+                # after a codex restart): this turn counts from it, not from before the restart.
+                self.turn.usage_base = total
+            self.usage_total = total
             return
         if method == "error":
             error = params.get("error") or {}
