@@ -342,9 +342,17 @@ def measure_all(bench: Bench) -> dict[str, Any]:
 
 def figures_of_tree(tree: str, timeout: float) -> dict[str, Any]:
     """``measure_all`` run in a process on the code in ``tree``: {} if it did not finish."""
+    text = run_in_tree(tree, ["--figures-json"], timeout).strip()
+    return json.loads(text) if text else {}
+
+
+def run_in_tree(tree: str, args: list[str], timeout: float) -> bytes:
+    """This script with ``args`` in a fresh process on the code in ``tree``: what it printed
+    by the end, or by ``timeout``, when it is killed with its process group (the run, its
+    follower and its simulated workers)."""
     env = {**os.environ, "CODESWARM_BENCH_TREE": tree}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as work:
-        argv = [sys.executable, __file__, "--figures-json", "--work-dir", work]
+        argv = [sys.executable, __file__, *args, "--work-dir", work]
         child = subprocess.Popen(
             argv, env=env, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -354,8 +362,7 @@ def figures_of_tree(tree: str, timeout: float) -> dict[str, Any]:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
         out.seek(0)
-        text = out.read().strip()
-        return json.loads(text) if text else {}
+        return out.read()
 
 
 def at(figures: dict[str, Any], path: str) -> Any:
@@ -443,21 +450,8 @@ def fan_out_of_tree(tree: str, sizes: list[int], timeout: float) -> dict[int, fl
     Each size's figure is printed as it is measured, so a run past ``timeout`` (then killed,
     with its process group) keeps those.
     """
-    env = {**os.environ, "CODESWARM_BENCH_TREE": tree}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as work:
-        sized = ",".join(map(str, sizes))
-        argv = [sys.executable, __file__, "--fan-out-json", sized, "--work-dir", work]
-        child = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            # Its own process group: the run, its follower and its simulated workers.
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-        out.seek(0)
-        return {int(k): v for line in out.read().splitlines() for k, v in json.loads(line).items()}
+    out = run_in_tree(tree, ["--fan-out-json", ",".join(map(str, sizes))], timeout)
+    return {int(k): v for line in out.splitlines() for k, v in json.loads(line).items()}
 
 
 def main() -> None:

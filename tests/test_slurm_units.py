@@ -44,46 +44,34 @@ def full_config(**slurm):
     )
 
 
-def test_batch_script_matches_the_golden_file():
-    config = full_config()
-    script = batch_script(
+def script_of(config, nodes: int, **options) -> str:
+    """Swarm sw-abc's batch script: ``nodes`` nodes under ``config``'s slurm settings."""
+    cluster_dir = config.cluster.cluster_dir
+    return batch_script(
         swarm_id="sw-abc",
-        shape=Shape.of(4, None, config.slurm),
+        shape=Shape.of(nodes, None, config.slurm),
         slurm=config.slurm,
-        cluster_dir=config.cluster.cluster_dir,
+        cluster_dir=cluster_dir,
         python="python3",
-        settings_path=config.cluster.cluster_dir + "/swarms/sw-abc/worker.json",
+        settings_path=cluster_dir + "/swarms/sw-abc/worker.json",
+        **options,
     )
+
+
+def test_batch_script_matches_the_golden_file():
+    script = script_of(full_config(), 4)
     assert script == GOLDEN.read_text(), "update tests/golden/batch_script.sh if intended"
 
 
 def test_launch_overrides_time_and_partition():
-    config = full_config()
-    script = batch_script(
-        swarm_id="sw-abc",
-        shape=Shape.of(1, None, config.slurm),
-        slurm=config.slurm,
-        cluster_dir="/c",
-        python="python3",
-        settings_path="/c/s.json",
-        time="00:10:00",
-        partition="debug",
-    )
+    script = script_of(full_config(), 1, time="00:10:00", partition="debug")
     assert "#SBATCH --time=00:10:00" in script and "#SBATCH --partition=debug" in script
 
 
 def test_continue_signals_the_workers_with_sigusr2_instead_of_sigterm():
     scripts = {}
     for name, extra in (("off", {}), ("on", {"continue": {"turn_grace_seconds": 10}})):
-        config = full_config(signal_seconds=90, **extra)
-        scripts[name] = batch_script(
-            swarm_id="sw-abc",
-            shape=Shape.of(2, None, config.slurm),
-            slurm=config.slurm,
-            cluster_dir="/c",
-            python="python3",
-            settings_path="/c/s.json",
-        )
+        scripts[name] = script_of(full_config(signal_seconds=90, **extra), 2)
     assert "#SBATCH --signal=TERM@90\n" in scripts["off"]
     assert scripts["on"] == scripts["off"].replace("--signal=TERM@90", "--signal=USR2@90")
 
@@ -116,14 +104,7 @@ def test_the_array_layout_matches_its_golden_file():
     config = full_config(
         layout="array", agents_per_node=4, array_nodes_per_task=2, array_throttle=3
     )
-    script = batch_script(
-        swarm_id="sw-abc",
-        shape=Shape.of(6, None, config.slurm),
-        slurm=config.slurm,
-        cluster_dir=config.cluster.cluster_dir,
-        python="python3",
-        settings_path=config.cluster.cluster_dir + "/swarms/sw-abc/worker.json",
-    )
+    script = script_of(config, 6)
     assert script == GOLDEN_ARRAY.read_text(), "update tests/golden/batch_script_array.sh"
 
 
